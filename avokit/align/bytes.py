@@ -1,0 +1,169 @@
+"""Byteification: every token id of a Hugging Face tokenizer -> its exact bytes.
+
+Never compare token strings after ``decode()``: decoding merges, strips and normalises.
+Instead each vocabulary entry is turned into the bytes it stands for:
+
+- GPT-2 style byte-level BPE (also tiktoken-derived tokenizers, which transformers converts
+  to byte-level BPE): every character is one byte through the byte-to-unicode table.
+- SentencePiece style (``▁`` is a space, ``<0xNN>`` byte-fallback pieces are that byte).
+- Added and special tokens: the UTF-8 bytes of their content.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+SPIECE_SPACE = "\u2581"
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's ``bytes_to_unicode``: printable stand-in character -> byte value."""
+    visible = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    )
+    chars = visible[:]
+    extra = 0
+    for b in range(256):
+        if b not in visible:
+            visible.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(visible, chars)}
+
+
+@dataclass(frozen=True)
+class TokenBytes:
+    """The byte string of every token id of one tokenizer.
+
+    ``table[i]`` is the exact bytes of id ``i``; ``special`` marks added/special tokens;
+    ``fallback`` marks SentencePiece byte-fallback pieces (``<0xNN>``). Where two ids stand
+    for the same bytes, ``preferred`` maps bytes -> the id to use (a regular token over its
+    byte-fallback twin) and ``twins`` lists every id sharing those bytes.
+    """
+
+    name: str
+    family: str  # "byte_level" | "sentencepiece" | "plain"
+    table: list[bytes]
+    special: np.ndarray  # bool [V]
+    fallback: np.ndarray  # bool [V]
+    twins: dict[bytes, list[int]] = field(repr=False)
+    preferred: dict[bytes, int] = field(repr=False)
+    dummy_prefix: bool = False  # the tokenizer prepends "▁" to the first word
+
+    @property
+    def size(self) -> int:
+        """Number of ids covered (tokenizer length, including added tokens)."""
+        return len(self.table)
+
+    def lengths(self) -> np.ndarray:
+        """Byte length of every id: int64 [V]."""
+        return np.fromiter((len(b) for b in self.table), dtype=np.int64, count=len(self.table))
+
+
+def _walk_types(node: Any) -> list[dict[str, Any]]:
+    """Every component dict in a (possibly nested Sequence) tokenizer JSON node."""
+    if node is None:
+        return []
+    if isinstance(node, dict):
+        out = [node]
+        for key in ("decoders", "pretokenizers", "normalizers", "processors"):
+            for child in node.get(key, []) or []:
+                out.extend(_walk_types(child))
+        return out
+    return []
+
+
+def _detect_family(spec: dict[str, Any]) -> tuple[str, bool]:
+    parts = (
+        _walk_types(spec.get("pre_tokenizer"))
+        + _walk_types(spec.get("decoder"))
+        + _walk_types(spec.get("normalizer"))
+    )
+    types = {p.get("type") for p in parts}
+    if "ByteLevel" in types:
+        return "byte_level", False
+    uses_spiece = "Metaspace" in types or any(
+        p.get("type") in ("Replace", "Prepend")
+        and SPIECE_SPACE in json.dumps(p, ensure_ascii=False)
+        for p in parts
+    )
+    if uses_spiece:
+        dummy = any(
+            (p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") != "never"
+             and p.get("add_prefix_space", True))
+            or p.get("type") == "Prepend"
+            for p in _walk_types(spec.get("pre_tokenizer")) + _walk_types(spec.get("normalizer"))
+        )
+        return "sentencepiece", dummy
+    return "plain", False
+
+
+def _piece_bytes(piece: str, family: str, decoder: dict[str, int]) -> tuple[bytes, bool]:
+    """Bytes of one regular vocabulary piece, and whether it is a byte-fallback piece."""
+    if family == "byte_level":
+        try:
+            return bytes(decoder[c] for c in piece), False
+        except KeyError:
+            return piece.encode("utf-8"), False
+    if family == "sentencepiece":
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return bytes([int(piece[3:5], 16)]), True
+            except ValueError:
+                pass
+        return piece.replace(SPIECE_SPACE, " ").encode("utf-8"), False
+    return piece.encode("utf-8"), False
+
+
+def byteify(tokenizer: Any, name: str | None = None) -> TokenBytes:
+    """Build the id -> bytes table of a Hugging Face (fast) tokenizer.
+
+    Args:
+        tokenizer: a ``transformers`` tokenizer with a ``backend_tokenizer`` (tokenizers lib),
+            or a bare ``tokenizers.Tokenizer``.
+        name: label used in error messages and reports.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    spec = json.loads(backend.to_str())
+    family, dummy = _detect_family(spec)
+    decoder = byte_decoder()
+    vocab: dict[str, int] = backend.get_vocab(with_added_tokens=True)
+    size = max(vocab.values()) + 1 if vocab else 0
+    table: list[bytes] = [b""] * size
+    special = np.zeros(size, dtype=bool)
+    fallback = np.zeros(size, dtype=bool)
+    added = {int(t["id"]): t for t in spec.get("added_tokens", [])}
+    for piece, idx in vocab.items():
+        if idx in added:
+            table[idx] = added[idx]["content"].encode("utf-8")
+            special[idx] = bool(added[idx].get("special", False))
+            continue
+        table[idx], fallback[idx] = _piece_bytes(piece, family, decoder)
+    twins: dict[bytes, list[int]] = {}
+    for idx, b in enumerate(table):
+        if b and not special[idx]:
+            twins.setdefault(b, []).append(idx)
+    preferred: dict[bytes, int] = {}
+    for b, ids in twins.items():
+        # A regular piece beats its byte-fallback twin; among equals the lowest id wins.
+        preferred[b] = min(ids, key=lambda i: (bool(fallback[i]), i))
+    twins = {b: ids for b, ids in twins.items() if len(ids) > 1}
+    label = name or getattr(tokenizer, "name_or_path", None) or "tokenizer"
+    return TokenBytes(
+        name=str(label),
+        family=family,
+        table=table,
+        special=special,
+        fallback=fallback,
+        twins=twins,
+        preferred=preferred,
+        dummy_prefix=dummy,
+    )

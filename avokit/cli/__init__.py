@@ -1,0 +1,1 @@
+"""The `avokit` command line: thin typer wiring over typed functions."""

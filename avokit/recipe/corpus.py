@@ -1,0 +1,44 @@
+"""The corpus stage: where documents come from, dedup and the train / held-out split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from avokit.recipe.base import Section
+
+
+class CorpusSource(Section):
+    """One source of documents.
+
+    ``kind``: ``builtin`` (a named offline source, see ``avokit.corpus.builtin``), ``jsonl``,
+    ``parquet``, ``text`` (a folder of .txt files, one document each) or ``hf_dataset``
+    (a local ``datasets.save_to_disk`` directory).
+    """
+
+    kind: Literal["builtin", "jsonl", "parquet", "text", "hf_dataset"]
+    name: str | None = None  # builtin source name
+    path: Path | None = None
+    text_field: str = "text"
+    max_docs: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_name_or_path(self) -> "CorpusSource":
+        if self.kind == "builtin" and not self.name:
+            raise ValueError("a builtin source needs `name`")
+        if self.kind != "builtin" and self.path is None:
+            raise ValueError(f"a {self.kind} source needs `path`")
+        return self
+
+
+class CorpusConfig(Section):
+    """Corpus stage settings."""
+
+    sources: list[CorpusSource] = Field(min_length=1)
+    heldout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+    min_chars: int = Field(default=200, ge=1)
+    max_chars: int = Field(default=4000, ge=1)
+    near_dup_threshold: float = Field(default=0.8, gt=0.0, le=1.0)

@@ -1,0 +1,37 @@
+"""Evaluation, the release gate and release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from avokit.recipe.base import Section
+
+
+class EvalConfig(Section):
+    """What to evaluate: held-out BPB and task suites, for student, baseline and teachers."""
+
+    tasks: list[str] = ["arc_easy", "piqa"]
+    max_items: int | None = Field(default=200, gt=0)
+    num_fewshot: int = Field(default=0, ge=0)
+    bpb_max_docs: int | None = Field(default=None, gt=0)
+    ngram: int = Field(default=13, ge=4)
+    bootstrap: int = Field(default=1000, ge=100)
+
+
+class GateConfig(Section):
+    """Release thresholds; a missing threshold is not checked."""
+
+    max_bpb: float | None = Field(default=None, gt=0.0)
+    min_task_accuracy: dict[str, float] = {}
+    max_contamination: float = Field(default=0.01, ge=0.0, le=1.0)
+    must_beat_baseline: bool = True
+
+
+class ReleaseConfig(Section):
+    """Where released models go and what their card says."""
+
+    registry: Path = Path("registry")
+    name: str | None = None
+    license: str = "apache-2.0"

@@ -1,0 +1,89 @@
+"""YAML in, validated recipe out; errors name the field path."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from avokit.errors import RecipeError
+from avokit.recipe.recipe import Recipe
+
+BUILTIN_RECIPES = ("avocado-mini",)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(recipe)"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``source: field.path: message``."""
+    lines = []
+    for e in err.errors():
+        # Drop pydantic's discriminator/validator tags from the path: users never wrote them.
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected.replace(chr(39), '')}"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        lines.append(f"{source}: {_loc(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe mapping; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the recipe must be a mapping of sections, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source)) from None
+    _check_paths(recipe, source)
+    return recipe
+
+
+def _check_paths(recipe: Recipe, source: str) -> None:
+    """Local files a recipe names must exist (resolved against the recipe's folder)."""
+    checks: list[tuple[str, Path | None]] = []
+    for i, s in enumerate(recipe.corpus.sources):
+        checks.append((f"corpus.sources[{i}].path", s.path))
+    for i, t in enumerate(recipe.teachers):
+        checks.append((f"teachers[{i}].path", t.path))
+        checks.append((f"teachers[{i}].tokenizer", t.tokenizer))
+    checks.append(("student.pretrained", recipe.student.pretrained))
+    checks.append(("student.tokenizer.path", recipe.student.tokenizer.path))
+    for field, path in checks:
+        if path is not None and not recipe.resolve(path).exists():
+            raise RecipeError(f"{source}: {field}: file not found: {recipe.resolve(path)}")
+
+
+def load_recipe(spec: str | Path) -> Recipe:
+    """Load a recipe from a YAML file, or a built-in recipe by name (e.g. ``avocado-mini``)."""
+    spec_str = str(spec)
+    if spec_str in BUILTIN_RECIPES:
+        ref = resources.files("avokit.recipes").joinpath(f"{spec_str}.yaml")
+        text = ref.read_text(encoding="utf-8")
+        return recipe_from_dict(yaml.safe_load(text), Path.cwd(), source=spec_str)
+    path = Path(spec_str)
+    if not path.is_file():
+        raise RecipeError(
+            f"{spec_str}: recipe file not found (built-in recipes: {', '.join(BUILTIN_RECIPES)})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    return recipe_from_dict(data, path.resolve().parent, source=str(path))

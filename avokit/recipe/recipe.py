@@ -1,0 +1,56 @@
+"""The whole recipe: one typed section per stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from avokit.recipe.base import Section
+from avokit.recipe.capture import CaptureConfig
+from avokit.recipe.corpus import CorpusConfig
+from avokit.recipe.evaluation import EvalConfig, GateConfig, ReleaseConfig
+from avokit.recipe.student import StudentConfig
+from avokit.recipe.teachers import TeacherConfig
+from avokit.recipe.train import TrainConfig
+
+
+class Recipe(Section):
+    """A distillation recipe. ``base_dir`` is the recipe file's folder (paths resolve there)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    runs_dir: Path = Path("runs")
+    corpus: CorpusConfig
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    student: StudentConfig = StudentConfig()
+    capture: CaptureConfig = CaptureConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> "Recipe":
+        seen: set[str] = set()
+        for t in self.teachers:
+            if t.name in seen:
+                raise ValueError(f"teacher name {t.name!r} is used twice")
+            seen.add(t.name)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """``runs_dir/name``, resolved against the recipe folder."""
+        return self.resolve(self.runs_dir) / self.name
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the recipe, relative to the recipe's own folder."""
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def teacher(self, name: str) -> TeacherConfig:
+        """The teacher called ``name``; a clear error lists the names there are."""
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise KeyError(f"no teacher {name!r} in recipe (teachers: {[t.name for t in self.teachers]})")

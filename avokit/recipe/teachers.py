@@ -1,0 +1,46 @@
+"""Teacher declarations: a registry name, a Hugging Face directory, a GGUF file or an endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from avokit.recipe.base import Section
+
+
+class TeacherConfig(Section):
+    """One teacher.
+
+    ``kind``: ``registry`` (a built-in name such as ``gemma3-270m``), ``hf`` (model directory),
+    ``gguf`` (a GGUF file) or ``openai`` (an OpenAI-compatible endpoint with prompt log-probs).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: Literal["registry", "hf", "gguf", "openai"]
+    path: Path | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    tokenizer: Path | None = None  # tokenizer dir/file for an `openai` teacher
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device: str = "auto"
+    start_token: str | None = None
+    max_length: int = Field(default=512, ge=8)
+    weight: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "TeacherConfig":
+        if self.kind in ("hf", "gguf") and self.path is None:
+            raise ValueError(f"a {self.kind} teacher needs `path`")
+        if self.kind == "openai" and (not self.base_url or not self.model):
+            raise ValueError("an openai teacher needs `base_url` and `model`")
+        if self.kind == "openai" and self.tokenizer is None:
+            raise ValueError("an openai teacher needs `tokenizer` (a local tokenizer dir or file)")
+        return self
+
+    @property
+    def registry_name(self) -> str:
+        """The registry name: ``model`` if given, else ``name``."""
+        return self.model or self.name

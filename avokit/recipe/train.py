@@ -1,0 +1,50 @@
+"""Training: optimisation, losses and teacher fusion."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from avokit.recipe.base import Section
+
+
+class LossConfig(Section):
+    """Which KD terms and their weights (CE is always on)."""
+
+    ce_weight: float = Field(default=1.0, ge=0.0)
+    kd_weight: float = Field(default=1.0, ge=0.0)
+    chunk_weight: float = Field(default=0.5, ge=0.0)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "tvd"] = "forward_kl"
+    jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
+    temperature: float = Field(default=1.0, gt=0.0)
+    chunk_tau: float = Field(default=1.0, gt=0.0)
+
+
+class FusionConfig(Section):
+    """How several teachers are combined: fixed weights or per-document BPB weights."""
+
+    mode: Literal["fixed", "bpb_softmax", "min_ce"] = "bpb_softmax"
+    temperature: float = Field(default=0.1, gt=0.0)
+
+
+class TrainConfig(Section):
+    """Optimiser, schedule, batching and checkpoints."""
+
+    seed: int = 0
+    steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=256, ge=8)
+    lr: float = Field(default=3e-3, gt=0.0)
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    gradient_checkpointing: bool = False
+    eval_every: int = Field(default=50, ge=1)
+    checkpoint_every: int = Field(default=50, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    loss: LossConfig = LossConfig()
+    fusion: FusionConfig = FusionConfig()

@@ -1,0 +1,53 @@
+"""The one interface every teacher backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from avokit.align.bytes import TokenBytes
+from avokit.records import TeacherRecords, TokenizedDoc
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What ``avokit teachers list`` shows and what a cache manifest fingerprints."""
+
+    name: str
+    backend: str  # "hf" | "gguf" | "openai"
+    vocab_size: int  # tokenizer length (the logit width may be larger: padded vocabularies)
+    tokenizer_kind: str  # TokenBytes.family
+    license: str
+    params: int | None  # None where unknown (an endpoint)
+    fingerprint: str  # weights hash, or endpoint + model
+    tokenizer_fingerprint: str
+
+
+class Teacher(ABC):
+    """A teacher: its tokenizer as exact bytes, tokenization with byte offsets, and scoring.
+
+    ``score`` returns one :class:`~avokit.records.TeacherRecords` per document (position
+    convention in :mod:`avokit.records`); implementations never hold more than one chunk of
+    full-vocabulary logits at a time.
+    """
+
+    @property
+    @abstractmethod
+    def info(self) -> TeacherInfo:
+        """Name, backend, sizes, licence and fingerprints."""
+
+    @property
+    @abstractmethod
+    def token_bytes(self) -> TokenBytes:
+        """The tokenizer's id -> bytes table."""
+
+    @abstractmethod
+    def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
+        """Token ids with UTF-8 byte end offsets, no special tokens, for each text."""
+
+    @abstractmethod
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
+        """Per-position records for each document (gold log-prob, top-k, boundary mass)."""
+
+    def close(self) -> None:
+        """Release model memory or connections (default: nothing to do)."""
