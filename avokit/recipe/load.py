@@ -43,15 +43,22 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def recipe_from_dict(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
-    """Validate a parsed recipe mapping; relative paths resolve against ``base_dir``."""
+def recipe_from_dict(
+    data: Any, base_dir: Path, source: str = "recipe", check_paths: bool = True
+) -> Recipe:
+    """Validate a parsed recipe mapping; relative paths resolve against ``base_dir``.
+
+    ``check_paths=False`` skips the existence check of local files (a dry-run plan for
+    another machine).
+    """
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a mapping of sections, got {type(data).__name__}")
     try:
         recipe = Recipe.model_validate({**data, "base_dir": base_dir})
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source)) from None
-    _check_paths(recipe, source)
+    if check_paths:
+        _check_paths(recipe, source)
     return recipe
 
 
@@ -70,13 +77,13 @@ def _check_paths(recipe: Recipe, source: str) -> None:
             raise RecipeError(f"{source}: {field}: file not found: {recipe.resolve(path)}")
 
 
-def load_recipe(spec: str | Path) -> Recipe:
+def load_recipe(spec: str | Path, check_paths: bool = True) -> Recipe:
     """Load a recipe from a YAML file, or a built-in recipe by name (e.g. ``avocado-mini``)."""
     spec_str = str(spec)
     if spec_str in BUILTIN_RECIPES:
         ref = resources.files("avokit.recipes").joinpath(f"{spec_str}.yaml")
         text = ref.read_text(encoding="utf-8")
-        return recipe_from_dict(yaml.safe_load(text), Path.cwd(), source=spec_str)
+        return recipe_from_dict(yaml.safe_load(text), Path.cwd(), spec_str, check_paths)
     path = Path(spec_str)
     if not path.is_file():
         raise RecipeError(
@@ -86,4 +93,4 @@ def load_recipe(spec: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    return recipe_from_dict(data, path.resolve().parent, source=str(path))
+    return recipe_from_dict(data, path.resolve().parent, str(path), check_paths)
