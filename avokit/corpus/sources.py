@@ -1,0 +1,107 @@
+"""Read raw texts from each kind of corpus source: JSONL, Parquet, a folder of .txt files,
+a local Hugging Face dataset directory (``save_to_disk``), or a built-in offline source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from avokit.corpus.builtin import builtin_texts
+from avokit.errors import AvokitError
+from avokit.recipe.corpus import CorpusSource
+
+
+class CorpusSourceError(AvokitError):
+    """A corpus source cannot be read; the message names the file and field."""
+
+
+def source_label(source: CorpusSource, index: int) -> str:
+    """A short, stable label for a source: ``builtin:NAME`` or ``KIND:FILENAME``."""
+    if source.kind == "builtin":
+        return f"builtin:{source.name}"
+    assert source.path is not None
+    return f"{source.kind}:{source.path.name}" if index == 0 else f"{source.kind}:{source.path.name}#{index}"
+
+
+def _jsonl(path: Path, field: str) -> Iterator[str]:
+    with path.open("r", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusSourceError(f"{path}:{line_no}: not valid JSON: {err.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise CorpusSourceError(f"{path}:{line_no}: no string field {field!r}")
+            yield row[field]
+
+
+def _table_texts(table: pa.Table, field: str, where: Path) -> Iterator[str]:
+    if field not in table.column_names:
+        raise CorpusSourceError(
+            f"{where}: no column {field!r} (columns: {', '.join(table.column_names)})"
+        )
+    for value in table.column(field).to_pylist():
+        if isinstance(value, str):
+            yield value
+
+
+def _parquet(path: Path, field: str) -> Iterator[str]:
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    for file in files:
+        try:
+            table = pq.read_table(file, columns=[field])
+        except (pa.ArrowInvalid, KeyError, OSError) as err:
+            raise CorpusSourceError(f"{file}: cannot read column {field!r}: {err}") from None
+        yield from _table_texts(table, field, file)
+
+
+def _text_folder(path: Path) -> Iterator[str]:
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise CorpusSourceError(f"{path}: no .txt files in the folder")
+    for file in files:
+        try:
+            yield file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise CorpusSourceError(f"{file}: not UTF-8 text ({err.reason})") from None
+
+
+def _hf_dataset(path: Path, field: str) -> Iterator[str]:
+    """A ``datasets.Dataset.save_to_disk`` folder: Arrow *stream* files listed in state.json."""
+    state = path / "state.json"
+    if not state.is_file():
+        raise CorpusSourceError(f"{path}: not a saved Hugging Face dataset (no state.json)")
+    files = [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    for file in files:
+        try:
+            with pa.memory_map(str(file)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CorpusSourceError(f"{file}: cannot read Arrow data: {err}") from None
+        yield from _table_texts(table, field, file)
+
+
+def read_source(source: CorpusSource, base_dir: Path) -> Iterator[str]:
+    """Raw texts of one source, in file order (paths resolve against ``base_dir``)."""
+    if source.kind == "builtin":
+        assert source.name is not None
+        yield from builtin_texts(source.name)
+        return
+    assert source.path is not None
+    path = source.path if source.path.is_absolute() else (base_dir / source.path).resolve()
+    if not path.exists():
+        raise CorpusSourceError(f"corpus source {source.kind}: file not found: {path}")
+    if source.kind == "jsonl":
+        yield from _jsonl(path, source.text_field)
+    elif source.kind == "parquet":
+        yield from _parquet(path, source.text_field)
+    elif source.kind == "text":
+        yield from _text_folder(path)
+    else:
+        yield from _hf_dataset(path, source.text_field)
