@@ -29,7 +29,8 @@ class TeacherConfig(Section):
     start_token: str | None = None
     max_length: int = Field(default=512, ge=8)
     weight: float = Field(default=1.0, ge=0.0)
-    # Declared size, used by `avokit distill --dry-run` when the weights are not on this machine.
+    # Parameters active per token (for a mixture of experts, the active ones), used by
+    # `avokit distill --dry-run` for FLOPs when the weights are not on this machine.
     params: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
