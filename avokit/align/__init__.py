@@ -2,14 +2,24 @@
 
 from avokit.align.boundaries import Alignment, align
 from avokit.align.bytes import TokenBytes, byteify
-from avokit.align.offsets import offsets_from_ids, tokenize_batch_with_offsets, tokenize_with_offsets
+from avokit.align.offsets import (
+    offsets_from_ids,
+    offsets_from_mapping,
+    tokenize_batch_with_offsets,
+    tokenize_with_offsets,
+)
+from avokit.align.vocab_map import MapCoverage, VocabMap, build_vocab_map
 
 __all__ = [
     "Alignment",
+    "MapCoverage",
     "TokenBytes",
+    "VocabMap",
     "align",
+    "build_vocab_map",
     "byteify",
     "offsets_from_ids",
+    "offsets_from_mapping",
     "tokenize_batch_with_offsets",
     "tokenize_with_offsets",
 ]

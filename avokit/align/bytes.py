@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -64,8 +64,17 @@ class TokenBytes:
         return len(self.table)
 
     def lengths(self) -> np.ndarray:
-        """Byte length of every id: int64 [V]."""
+        """Byte length of every id: int64 [V] (computed once, then cached)."""
+        return self._lengths
+
+    @cached_property
+    def _lengths(self) -> np.ndarray:
+        # cached_property writes the instance __dict__ directly, so it works on a frozen class.
         return np.fromiter((len(b) for b in self.table), dtype=np.int64, count=len(self.table))
+
+    def preferred_id(self, data: bytes) -> int | None:
+        """The id to use for ``data`` (regular over byte-fallback twin), or None."""
+        return self.preferred.get(data)
 
 
 def _walk_types(node: Any) -> list[dict[str, Any]]:
