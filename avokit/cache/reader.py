@@ -1,0 +1,144 @@
+"""Read a finished teacher cache: a Mapping ``doc_id -> TeacherRecords`` over memory-mapped
+shards. Each shard is opened lazily, checked once (sha256, format version, fingerprints)
+and only the requested document's record batch is decompressed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from avokit.cache.format import CacheSpec, decode
+from avokit.cache.manifest import TOKENIZER_DIR, CacheManifest, file_sha256, read_manifest
+from avokit.errors import CacheError
+from avokit.records import TeacherRecords
+
+
+class CacheReader(Mapping[str, TeacherRecords]):
+    """One teacher's cache directory (``run_dir/cache/<teacher>``).
+
+    Args:
+        path: the cache directory (holding ``manifest.json``).
+        expect_teacher_fingerprint: refuse the cache unless it was captured from this teacher.
+        expect_tokenizer_fingerprint: refuse the cache unless it used this tokenizer.
+        verify: check every shard's sha256 when first opened (on by default).
+
+    Raises :class:`~avokit.errors.CacheError` naming the file for a missing or invalid
+    manifest, another format version, a fingerprint mismatch, or a corrupt shard.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        expect_teacher_fingerprint: str | None = None,
+        expect_tokenizer_fingerprint: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest: CacheManifest = read_manifest(self.path)
+        m = self.manifest
+        where = self.path / "manifest.json"
+        if expect_teacher_fingerprint is not None and m.teacher_fingerprint != expect_teacher_fingerprint:
+            raise CacheError(
+                f"{where}: cache of teacher {m.teacher!r} has fingerprint {m.teacher_fingerprint}, "
+                f"expected {expect_teacher_fingerprint} (captured from another teacher; capture again)"
+            )
+        if expect_tokenizer_fingerprint is not None and m.tokenizer_fingerprint != expect_tokenizer_fingerprint:
+            raise CacheError(
+                f"{where}: tokenizer fingerprint {m.tokenizer_fingerprint}, expected "
+                f"{expect_tokenizer_fingerprint} (captured with another tokenizer; capture again)"
+            )
+        self._verify = verify
+        self._index: dict[str, tuple[int, int]] = {}
+        for s, shard in enumerate(m.shards):
+            for b, doc_id in enumerate(shard.doc_ids):
+                self._index[doc_id] = (s, b)
+        self._open: dict[int, pa.ipc.RecordBatchFileReader] = {}
+
+    @property
+    def spec(self) -> CacheSpec:
+        """The format spec every shard was written with."""
+        return CacheSpec.model_validate(self.manifest.model_dump(include=set(CacheSpec.model_fields)))
+
+    def doc_ids(self, split: str | None = None) -> list[str]:
+        """Document ids in cache order, optionally of one split (``train`` / ``heldout``)."""
+        return [d for s in self.manifest.shards if split in (None, s.split) for d in s.doc_ids]
+
+    def _shard(self, s: int) -> pa.ipc.RecordBatchFileReader:
+        if s in self._open:
+            return self._open[s]
+        info = self.manifest.shards[s]
+        file = self.path / info.file
+        if not file.is_file():
+            raise CacheError(f"{file}: shard listed in the manifest is missing")
+        if self._verify and file_sha256(file) != info.sha256:
+            raise CacheError(f"{file}: checksum mismatch (corrupt or modified shard); capture again")
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(file), "r"))
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CacheError(f"{file}: not a readable cache shard: {err}") from None
+        self._check_shard_spec(file, reader.schema.metadata or {}, info.n_docs, reader.num_record_batches)
+        self._open[s] = reader
+        return reader
+
+    def _check_shard_spec(self, file: Path, meta: dict[bytes, bytes], n_docs: int, n_batches: int) -> None:
+        raw = meta.get(b"avokit_cache")
+        if raw is None:
+            raise CacheError(f"{file}: not an avokit cache shard (no avokit_cache metadata)")
+        try:
+            shard_spec: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CacheError(f"{file}: unreadable shard metadata") from None
+        mine = self.spec.model_dump()
+        if shard_spec.get("format_version") != mine["format_version"]:
+            raise CacheError(
+                f"{file}: shard format version {shard_spec.get('format_version')!r}, "
+                f"manifest says {mine['format_version']}"
+            )
+        for key in ("teacher_fingerprint", "tokenizer_fingerprint", "top_k", "logprob_bits", "vocab_size"):
+            if shard_spec.get(key) != mine[key]:
+                raise CacheError(
+                    f"{file}: shard {key} {shard_spec.get(key)!r} differs from the manifest's "
+                    f"{mine[key]!r} (shard from another capture)"
+                )
+        if n_batches != n_docs:
+            raise CacheError(f"{file}: {n_batches} documents in the shard, manifest says {n_docs}")
+
+    def __getitem__(self, doc_id: str) -> TeacherRecords:
+        try:
+            s, b = self._index[doc_id]
+        except KeyError:
+            raise KeyError(f"document {doc_id!r} is not in the cache at {self.path}") from None
+        return decode(self._shard(s).get_batch(b), doc_id, self.manifest.top_k)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, doc_id: object) -> bool:
+        return doc_id in self._index
+
+    def iter_records(self, split: str | None = None) -> Iterator[TeacherRecords]:
+        """Stream every document's records shard by shard (one shard open at a time)."""
+        for s, info in enumerate(self.manifest.shards):
+            if split not in (None, info.split):
+                continue
+            reader = self._shard(s)
+            for b, doc_id in enumerate(info.doc_ids):
+                yield decode(reader.get_batch(b), doc_id, self.manifest.top_k)
+            self._open.pop(s, None)  # release the mapping before the next shard
+
+
+def load_cache_tokenizer(cache_dir: Path) -> Any:
+    """The teacher tokenizer saved with the cache (``cache_dir/tokenizer``), loaded offline."""
+    from transformers import AutoTokenizer
+
+    folder = Path(cache_dir) / TOKENIZER_DIR
+    if not folder.is_dir():
+        raise CacheError(f"{folder}: no tokenizer saved with this cache; capture again")
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
