@@ -21,6 +21,9 @@ class TeacherInfo:
     params: int | None  # None where unknown (an endpoint)
     fingerprint: str  # weights hash, or endpoint + model
     tokenizer_fingerprint: str
+    # "full": boundary_logmass is summed over the full vocabulary; "topk": an endpoint gave
+    # only top-k, so it is summed over the returned top-k (see teachers.scoring).
+    boundary_mass: str = "full"
 
 
 class Teacher(ABC):

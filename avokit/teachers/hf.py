@@ -1,0 +1,172 @@
+"""Hugging Face backend: a model directory (safetensors) or a GGUF file, via transformers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avokit.align.bytes import TokenBytes, byteify
+from avokit.align.offsets import tokenize_batch_with_offsets
+from avokit.errors import AvokitError
+from avokit.records import TeacherRecords, TokenizedDoc
+from avokit.teachers.base import Teacher, TeacherInfo
+from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
+from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class HFTeacher(Teacher):
+    """Any ``AutoModelForCausalLM`` as a teacher. ``model`` is in eval mode on one device."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        license: str = "unknown",
+        backend: str = "hf",
+        fingerprint: str,
+        start_token_id: int,
+        max_length: int = 512,
+        batch_size: int = 8,
+        vocab_chunk: int = 512,
+        load_seconds: float = 0.0,
+    ) -> None:
+        """Wrap a loaded model; use :meth:`from_dir` or :meth:`from_gguf` to load one."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.start_token_id = int(start_token_id)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.vocab_chunk = vocab_chunk
+        self.load_seconds = load_seconds
+        self._tb = byteify(tokenizer, name=name)
+        self._spec = head_spec(model, self._tb)
+        self._info = TeacherInfo(
+            name=name,
+            backend=backend,
+            vocab_size=self._tb.size,
+            tokenizer_kind=self._tb.family,
+            license=license,
+            params=sum(p.numel() for p in model.parameters()),
+            fingerprint=fingerprint,
+            tokenizer_fingerprint=tokenizer_fingerprint(self._tb),
+        )
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: Path,
+        name: str | None = None,
+        license: str = "unknown",
+        device: str = "auto",
+        dtype: str = "float32",
+        *,
+        start_token: str | None = None,
+        max_length: int = 512,
+        batch_size: int = 8,
+        vocab_chunk: int = 512,
+    ) -> "HFTeacher":
+        """Load a Hugging Face model directory (config.json + weights + tokenizer files)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise AvokitError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return cls._load(path, None, name or path.name, license, device, dtype, "hf",
+                         start_token, max_length, batch_size, vocab_chunk, tokenizer=None)
+
+    @classmethod
+    def from_gguf(
+        cls,
+        path: Path,
+        name: str | None = None,
+        license: str = "unknown",
+        device: str = "auto",
+        *,
+        tokenizer: Any = None,
+        start_token: str | None = None,
+        max_length: int = 512,
+        batch_size: int = 8,
+        vocab_chunk: int = 512,
+    ) -> "HFTeacher":
+        """Load a GGUF file through transformers, dequantised to float32.
+
+        ``tokenizer`` skips converting the GGUF's own tokenizer (slow for 262k vocabularies)
+        when a converted copy is at hand (registry teachers cache one).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise AvokitError(f"GGUF file {path} does not exist")
+        return cls._load(path.parent, path.name, name or path.stem, license, device, "float32",
+                         "gguf", start_token, max_length, batch_size, vocab_chunk, tokenizer)
+
+    @classmethod
+    def _load(
+        cls, folder: Path, gguf_file: str | None, name: str, license: str, device: str,
+        dtype: str, backend: str, start_token: str | None, max_length: int, batch_size: int,
+        vocab_chunk: int, tokenizer: Any,
+    ) -> "HFTeacher":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
+        if dtype != "auto" and dtype not in DTYPES:
+            raise AvokitError(f"teacher {name!r}: unknown dtype {dtype!r}")
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {"dtype": "auto" if dtype == "auto" else DTYPES[dtype]}
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        try:
+            if tokenizer is None:
+                tok_kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+                tokenizer = AutoTokenizer.from_pretrained(folder, **tok_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            where = folder / gguf_file if gguf_file else folder
+            raise AvokitError(f"teacher {name!r}: cannot load {where}: {err}") from err
+        model.to(resolve_device(device))
+        target = folder / gguf_file if gguf_file else folder
+        return cls(
+            model, tokenizer, name=name, license=license, backend=backend,
+            fingerprint=weights_fingerprint(weight_files(target)),
+            start_token_id=resolve_start_token_id(tokenizer, start_token),
+            max_length=max_length, batch_size=batch_size, vocab_chunk=vocab_chunk,
+            load_seconds=time.perf_counter() - started,
+        )
+
+    @property
+    def info(self) -> TeacherInfo:
+        """Name, backend, sizes, licence and fingerprints."""
+        return self._info
+
+    @property
+    def token_bytes(self) -> TokenBytes:
+        """The tokenizer's id -> bytes table."""
+        return self._tb
+
+    def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
+        """Token ids with UTF-8 byte end offsets, no special tokens."""
+        return tokenize_batch_with_offsets(self.tokenizer, texts, self._tb)
+
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
+        """Records for each document; long documents are scored in rolling windows."""
+        if len(texts) != len(doc_ids):
+            raise AvokitError(f"score: {len(texts)} texts but {len(doc_ids)} doc_ids")
+        docs = self.tokenize(texts)
+        return score_tokenized(self.model, docs, doc_ids, self.start_token_id, self._spec,
+                               top_k, self.max_length, self.batch_size, self.vocab_chunk)
+
+    def close(self) -> None:
+        """Drop the model so its memory can be freed."""
+        self.model = None
