@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from avokit.recipe.base import Section
 
 
 class CaptureConfig(Section):
-    """Top-k width, batching and sharding of the teacher cache."""
+    """Top-k width, batching, sharding and compression of the teacher cache.
+
+    ``logprob_bits``: top-k log-probs are stored as 8- or 16-bit steps below the exact top-1
+    (see docs/cache-format.md for the error bound). ``compression``: zstd per document batch,
+    or none (then shards are read zero-copy from the memory map).
+    """
 
     top_k: int = Field(default=32, ge=1, le=1024)
     batch_size: int = Field(default=8, ge=1)
     seq_len: int = Field(default=256, ge=8)
     vocab_chunk: int = Field(default=512, ge=1)  # positions per full-vocabulary logit chunk
     docs_per_shard: int = Field(default=256, ge=1)
-    logprob_bits: int = Field(default=16, ge=8, le=32)
+    logprob_bits: Literal[8, 16] = 16
+    compression: Literal["zstd", "none"] = "zstd"
