@@ -22,6 +22,8 @@ app = typer.Typer(
 # Each module defines `register(app)`; listed in pipeline order for `avokit --help`.
 COMMAND_MODULES: list[str] = [
     "avokit.cli.teachers",
+    "avokit.cli.corpus",
+    "avokit.cli.capture",
     "avokit.cli.align",
     "avokit.cli.distill",
 ]
