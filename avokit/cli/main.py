@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "avokit.cli.capture",
     "avokit.cli.align",
     "avokit.cli.distill",
+    "avokit.cli.evaluate",
 ]
 
 
