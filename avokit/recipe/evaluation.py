@@ -12,12 +12,16 @@ from avokit.recipe.base import Section
 class EvalConfig(Section):
     """What to evaluate: held-out BPB and task suites, for student, baseline and teachers."""
 
-    tasks: list[str] = ["arc_easy", "piqa"]
+    tasks: list[str] = ["arc_easy", "piqa"]  # built-in names or paths to task YAML files
     max_items: int | None = Field(default=200, gt=0)
     num_fewshot: int = Field(default=0, ge=0)
     bpb_max_docs: int | None = Field(default=None, gt=0)
     ngram: int = Field(default=13, ge=4)
     bootstrap: int = Field(default=1000, ge=100)
+    batch_size: int = Field(default=8, gt=0)
+    max_length: int = Field(default=512, ge=16)  # tokens per scoring window
+    include_teachers: bool = True
+    cost_per_hour: float = Field(default=0.0, ge=0.0)  # $/hour of the machine; 0 = a CPU you own
 
 
 class GateConfig(Section):

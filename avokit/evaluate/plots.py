@@ -1,0 +1,90 @@
+"""Report figures (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_train_log(path: Path) -> list[dict[str, object]]:
+    """Entries of a train_log.jsonl; unreadable lines are skipped (a killed run may leave half a line)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def plot_training_curves(logs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    """Training loss and held-out BPB against step, one line per model; None if no logs."""
+    if not any(logs.values()):
+        return None
+    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, entries in logs.items():
+        pts = [(e["step"], e["loss"]) for e in entries if "step" in e and e.get("loss") is not None]
+        if pts:
+            ax_loss.plot(*zip(*pts), label=name)
+        bpts = [(e["step"], e["heldout_bpb"]) for e in entries if e.get("heldout_bpb") is not None]
+        if bpts:
+            ax_bpb.plot(*zip(*bpts), marker="o", label=name)
+    ax_loss.set(title="Training loss", xlabel="step", ylabel="loss")
+    ax_bpb.set(title="Held-out bits per byte during training", xlabel="step", ylabel="bits per byte")
+    for ax in (ax_loss, ax_bpb):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_bpb(bpb: dict[str, float], out: Path) -> Path:
+    """Held-out bits per byte per model (lower is better), values printed on the bars."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(bpb) + 2), 4))
+    names = list(bpb)
+    bars = ax.bar(names, [bpb[n] for n in names], color=["#2a7" if n == "student" else "#888" for n in names])
+    ax.bar_label(bars, fmt="%.3f")
+    ax.set(title="Held-out bits per byte (lower is better)", ylabel="bits per byte")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_task_accuracy(acc: dict[str, dict[str, tuple[float, float, float]]], out: Path) -> Path:
+    """Accuracy per task (groups) and model (bars) with 95% interval error bars.
+
+    ``acc[model][task] = (value, low, high)``."""
+    models = list(acc)
+    tasks = sorted({t for m in acc.values() for t in m})
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(tasks) + 3), 4.2))
+    for j, m in enumerate(models):
+        xs, ys, lo, hi = [], [], [], []
+        for i, t in enumerate(tasks):
+            if t in acc[m]:
+                v, low, high = acc[m][t]
+                xs.append(i + (j - (len(models) - 1) / 2) * width)
+                ys.append(v)
+                lo.append(v - low)
+                hi.append(high - v)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=m)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set(title="Task accuracy with 95% Wilson intervals", ylabel="accuracy", ylim=(0, 1))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

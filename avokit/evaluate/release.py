@@ -1,0 +1,124 @@
+"""Release: copy a student that passed its gate into the model registry with a model card.
+
+REGISTRY/<name>/ = the student's HF model dir + MODEL_CARD.md + release.json (read by the
+gateway, which serves only releases whose gate passed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from avokit.errors import AvokitError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# Kept in the run, not shipped: training logs (checkpoints/ is a folder and is never copied).
+NOT_SHIPPED = ("train_log.jsonl",)
+
+
+class ReleaseError(AvokitError):
+    """A release was refused (failed gate, missing report or model, bad name)."""
+
+
+def _load_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "report" / "metrics.json"
+    if not path.is_file():
+        raise ReleaseError(f"{path}: no evaluation report; run `avokit eval` before releasing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReleaseError(f"{path}: corrupt metrics file: {err}") from None
+
+
+def _license_note(lic: str) -> str:
+    if "gemma" in lic.lower():
+        return (f"{lic}: Gemma's Terms of Use apply to models derived from Gemma outputs; this "
+                "student is such a derivative, so its use must follow them (including the prohibited-use policy).")
+    return lic
+
+
+def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], context_length: int) -> str:
+    """MODEL_CARD.md: architecture, tokenizer, data, teachers and licences, metrics,
+    contamination and the gate verdict."""
+    gate, con, b = metrics["gate"], metrics["contamination"], metrics["bpb"]
+    tr = metrics["training"].get("student", {})
+    lines = [
+        f"# {name}", "",
+        f"Distilled by avokit from recipe `{metrics['recipe']}` (evaluation run {metrics['eval_run']}, {metrics['created']}).", "",
+        "## Architecture", "",
+        f"- {config.get('model_type', '?')}: {config.get('num_hidden_layers', '?')} layers, hidden size "
+        f"{config.get('hidden_size', '?')}, {config.get('num_attention_heads', '?')} heads, "
+        f"{metrics.get('models', {}).get('student', {}).get('params', '?')} parameters",
+        f"- context length {context_length} tokens", "",
+        "## Tokenizer", "",
+        f"- own tokenizer, vocabulary {config.get('vocab_size', '?')} "
+        f"({metrics.get('models', {}).get('student', {}).get('tokenizer', '?')}), trained on the recipe's training corpus", "",
+        "## Data", "",
+        f"- training: {tr.get('tokens', '?')} tokens over {tr.get('steps', '?')} steps from the recipe's corpus train split; "
+        f"held-out evaluation on {metrics['heldout']['docs']} documents ({metrics['heldout']['bytes']} bytes)", "",
+        "## Teachers and licences", "",
+    ]
+    lines += [f"- {t['name']}: {_license_note(t.get('license', 'unknown'))}" for t in metrics["teachers"]]
+    lines += ["", "## Metrics", "", "| model | held-out bits per byte |", "| --- | --- |"]
+    lines += [f"| {m} | {v['bpb']:.4f} |" for m, v in b.items()]
+    lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
+    for t, s in metrics["tasks"].get("student", {}).items():
+        lines.append(f"| {t} | {s['acc']['value']:.3f} (n={s['acc']['n']}) | "
+                     f"{s['clean']['acc']['value']:.3f} (n={s['clean']['acc']['n']}) |")
+    lines += ["", "## Contamination", "",
+              f"{con['n']}-gram and token-overlap check of every eval item against the training text: "
+              f"{len(con['items'])} contaminated items, overall rate {con['overall_rate']:.4f}.", "",
+              f"## Release gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
+    lines += [f"- {c['name']}: {'pass' if c['passed'] else 'FAIL'} ({c['message']})" for c in gate["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+def release(run_dir: Path, name: str, registry: Path) -> Path:
+    """Copy ``run_dir/student`` into ``registry/name`` with MODEL_CARD.md and release.json.
+
+    Refuses a student whose latest evaluation failed its gate (the message names every
+    failed threshold), and never overwrites an existing release of the same name.
+    """
+    run_dir, registry = Path(run_dir), Path(registry)
+    if not NAME_RE.match(name):
+        raise ReleaseError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    metrics = _load_metrics(run_dir)
+    gate = metrics.get("gate", {})
+    if not gate.get("passed", False):
+        failed = [f"{c['name']} ({c['message']})" for c in gate.get("checks", []) if not c["passed"]]
+        raise ReleaseError(f"{run_dir.name}: release refused, the student failed its gate: " + "; ".join(failed))
+    student = run_dir / "student"
+    cfg_path = student / "config.json"
+    if not cfg_path.is_file() or not (student / "model.safetensors").is_file():
+        raise ReleaseError(f"{student}: no trained student (config.json and model.safetensors needed)")
+    dest = registry / name
+    if dest.exists():
+        raise ReleaseError(f"{dest}: a release named {name!r} already exists; choose another --name")
+    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    ctx = int(config.get("max_position_embeddings", 0))
+    tmp = registry / f".{name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in sorted(student.iterdir()):
+        if f.is_file() and f.name not in NOT_SHIPPED:
+            shutil.copy2(f, tmp / f.name)
+    (tmp / "MODEL_CARD.md").write_text(model_card(name, config, metrics, ctx), encoding="utf-8")
+    meta = {
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "context_length": ctx,
+        "gate": gate,
+        "teachers": [{"name": t["name"], "license": t.get("license", "unknown")} for t in metrics["teachers"]],
+        "metrics": {"bpb": {m: v["bpb"] for m, v in metrics["bpb"].items()},
+                    "tasks": {t: s["acc"]["value"] for t, s in metrics["tasks"].get("student", {}).items()},
+                    "contamination_rate": metrics["contamination"]["overall_rate"],
+                    "recipe": metrics["recipe"], "eval_run": metrics["eval_run"]},
+    }
+    (tmp / "release.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.rename(dest)  # atomic: the gateway never sees a half-written release
+    return dest

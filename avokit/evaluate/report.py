@@ -1,0 +1,124 @@
+"""The evaluation report: metrics.json, report.md, PNG plots and the exported eval items."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from avokit.corpus.canary import AVOKIT_CANARY
+from avokit.evaluate.plots import plot_bpb, plot_task_accuracy, plot_training_curves, read_train_log
+from avokit.evaluate.tasks import Task
+
+
+def export_eval_items(tasks: list[Task], out: Path) -> Path:
+    """Write every evaluated item as JSONL, each line carrying the avokit canary string so a
+    corpus built from a crawl that picked this file up is refused by the corpus stage."""
+    with out.open("w", encoding="utf-8") as fh:
+        for t in tasks:
+            for it in t.items:
+                fh.write(json.dumps({"canary": AVOKIT_CANARY, "task": t.name, "id": it.item_id,
+                                     "prompt": it.prompt, "choices": list(it.choices),
+                                     "gold": it.gold, "answer": it.answer}) + "\n")
+    return out
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _score(s: dict[str, Any] | None) -> str:
+    if not s or not s.get("n"):
+        return "n/a (0 items)"
+    lo, hi = s["ci95"]
+    return f"{s['value']:.3f} [{lo:.3f}, {hi:.3f}] (n={s['n']})"
+
+
+def write_plots(metrics: dict[str, Any], run_dir: Path, report_dir: Path) -> list[Path]:
+    """Training curves, BPB per model, task accuracy with intervals; returns the PNG paths."""
+    out = []
+    logs = {m: read_train_log(run_dir / m / "train_log.jsonl") for m in ("student", "baseline")}
+    p = plot_training_curves(logs, report_dir / "training_curves.png")
+    if p:
+        out.append(p)
+    if metrics["bpb"]:
+        out.append(plot_bpb({m: v["bpb"] for m, v in metrics["bpb"].items()}, report_dir / "bpb.png"))
+    acc = {
+        m: {t: (s["acc"]["value"], *s["acc"]["ci95"]) for t, s in tasks.items() if s["acc"]["n"]}
+        for m, tasks in metrics["tasks"].items()
+    }
+    if any(acc.values()):
+        out.append(plot_task_accuracy(acc, report_dir / "task_accuracy.png"))
+    return out
+
+
+def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
+    """report.md from metrics.json and the whole evaluation log."""
+    hw, gate = metrics["hardware"], metrics["gate"]
+    lines = [
+        f"# Evaluation report: {metrics['recipe']}",
+        "",
+        f"Evaluation run {metrics['eval_run']} of {len(log)} recorded for this recipe, {metrics['created']}.",
+        "",
+        f"**Release gate: {'PASSED' if gate['passed'] else 'FAILED'}**",
+        "",
+        "| check | measured | threshold | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for c in gate["checks"]:
+        lines.append(f"| {c['name']} | {_fmt(c['value'])} | {_fmt(c['threshold'])} | "
+                     f"{'pass' if c['passed'] else '**FAIL**'}: {c['message']} |")
+    ho = metrics["heldout"]
+    lines += ["", "## Held-out bits per byte", "",
+              f"{ho['docs']} held-out documents, {ho['bytes']} UTF-8 bytes. BPB = total NLL (nats) / "
+              "(ln 2 x bytes of exactly the scored text); every model scored through the same Teacher "
+              "interface from a start token, long documents in windows. `source` says whether the gold "
+              "log-probs were computed now (live) or read from the capture cache (exact stored values).", "",
+              "| model | BPB | tokens | tokens/byte | source |", "| --- | --- | --- | --- | --- |"]
+    for m, b in metrics["bpb"].items():
+        lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | {b['source']} |")
+    lines += ["", "## Tasks", "",
+              "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
+              "`acc_norm` the highest log-prob per UTF-8 byte of the choice. 95% Wilson intervals. "
+              "Clean = items with no detected overlap with the training text.", ""]
+    for t, sub in metrics["task_subset"].items():
+        lines.append(f"- {t}: {sub['items']} of {sub['available']} items ({sub['selection']}), "
+                     f"{sub['num_fewshot']}-shot")
+    lines += ["", "| model | task | acc | acc_norm | acc (clean) | acc (dirty) |", "| --- | --- | --- | --- | --- | --- |"]
+    for m, tasks in metrics["tasks"].items():
+        for t, s in tasks.items():
+            lines.append(f"| {m} | {t} | {_score(s['acc'])} | {_score(s.get('acc_norm'))} | "
+                         f"{_score(s['clean']['acc'])} | {_score(s['dirty']['acc'])} |")
+    con = metrics["contamination"]
+    lines += ["", "## Contamination", "",
+              f"Training text ({con['corpus_docs']} documents: train split plus any teacher-generated text) "
+              f"against every evaluated item (prompt + gold answer): {con['n']}-gram overlap, and Llama-2 "
+              f"style token overlap (share of an item's words inside a shared span of >= {con['min_span']} "
+              f"words; dirty above {con['dirty_fraction']}). Overall contaminated rate: "
+              f"{con['overall_rate']:.4f}.", "", "| task | items | contaminated | rate |", "| --- | --- | --- | --- |"]
+    for t, v in con["per_task"].items():
+        lines.append(f"| {t} | {v['items']} | {v['contaminated']} | {v['rate']:.4f} |")
+    if con["items"]:
+        lines += ["", "Contaminated items:", ""]
+        lines += [f"- {i['task']} `{i['item_id']}`: {i['ngram_hits']} shared {con['n']}-grams, "
+                  f"token overlap {i['token_overlap']:.2f}" for i in con["items"][:200]]
+        if len(con["items"]) > 200:
+            lines.append(f"- ... {len(con['items']) - 200} more in metrics.json")
+    tr = metrics["training"]
+    lines += ["", "## Training, hardware and cost", ""]
+    for m, t in tr.items():
+        lines.append(f"- {m}: {t['steps']} logged steps, {t['tokens']} training tokens, final loss {_fmt(t['final_loss'])}")
+    lines += [f"- hardware: {hw['cpu']} ({hw['cores']} cores), {hw['ram_gib']} GiB RAM, accelerator: {hw['accelerator']}",
+              f"- evaluation wall time: {metrics['wall_time_s']:.1f} s; cost at ${metrics['cost_per_hour']}/hour: "
+              f"${metrics['cost_usd']:.4f}" + (" (0 $/hour: a machine you own; set eval.cost_per_hour to price rented time)"
+                                              if metrics["cost_per_hour"] == 0 else ""),
+              "", "## Every evaluation of this recipe (append-only log, nothing dropped)", "",
+              "| run | created | student BPB | baseline BPB | gate |", "| --- | --- | --- | --- | --- |"]
+    for e in log:
+        lines.append(f"| {e['run']} | {e.get('created', '')} | {_fmt(e.get('student_bpb'))} | "
+                     f"{_fmt(e.get('baseline_bpb'))} | {'passed' if e.get('gate_passed') else 'failed'} |")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"

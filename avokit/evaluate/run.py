@@ -1,0 +1,199 @@
+"""``run_eval``: held-out BPB and tasks for student, baseline and teachers; contamination;
+the gate verdict; the report. Every call is appended to report/eval_log.jsonl."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from avokit.corpus import Document, load_split
+from avokit.errors import AvokitError
+from avokit.evaluate.bpb import BpbResult, score_bpb
+from avokit.evaluate.contamination import ContaminationReport, check_contamination
+from avokit.evaluate.gate import check_gate
+from avokit.evaluate.plots import read_train_log
+from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
+from avokit.evaluate.runlog import append_entry, read_log
+from avokit.evaluate.suites import load_builtin_task
+from avokit.evaluate.tasks import Task, TaskResult, load_task, run_task
+from avokit.recipe import Recipe
+from avokit.teachers.base import Teacher
+
+MODEL_DIRS = ("student", "baseline")
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, RAM and accelerator of this machine, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 0.0
+    acc = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "accelerator": acc}
+
+
+def load_tasks(recipe: Recipe) -> list[Task]:
+    """The recipe's tasks (built-in names or YAML paths), capped to eval.max_items."""
+    out = []
+    for spec in recipe.eval.tasks:
+        if spec.endswith((".yaml", ".yml")):
+            task = load_task(recipe.resolve(Path(spec)))
+        else:
+            task = load_builtin_task(spec, recipe.eval.num_fewshot)
+        out.append(task.subset(recipe.eval.max_items))
+    return out
+
+
+def training_texts(recipe: Recipe) -> list[str]:
+    """Train split plus any other corpus Parquet (teacher-generated text), never held-out."""
+    texts = [d.text for d in load_split(recipe, "train")]
+    corpus = recipe.run_dir / "corpus"
+    for extra in sorted(corpus.glob("*.parquet")):
+        if extra.name not in ("train.parquet", "heldout.parquet"):
+            table = pq.read_table(extra)
+            if "text" in table.column_names:
+                texts.extend(str(t) for t in table.column("text").to_pylist())
+    return texts
+
+
+def _task_metrics(res: TaskResult, dirty: set[str]) -> dict[str, Any]:
+    clean = set(res.correct) - dirty
+    out: dict[str, Any] = {k: v.as_dict() for k, v in res.scores().items()}
+    out["clean"] = {k: v.as_dict() for k, v in res.scores(clean).items()}
+    out["dirty"] = {k: v.as_dict() for k, v in res.scores(set(res.correct) & dirty).items()}
+    return out
+
+
+def _evaluate_model(
+    teacher: Teacher, name: str, texts: dict[str, str], tasks: list[Task], recipe: Recipe,
+    contamination: ContaminationReport,
+) -> tuple[BpbResult, dict[str, Any]]:
+    bpb = score_bpb(teacher, texts, batch_size=recipe.eval.batch_size, name=name)
+    model, tok = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
+    task_out: dict[str, Any] = {}
+    if tasks and (model is None or tok is None):
+        raise AvokitError(f"{name}: task scoring needs a local model (`hf`, `gguf` or `registry` teacher)")
+    for task in tasks:
+        res = run_task(model, tok, task, recipe.eval.max_length, recipe.eval.batch_size)
+        task_out[task.name] = _task_metrics(res, contamination.dirty_ids(task.name))
+    return bpb, task_out
+
+
+def _teacher_loader() -> Any:
+    """``load_teacher(config, base_dir)`` from the teachers package (contract: exported from
+    ``avokit.teachers``; it lives in ``avokit.teachers.load``)."""
+    try:
+        from avokit.teachers import load_teacher  # type: ignore[attr-defined]
+    except ImportError:
+        from avokit.teachers.load import load_teacher
+    return load_teacher
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    out = {}
+    for m in MODEL_DIRS:
+        log = read_train_log(run_dir / m / "train_log.jsonl")
+        losses = [e["loss"] for e in log if e.get("loss") is not None]
+        out[m] = {"steps": max((int(e.get("step", 0)) for e in log), default=0),
+                  "tokens": max((int(e.get("tokens", 0)) for e in log), default=0),
+                  "final_loss": float(losses[-1]) if losses else None}
+    return out
+
+
+def run_eval(recipe: Recipe) -> Path:
+    """Evaluate student, baseline and every teacher of ``recipe``; write runs/NAME/report/.
+
+    Always re-evaluates (evaluations are cheap next to training and each one is logged);
+    returns the report directory.
+    """
+    from avokit.teachers.hf import HFTeacher
+
+    t0 = time.time()
+    run_dir = recipe.run_dir
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for m in MODEL_DIRS:
+        if not (run_dir / m / "config.json").is_file():
+            raise AvokitError(f"{run_dir / m}: no trained model (config.json missing); run `avokit train` first")
+    heldout: list[Document] = load_split(recipe, "heldout")
+    if recipe.eval.bpb_max_docs is not None:
+        heldout = heldout[: recipe.eval.bpb_max_docs]
+    texts = {d.doc_id: d.text for d in heldout}
+    tasks = load_tasks(recipe)
+    train_texts = training_texts(recipe)
+    contamination = check_contamination(train_texts, tasks, n=recipe.eval.ngram)
+    export_eval_items(tasks, report_dir / "eval_items.jsonl")
+
+    bpb: dict[str, BpbResult] = {}
+    task_metrics: dict[str, Any] = {}
+    loaders: list[tuple[str, Any]] = [
+        (m, lambda m=m: HFTeacher.from_dir(run_dir / m, name=m, device="auto", max_length=recipe.eval.max_length))
+        for m in MODEL_DIRS
+    ]
+    if recipe.eval.include_teachers:
+        load_teacher = _teacher_loader()
+        loaders += [(t.name, lambda t=t: load_teacher(t, recipe.base_dir)) for t in recipe.teachers]
+    infos: dict[str, dict[str, Any]] = {}
+    for name, load in loaders:
+        teacher = load()
+        infos[name] = {"license": teacher.info.license, "params": teacher.info.params,
+                       "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
+                       "vocab_size": teacher.info.vocab_size}
+        try:
+            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination)
+        finally:
+            teacher.close()
+            del teacher
+            gc.collect()  # one model in memory at a time: teachers are GBs on a shared CPU box
+
+    student_acc = {t: task_metrics["student"][t]["clean"]["acc"]["value"] for t in task_metrics["student"]
+                   if task_metrics["student"][t]["clean"]["acc"]["n"]}
+    verdict = check_gate(recipe.gate, bpb["student"].bpb, bpb["baseline"].bpb, student_acc,
+                         contamination.overall_rate)
+    wall = time.time() - t0
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    log_path = report_dir / "eval_log.jsonl"
+    run_no = append_entry(log_path, {
+        "created": created, "student_bpb": bpb["student"].bpb, "baseline_bpb": bpb["baseline"].bpb,
+        "bpb": {m: b.bpb for m, b in bpb.items()},
+        "tasks": {m: {t: v["acc"]["value"] for t, v in tm.items()} for m, tm in task_metrics.items()},
+        "contamination_rate": contamination.overall_rate, "gate_passed": verdict.passed, "wall_time_s": wall,
+    })
+    metrics: dict[str, Any] = {
+        "recipe": recipe.name, "created": created, "eval_run": run_no,
+        "hardware": hardware(), "wall_time_s": wall, "cost_per_hour": recipe.eval.cost_per_hour,
+        "cost_usd": wall / 3600 * recipe.eval.cost_per_hour,
+        "heldout": {"docs": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts.values())},
+        "bpb": {m: b.as_dict() for m, b in bpb.items()},
+        "tasks": task_metrics,
+        "task_subset": {t.name: {"items": len(t.items), "available": t.n_available, "num_fewshot": recipe.eval.num_fewshot,
+                                 "selection": "first by sha256(item id)" if len(t.items) < t.n_available else "all"}
+                        for t in tasks},
+        "contamination": {"n": contamination.n, "min_span": contamination.min_span,
+                          "dirty_fraction": contamination.dirty_fraction, "corpus_docs": len(train_texts),
+                          "overall_rate": contamination.overall_rate, "per_task": contamination.per_task,
+                          "items": [vars(i) for i in contamination.items]},
+        "gate": verdict.as_dict(),
+        "training": _training_summary(run_dir),
+        "models": infos,
+        "teachers": [{"name": t.name, "kind": t.kind, "license": infos.get(t.name, {}).get("license", "unknown")}
+                     for t in recipe.teachers],
+    }
+    plots = write_plots(metrics, run_dir, report_dir)
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    (report_dir / "report.md").write_text(render_markdown(metrics, read_log(log_path), plots), encoding="utf-8")
+    return report_dir
