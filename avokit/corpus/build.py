@@ -17,7 +17,7 @@ from avokit.corpus.canary import refuse_canary
 from avokit.corpus.dedup import dedup
 from avokit.corpus.document import Document
 from avokit.corpus.segment import segment_text
-from avokit.corpus.sources import read_source, source_label
+from avokit.corpus.sources import read_source, source_labels
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 
@@ -97,8 +97,7 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
     cfg = recipe.corpus
     docs: list[Document] = []
     stats: list[SourceStats] = []
-    for i, source in enumerate(cfg.sources):
-        label = source_label(source, i)
+    for source, label in zip(cfg.sources, source_labels(cfg.sources)):
         n_texts = 0
         mine: list[Document] = []
         for text in read_source(source, recipe.base_dir):

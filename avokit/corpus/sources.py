@@ -19,12 +19,14 @@ class CorpusSourceError(AvokitError):
     """A corpus source cannot be read; the message names the file and field."""
 
 
-def source_label(source: CorpusSource, index: int) -> str:
-    """A short, stable label for a source: ``builtin:NAME`` or ``KIND:FILENAME``."""
-    if source.kind == "builtin":
-        return f"builtin:{source.name}"
-    assert source.path is not None
-    return f"{source.kind}:{source.path.name}" if index == 0 else f"{source.kind}:{source.path.name}#{index}"
+def source_labels(sources: list[CorpusSource]) -> list[str]:
+    """A short, stable label per source: ``builtin:NAME`` or ``KIND:FILENAME``; a label used
+    twice gets ``#i`` (the source's index) so document ids stay unique and traceable."""
+    labels = [
+        f"builtin:{s.name}" if s.kind == "builtin" else f"{s.kind}:{s.path.name if s.path else ''}"
+        for s in sources
+    ]
+    return [lab if labels.count(lab) == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:

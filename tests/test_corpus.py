@@ -1,0 +1,141 @@
+"""Corpus stage: every source kind, segmentation, dedup, deterministic split, canary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from avokit.cli.corpus import corpus_command
+from avokit.corpus import (
+    AVOKIT_CANARY,
+    CanaryError,
+    Document,
+    build_corpus,
+    dedup,
+    load_split,
+    minhash_signature,
+    segment_text,
+    split_documents,
+)
+from avokit.errors import AvokitError
+from avokit.recipe import Recipe, recipe_from_dict
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def passage(seed: int, n_words: int = 60) -> str:
+    """A distinct pseudo-random passage (distinct seeds share few 5-grams)."""
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)) + "."
+
+
+def recipe_for(root: Path, sources: list[dict], **corpus: object) -> Recipe:
+    data = {"name": "c", "runs_dir": str(root / "runs"),
+            "corpus": {"sources": sources, "min_chars": 50, "max_chars": 800, **corpus},
+            "teachers": [{"name": "t", "kind": "registry"}]}
+    return recipe_from_dict(data, root)
+
+
+def test_every_source_kind(tmp_path: Path) -> None:
+    texts = [passage(i) for i in range(12)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts[:3]))
+    pq.write_table(pa.table({"text": texts[3:6]}), tmp_path / "b.parquet")
+    (tmp_path / "txt").mkdir()
+    for i, t in enumerate(texts[6:9]):
+        (tmp_path / "txt" / f"{i}.txt").write_text(t, encoding="utf-8")
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": texts[9:12]}).save_to_disk(str(tmp_path / "hf"))
+    recipe = recipe_for(tmp_path, [
+        {"kind": "jsonl", "path": "a.jsonl", "text_field": "body"},
+        {"kind": "parquet", "path": "b.parquet"},
+        {"kind": "text", "path": "txt"},
+        {"kind": "hf_dataset", "path": "hf"},
+    ])
+    manifest = build_corpus(recipe)
+    assert [s.documents for s in manifest.sources] == [3, 3, 3, 3]
+    docs = load_split(recipe, "train") + load_split(recipe, "heldout")
+    assert sorted(d.text for d in docs) == sorted(texts)
+    assert {d.source for d in docs} == {"jsonl:a.jsonl", "parquet:b.parquet", "text:txt", "hf_dataset:hf"}
+    assert manifest.documents["heldout"] >= 1 and sum(manifest.documents.values()) == 12
+    # a second build with the same corpus section is skipped: files untouched
+    stamp = (recipe.run_dir / "corpus" / "train.parquet").stat().st_mtime_ns
+    assert build_corpus(recipe) == manifest
+    assert (recipe.run_dir / "corpus" / "train.parquet").stat().st_mtime_ns == stamp
+
+
+def test_builtin_source_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = recipe_for(tmp_path, [{"kind": "builtin", "name": "qasper-papers", "max_docs": 30}],
+                        min_chars=200, max_chars=1500)
+    yaml_path = tmp_path / "r.yaml"
+    import yaml
+
+    yaml_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    manifest = corpus_command(str(yaml_path))
+    assert manifest.sources[0].documents == 30
+    docs = load_split(recipe, "train")
+    assert all(200 <= len(d.text) <= 1500 for d in docs)
+    with pytest.raises(AvokitError, match="unknown builtin 'nope'"):
+        build_corpus(recipe_for(tmp_path / "x", [{"kind": "builtin", "name": "nope"}]))
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine fine fine"}\n{not json\n')
+    with pytest.raises(AvokitError, match=r"bad.jsonl:2: not valid JSON"):
+        build_corpus(recipe_for(tmp_path, [{"kind": "jsonl", "path": "bad.jsonl"}]))
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
+    with pytest.raises(AvokitError, match=r"p.parquet: .*'text'"):
+        build_corpus(recipe_for(tmp_path / "2", [{"kind": "parquet", "path": str(tmp_path / "p.parquet")}]))
+    with pytest.raises(AvokitError, match="corpus not built"):
+        load_split(recipe_for(tmp_path / "3", [{"kind": "jsonl", "path": str(bad)}]), "train")
+
+
+def test_segmentation_bounds() -> None:
+    para = " ".join(f"Sentence number {i} is here." for i in range(80))
+    text = "Title\n\n" + para + "\n\nshort\n\n" + passage(1) + "\n" + passage(2)
+    pieces = segment_text(text, 100, 400)
+    assert pieces and all(100 <= len(p) <= 400 for p in pieces)
+    assert "Title" not in pieces  # too short on its own: packed with the next paragraph
+    for i in range(80):  # long paragraphs are cut between sentences, never inside one
+        assert sum(f"Sentence number {i} is here." in p for p in pieces) == 1
+
+
+def test_exact_and_near_duplicates() -> None:
+    base = passage(7, 120)
+    words = base.split()
+    near = " ".join(words[:-1] + ["omega."])  # one word changed at the end
+    docs = [Document(f"d{i}", t, "s") for i, t in enumerate(
+        [base, base.upper().replace(".", " ."), near, passage(8, 120), passage(9, 120)])]
+    kept, stats = dedup(docs, threshold=0.8)
+    assert [d.doc_id for d in kept] == ["d0", "d3", "d4"]
+    assert (stats.exact, stats.near) == (1, 1)
+    sig_a, sig_b = minhash_signature(base), minhash_signature(near)
+    assert 0.8 < float((sig_a == sig_b).mean()) < 1.0
+    assert float((sig_a == minhash_signature(passage(8, 120))).mean()) < 0.2
+
+
+def test_split_is_deterministic_and_order_free() -> None:
+    docs = [Document(f"id{i}", f"text {i}", "s") for i in range(200)]
+    a = split_documents(docs, 0.1, seed=3)
+    b = split_documents(list(reversed(docs)), 0.1, seed=3)
+    assert {d.doc_id for d in a["heldout"]} == {d.doc_id for d in b["heldout"]}
+    assert 8 <= len(a["heldout"]) <= 35
+    c = split_documents(docs, 0.1, seed=4)
+    assert {d.doc_id for d in c["heldout"]} != {d.doc_id for d in a["heldout"]}
+
+
+def test_canary_is_refused(tmp_path: Path) -> None:
+    texts = [passage(1), passage(2) + " " + AVOKIT_CANARY.upper() + " " + passage(3)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    recipe = recipe_for(tmp_path, [{"kind": "jsonl", "path": "c.jsonl"}])
+    with pytest.raises(CanaryError, match=r"corpus source 'jsonl:c.jsonl', document 'jsonl:c.jsonl:[0-9a-f]+'"):
+        build_corpus(recipe)
+    assert not (recipe.run_dir / "corpus" / "manifest.json").exists()
