@@ -1,0 +1,93 @@
+"""Teacher fusion: how much each teacher's KD terms count on each document.
+
+A teacher that explains a document well (low bits per byte) is the better guide on it.
+``bpb_softmax`` gives document ``d`` the weights ``w_dt ∝ f_t * exp(-BPB_dt / T)`` where
+``f_t`` is the teacher's fixed recipe weight (a prior; 0 switches a teacher off). Averaging
+the per-teacher KD terms with these weights distils towards the weighted mixture of the
+teachers. As ``T -> 0`` this becomes ``min_ce`` (FuseLLM's MinCE): all weight on the teacher
+with the lowest BPB on the document (ties share equally). ``fixed`` ignores the BPBs.
+
+BPB is comparable across tokenizers because it is per *byte*, not per token. A teacher with
+no finite BPB on a document (not captured, failed) gets weight 0 there; a document with no
+usable teacher gets an all-zero row, so its KD terms vanish and only CE trains on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+FusionMode = Literal["fixed", "bpb_softmax", "min_ce"]
+
+
+def document_bpb(nll_nats: Tensor, n_bytes: Tensor) -> Tensor:
+    """Bits per byte: ``nll / (n_bytes * ln 2)``.
+
+    Shapes: ``nll_nats`` float [D, n_teachers] (a teacher's total negative log-likelihood of
+    the document), ``n_bytes`` [D] (UTF-8 bytes of the document). Documents of 0 bytes give
+    NaN (no information), which :func:`document_weights` treats as "no teacher".
+    """
+    denom = n_bytes.to(nll_nats.dtype).unsqueeze(-1) * math.log(2.0)
+    return torch.where(denom > 0, nll_nats / torch.where(denom > 0, denom, 1.0), math.nan)
+
+
+def document_weights(
+    bpb: Tensor,
+    mode: FusionMode,
+    temperature: float,
+    fixed: Tensor | None = None,
+) -> Tensor:
+    """Per-document teacher weights.
+
+    Shapes: ``bpb`` float [D, n_teachers]; ``fixed`` float [n_teachers] (non-negative; None =
+    all 1). Returns float [D, n_teachers], rows summing to 1 (or all 0 for a document no
+    teacher with positive fixed weight and finite BPB covers).
+
+    - ``fixed``: ``fixed`` normalised, the same for every document
+    - ``bpb_softmax``: ``softmax(log fixed - bpb / temperature)`` per row
+    - ``min_ce``: one-hot on the lowest BPB per row (ties split equally)
+    """
+    if bpb.dim() != 2:
+        raise ValueError(f"bpb must be [D, n_teachers], got {tuple(bpb.shape)}")
+    n_teachers = bpb.shape[1]
+    if fixed is None:
+        fixed = torch.ones(n_teachers, dtype=bpb.dtype, device=bpb.device)
+    fixed = fixed.to(device=bpb.device, dtype=bpb.dtype)
+    if fixed.shape != (n_teachers,):
+        raise ValueError(f"fixed weights must be [{n_teachers}], got {tuple(fixed.shape)}")
+    if bool((fixed < 0).any()) or not bool(torch.isfinite(fixed).all()):
+        raise ValueError(f"fixed teacher weights must be finite and non-negative, got {fixed.tolist()}")
+    if temperature <= 0.0:
+        raise ValueError(f"fusion temperature must be positive, got {temperature}")
+
+    usable = torch.isfinite(bpb) & (fixed > 0).unsqueeze(0)
+    if mode == "fixed":
+        scores = torch.where(usable, fixed.log().expand_as(bpb), -math.inf)
+    elif mode == "bpb_softmax":
+        scores = torch.where(usable, fixed.log() - bpb / temperature, -math.inf)
+    elif mode == "min_ce":
+        best = torch.where(usable, bpb, math.inf).min(dim=-1, keepdim=True).values
+        scores = torch.where(usable & (bpb == best), 0.0, -math.inf)
+    else:
+        raise ValueError(f"unknown fusion mode {mode!r}; choose fixed, bpb_softmax or min_ce")
+    covered = usable.any(dim=-1, keepdim=True)
+    # rows with nothing usable would be softmax(-inf...) = NaN; give them zeros instead
+    safe = torch.where(covered, scores, 0.0)
+    return torch.where(covered, torch.softmax(safe, dim=-1), 0.0)
+
+
+def mean_teacher_weights(weights: Tensor, names: Sequence[str]) -> dict[str, float]:
+    """Average weight of each teacher over the documents, for the training log.
+
+    Shapes: ``weights`` [D, n_teachers]; ``names`` has ``n_teachers`` entries.
+    """
+    if weights.dim() != 2 or weights.shape[1] != len(names):
+        raise ValueError(f"weights {tuple(weights.shape)} do not match {len(names)} teacher names")
+    if weights.shape[0] == 0:
+        return {name: 0.0 for name in names}
+    means = weights.detach().float().mean(dim=0).tolist()
+    return {name: float(w) for name, w in zip(names, means, strict=True)}

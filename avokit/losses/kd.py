@@ -1,0 +1,172 @@
+"""Per-teacher distillation losses for one batch: bucketed top-k term and chunk term.
+
+The trainer builds one :class:`TeacherBatch` per teacher and batch from the cache and the
+alignment (common boundaries, chunks, vocabulary map), then calls :func:`kd_losses`. Fusion
+weights (see :mod:`avokit.losses.fusion`) arrive per boundary and per chunk, so one call
+handles documents with different teacher weights; a weight of 0 masks a boundary or chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from avokit.losses.bucketed import bucketed_divergence
+from avokit.losses.ce import gold_logprobs
+from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs
+from avokit.recipe.train import LossConfig
+
+
+@dataclass(frozen=True)
+class TeacherBatch:
+    """One teacher's targets for one student batch of ``B`` rows of ``T`` tokens.
+
+    ``M`` common boundaries, ``k`` top-k width, ``C`` chunks over the whole batch.
+
+    - b_idx: long [M], batch row of each boundary
+    - s_pos: long [M], input position whose *output* logits predict the student token that
+      starts at the boundary (for a boundary at student token ``j`` of the row: ``j - 1``)
+    - topk_student_ids: long [M, k], teacher top-k ids mapped to student ids, -1 = unmapped
+    - topk_logprobs: float [M, k], teacher raw log-probs (T = 1)
+    - boundary_weight: float [M], fusion weight of the boundary's document (0 masks it)
+    - chunk_teacher_logprob: float [C], sum of teacher gold log-probs over the chunk's tokens
+    - chunk_of_target: long [B, T], for logit position ``p`` (predicting input token ``p+1``)
+      the chunk id of token ``p+1``, or -1 (padding, prompt, chunk not wholly in the window);
+      the last column must be -1
+    - chunk_weight: float [C], fusion weight of the chunk's document (0 masks it)
+    """
+
+    b_idx: Tensor
+    s_pos: Tensor
+    topk_student_ids: Tensor
+    topk_logprobs: Tensor
+    boundary_weight: Tensor
+    chunk_teacher_logprob: Tensor
+    chunk_of_target: Tensor
+    chunk_weight: Tensor
+
+    @property
+    def n_boundaries(self) -> int:
+        """``M``."""
+        return int(self.b_idx.shape[0])
+
+    @property
+    def n_chunks(self) -> int:
+        """``C``."""
+        return int(self.chunk_teacher_logprob.shape[0])
+
+    def to(self, device: torch.device | str) -> "TeacherBatch":
+        """A copy with every tensor on ``device``."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @classmethod
+    def empty(cls, batch_size: int, seq_len: int, k: int, device: torch.device | str = "cpu") -> "TeacherBatch":
+        """A batch with no boundaries and no chunks (a teacher with nothing for these rows)."""
+        long = dict(dtype=torch.long, device=device)
+        flt = dict(dtype=torch.float32, device=device)
+        return cls(
+            b_idx=torch.zeros(0, **long),
+            s_pos=torch.zeros(0, **long),
+            topk_student_ids=torch.zeros(0, k, **long),
+            topk_logprobs=torch.zeros(0, k, **flt),
+            boundary_weight=torch.zeros(0, **flt),
+            chunk_teacher_logprob=torch.zeros(0, **flt),
+            chunk_of_target=torch.full((batch_size, seq_len), -1, **long),
+            chunk_weight=torch.zeros(0, **flt),
+        )
+
+    def validate(self, batch_size: int, seq_len: int) -> None:
+        """Raise ``ValueError`` naming the field when shapes or indices do not fit [B, T]."""
+        m = self.n_boundaries
+        for name in ("s_pos", "boundary_weight"):
+            if getattr(self, name).shape != (m,):
+                raise ValueError(f"TeacherBatch.{name} must be [M={m}], got {tuple(getattr(self, name).shape)}")
+        for name in ("topk_student_ids", "topk_logprobs"):
+            t = getattr(self, name)
+            if t.dim() != 2 or t.shape[0] != m:
+                raise ValueError(f"TeacherBatch.{name} must be [M={m}, k], got {tuple(t.shape)}")
+        if self.topk_student_ids.shape != self.topk_logprobs.shape:
+            raise ValueError("TeacherBatch.topk_student_ids and topk_logprobs differ in shape")
+        if m and (int(self.b_idx.min()) < 0 or int(self.b_idx.max()) >= batch_size):
+            raise ValueError(f"TeacherBatch.b_idx outside [0, {batch_size})")
+        if m and (int(self.s_pos.min()) < 0 or int(self.s_pos.max()) >= seq_len):
+            raise ValueError(f"TeacherBatch.s_pos outside [0, {seq_len})")
+        c = self.n_chunks
+        if self.chunk_weight.shape != (c,):
+            raise ValueError(f"TeacherBatch.chunk_weight must be [C={c}], got {tuple(self.chunk_weight.shape)}")
+        if self.chunk_of_target.shape != (batch_size, seq_len):
+            raise ValueError(
+                f"TeacherBatch.chunk_of_target must be [B={batch_size}, T={seq_len}], "
+                f"got {tuple(self.chunk_of_target.shape)}"
+            )
+        if seq_len and bool((self.chunk_of_target[:, -1] >= 0).any()):
+            raise ValueError("TeacherBatch.chunk_of_target marks the last position, which predicts nothing")
+        if self.chunk_of_target.numel() and int(self.chunk_of_target.max()) >= c:
+            raise ValueError(f"TeacherBatch.chunk_of_target holds chunk id >= C={c}")
+
+
+def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """``sum(w * v) / sum(w)`` over [N]; 0 (attached to ``values``' graph) when ``sum(w) == 0``.
+
+    Entries with zero weight are excluded even if their value is not finite.
+    """
+    w = weights.to(values.dtype)
+    terms = torch.where(w > 0, w * values, torch.zeros_like(values))
+    total = w.sum()
+    return terms.sum() / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def kd_losses(
+    student_logits: Tensor,
+    input_ids: Tensor,
+    batch: TeacherBatch,
+    cfg: LossConfig,
+    student_logprobs: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Distillation terms of one teacher for one batch.
+
+    Shapes: ``student_logits`` float [B, T, V]; ``input_ids`` long [B, T]; ``batch`` as
+    documented on :class:`TeacherBatch`; ``student_logprobs`` optional float [B, T, V] =
+    ``log_softmax(student_logits, -1)`` when the trainer already computed it for CE.
+
+    Returns ``{"kd": weighted mean over informative boundaries of the bucketed divergence
+    (cfg.divergence, cfg.temperature, cfg.jsd_beta), "chunk": weighted mean over chunks of
+    the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau)}``; both scalars,
+    0 when nothing is left after masking. Unweighted by ``cfg.kd_weight``/``cfg.chunk_weight``:
+    the trainer combines terms (and logs them separately).
+    """
+    if student_logits.dim() != 3:
+        raise ValueError(f"student_logits must be [B, T, V], got {tuple(student_logits.shape)}")
+    bsz, seq_len, _ = student_logits.shape
+    batch.validate(bsz, seq_len)
+
+    if student_logprobs is not None:
+        rows = student_logprobs[batch.b_idx, batch.s_pos]
+    else:
+        # only the M boundary rows are normalised: [M, V], never [B, T, V] twice
+        rows = torch.log_softmax(student_logits[batch.b_idx, batch.s_pos].float(), dim=-1)
+    values, informative = bucketed_divergence(
+        rows,
+        batch.topk_student_ids,
+        batch.topk_logprobs,
+        kind=cfg.divergence,
+        beta=cfg.jsd_beta,
+        temperature=cfg.temperature,
+    )
+    kd = weighted_mean(values, batch.boundary_weight * informative)
+
+    select = batch.chunk_of_target >= 0
+    gold = gold_logprobs(student_logits, input_ids, select, student_logprobs)
+    student_chunk, n_tokens = student_chunk_logprobs(gold, batch.chunk_of_target[select], batch.n_chunks)
+    chunk_values = chunk_divergence(
+        student_chunk,
+        batch.chunk_teacher_logprob,
+        kind=cfg.divergence,
+        beta=cfg.jsd_beta,
+        tau=cfg.chunk_tau,
+    )
+    # a chunk none of whose tokens is in the window has no student likelihood to compare
+    chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
+    return {"kd": kd, "chunk": chunk}
