@@ -46,5 +46,6 @@ class TrainConfig(Section):
     eval_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
     log_every: int = Field(default=10, ge=1)
+    eval_max_rows: int = Field(default=64, ge=1)  # held-out rows scored per evaluation
     loss: LossConfig = LossConfig()
     fusion: FusionConfig = FusionConfig()

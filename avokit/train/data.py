@@ -1,0 +1,167 @@
+"""Sequence packing for the student: documents joined by the separator token, cut into rows.
+
+Layout: the packed *stream* is ``[sep] doc0 [sep] doc1 ...`` (the separator is the student's
+EOS, so every document is predicted from the same start token, as teachers predict theirs from
+BOS). Row ``r`` is the window ``stream[r*T : r*T+T+1]``: ``inputs = window[:-1]``,
+``targets = window[1:]``, so logit position ``p`` of row ``r`` predicts stream token
+``r*T + p + 1`` and every token after the first is predicted exactly once, with no padding.
+
+Batches are a pure function of (seed, global micro-batch index): each epoch is a seeded
+permutation of the rows. The data position of a run is therefore just its step counter, which
+is what makes resume-after-kill reproduce an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avokit.align import byteify, tokenize_batch_with_offsets
+from avokit.errors import AvokitError
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus document (the corpus contract's columns)."""
+
+    doc_id: str
+    text: str
+    source: str = ""
+
+
+def read_split(run_dir: Path, split: str) -> list[Document]:
+    """Documents of ``run_dir/corpus/<split>.parquet`` (columns doc_id, text, source)."""
+    import pyarrow.parquet as pq
+
+    path = Path(run_dir) / "corpus" / f"{split}.parquet"
+    if not path.is_file():
+        raise AvokitError(f"{path}: corpus split not found; run `avokit corpus` first")
+    table = pq.read_table(path)
+    missing = {"doc_id", "text"} - set(table.column_names)
+    if missing:
+        raise AvokitError(f"{path}: missing column(s) {sorted(missing)}")
+    ids = table.column("doc_id").to_pylist()
+    texts = table.column("text").to_pylist()
+    sources = table.column("source").to_pylist() if "source" in table.column_names else [""] * len(ids)
+    return [Document(str(i), str(t), str(s)) for i, t, s in zip(ids, texts, sources)]
+
+
+@dataclass(frozen=True)
+class PackedCorpus:
+    """Documents tokenised by the student and packed into rows of ``seq_len`` predictions.
+
+    - stream: int64 [L] the packed token stream
+    - doc_start: int64 [D] stream index of each document's first token (after its separator)
+    - doc_len: int64 [D] number of tokens of each document
+    - token_bytes: int64 [L] UTF-8 bytes of every stream token (0 for separators)
+    - is_sep: bool [L] True where the stream holds a separator
+    - byte_ends: per document, int64 [n_d] byte end offset of each student token
+    """
+
+    doc_ids: list[str]
+    stream: np.ndarray
+    doc_start: np.ndarray
+    doc_len: np.ndarray
+    token_bytes: np.ndarray
+    is_sep: np.ndarray
+    byte_ends: list[np.ndarray]
+    seq_len: int
+
+    @property
+    def n_rows(self) -> int:
+        """Number of full rows (windows of ``seq_len + 1`` stream tokens, stride ``seq_len``)."""
+        return max(0, (int(self.stream.shape[0]) - 1) // self.seq_len)
+
+    def row_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, targets)``: int64 [len(rows), T] each."""
+        idx = rows[:, None] * self.seq_len + np.arange(self.seq_len + 1)[None, :]
+        window = self.stream[idx]
+        return window[:, :-1], window[:, 1:]
+
+    def row_spans(self, row: int) -> list[tuple[int, int, int]]:
+        """Documents whose tokens are targets of ``row``: ``(doc, first_token, last_token_excl)``."""
+        lo = row * self.seq_len + 1  # first stream index predicted by this row
+        hi = lo + self.seq_len  # exclusive
+        doc_end = self.doc_start + self.doc_len
+        first = int(np.searchsorted(doc_end, lo, side="right"))
+        spans = []
+        for d in range(first, len(self.doc_ids)):
+            start = int(self.doc_start[d])
+            if start >= hi:
+                break
+            a = max(lo, start) - start
+            b = min(hi, int(doc_end[d])) - start
+            if b > a:
+                spans.append((d, a, b))
+        return spans
+
+
+def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: int) -> PackedCorpus:
+    """Tokenise ``docs`` with exact byte offsets and pack them (see the module docstring).
+
+    Raises :class:`AvokitError` when the documents are too short to fill one row.
+    """
+    tb = byteify(tokenizer)
+    tokenized = tokenize_batch_with_offsets(tokenizer, [d.text for d in docs], tb) if docs else []
+    pieces: list[np.ndarray] = []
+    byte_pieces: list[np.ndarray] = []
+    doc_start = np.zeros(len(docs), dtype=np.int64)
+    doc_len = np.zeros(len(docs), dtype=np.int64)
+    pos = 0
+    for i, tok in enumerate(tokenized):
+        n = int(tok.ids.shape[0])
+        pieces.append(np.array([sep_id], dtype=np.int64))
+        pieces.append(tok.ids.astype(np.int64))
+        byte_pieces.append(np.zeros(1, dtype=np.int64))
+        byte_pieces.append(np.diff(tok.byte_ends, prepend=0).astype(np.int64))
+        doc_start[i] = pos + 1
+        doc_len[i] = n
+        pos += n + 1
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    token_bytes = np.concatenate(byte_pieces) if byte_pieces else np.zeros(0, dtype=np.int64)
+    is_sep = np.zeros(stream.shape[0], dtype=bool)
+    is_sep[doc_start - 1] = True
+    packed = PackedCorpus(
+        doc_ids=[d.doc_id for d in docs],
+        stream=stream,
+        doc_start=doc_start,
+        doc_len=doc_len,
+        token_bytes=token_bytes,
+        is_sep=is_sep,
+        byte_ends=[t.byte_ends.astype(np.int64) for t in tokenized],
+        seq_len=seq_len,
+    )
+    if packed.n_rows == 0:
+        raise AvokitError(
+            f"the corpus has {stream.shape[0]} student tokens, fewer than one row of "
+            f"train.seq_len={seq_len}; lower train.seq_len or add documents"
+        )
+    return packed
+
+
+def batch_rows(n_rows: int, seed: int, micro_index: int, batch_size: int) -> np.ndarray:
+    """Row indices of global micro-batch ``micro_index``: a seeded permutation per epoch.
+
+    int64 [batch_size]; a pure function of its arguments (the resumable data cursor).
+    """
+    flat = np.arange(micro_index * batch_size, (micro_index + 1) * batch_size, dtype=np.int64)
+    out = np.empty_like(flat)
+    epochs = flat // n_rows
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n_rows)
+        mask = epochs == epoch
+        out[mask] = perm[flat[mask] % n_rows]
+    return out
+
+
+def rank_slice(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This process's contiguous share of a global batch (the batch must divide evenly)."""
+    if rows.shape[0] % world:
+        raise AvokitError(
+            f"train.batch_size={rows.shape[0]} must be divisible by the number of processes ({world})"
+        )
+    per = rows.shape[0] // world
+    return rows[rank * per : (rank + 1) * per]

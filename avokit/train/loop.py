@@ -1,0 +1,243 @@
+"""The training loop on Hugging Face Accelerate: the same code on one CPU or many GPUs.
+
+Distribution (DDP, FSDP, DeepSpeed) comes from ``accelerate launch`` configs; this loop only
+slices each global batch by rank. Loss = ce_weight * CE + sum over teachers of
+teacher.weight * (kd_weight * kd + chunk_weight * chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avokit.recipe.train import TrainConfig
+from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from avokit.train.data import PackedCorpus, batch_rows, rank_slice
+from avokit.train.kd_data import TeacherSource, build_teacher_batch
+from avokit.train.schedule import lr_factor
+
+LN2 = math.log(2.0)
+
+
+class TrainingInterrupted(Exception):
+    """Raised by a ``stop_after`` hook: the run stopped early and can be resumed."""
+
+
+@dataclass
+class KDSetup:
+    """Teachers for KD: their sources and per-document fusion weights float32 [D, n_teachers]."""
+
+    sources: list[TeacherSource]
+    doc_weights: np.ndarray
+    loss_cfg: Any = None  # avokit.recipe.train.LossConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto`` -> bf16 on CUDA devices that support it, else ``no``."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+@torch.no_grad()
+def heldout_bpb(model: Any, packed: PackedCorpus, accelerator: Any, max_rows: int, batch: int) -> float:
+    """Bits per byte on held-out rows: total NLL nats / (ln 2 * UTF-8 bytes) of document tokens.
+
+    Separator targets are excluded (they carry no bytes); rows are shared across processes and
+    the sums reduced, so the number is the same on any process count.
+    """
+    rows = np.arange(min(max_rows, packed.n_rows), dtype=np.int64)
+    mine = rows[accelerator.process_index :: accelerator.num_processes]
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    nbytes = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for i in range(0, mine.shape[0], batch):
+        part = mine[i : i + batch]
+        x, y = packed.row_tokens(part)
+        tgt_idx = part[:, None] * packed.seq_len + 1 + np.arange(packed.seq_len)[None, :]
+        keep = torch.from_numpy(~packed.is_sep[tgt_idx]).to(accelerator.device)
+        xt = torch.from_numpy(x).to(accelerator.device)
+        yt = torch.from_numpy(y).to(accelerator.device)
+        logits = model(input_ids=xt).logits.float()
+        tok_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none")
+        nll += (tok_nll.view_as(yt) * keep).sum().double()
+        nbytes += float(packed.token_bytes[tgt_idx].sum())
+    model.train(was_training)
+    nll = accelerator.reduce(nll, reduction="sum")
+    nbytes = accelerator.reduce(nbytes, reduction="sum")
+    return float(nll / (LN2 * nbytes)) if float(nbytes) > 0 else float("nan")
+
+
+def _teacher_terms(logits: torch.Tensor, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup,
+                   device: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """kd/chunk loss terms of every teacher for this micro-batch."""
+    from avokit.losses.kd import TeacherBatch, kd_losses
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for t, source in enumerate(kd.sources):
+        arrays = build_teacher_batch(packed, rows, source, lambda d, t=t: float(kd.doc_weights[d, t]))
+        batch = TeacherBatch(**arrays.to_torch(device))
+        out[source.name] = kd_losses(logits, batch, kd.loss_cfg)
+    return out
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train_loop(
+    model: Any,
+    packed: PackedCorpus,
+    heldout: PackedCorpus | None,
+    cfg: TrainConfig,
+    out_dir: Path,
+    kd: KDSetup | None = None,
+    eval_max_rows: int = 64,
+    stop_after: Callable[[int], bool] | None = None,
+    progress: bool = True,
+) -> Any:
+    """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``out_dir/checkpoints``.
+
+    Returns the unwrapped trained model (on every process). ``stop_after(step)`` returning True
+    right after a checkpoint is saved raises :class:`TrainingInterrupted` (tests use it to
+    simulate a kill at a known point).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(cfg.seed)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    # The scheduler is stepped by hand once per optimizer step (not through accelerate.prepare,
+    # which would step it once per process) and checkpointed alongside the rest.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    ckpt_root = out_dir / "checkpoints"
+    log_path = out_dir / "train_log.jsonl"
+    start = 0
+    found = latest_checkpoint(ckpt_root)
+    if found is not None:
+        start = load_checkpoint(accelerator, found[0])
+    main = accelerator.is_main_process
+    writer = None
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, start)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+    loss_cfg = kd.loss_cfg if kd else cfg.loss
+    world, rank = accelerator.num_processes, accelerator.process_index
+    model.train()
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (main and progress))
+    task = bar.add_task("train", total=cfg.steps, completed=start, info="")
+    tokens_seen = start * cfg.batch_size * cfg.grad_accum * packed.seq_len
+    t_last, tok_last = time.perf_counter(), 0
+    with bar:
+        for step in range(start, cfg.steps):
+            sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
+            per_teacher: dict[str, float] = {}
+            for micro in range(cfg.grad_accum):
+                rows = rank_slice(batch_rows(packed.n_rows, cfg.seed, step * cfg.grad_accum + micro,
+                                             cfg.batch_size), rank, world)
+                x, y = packed.row_tokens(rows)
+                xt = torch.from_numpy(x).to(accelerator.device)
+                yt = torch.from_numpy(y).to(accelerator.device)
+                with accelerator.accumulate(model), accelerator.autocast():
+                    logits = model(input_ids=xt).logits.float()
+                    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1))
+                    loss = loss_cfg.ce_weight * ce
+                    kd_sum = torch.zeros((), device=logits.device)
+                    ch_sum = torch.zeros((), device=logits.device)
+                    if kd is not None and kd.sources:
+                        terms = _teacher_terms(logits, packed, rows, kd, accelerator.device)
+                        for source in kd.sources:
+                            tt = terms[source.name]
+                            part = loss_cfg.kd_weight * tt["kd"] + loss_cfg.chunk_weight * tt["chunk"]
+                            loss = loss + source.weight * part
+                            kd_sum = kd_sum + source.weight * tt["kd"].detach()
+                            ch_sum = ch_sum + source.weight * tt["chunk"].detach()
+                            per_teacher[source.name] = per_teacher.get(source.name, 0.0) + float(
+                                part.detach()) / cfg.grad_accum
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for key, val in (("loss", loss), ("ce", ce), ("kd", kd_sum), ("chunk", ch_sum)):
+                    sums[key] += float(val.detach()) / cfg.grad_accum
+            lr_now = scheduler.get_last_lr()[0]
+            scheduler.step()
+            done = step + 1
+            step_tokens = cfg.batch_size * cfg.grad_accum * packed.seq_len
+            tokens_seen += step_tokens
+            tok_last += step_tokens
+            is_eval = heldout is not None and (done % cfg.eval_every == 0 or done == cfg.steps)
+            is_log = done % cfg.log_every == 0 or done == cfg.steps or is_eval
+            if is_log:
+                stats = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "ce", "kd", "chunk")],
+                                                        device=accelerator.device), reduction="mean")
+                now = time.perf_counter()
+                record: dict[str, Any] = {"step": done, "loss": float(stats[0]), "lr": lr_now,
+                                          "ce": float(stats[1]), "kd": float(stats[2]),
+                                          "chunk": float(stats[3]), "tokens": tokens_seen,
+                                          "tokens_per_s": tok_last / max(now - t_last, 1e-9)}
+                t_last, tok_last = now, 0
+                if is_eval:
+                    record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
+                                                        accelerator, eval_max_rows, cfg.batch_size)
+                if kd is not None and kd.sources:
+                    record["teacher_weights"] = {s.name: float(np.mean(kd.doc_weights[:, t]))
+                                                 for t, s in enumerate(kd.sources)}
+                if main:
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    for key, val in record.items():
+                        if isinstance(val, (int, float)) and key != "step":
+                            writer.add_scalar(f"train/{key}", val, done)
+                    for name, val in record.get("teacher_weights", {}).items():
+                        writer.add_scalar(f"teacher_weight/{name}", val, done)
+                    for name, val in per_teacher.items():
+                        writer.add_scalar(f"teacher_loss/{name}", val, done)
+                bar.update(task, info=f"loss {record['loss']:.3f}")
+            bar.update(task, completed=done)
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_checkpoint(accelerator, ckpt_root, done)
+                if stop_after is not None and stop_after(done):
+                    if writer is not None:
+                        writer.close()
+                    raise TrainingInterrupted(f"stopped after step {done}")
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(model)

@@ -1,0 +1,124 @@
+"""``run_training``: the train stage entry point (student with KD, or the CE-only baseline)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from avokit.errors import AvokitError
+from avokit.recipe.recipe import Recipe
+from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
+from avokit.train.data import PackedCorpus, pack_documents, read_split
+from avokit.train.kd_data import TeacherSource
+from avokit.train.loop import KDSetup, train_loop
+
+DONE = "training_done.json"
+
+
+def ensure_student_tokenizer(recipe: Recipe) -> Any:
+    """The run's student tokenizer (``run_dir/tokenizer``), trained or copied there once.
+
+    Shared by the student and the baseline so both see identical tokens.
+    """
+    tok_dir = recipe.run_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_student_tokenizer(tok_dir)
+    cfg = recipe.student.tokenizer
+    if cfg.kind == "path":
+        assert cfg.path is not None  # guaranteed by the recipe validator
+        tok = load_student_tokenizer(recipe.resolve(cfg.path))
+        tok.save_pretrained(str(tok_dir))
+        return tok
+    texts = [d.text for d in read_split(recipe.run_dir, "train")]
+    return train_student_tokenizer(texts, cfg.vocab_size, tok_dir)
+
+
+def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
+    """Open every teacher's cache and map its vocabulary into the student's."""
+    from avokit.align import byteify
+    from avokit.align.vocab_map import build_vocab_map
+    from avokit.cache import CacheReader, load_cache_tokenizer
+
+    student_tb = byteify(tokenizer, name="student")
+    sources = []
+    for t in recipe.teachers:
+        cache_dir = recipe.run_dir / "cache" / t.name
+        if not (cache_dir / "manifest.json").is_file():
+            raise AvokitError(f"{cache_dir}: teacher cache missing; run `avokit capture` first")
+        reader = CacheReader(cache_dir)
+        t_tok = load_cache_tokenizer(cache_dir)
+        vmap = build_vocab_map(byteify(t_tok, name=t.name), student_tb, t_tok, tokenizer)
+        sources.append(TeacherSource(t.name, t.weight, reader,
+                                     np.asarray(vmap.teacher_to_student, dtype=np.int64)))
+    return sources
+
+
+def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource]) -> np.ndarray:
+    """Per-document teacher weights float32 [D, n_teachers] from each teacher's BPB on it.
+
+    Aligns every (teacher, document) once here; the memo is reused by every batch.
+    """
+    import torch
+
+    from avokit.losses.fusion import document_weights
+
+    bpb = np.full((len(packed.doc_ids), len(sources)), math.inf, dtype=np.float64)
+    for t, source in enumerate(sources):
+        for d, doc_id in enumerate(packed.doc_ids):
+            kd = source.doc(doc_id, packed.byte_ends[d])
+            if kd is not None:
+                bpb[d, t] = kd.bpb
+    fcfg = recipe.train.fusion
+    covered = np.isfinite(bpb)
+    # Missing documents get a huge BPB (weight ~0) instead of inf, which softmax turns into NaN.
+    finite = np.where(covered, bpb, 1e6)
+    weights = document_weights(torch.tensor(finite, dtype=torch.float32), fcfg.mode, fcfg.temperature,
+                               [s.weight for s in sources]).numpy().astype(np.float32)
+    return np.where(covered, weights, 0.0).astype(np.float32)
+
+
+def run_training(recipe: Recipe, baseline: bool = False,
+                 stop_after: Callable[[int], bool] | None = None, progress: bool = True) -> Path:
+    """Train the student (``baseline=False``, CE + KD) or the CE-only baseline; returns its model dir.
+
+    Output: ``run_dir/student/`` or ``run_dir/baseline/`` with config.json, model.safetensors,
+    tokenizer files, ``checkpoints/``, ``train_log.jsonl``, ``tensorboard/``. A finished run
+    is skipped; an interrupted one resumes from its newest complete checkpoint. The baseline
+    uses identical data, steps and seed.
+    """
+    from accelerate.utils import set_seed
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    out_dir = recipe.run_dir / ("baseline" if baseline else "student")
+    if (out_dir / DONE).is_file() and (out_dir / "config.json").is_file():
+        return out_dir
+    tokenizer = ensure_student_tokenizer(recipe)
+    cfg = recipe.train
+    sep = tokenizer.eos_token_id
+    packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep)
+    heldout_docs = read_split(recipe.run_dir, "heldout")
+    heldout = pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep) if heldout_docs else None
+    kd = None
+    if not baseline:
+        sources = teacher_sources(recipe, tokenizer)
+        kd = KDSetup(sources=sources, doc_weights=fusion_weights(recipe, packed, sources), loss_cfg=cfg.loss)
+    if recipe.student.max_position_embeddings < cfg.seq_len and recipe.student.pretrained is None:
+        raise AvokitError(f"train.seq_len={cfg.seq_len} exceeds student.max_position_embeddings="
+                          f"{recipe.student.max_position_embeddings}")
+    set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
+    model = build_student(recipe.student, tokenizer)
+    model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
+                       stop_after=stop_after, progress=progress)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+        (out_dir / DONE).write_text(json.dumps({"steps": cfg.steps, "baseline": baseline}))
+    PartialState().wait_for_everyone()
+    return out_dir
