@@ -1,0 +1,60 @@
+"""``avokit teachers list`` and ``avokit teachers check NAME``: thin views over
+:mod:`avokit.teachers.check`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from avokit.teachers.check import check_teacher, config_for, list_registry_teachers
+
+
+def teachers_list() -> None:
+    """Show the registry teachers (nothing is loaded)."""
+    table = Table(title="registry teachers")
+    for col in ("name", "backend", "params", "vocab size", "tokenizer", "licence", "installed"):
+        table.add_column(col, no_wrap=col in ("name", "vocab size", "tokenizer"))
+    for row in list_registry_teachers():
+        table.add_row(row.name, row.backend, f"{row.params / 1e6:.1f}M", str(row.vocab_size),
+                      row.tokenizer_kind, row.license, "yes" if row.installed else "no")
+    Console().print(table)
+
+
+def teachers_check(
+    name: str = typer.Argument(..., help="registry name, HF model directory or GGUF file"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="next tokens to show"),
+) -> None:
+    """Load a teacher, print its perplexity on a built-in paragraph and its top next tokens
+    after "The capital of France is", with timings."""
+    from avokit.teachers.load import load_teacher
+
+    console = Console()
+    started = time.perf_counter()
+    teacher = load_teacher(config_for(name), Path.cwd())
+    result = check_teacher(teacher, load_seconds=time.perf_counter() - started, k=top_k)
+    info = teacher.info
+    console.print(f"[bold]{info.name}[/bold] ({info.backend}, vocab {info.vocab_size}, "
+                  f"{info.tokenizer_kind}, licence: {info.license})")
+    console.print(f"loaded in {result.load_seconds:.1f} s; scored {result.n_tokens} tokens in "
+                  f"{result.score_seconds:.2f} s ({result.tokens_per_second:.0f} tok/s)")
+    console.print(f"perplexity on the check paragraph: {result.perplexity:.2f}")
+    table = Table(title='top next tokens after "The capital of France is"')
+    table.add_column("token")
+    table.add_column("probability", justify="right")
+    for text, prob in result.top_next:
+        table.add_row(repr(text), f"{prob:.4f}")
+    console.print(table)
+    teacher.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``teachers`` command group to the avokit CLI."""
+    group = typer.Typer(help="Teacher backends: list the registry, check a teacher.",
+                        no_args_is_help=True)
+    group.command("list")(teachers_list)
+    group.command("check")(teachers_check)
+    app.add_typer(group, name="teachers")
