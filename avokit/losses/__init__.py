@@ -10,7 +10,7 @@
 """
 
 from avokit.losses.bucketed import bucketed_divergence
-from avokit.losses.ce import cross_entropy, gold_logprobs
+from avokit.losses.ce import cross_entropy, gold_logprobs, target_logprobs
 from avokit.losses.chunk import chunk_divergence
 from avokit.losses.divergences import divergence
 from avokit.losses.fusion import document_bpb, document_weights, mean_teacher_weights
@@ -26,6 +26,7 @@ __all__ = [
     "document_bpb",
     "document_weights",
     "gold_logprobs",
+    "target_logprobs",
     "kd_losses",
     "mean_teacher_weights",
     "same_vocab_divergence",

@@ -16,8 +16,10 @@ gives a large but finite reverse-KL penalty instead of ``inf``. The floor is far
 float32's smallest normal probability (``e^-87``), so it changes no probability that float32
 can represent. Student log-probabilities come from finite logits and are used as they are:
 clamping them would silently kill the gradient that should raise an under-predicted
-outcome. Every ``-inf`` is replaced by a finite value *before* any arithmetic, so no
-``0 * inf`` reaches the forward or backward pass.
+outcome. A student ``-inf`` (probability 0) contributes ``0 log 0 = 0`` where the student
+is the weighting side (reverse KL, JSD, TVD) and an honest ``+inf`` in forward KL when the
+teacher puts mass there. Every ``-inf`` on a weighting side is replaced by a finite value
+*before* any arithmetic, so no ``0 * inf`` reaches the forward or backward pass.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def _masked_sum(values: Tensor, present: Tensor) -> Tensor:
     return torch.where(present, values, torch.zeros_like(values)).sum(dim=-1)
 
 
+def _weighted_log_ratio(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``a * (log a - log b)`` elementwise with ``0 * log 0 = 0`` (no NaN from ``a = 0``)."""
+    finite = torch.isfinite(log_a)
+    safe_a = torch.where(finite, log_a, torch.zeros_like(log_a))
+    return torch.where(finite, safe_a.exp() * (safe_a - log_b), torch.zeros_like(log_a))
+
+
 def forward_kl(teacher_logp: Tensor, student_logp: Tensor, present: Tensor | None = None) -> Tensor:
     """KL(P || Q) = sum_i p_i (log p_i - log q_i): mode-covering; the classic KD objective.
 
@@ -62,7 +71,7 @@ def forward_kl(teacher_logp: Tensor, student_logp: Tensor, present: Tensor | Non
     over the present outcomes); ``present`` bool [..., n] or None. Returns [...] in nats.
     """
     present, lp, lq = _prepare(teacher_logp, student_logp, present)
-    return _masked_sum(lp.exp() * (lp - lq), present)
+    return _masked_sum(_weighted_log_ratio(lp, lq), present)
 
 
 def reverse_kl(teacher_logp: Tensor, student_logp: Tensor, present: Tensor | None = None) -> Tensor:
@@ -71,7 +80,7 @@ def reverse_kl(teacher_logp: Tensor, student_logp: Tensor, present: Tensor | Non
     Shapes as :func:`forward_kl`. Returns [...] in nats.
     """
     present, lp, lq = _prepare(teacher_logp, student_logp, present)
-    return _masked_sum(lq.exp() * (lq - lp), present)
+    return _masked_sum(_weighted_log_ratio(lq, lp), present)
 
 
 def generalized_jsd(
@@ -87,8 +96,8 @@ def generalized_jsd(
         raise ValueError(f"jsd beta must lie strictly between 0 and 1, got {beta}")
     present, lp, lq = _prepare(teacher_logp, student_logp, present)
     log_m = torch.logaddexp(lp + math.log(beta), lq + math.log1p(-beta))
-    kl_pm = lp.exp() * (lp - log_m)
-    kl_qm = lq.exp() * (lq - log_m)
+    kl_pm = _weighted_log_ratio(lp, log_m)
+    kl_qm = _weighted_log_ratio(lq, log_m)
     return _masked_sum(beta * kl_pm + (1.0 - beta) * kl_qm, present)
 
 

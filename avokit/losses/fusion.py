@@ -39,12 +39,13 @@ def document_weights(
     bpb: Tensor,
     mode: FusionMode,
     temperature: float,
-    fixed: Tensor | None = None,
+    fixed: Tensor | Sequence[float] | None = None,
 ) -> Tensor:
     """Per-document teacher weights.
 
-    Shapes: ``bpb`` float [D, n_teachers]; ``fixed`` float [n_teachers] (non-negative; None =
-    all 1). Returns float [D, n_teachers], rows summing to 1 (or all 0 for a document no
+    Shapes: ``bpb`` float [D, n_teachers]; ``fixed`` float [n_teachers] tensor or sequence (the
+    recipe's per-teacher weights, non-negative; None = all 1). Non-finite BPB (``inf``/NaN)
+    marks a teacher that has no record of the document. Returns float [D, n_teachers], rows summing to 1 (or all 0 for a document no
     teacher with positive fixed weight and finite BPB covers).
 
     - ``fixed``: ``fixed`` normalised, the same for every document
@@ -56,7 +57,7 @@ def document_weights(
     n_teachers = bpb.shape[1]
     if fixed is None:
         fixed = torch.ones(n_teachers, dtype=bpb.dtype, device=bpb.device)
-    fixed = fixed.to(device=bpb.device, dtype=bpb.dtype)
+    fixed = torch.as_tensor(fixed, dtype=bpb.dtype, device=bpb.device)
     if fixed.shape != (n_teachers,):
         raise ValueError(f"fixed weights must be [{n_teachers}], got {tuple(fixed.shape)}")
     if bool((fixed < 0).any()) or not bool(torch.isfinite(fixed).all()):

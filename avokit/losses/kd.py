@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from avokit.losses.bucketed import bucketed_divergence
-from avokit.losses.ce import gold_logprobs
+from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs
 from avokit.recipe.train import LossConfig
 
@@ -34,7 +34,7 @@ class TeacherBatch:
     - chunk_teacher_logprob: float [C], sum of teacher gold log-probs over the chunk's tokens
     - chunk_of_target: long [B, T], for logit position ``p`` (predicting input token ``p+1``)
       the chunk id of token ``p+1``, or -1 (padding, prompt, chunk not wholly in the window);
-      the last column must be -1
+      the last column must be -1 unless ``kd_losses`` gets explicit ``targets``
     - chunk_weight: float [C], fusion weight of the chunk's document (0 masks it)
     """
 
@@ -101,8 +101,6 @@ class TeacherBatch:
                 f"TeacherBatch.chunk_of_target must be [B={batch_size}, T={seq_len}], "
                 f"got {tuple(self.chunk_of_target.shape)}"
             )
-        if seq_len and bool((self.chunk_of_target[:, -1] >= 0).any()):
-            raise ValueError("TeacherBatch.chunk_of_target marks the last position, which predicts nothing")
         if self.chunk_of_target.numel() and int(self.chunk_of_target.max()) >= c:
             raise ValueError(f"TeacherBatch.chunk_of_target holds chunk id >= C={c}")
 
@@ -120,16 +118,21 @@ def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
 
 def kd_losses(
     student_logits: Tensor,
-    input_ids: Tensor,
+    input_ids: Tensor | None,
     batch: TeacherBatch,
     cfg: LossConfig,
     student_logprobs: Tensor | None = None,
+    *,
+    targets: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Distillation terms of one teacher for one batch.
 
     Shapes: ``student_logits`` float [B, T, V]; ``input_ids`` long [B, T]; ``batch`` as
     documented on :class:`TeacherBatch`; ``student_logprobs`` optional float [B, T, V] =
     ``log_softmax(student_logits, -1)`` when the trainer already computed it for CE.
+    The chunk term needs the student's gold tokens: ``targets[b, p] = input_ids[b, p+1]``, or
+    pass ``targets`` long [B, T] (labels per logit position) and ``input_ids=None`` when the
+    packing keeps the token after each row (then the last position may belong to a chunk).
 
     Returns ``{"kd": weighted mean over informative boundaries of the bucketed divergence
     (cfg.divergence, cfg.temperature, cfg.jsd_beta), "chunk": weighted mean over chunks of
@@ -158,7 +161,11 @@ def kd_losses(
     kd = weighted_mean(values, batch.boundary_weight * informative)
 
     select = batch.chunk_of_target >= 0
-    gold = gold_logprobs(student_logits, input_ids, select, student_logprobs)
+    if targets is None:
+        if input_ids is None:
+            raise ValueError("kd_losses needs input_ids or targets for the chunk term")
+        targets = shifted_targets(input_ids, select)
+    gold = target_logprobs(student_logits, targets, select, student_logprobs)
     student_chunk, n_tokens = student_chunk_logprobs(gold, batch.chunk_of_target[select], batch.n_chunks)
     chunk_values = chunk_divergence(
         student_chunk,
