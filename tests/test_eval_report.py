@@ -1,0 +1,122 @@
+"""End to end: run_eval on a tiny recipe (tiny random student, baseline and teacher), the
+report with plots, the append-only log, the gate verdict, then release through the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from avokit.corpus import AVOKIT_CANARY, build_corpus
+from avokit.recipe.load import recipe_from_dict
+
+WORDS = ("river stone garden lamp window copper forest silver bridge candle harbor meadow "
+         "engine pocket ladder violin thunder pepper marble saddle cotton falcon mirror orchard").split()
+
+
+def _corpus(path: Path, n: int = 30) -> None:
+    rng = random.Random(0)
+    lines = [json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(60)) + "."}) for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _task(tmp: Path) -> Path:
+    rows = [{"id": f"t{i}", "q": f"Which of the following words names item number {i} in the little test",
+             "choices": ["lamp", "river", "copper"], "answer": i % 3} for i in range(8)]
+    (tmp / "toy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp / "toy.yaml").write_text(json.dumps({"name": "toy", "data": "toy.jsonl", "prompt": "Q: {q}\nA:"}))
+    return tmp / "toy.yaml"
+
+
+def _train_log(path: Path, start: float) -> None:
+    path.write_text("".join(json.dumps({"step": s, "loss": start / (1 + s / 10), "lr": 1e-3, "tokens": 512 * s,
+                                        **({"heldout_bpb": start / (1 + s / 12)} if s % 5 == 0 else {})}) + "\n"
+                            for s in range(1, 21)))
+
+
+@pytest.fixture()
+def recipe_dir(tmp_path: Path, tiny_model_factory: Callable[..., Path], smollm2_tokenizer: Any) -> Path:
+    _corpus(tmp_path / "docs.jsonl")
+    _task(tmp_path)
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama", seed=0)
+    recipe = {
+        "name": "tiny", "runs_dir": "runs",
+        "corpus": {"sources": [{"kind": "jsonl", "path": "docs.jsonl"}], "heldout_fraction": 0.2, "min_chars": 50},
+        "teachers": [{"name": "tiny-teacher", "kind": "hf", "path": str(teacher_dir), "device": "cpu"}],
+        "eval": {"tasks": ["toy.yaml"], "max_items": 6, "batch_size": 4, "max_length": 128},
+        "gate": {"max_bpb": 1000.0, "max_contamination": 0.5, "must_beat_baseline": False},
+    }
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
+    r = recipe_from_dict(recipe, tmp_path)
+    build_corpus(r)
+    for m, seed, start in (("student", 1, 6.0), ("baseline", 2, 7.0)):
+        shutil.copytree(tiny_model_factory(smollm2_tokenizer, "llama", seed=seed), r.run_dir / m)
+        _train_log(r.run_dir / m / "train_log.jsonl", start)
+    return tmp_path
+
+
+def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
+    from avokit.cli.evaluate import eval_command, release_command
+    from avokit.evaluate import release, run_eval
+    from avokit.evaluate.release import ReleaseError
+    from avokit.recipe.load import load_recipe
+
+    recipe_file = recipe_dir / "recipe.yaml"
+    run_dir = recipe_dir / "runs" / "tiny"
+    registry = recipe_dir / "registry"
+
+    # Evaluation 1: thresholds no random model meets -> the gate fails and blocks release.
+    strict = load_recipe(recipe_file)
+    strict.gate.max_bpb = 0.01
+    strict.gate.min_task_accuracy = {"toy": 1.0, "absent_task": 0.1}
+    strict.eval.include_teachers = False
+    report = run_eval(strict)
+    gate1 = json.loads((report / "metrics.json").read_text())["gate"]
+    assert gate1["passed"] is False
+    with pytest.raises(ReleaseError, match=r"max_bpb \(student held-out BPB .* > max_bpb 0.01\)") as err:
+        release(run_dir, "tiny-bad", registry)
+    assert "min_task_accuracy.absent_task (min_task_accuracy.absent_task: task 'absent_task' was not evaluated)" in str(err.value)
+    assert not (registry / "tiny-bad").exists()
+    items = [json.loads(x) for x in (report / "eval_items.jsonl").read_text().splitlines()]
+    assert len(items) == 6 and all(i["canary"] == AVOKIT_CANARY for i in items)
+
+    # Teacher-generated text quoting one eval item: must be found and that item scored apart.
+    leaked = items[0]["prompt"] + items[0]["choices"][items[0]["gold"]]
+    pq.write_table(pa.table({"doc_id": ["gen-0"], "text": [f"A teacher wrote: {leaked} indeed."],
+                             "source": ["generate"]}), run_dir / "corpus" / "generated.parquet")
+
+    # Evaluation 2 through the CLI function, with the teacher, the recipe's own (passing) gate.
+    report = eval_command(str(recipe_file))
+    m = json.loads((report / "metrics.json").read_text())
+    assert set(m["bpb"]) == {"student", "baseline", "tiny-teacher"}
+    assert m["bpb"]["student"]["bytes"] == m["bpb"]["tiny-teacher"]["bytes"] == m["heldout"]["bytes"] > 0
+    assert m["bpb"]["student"]["bpb"] != m["bpb"]["baseline"]["bpb"]
+    assert m["task_subset"]["toy"] == {"items": 6, "available": 8, "num_fewshot": 0,
+                                       "selection": "first by sha256(item id)"}
+    assert [i["item_id"] for i in m["contamination"]["items"]] == [items[0]["id"]]
+    toy = m["tasks"]["student"]["toy"]
+    assert toy["dirty"]["acc"]["n"] == 1 and toy["clean"]["acc"]["n"] == 5 and toy["acc"]["n"] == 6
+    assert m["eval_run"] == 2 and m["cost_usd"] == 0.0 and m["gate"]["passed"] is True
+    # append-only log: both evaluations are there, the failed one included
+    log = [json.loads(x) for x in (report / "eval_log.jsonl").read_text().splitlines()]
+    assert [(e["run"], e["gate_passed"]) for e in log] == [(1, False), (2, True)]
+    md = (report / "report.md").read_text()
+    assert "Release gate: PASSED" in md and "| 1 |" in md and "| failed |" in md and items[0]["id"] in md
+    for png in ("training_curves.png", "bpb.png", "task_accuracy.png"):
+        assert (report / png).stat().st_size > 10_000
+
+    dest = release_command(run_dir, name="tiny-1", registry=registry)
+    meta = json.loads((dest / "release.json").read_text())
+    assert meta["gate"]["passed"] is True and meta["name"] == "tiny-1" and meta["context_length"] == 256
+    assert meta["teachers"] == [{"name": "tiny-teacher", "license": m["teachers"][0]["license"]}]
+    assert (dest / "model.safetensors").is_file() and not (dest / "train_log.jsonl").exists()
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "tiny-teacher" in card and "Contamination" in card and "PASSED" in card
+    with pytest.raises(ReleaseError, match="already exists"):
+        release(run_dir, "tiny-1", registry)

@@ -1,0 +1,74 @@
+"""lm-evaluation-harness adapter: a local task YAML + JSONL data run through lm_eval against a
+tiny model, and the harness's accuracy equals avokit's own scoring of the same items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+
+ROWS = [
+    {"id": f"q{i}", "question": f"What is item {i}?", "choices": ["red", "green apple", "blue sky"], "label": i % 3}
+    for i in range(6)
+]
+
+TASK_YAML = """task: avokit_toy
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+target_delimiter: " "
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def test_lm_eval_runs_local_task_with_avokit_model(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "avokit_toy.yaml").write_text(TASK_YAML.format(data=data))
+
+    import avokit.evaluate.harness  # noqa: F401  (registers "avokit")
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(
+        model="avokit", model_args=f"path={tiny_llama_dir},device=cpu,batch_size=4",
+        tasks=["avokit_toy"], task_manager=TaskManager(include_path=str(tasks_dir)),
+        num_fewshot=0, log_samples=False,
+    )
+    harness_acc = out["results"]["avokit_toy"]["acc,none"]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from avokit.evaluate.tasks import Task, TaskItem, run_task
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    items = [TaskItem(r["id"], f"Question: {r['question']}\nAnswer:", tuple(" " + c for c in r["choices"]), r["label"])
+             for r in ROWS]
+    ours = run_task(model, tok, Task("toy", "multiple_choice", items)).scores()["acc"].value
+    assert harness_acc == pytest.approx(ours)
+
+
+def test_adapter_rejects_missing_path() -> None:
+    from avokit.errors import AvokitError
+    from avokit.evaluate.harness import AvokitLM
+
+    with pytest.raises(AvokitError, match="path"):
+        AvokitLM(path="/nonexistent/model")
