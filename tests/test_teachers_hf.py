@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,15 +65,14 @@ def assert_matches(teacher: HFTeacher, top_k: int = 8) -> None:
 
 
 @pytest.mark.parametrize(
-    ("arch", "tok_name", "pad_vocab"),
-    [("llama", "smollm2", 0), ("gemma3", "gemma3", 0), ("qwen3", "smollm2", 40),
-     ("gpt_oss", "smollm2", 0)],
+    ("arch", "pad_vocab"), [("llama", 0), ("gemma3", 0), ("qwen3", 40), ("gpt_oss", 0)]
 )
 def test_scores_equal_full_logits(
-    arch: str, tok_name: str, pad_vocab: int, tiny_model_factory: Callable[..., Path],
-    request: pytest.FixtureRequest,
+    arch: str, pad_vocab: int, tiny_model_factory: Callable[..., Path], smollm2_tokenizer: Any
 ) -> None:
-    tok = request.getfixturevalue(f"{tok_name}_tokenizer")
+    # SmolLM2's 49k tokenizer for every architecture keeps this fast; Gemma's real
+    # SentencePiece tokenizer is exercised by the real-teacher test.
+    tok = smollm2_tokenizer
     path = tiny_model_factory(tok, arch, pad_vocab)
     # vocab_chunk=7 and batch_size=3 force several head chunks and several padded batches
     teacher = HFTeacher.from_dir(path, name=arch, device="cpu", max_length=MAX_LEN,
@@ -80,16 +80,11 @@ def test_scores_equal_full_logits(
     width = teacher.model.get_output_embeddings().weight.shape[0]
     assert width == len(tok) + pad_vocab and teacher.info.vocab_size == len(tok)
     assert_matches(teacher)
+    if arch == "gemma3":  # the soft-capped head (final_logit_softcapping) is what was matched
+        assert teacher._spec.softcap == 30.0
     if pad_vocab:  # normalised over the padded width, top-k only among real ids
         rec = teacher.score([DOCS[0]], ["d"], 64)[0]
         assert rec.topk_ids.max() < len(tok)
-
-
-def test_gemma_softcap_is_applied(tiny_model_factory: Callable[..., Path],
-                                  gemma3_tokenizer: Any) -> None:
-    teacher = HFTeacher.from_dir(tiny_model_factory(gemma3_tokenizer, "gemma3"), device="cpu")
-    assert teacher._spec.softcap == 30.0
-    assert teacher.start_token_id == gemma3_tokenizer.bos_token_id
 
 
 def test_plan_windows_cover_every_position_once() -> None:
@@ -117,8 +112,7 @@ def test_load_teacher_hf_and_errors(tiny_llama_dir: Path, tmp_path: Path) -> Non
         teacher.score(["hi"], ["a"], 10**6)
 
 
-def test_fingerprints(tiny_llama_dir: Path, tmp_path: Path, smollm2_tokenizer: Any,
-                      gemma3_tokenizer: Any) -> None:
+def test_fingerprints(tiny_llama_dir: Path, tmp_path: Path, smollm2_tokenizer: Any) -> None:
     from avokit.align.bytes import byteify
 
     files = weight_files(tiny_llama_dir)
@@ -130,9 +124,12 @@ def test_fingerprints(tiny_llama_dir: Path, tmp_path: Path, smollm2_tokenizer: A
     copy.write_bytes(bytes(data))
     assert weights_fingerprint([copy]) != before
     assert weights_fingerprint(files) == before
-    fp_s = tokenizer_fingerprint(byteify(smollm2_tokenizer))
-    assert fp_s == tokenizer_fingerprint(byteify(smollm2_tokenizer))
-    assert fp_s != tokenizer_fingerprint(byteify(gemma3_tokenizer))
+    tb = byteify(smollm2_tokenizer)
+    fp = tokenizer_fingerprint(tb)
+    assert fp == tokenizer_fingerprint(byteify(smollm2_tokenizer))
+    changed = tb.table.copy()
+    changed[500] = changed[500] + b"x"
+    assert fp != tokenizer_fingerprint(dataclasses.replace(tb, table=changed))
 
 
 def test_cli_list_shows_vocab_sizes() -> None:
