@@ -1,0 +1,200 @@
+"""``avokit serve``, ``avokit keys ...`` and ``avokit usage``: thin views over the gateway services."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from avokit.gateway.errors import ConfigError
+from avokit.gateway.settings import GatewaySettings, load_settings
+
+DB_HELP = "database URL (default AVOKIT_DB_URL or sqlite:///avokit-gateway.db)"
+
+
+def _settings(db: str | None, env_file: Path | None = None) -> GatewaySettings:
+    return load_settings(env_file, db_url=db)
+
+
+def _sessions(settings: GatewaySettings) -> Any:
+    from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+
+    run_migrations(settings.db_url)
+    return session_factory(make_db_engine(settings.db_url))
+
+
+def parse_prices(items: list[str]) -> dict[str, dict[str, int]]:
+    """``MODEL=IN:OUT`` (micro-units per 1M tokens; MODEL may be ``*``) into the price table."""
+    prices: dict[str, dict[str, int]] = {}
+    for item in items:
+        try:
+            model, pair = item.split("=", 1)
+            price_in, price_out = (int(x) for x in pair.split(":"))
+        except ValueError as err:
+            raise ConfigError(f"--price {item!r}: expected MODEL=IN:OUT with integers") from err
+        prices[model] = {"input": price_in, "output": price_out}
+    return prices or {"*": {"input": 0, "output": 0}}
+
+
+def serve(
+    registry: Path = typer.Option(None, "--registry", help="model registry directory"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    workers: int = typer.Option(1, "--workers", min=1),
+    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | vllm"),
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="vLLM server URL"),
+    env_file: Optional[Path] = typer.Option(None, "--env-file", help="settings file"),
+) -> None:
+    """Run the OpenAI-compatible gateway (FastAPI + uvicorn)."""
+    import os
+
+    import uvicorn
+
+    from avokit.gateway.app import create_app
+    from avokit.gateway.db.session import run_migrations
+
+    settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
+                             upstream=upstream)
+    settings.require_secret()
+    run_migrations(settings.db_url)  # once, before workers start
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    # worker processes rebuild the app from the environment
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            os.environ[f"AVOKIT_{name.upper()}"] = str(value)
+    os.environ["AVOKIT_SECRET"] = settings.secret.get_secret_value()
+    uvicorn.run("avokit.gateway.app:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
+
+
+def keys_create(
+    name: str = typer.Option(..., "--name"),
+    scope: str = typer.Option("customer", "--scope", help="customer | eval | admin"),
+    models: list[str] = typer.Option(["*"], "--model", help="allowed model (repeat); * = all"),
+    prices: list[str] = typer.Option([], "--price", help="MODEL=IN:OUT micro-units per 1M tokens"),
+    rpm: int = typer.Option(60, "--rpm"),
+    tpm: int = typer.Option(100_000, "--tpm"),
+    credit: int = typer.Option(0, "--credit", help="initial prepaid credit, micro-units"),
+    expires_days: Optional[float] = typer.Option(None, "--expires-days"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> str:
+    """Create a key; the key is printed once and never stored."""
+    from avokit.gateway.services import keys
+
+    settings = _settings(db)
+    expires = (datetime.now(timezone.utc) + timedelta(days=expires_days)) if expires_days else None
+    with _sessions(settings).begin() as session:
+        plaintext, info = keys.create_key(
+            session, settings.require_secret(), name=name, scope=scope,  # type: ignore[arg-type]
+            models=list(models), prices=parse_prices(list(prices)), rpm=rpm, tpm=tpm,
+            credit_micros=credit, expires_at=expires)
+    Console(stderr=True).print(f"created {info.id} ({info.scope}); the key is shown only once:")
+    print(plaintext)
+    return plaintext
+
+
+def keys_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """List keys (ids, never secrets) with their account balance."""
+    from avokit.gateway.services import keys
+
+    with _sessions(_settings(db))() as session:
+        rows = keys.list_keys(session)
+    table = Table(title="API keys")
+    for col in ("id", "name", "scope", "models", "rpm", "tpm", "credit", "reserved", "state"):
+        table.add_column(col)
+    for key, account in rows:
+        state = "revoked" if key.revoked_at else ("expires " + str(key.expires_at)[:19]
+                                                  if key.expires_at else "active")
+        table.add_row(key.id, key.name, key.scope, ",".join(key.allowed_models), str(key.rpm),
+                      str(key.tpm), str(account.credit_micros), str(account.reserved_micros), state)
+    Console().print(table)
+
+
+def keys_revoke(key_id: str = typer.Argument(...),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Revoke a key now (all replicas)."""
+    from avokit.gateway.services import keys
+
+    with _sessions(_settings(db)).begin() as session:
+        keys.revoke(session, key_id)
+    Console().print(f"revoked {key_id}")
+
+
+def keys_rotate(key_id: str = typer.Argument(...),
+                grace_s: float = typer.Option(3600.0, "--grace-s", help="old key stays valid"),
+                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> str:
+    """Issue a replacement key; the old one expires after the grace period."""
+    from avokit.gateway.services import keys
+
+    settings = _settings(db)
+    with _sessions(settings).begin() as session:
+        plaintext, info = keys.rotate(session, settings.require_secret(), key_id, grace_s)
+    Console(stderr=True).print(f"{key_id} -> {info.id}; the new key is shown only once:")
+    print(plaintext)
+    return plaintext
+
+
+def keys_topup(key_id: str = typer.Argument(...),
+               amount: int = typer.Argument(..., help="micro-units"),
+               db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> int:
+    """Add prepaid credit to the key's account."""
+    from avokit.gateway.services import keys
+
+    with _sessions(_settings(db)).begin() as session:
+        balance = keys.topup(session, key_id, amount)
+    Console().print(f"{key_id}: balance {balance} micro-units")
+    return balance
+
+
+def usage(
+    key: Optional[str] = typer.Option(None, "--key", help="key id"),
+    since: Optional[datetime] = typer.Option(None, "--since", help="ISO date/time (UTC)"),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Billed usage from the ledger."""
+    from avokit.gateway.services import metering
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    with _sessions(_settings(db))() as session:
+        rows = metering.usage(session, key, since)
+    header = ["time", "key", "model", "prompt_tokens", "completion_tokens", "cost_micros"]
+    values = [[str(r.created_at)[:19], r.key_id or "", r.model or "", r.prompt_tokens,
+               r.completion_tokens, r.cost_micros] for r in rows]
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(values)
+        return
+    table = Table(title="usage")
+    for col in header:
+        table.add_column(col)
+    for row in values:
+        table.add_row(*(str(v) for v in row))
+    total = sum(r.cost_micros for r in rows)
+    table.caption = f"{len(rows)} requests, {total} micro-units"
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve``, the ``keys`` group and ``usage`` to the avokit CLI."""
+    app.command("serve")(serve)
+    group = typer.Typer(help="Gateway API keys: create, list, revoke, rotate, top up.",
+                        no_args_is_help=True)
+    group.command("create")(keys_create)
+    group.command("list")(keys_list)
+    group.command("revoke")(keys_revoke)
+    group.command("rotate")(keys_rotate)
+    group.command("topup")(keys_topup)
+    app.add_typer(group, name="keys")
+    app.command("usage")(usage)

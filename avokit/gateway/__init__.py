@@ -1,0 +1,1 @@
+"""Closed OpenAI-compatible gateway: keys, limits, metering and billing over released models."""

@@ -1,0 +1,84 @@
+"""The FastAPI application factory. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+from avokit.gateway.db.session import make_db_engine, session_factory
+from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
+from avokit.gateway.errors import ConfigError, install_error_handler
+from avokit.gateway.routes import completions, health, models
+from avokit.gateway.services import metering
+from avokit.gateway.services.ratelimit import RateLimiter
+from avokit.gateway.services.redaction import install_redaction
+from avokit.gateway.services.serving import Gateway
+from avokit.gateway.settings import GatewaySettings, load_settings
+
+log = logging.getLogger("avokit.gateway")
+
+
+def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> Engine:
+    """The configured generation engine."""
+    if settings.engine == "vllm":
+        if not settings.upstream:
+            raise ConfigError("engine 'vllm' needs --upstream URL (AVOKIT_UPSTREAM)")
+        from avokit.gateway.engines.vllm import VLLMEngine
+
+        return VLLMEngine(served, settings.upstream)
+    from avokit.gateway.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(served, settings.device, settings.max_batch_size,
+                              settings.batch_wait_ms)
+
+
+def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastAPI:
+    """An app serving the registry's released models; state is built in the lifespan."""
+    secret = settings.require_secret()
+    served = scan_registry(settings.registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_redaction()
+        db = make_db_engine(settings.db_url)
+        sessions = session_factory(db)
+        gen = engine or build_engine(settings, served)
+        app.state.gateway = Gateway(secret, sessions, gen, served, RateLimiter(),
+                                    settings.max_tokens_default)
+        # reservations left open by a crashed process: bill what they delivered
+        settled = await asyncio.to_thread(metering.reconcile, sessions,
+                                          settings.reservation_stale_s)
+        if settled:
+            log.warning("settled %d reservations left open by a stopped process", settled)
+
+        async def reconcile_loop() -> None:
+            while True:
+                await asyncio.sleep(settings.reconcile_interval_s)
+                await asyncio.to_thread(metering.reconcile, sessions,
+                                        settings.reservation_stale_s)
+
+        task = asyncio.create_task(reconcile_loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await gen.aclose()
+            db.dispose()
+
+    # no docs or schema routes: the only keyless route is /health
+    app = FastAPI(title="avokit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    install_error_handler(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(completions.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` workers: settings from ``AVOKIT_*``."""
+    return create_app(load_settings())

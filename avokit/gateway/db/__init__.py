@@ -1,0 +1,1 @@
+"""SQL storage: accounts, keys, reservations, the append-only ledger and the audit log."""

@@ -1,0 +1,97 @@
+"""SQLAlchemy tables (storage shapes, separate from the API shapes in protocol.py).
+
+Money is integer micro-units everywhere. ``accounts.credit_micros`` is the balance;
+``accounts.reserved_micros`` is the sum of open reservations' worst cases, so the spendable
+amount is ``credit - reserved`` and a reservation is one conditional UPDATE on it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base; Alembic's env.py targets its metadata."""
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    credit_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public id, e.g. key_1a2b...
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16))  # customer | eval | admin
+    allowed_models: Mapped[list[str]] = mapped_column(JSON)  # ["*"] = every served model
+    # {model or "*": {"input": micros per 1M tokens, "output": micros per 1M tokens}}
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rpm: Mapped[int] = mapped_column(Integer)
+    tpm: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rotated_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Reservation(Base):
+    """One request's hold on credit; created before the engine is called, settled once."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(12), index=True)  # open | settled
+    reserved_micros: Mapped[int] = mapped_column(BigInteger)
+    price_in: Mapped[int] = mapped_column(BigInteger)
+    price_out: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    delivered_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class LedgerEntry(Base):
+    """Append-only: top-ups (positive) and charges (negative); never updated or deleted."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    # unique: a reservation is charged at most once, whichever process settles it
+    reservation_id: Mapped[str | None] = mapped_column(String(40), unique=True, nullable=True)
+    kind: Mapped[str] = mapped_column(String(12))  # topup | charge
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class AuditEntry(Base):
+    """Every admin change: who, what, on which key, with which details (never a secret)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    detail: Mapped[str] = mapped_column(Text)

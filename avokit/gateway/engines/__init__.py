@@ -1,0 +1,1 @@
+"""Generation engines behind the gateway: in-process transformers (batched) or a vLLM upstream."""

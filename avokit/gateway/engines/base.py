@@ -1,0 +1,119 @@
+"""The engine interface and the model registry the gateway serves.
+
+Both engines take prompt token ids (tokenised by the gateway with the model's own tokenizer,
+so metering counts the same tokens the engine sees) and stream :class:`TokenEvent` s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Protocol
+
+from avokit.gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A released model directory whose release gate passed."""
+
+    name: str
+    path: Path
+    context_length: int
+    created: int
+
+
+def scan_registry(registry: Path) -> dict[str, ServedModel]:
+    """Every ``REGISTRY/<name>/`` with a release.json whose ``gate.passed`` is true."""
+    if not registry.is_dir():
+        raise ConfigError(f"model registry {registry} is not a directory")
+    served: dict[str, ServedModel] = {}
+    for child in sorted(registry.iterdir()):
+        release = child / "release.json"
+        if not release.is_file():
+            continue
+        try:
+            meta = json.loads(release.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{release} is not valid JSON: {err}") from err
+        if not (meta.get("gate") or {}).get("passed") is True:
+            continue
+        name = str(meta.get("name") or child.name)
+        served[name] = ServedModel(
+            name=name,
+            path=child,
+            context_length=int(meta.get("context_length") or 2048),
+            created=int(os.path.getmtime(release)),
+        )
+    return served
+
+
+@dataclass
+class GenParams:
+    """One generation request, in token ids."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    top_logprobs: int | None = None  # None: no logprobs; n >= 0: chosen token + n alternatives
+    seed: int | None = None
+
+
+@dataclass
+class TokenEvent:
+    """Newly delivered text and the tokens it came from."""
+
+    text: str
+    tokens: int  # completion tokens this event accounts for
+    token_strs: list[str] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """End of a generation."""
+
+    finish_reason: str  # stop | length
+    completion_tokens: int
+
+
+@dataclass
+class PromptScores:
+    """Prompt token logprobs for echo (eval keys only)."""
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    offsets: list[int]
+
+
+class Engine(Protocol):
+    """What the request pipeline needs from a generation backend."""
+
+    def tokenizer(self, model: str) -> Any:
+        """The model's HF tokenizer (counts prompt tokens, applies the chat template)."""
+
+    def generate(self, model: str, params: GenParams) -> AsyncIterator[TokenEvent | Finished]:
+        """Stream completion events; the last one is :class:`Finished`."""
+
+    async def score_prompt(self, model: str, prompt_ids: list[int], top: int) -> PromptScores:
+        """Log-probs of each prompt token given its prefix (first is None)."""
+
+    async def aclose(self) -> None:
+        """Release threads, models and connections."""
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer saved in a model directory, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the tokenizer in {path}: {err}") from err

@@ -1,0 +1,1 @@
+"""Thin HTTP routes: parse, call services, shape the OpenAI response."""

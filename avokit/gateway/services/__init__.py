@@ -1,0 +1,1 @@
+"""Gateway services: keys, metering, rate limits, audit, log redaction, request pipeline."""

@@ -1,0 +1,45 @@
+"""Audit log of admin changes (key creation, revocation, rotation, top-ups)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from avokit.gateway.db.models import AuditEntry
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def record(session: Session, actor: str, action: str, key_id: str | None, **detail: Any) -> None:
+    """Append one audit row in the caller's transaction (it commits with the change itself)."""
+    session.add(
+        AuditEntry(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            key_id=key_id,
+            detail=json.dumps(detail, sort_keys=True, default=str),
+        )
+    )
+
+
+def audit_entries(session: Session, key_id: str | None = None) -> list[AuditEntry]:
+    """Audit rows, oldest first, optionally for one key."""
+    query = select(AuditEntry).order_by(AuditEntry.id)
+    if key_id is not None:
+        query = query.where(AuditEntry.key_id == key_id)
+    return list(session.scalars(query))

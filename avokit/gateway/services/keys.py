@@ -1,0 +1,212 @@
+"""API keys: created random, shown once, stored only as HMAC-SHA256 with the server secret.
+
+A key is ``sk-avo-`` + 32 random bytes (urlsafe base64). Lookup is by hash (an index), then
+the stored and computed digests are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from avokit.gateway.db.models import Account, ApiKey, LedgerEntry
+from avokit.gateway.errors import AuthenticationError, ConfigError
+from avokit.gateway.services.audit import as_utc, record, utcnow
+
+KEY_PREFIX = "sk-avo-"
+Scope = Literal["customer", "eval", "admin"]
+SCOPES: tuple[str, ...] = ("customer", "eval", "admin")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a request needs to know about its key (no secret, no hash)."""
+
+    id: str
+    account_id: int
+    name: str
+    scope: str
+    allowed_models: tuple[str, ...]
+    prices: dict[str, Any]
+    rpm: int
+    tpm: int
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def may_use(self, model: str) -> bool:
+        """Whether the key lists this model (or ``*``)."""
+        return "*" in self.allowed_models or model in self.allowed_models
+
+    def price(self, model: str) -> tuple[int, int]:
+        """(input, output) micro-units per 1M tokens for ``model``; ``*`` is the fallback."""
+        entry = self.prices.get(model, self.prices.get("*", {"input": 0, "output": 0}))
+        return int(entry["input"]), int(entry["output"])
+
+
+def hash_key(secret: str, key: str) -> str:
+    """HMAC-SHA256 of the key under the server secret, hex."""
+    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def _info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        scope=row.scope,
+        allowed_models=tuple(row.allowed_models),
+        prices=dict(row.prices),
+        rpm=row.rpm,
+        tpm=row.tpm,
+        expires_at=as_utc(row.expires_at),
+        revoked_at=as_utc(row.revoked_at),
+    )
+
+
+def authenticate(session: Session, secret: str, presented: str | None) -> KeyInfo:
+    """The key's info, or the one identical 401 for missing/unknown/revoked/expired keys."""
+    if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 200:
+        raise AuthenticationError()
+    digest = hash_key(secret, presented)
+    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        raise AuthenticationError()
+    info = _info(row)
+    now = utcnow()
+    if info.revoked_at is not None or (info.expires_at is not None and info.expires_at <= now):
+        raise AuthenticationError()
+    return info
+
+
+def _validate(scope: str, models: list[str], prices: dict[str, Any], rpm: int, tpm: int) -> None:
+    if scope not in SCOPES:
+        raise ConfigError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    if not models:
+        raise ConfigError("models: give at least one model name or '*'")
+    if rpm <= 0 or tpm <= 0:
+        raise ConfigError("rpm and tpm must be positive")
+    for model, entry in prices.items():
+        if not isinstance(entry, dict) or set(entry) != {"input", "output"}:
+            raise ConfigError(f"prices[{model!r}] must be {{'input': int, 'output': int}}")
+        if int(entry["input"]) < 0 or int(entry["output"]) < 0:
+            raise ConfigError(f"prices[{model!r}] must not be negative")
+
+
+def create_key(
+    session: Session,
+    secret: str,
+    *,
+    name: str,
+    scope: Scope = "customer",
+    models: list[str] | None = None,
+    prices: dict[str, Any] | None = None,
+    rpm: int = 60,
+    tpm: int = 100_000,
+    credit_micros: int = 0,
+    expires_at: datetime | None = None,
+    account_id: int | None = None,
+    actor: str = "cli",
+) -> tuple[str, KeyInfo]:
+    """Create a key (and its account unless ``account_id``); returns the plaintext once."""
+    models = models or ["*"]
+    prices = prices if prices is not None else {"*": {"input": 0, "output": 0}}
+    _validate(scope, models, prices, rpm, tpm)
+    now = utcnow()
+    if account_id is None:
+        account = Account(name=name, credit_micros=0, reserved_micros=0, created_at=now)
+        session.add(account)
+        session.flush()
+        account_id = account.id
+    elif session.get(Account, account_id) is None:
+        raise ConfigError(f"account {account_id} does not exist")
+    plaintext = new_key()
+    row = ApiKey(
+        id="key_" + secrets.token_hex(8),
+        account_id=account_id,
+        key_hash=hash_key(secret, plaintext),
+        name=name,
+        scope=scope,
+        allowed_models=list(models),
+        prices=dict(prices),
+        rpm=rpm,
+        tpm=tpm,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    record(session, actor, "create", row.id, name=name, scope=scope, models=models, prices=prices,
+           rpm=rpm, tpm=tpm, expires_at=expires_at, account_id=account_id)
+    if credit_micros:
+        topup(session, row.id, credit_micros, actor=actor)
+    return plaintext, _info(row)
+
+
+def get_key(session: Session, key_id: str) -> ApiKey:
+    """The key row by public id, or a ConfigError naming it."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise ConfigError(f"no key with id {key_id!r}")
+    return row
+
+
+def revoke(session: Session, key_id: str, actor: str = "cli") -> None:
+    """Revoke now; every replica refuses it on the next request (checked in the DB each time)."""
+    row = get_key(session, key_id)
+    row.revoked_at = utcnow()
+    record(session, actor, "revoke", key_id)
+
+
+def rotate(session: Session, secret: str, key_id: str, grace_s: float = 3600.0,
+           actor: str = "cli") -> tuple[str, KeyInfo]:
+    """A new key with the same settings and account; the old one expires after ``grace_s``."""
+    old = get_key(session, key_id)
+    if old.revoked_at is not None:
+        raise ConfigError(f"key {key_id!r} is revoked; create a new one instead")
+    plaintext, info = create_key(
+        session, secret, name=old.name, scope=old.scope,  # type: ignore[arg-type]
+        models=list(old.allowed_models), prices=dict(old.prices), rpm=old.rpm, tpm=old.tpm,
+        expires_at=as_utc(old.expires_at), account_id=old.account_id, actor=actor,
+    )
+    grace_end = utcnow() + timedelta(seconds=grace_s)
+    current = as_utc(old.expires_at)
+    old.expires_at = grace_end if current is None else min(current, grace_end)
+    old.rotated_to = info.id
+    record(session, actor, "rotate", key_id, new_key=info.id, grace_s=grace_s)
+    return plaintext, info
+
+
+def topup(session: Session, key_id: str, amount_micros: int, actor: str = "cli") -> int:
+    """Add prepaid credit to the key's account; returns the new balance."""
+    if amount_micros <= 0:
+        raise ConfigError("amount must be a positive number of micro-units")
+    row = get_key(session, key_id)
+    account = session.get(Account, row.account_id, with_for_update=True)
+    assert account is not None
+    account.credit_micros += amount_micros
+    session.add(LedgerEntry(account_id=account.id, key_id=key_id, kind="topup",
+                            amount_micros=amount_micros, created_at=utcnow()))
+    record(session, actor, "topup", key_id, amount_micros=amount_micros)
+    session.flush()
+    return account.credit_micros
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, Account]]:
+    """Every key with its account, oldest first."""
+    rows = session.execute(
+        select(ApiKey, Account).join(Account, ApiKey.account_id == Account.id)
+        .order_by(ApiKey.created_at)
+    )
+    return [(k, a) for k, a in rows.tuples()]

@@ -1,0 +1,259 @@
+"""The request pipeline shared by /v1/completions and /v1/chat/completions.
+
+authenticate -> model and scope checks -> model-stealing guards -> tokenise -> size checks
+-> rate limit -> reserve worst case (ledger row exists before the engine runs) -> generate
+-> persist delivered tokens while streaming -> settle real usage exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import anyio
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from avokit.gateway.engines.base import Engine, Finished, GenParams, ServedModel, TokenEvent
+from avokit.gateway.errors import (
+    BadRequestError,
+    GatewayError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from avokit.gateway.services import keys, metering
+from avokit.gateway.services.ratelimit import RateLimiter
+
+# Customer keys may see at most this many alternatives per token (model-stealing guard).
+CUSTOMER_MAX_TOP_LOGPROBS = 5
+
+
+@dataclass
+class Gateway:
+    """Process-wide state handed to the routes (built by ``create_app``, never at import)."""
+
+    secret: str
+    sessions: sessionmaker[Session]
+    engine: Engine
+    models: dict[str, ServedModel]
+    limiter: RateLimiter
+    max_tokens_default: int
+
+    async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
+        """Key from ``Authorization: Bearer``; any failure is the one 401."""
+        token = None
+        if authorization and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        return await run_in_threadpool(self._auth, token)
+
+    def _auth(self, token: str | None) -> keys.KeyInfo:
+        with self.sessions() as session:
+            return keys.authenticate(session, self.secret, token)
+
+
+@dataclass
+class Prepared:
+    """A validated, tokenised request, ready to reserve and dispatch."""
+
+    key: keys.KeyInfo
+    model: str
+    params: GenParams
+    stream: bool
+    include_usage: bool
+    echo_text: str = ""
+    echo_scores: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _check_model(gw: Gateway, key: keys.KeyInfo, model: str) -> None:
+    if model not in gw.models:
+        raise NotFoundError(f"The model {model!r} does not exist.", param="model")
+    if not key.may_use(model):
+        raise PermissionDeniedError(f"This key may not use the model {model!r}.", param="model")
+
+
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if len(stops) > 4:
+        raise BadRequestError("stop: at most 4 sequences", param="stop")
+    return stops
+
+
+def _size(gw: Gateway, model: str, n_prompt: int, max_tokens: int | None, field_name: str,
+          prompt_param: str) -> int:
+    ctx = gw.models[model].context_length
+    if n_prompt >= ctx:
+        raise BadRequestError(
+            f"{prompt_param}: {n_prompt} tokens is too long for {model!r} "
+            f"(context length {ctx}).", param=prompt_param, code="context_length_exceeded")
+    room = ctx - n_prompt
+    if max_tokens is None:
+        return min(gw.max_tokens_default, room)
+    if max_tokens > room:
+        raise BadRequestError(
+            f"{field_name}: {max_tokens} is too large; the prompt uses {n_prompt} of {ctx} "
+            f"tokens, so at most {room} can be generated.", param=field_name)
+    return max_tokens
+
+
+def prepare_completion(gw: Gateway, key: keys.KeyInfo, req: CompletionRequest) -> Prepared:
+    """Validate and tokenise a /v1/completions request."""
+    _check_model(gw, key, req.model)
+    if key.scope == "customer":
+        if req.logit_bias:
+            raise PermissionDeniedError("logit_bias is not available to this key.",
+                                        param="logit_bias")
+        if req.echo and req.logprobs is not None:
+            raise PermissionDeniedError("echo with logprobs is available to eval keys only.",
+                                        param="echo")
+        if req.logprobs is not None and req.logprobs > CUSTOMER_MAX_TOP_LOGPROBS:
+            raise PermissionDeniedError(
+                f"logprobs is capped at {CUSTOMER_MAX_TOP_LOGPROBS} for this key.", param="logprobs")
+    if req.suffix:
+        raise BadRequestError("suffix is not supported.", param="suffix")
+    tok = gw.engine.tokenizer(req.model)
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise BadRequestError("prompt: send one prompt per request", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = list(tok(prompt).input_ids)
+        echo_text = prompt
+    else:
+        ids = [int(t) for t in prompt]
+        if any(t < 0 or t >= len(tok) for t in ids):
+            raise BadRequestError("prompt: token id out of the vocabulary", param="prompt")
+        echo_text = tok.decode(ids)
+    if not ids:
+        raise BadRequestError("prompt: must not be empty", param="prompt")
+    max_tokens = _size(gw, req.model, len(ids), req.max_tokens, "max_tokens", "prompt")
+    params = GenParams(ids, max_tokens, req.temperature, req.top_p, _stop_list(req.stop),
+                       req.logprobs, req.seed)
+    return Prepared(key, req.model, params, req.stream,
+                    bool(req.stream_options and req.stream_options.include_usage),
+                    echo_text=echo_text if req.echo else "",
+                    echo_scores=req.echo and req.logprobs is not None)
+
+
+def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> Prepared:
+    """Validate a chat request and render it with the model's own chat template."""
+    _check_model(gw, key, req.model)
+    if key.scope == "customer":
+        if req.logit_bias:
+            raise PermissionDeniedError("logit_bias is not available to this key.",
+                                        param="logit_bias")
+        if req.top_logprobs is not None and req.top_logprobs > CUSTOMER_MAX_TOP_LOGPROBS:
+            raise PermissionDeniedError(
+                f"top_logprobs is capped at {CUSTOMER_MAX_TOP_LOGPROBS} for this key.",
+                param="top_logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise BadRequestError("top_logprobs requires logprobs: true", param="top_logprobs")
+    tok = gw.engine.tokenizer(req.model)
+    if not getattr(tok, "chat_template", None):
+        raise BadRequestError(f"model {req.model!r} has no chat template; use /v1/completions",
+                              param="model")
+    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = list(tok(text, add_special_tokens=False).input_ids)
+    wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    field_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = _size(gw, req.model, len(ids), wanted, field_name, "messages")
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    params = GenParams(ids, max_tokens, req.temperature, req.top_p, _stop_list(req.stop), top,
+                       req.seed)
+    return Prepared(key, req.model, params, req.stream,
+                    bool(req.stream_options and req.stream_options.include_usage))
+
+
+async def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
+    """Rate limit, then reserve the worst case in the database (402 if it does not fit)."""
+    worst_tokens = len(prep.params.prompt_ids) + prep.params.max_tokens
+    prep.headers = gw.limiter.check(prep.key.id, prep.key.rpm, prep.key.tpm, worst_tokens)
+    price_in, price_out = prep.key.price(prep.model)
+    return await run_in_threadpool(
+        lambda: metering.reserve(
+            gw.sessions, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
+            prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
+            price_in=price_in, price_out=price_out))
+
+
+async def _settle(gw: Gateway, hold: metering.Hold, completion: int | None) -> None:
+    # shielded: a client disconnect cancels the request task, but billing must still happen
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(metering.settle, gw.sessions, hold.id, completion)
+
+
+def usage_dict(prompt: int, completion: int) -> dict[str, int]:
+    """OpenAI usage object."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
+                     ) -> tuple[list[TokenEvent], Finished, Any]:
+    """Non-streaming: collect every event, then settle."""
+    events: list[TokenEvent] = []
+    finished = Finished("length", 0)
+    completion: int | None = 0
+    try:
+        scores = None
+        if prep.echo_scores:
+            scores = await gw.engine.score_prompt(prep.model, prep.params.prompt_ids,
+                                                  prep.params.top_logprobs or 0)
+        async for ev in gw.engine.generate(prep.model, prep.params):
+            if isinstance(ev, Finished):
+                finished = ev
+            else:
+                events.append(ev)
+                completion = (completion or 0) + ev.tokens
+        completion = finished.completion_tokens
+        return events, finished, scores
+    finally:
+        await _settle(gw, hold, completion)
+
+
+async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
+                        ) -> AsyncIterator[TokenEvent | Finished]:
+    """Streaming: persist the delivered count after each event; settle whatever happens."""
+    delivered = 0
+    try:
+        async for ev in gw.engine.generate(prep.model, prep.params):
+            if isinstance(ev, Finished):
+                delivered = ev.completion_tokens
+                yield ev
+                return
+            delivered += ev.tokens
+            yield ev
+            # after the client was handed the event: a crash now bills what it received
+            await run_in_threadpool(metering.mark_delivered, gw.sessions, hold.id, delivered)
+    finally:
+        await _settle(gw, hold, delivered)
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_error(err: Exception) -> bytes:
+    """An error after the stream started, as an SSE error event (OpenAI's error shape)."""
+    if not isinstance(err, GatewayError):
+        err = GatewayError("The server had an error while processing your request.")
+    return sse(err.body())
+
+
+def new_id(prefix: str) -> str:
+    """Response id."""
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now_s() -> int:
+    """Unix time for ``created``."""
+    return int(time.time())

@@ -1,0 +1,47 @@
+"""Gateway settings: read from ``AVOKIT_*`` environment variables or an env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Everything `avokit serve` needs; one instance per process, passed to ``create_app``."""
+
+    model_config = SettingsConfigDict(env_prefix="AVOKIT_", env_file=None, extra="ignore")
+
+    registry: Path = Field(Path("registry"), description="model registry directory")
+    db_url: str = Field("sqlite:///avokit-gateway.db", description="SQLAlchemy database URL")
+    secret: SecretStr = Field(
+        SecretStr(""), description="server secret for the HMAC of API keys (required)"
+    )
+    engine: Literal["transformers", "vllm"] = "transformers"
+    upstream: str | None = Field(None, description="vLLM OpenAI server base URL (engine=vllm)")
+    device: str = "cpu"
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(5.0, ge=0)
+    # Open reservations untouched this long belong to a dead process and are settled.
+    reservation_stale_s: float = Field(60.0, ge=0)
+    reconcile_interval_s: float = Field(30.0, gt=0)
+    max_tokens_default: int = Field(256, ge=1)
+
+    def require_secret(self) -> str:
+        """The HMAC secret; refuses to run with an empty or short one."""
+        value = self.secret.get_secret_value()
+        if len(value) < 16:
+            from avokit.gateway.errors import ConfigError
+
+            raise ConfigError("AVOKIT_SECRET must be set to at least 16 characters")
+        return value
+
+
+def load_settings(env_file: Path | None = None, **overrides: object) -> GatewaySettings:
+    """Settings from the environment, an optional env file, and explicit overrides (CLI flags)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    if env_file is not None:
+        return GatewaySettings(_env_file=env_file, **clean)  # type: ignore[call-arg]
+    return GatewaySettings(**clean)  # type: ignore[arg-type]
