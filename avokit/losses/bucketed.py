@@ -87,14 +87,17 @@ def bucket_distributions(
     earlier = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril(-1)
     rep = valid & ~(same & earlier).any(dim=-1)
 
-    teacher = topk_logprobs.detach().to(student_logprobs.dtype)
+    # teacher side in float64: the OTHER mass is 1 - (mapped mass), a cancellation whose
+    # rounding error temperature would amplify; [M, k] is cheap at any precision
+    teacher = topk_logprobs.detach().to(torch.float64)
+    neg_inf64 = torch.tensor(-math.inf, dtype=torch.float64, device=teacher.device)
     # quantised caches can make the top-k sum exceed 1 by rounding; re-normalise only then
     total = torch.logsumexp(teacher, dim=-1, keepdim=True)
     teacher = teacher - total.clamp(min=0.0).nan_to_num(0.0)
-    merged = torch.logsumexp(torch.where(same, teacher.unsqueeze(1), neg_inf), dim=-1)
-    teacher_mapped = torch.where(rep, merged, neg_inf)
-    mapped_mass = torch.logsumexp(torch.where(valid, teacher, neg_inf), dim=-1)
-    teacher_other = log1mexp(mapped_mass)
+    merged = torch.logsumexp(torch.where(same, teacher.unsqueeze(1), neg_inf64), dim=-1)
+    teacher_mapped = torch.where(rep, merged, neg_inf64).to(student_logprobs.dtype)
+    mapped_mass = torch.logsumexp(torch.where(valid, teacher, neg_inf64), dim=-1)
+    teacher_other = log1mexp(mapped_mass).to(student_logprobs.dtype)
 
     student_mapped = torch.where(rep, student_logprobs.gather(1, ids.clamp(min=0)), neg_inf)
     in_mapped = torch.zeros(m, vocab + 1, dtype=torch.bool, device=ids.device)
