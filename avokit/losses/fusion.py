@@ -54,6 +54,8 @@ def document_weights(
     """
     if bpb.dim() != 2:
         raise ValueError(f"bpb must be [D, n_teachers], got {tuple(bpb.shape)}")
+    if not bpb.is_floating_point():
+        bpb = bpb.float()
     n_teachers = bpb.shape[1]
     if fixed is None:
         fixed = torch.ones(n_teachers, dtype=bpb.dtype, device=bpb.device)
@@ -66,19 +68,21 @@ def document_weights(
         raise ValueError(f"fusion temperature must be positive, got {temperature}")
 
     usable = torch.isfinite(bpb) & (fixed > 0).unsqueeze(0)
+    zero = torch.zeros_like(bpb)
+    minus_inf = torch.full_like(bpb, -math.inf)
     if mode == "fixed":
-        scores = torch.where(usable, fixed.log().expand_as(bpb), -math.inf)
+        scores = torch.where(usable, fixed.log().expand_as(bpb), minus_inf)
     elif mode == "bpb_softmax":
-        scores = torch.where(usable, fixed.log() - bpb / temperature, -math.inf)
+        scores = torch.where(usable, fixed.log() - bpb / temperature, minus_inf)
     elif mode == "min_ce":
-        best = torch.where(usable, bpb, math.inf).min(dim=-1, keepdim=True).values
-        scores = torch.where(usable & (bpb == best), 0.0, -math.inf)
+        best = torch.where(usable, bpb, -minus_inf).min(dim=-1, keepdim=True).values
+        scores = torch.where(usable & (bpb == best), zero, minus_inf)
     else:
         raise ValueError(f"unknown fusion mode {mode!r}; choose fixed, bpb_softmax or min_ce")
     covered = usable.any(dim=-1, keepdim=True)
     # rows with nothing usable would be softmax(-inf...) = NaN; give them zeros instead
-    safe = torch.where(covered, scores, 0.0)
-    return torch.where(covered, torch.softmax(safe, dim=-1), 0.0)
+    safe = torch.where(covered, scores, zero)
+    return torch.where(covered, torch.softmax(safe, dim=-1), zero)
 
 
 def mean_teacher_weights(weights: Tensor, names: Sequence[str]) -> dict[str, float]:
