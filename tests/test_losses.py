@@ -142,7 +142,7 @@ def test_cross_entropy_matches_reference_and_ignores_masked_positions() -> None:
     perturbed[~mask] += 100 * torch.randn(int((~mask).sum()), 11, generator=g)
     perturbed.requires_grad_(True)
     loss = cross_entropy(perturbed, ids, mask)
-    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
     loss.backward()
     assert perturbed.grad[~mask].abs().max() == 0
 
