@@ -187,3 +187,26 @@ def test_baseline_trains_resumes_and_reloads(tmp_path: Path) -> None:
     gen = resumed.generate(ids, max_new_tokens=5, do_sample=False)
     assert gen.shape[1] == ids.shape[1] + 5
     assert run_training(recipe, baseline=True) == out  # finished: skipped
+
+
+def test_kd_end_to_end_two_tokenizers(tmp_path: Path) -> None:
+    """Two tiny teachers (SmolLM2's byte-level BPE, Gemma 3's SentencePiece) cached, then KD."""
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train import run_training
+    from avokit.train.data import read_split
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=32, n_heldout=4)
+    recipe = make_recipe(tmp_path, steps=12, eval_every=12, checkpoint_every=12)
+    train = read_split(run_dir, "train")
+    train_student_tokenizer([d.text for d in train], 512, run_dir / "tokenizer")
+    write_cache(run_dir / "cache" / "smol", "smol", registry_tokenizer("smollm2-135m"), train)
+    write_cache(run_dir / "cache" / "gemma", "gemma", registry_tokenizer("gemma3-270m"), train[:-2])
+    out = run_training(recipe, progress=False)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert all(r["kd"] > 0 and r["chunk"] > 0 for r in log)
+    weights = log[-1]["teacher_weights"]
+    assert set(weights) == {"smol", "gemma"} and 0.9 < sum(weights.values()) <= 1.0 + 1e-6
+    assert (out / "model.safetensors").is_file() and (out / "tensorboard").is_dir()

@@ -2,7 +2,8 @@
 
 Distribution (DDP, FSDP, DeepSpeed) comes from ``accelerate launch`` configs; this loop only
 slices each global batch by rank. Loss = ce_weight * CE + sum over teachers of
-teacher.weight * (kd_weight * kd + chunk_weight * chunk).
+(kd_weight * kd + chunk_weight * chunk), each teacher's terms scaled by its fusion weights,
+which carry the recipe's teacher weights (see ``_teacher_terms``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avokit.losses.ce import cross_entropy
 from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
@@ -80,16 +82,27 @@ def heldout_bpb(model: Any, packed: PackedCorpus, accelerator: Any, max_rows: in
     return float(nll / (LN2 * nbytes)) if float(nbytes) > 0 else float("nan")
 
 
-def _teacher_terms(logits: torch.Tensor, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup,
+def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor,
+                   packed: PackedCorpus, rows: np.ndarray, kd: KDSetup,
                    device: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """kd/chunk loss terms of every teacher for this micro-batch."""
+    """kd/chunk loss terms of every teacher for this micro-batch, already fusion-scaled.
+
+    ``kd_losses`` returns means *normalised* by the fusion weights, which would cancel the
+    weights between teachers. Each term is therefore scaled by the teacher's mean fusion weight
+    over the batch's boundaries (chunks), so that the sum over teachers is
+    ``sum_t sum_m w_tm * d_tm / M_t``: per document, the fusion-weighted average of teachers
+    (the recipe's teacher weights are already inside ``w`` through ``document_weights``).
+    """
     from avokit.losses.kd import TeacherBatch, kd_losses
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     for t, source in enumerate(kd.sources):
         arrays = build_teacher_batch(packed, rows, source, lambda d, t=t: float(kd.doc_weights[d, t]))
         batch = TeacherBatch(**arrays.to_torch(device))
-        out[source.name] = kd_losses(logits, batch, kd.loss_cfg)
+        terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets)
+        kd_scale = float(arrays.boundary_weight.mean()) if arrays.boundary_weight.size else 0.0
+        ch_scale = float(arrays.chunk_weight.mean()) if arrays.chunk_weight.size else 0.0
+        out[source.name] = {"kd": terms["kd"] * kd_scale, "chunk": terms["chunk"] * ch_scale}
     return out
 
 
@@ -175,18 +188,20 @@ def train_loop(
                 yt = torch.from_numpy(y).to(accelerator.device)
                 with accelerator.accumulate(model), accelerator.autocast():
                     logits = model(input_ids=xt).logits.float()
-                    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1))
+                    # one log_softmax over [B, T, V], shared by CE and every teacher's KD terms
+                    logprobs = torch.log_softmax(logits, dim=-1)
+                    ce = cross_entropy(logits, xt, torch.ones_like(yt, dtype=torch.bool), logprobs, targets=yt)
                     loss = loss_cfg.ce_weight * ce
                     kd_sum = torch.zeros((), device=logits.device)
                     ch_sum = torch.zeros((), device=logits.device)
                     if kd is not None and kd.sources:
-                        terms = _teacher_terms(logits, packed, rows, kd, accelerator.device)
+                        terms = _teacher_terms(logits, logprobs, yt, packed, rows, kd, accelerator.device)
                         for source in kd.sources:
                             tt = terms[source.name]
                             part = loss_cfg.kd_weight * tt["kd"] + loss_cfg.chunk_weight * tt["chunk"]
-                            loss = loss + source.weight * part
-                            kd_sum = kd_sum + source.weight * tt["kd"].detach()
-                            ch_sum = ch_sum + source.weight * tt["chunk"].detach()
+                            loss = loss + part
+                            kd_sum = kd_sum + tt["kd"].detach()
+                            ch_sum = ch_sum + tt["chunk"].detach()
                             per_teacher[source.name] = per_teacher.get(source.name, 0.0) + float(
                                 part.detach()) / cfg.grad_accum
                     accelerator.backward(loss)

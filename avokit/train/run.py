@@ -74,12 +74,10 @@ def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
             if kd is not None:
                 bpb[d, t] = kd.bpb
     fcfg = recipe.train.fusion
-    covered = np.isfinite(bpb)
-    # Missing documents get a huge BPB (weight ~0) instead of inf, which softmax turns into NaN.
-    finite = np.where(covered, bpb, 1e6)
-    weights = document_weights(torch.tensor(finite, dtype=torch.float32), fcfg.mode, fcfg.temperature,
-                               [s.weight for s in sources]).numpy().astype(np.float32)
-    return np.where(covered, weights, 0.0).astype(np.float32)
+    # inf BPB marks a document the teacher's cache lacks: document_weights gives it weight 0.
+    weights = document_weights(torch.tensor(bpb, dtype=torch.float64), fcfg.mode, fcfg.temperature,
+                               [s.weight for s in sources])
+    return weights.numpy().astype(np.float32)
 
 
 def run_training(recipe: Recipe, baseline: bool = False,
