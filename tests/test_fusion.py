@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from avokit.losses.fusion import document_bpb, document_weights, mean_teacher_weights
 
 bpb_rows = st.integers(1, 4).flatmap(
-    lambda n: st.lists(st.lists(st.floats(0.2, 6.0), min_size=n, max_size=n), min_size=1, max_size=6)
+    lambda n: st.lists(
+        st.lists(st.floats(0.2, 6.0), min_size=n, max_size=n), min_size=1, max_size=6
+    )
 )
 
 
@@ -41,7 +43,9 @@ def test_bpb_softmax_values_and_its_zero_temperature_limit_is_min_ce() -> None:
     assert torch.allclose(w, want)
     cold = document_weights(bpb, "bpb_softmax", 1e-4)
     assert torch.allclose(cold, document_weights(bpb, "min_ce", 1.0), atol=1e-6)
-    assert document_weights(torch.tensor([[1.0, 1.0, 2.0]]), "min_ce", 1.0).tolist() == [[0.5, 0.5, 0.0]]
+    assert document_weights(torch.tensor([[1.0, 1.0, 2.0]]), "min_ce", 1.0).tolist() == [
+        [0.5, 0.5, 0.0]
+    ]
 
 
 def test_fixed_weights_prior_zero_weight_and_missing_teachers() -> None:
@@ -50,7 +54,9 @@ def test_fixed_weights_prior_zero_weight_and_missing_teachers() -> None:
     assert fixed[0].tolist() == pytest.approx([0.25, 0.75, 0.0])
     assert fixed[1].tolist() == pytest.approx([0.5, 0.0, 0.5])
     assert fixed[2].tolist() == [0.0, 0.0, 0.0]  # no teacher covers it: KD vanishes there
-    prior = document_weights(torch.tensor([[1.0, 1.0]]), "bpb_softmax", 1.0, torch.tensor([1.0, 3.0]))
+    prior = document_weights(
+        torch.tensor([[1.0, 1.0]]), "bpb_softmax", 1.0, torch.tensor([1.0, 3.0])
+    )
     assert prior[0].tolist() == pytest.approx([0.25, 0.75])
     off = document_weights(torch.tensor([[0.5, 1.0]]), "min_ce", 1.0, [0.0, 1.0])
     assert off[0].tolist() == [0.0, 1.0]  # a switched-off teacher is never the argmin

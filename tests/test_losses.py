@@ -41,7 +41,8 @@ def _softmax64(x: np.ndarray) -> np.ndarray:
 
 logit_vectors = st.integers(min_value=2, max_value=12).flatmap(
     lambda n: st.tuples(
-        st.lists(st.floats(-8, 8), min_size=n, max_size=n), st.lists(st.floats(-8, 8), min_size=n, max_size=n)
+        st.lists(st.floats(-8, 8), min_size=n, max_size=n),
+        st.lists(st.floats(-8, 8), min_size=n, max_size=n),
     )
 )
 
@@ -63,7 +64,9 @@ def test_divergences_match_dense_reference_and_are_nonnegative(pair, kind, beta)
 @given(logit_vectors)
 def test_jsd_symmetric_at_half_and_tvd_in_unit_interval(pair) -> None:
     lp, lq = (torch.log_softmax(torch.tensor(v, dtype=torch.float64), -1) for v in pair)
-    assert float(generalized_jsd(lp, lq, 0.5)) == pytest.approx(float(generalized_jsd(lq, lp, 0.5)), abs=1e-12)
+    assert float(generalized_jsd(lp, lq, 0.5)) == pytest.approx(
+        float(generalized_jsd(lq, lp, 0.5)), abs=1e-12
+    )
     tvd = float(total_variation(lp, lq))
     assert 0.0 <= tvd <= 1.0
 
@@ -107,7 +110,9 @@ def test_tempered_flattens_and_is_identity_at_one() -> None:
     lp = torch.log_softmax(torch.tensor([2.0, 0.0, -1.0, -math.inf]), -1)
     assert torch.allclose(tempered(lp, 1.0), lp)
     hot = tempered(lp, 4.0).exp()
-    assert hot[3] == 0 and float(hot[:3].max() - hot[:3].min()) < float(lp.exp()[:3].max() - lp.exp()[:3].min())
+    assert hot[3] == 0 and float(hot[:3].max() - hot[:3].min()) < float(
+        lp.exp()[:3].max() - lp.exp()[:3].min()
+    )
     assert float(hot.sum()) == pytest.approx(1.0)
 
 
@@ -182,9 +187,17 @@ def test_student_chunk_logprobs_sum_tokens_per_chunk() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.floats(-30, -1e-3), st.floats(-30, -1e-3), st.floats(0.5, 8.0), st.sampled_from(KINDS))
-def test_chunk_divergence_is_the_binary_divergence_of_tempered_chunk_probabilities(lt, ls, tau, kind) -> None:
-    got = float(chunk_divergence(torch.tensor([ls], dtype=torch.float64), torch.tensor([lt], dtype=torch.float64),
-                                 kind=kind, tau=tau)[0])
+def test_chunk_divergence_is_the_binary_divergence_of_tempered_chunk_probabilities(
+    lt, ls, tau, kind
+) -> None:
+    got = float(
+        chunk_divergence(
+            torch.tensor([ls], dtype=torch.float64),
+            torch.tensor([lt], dtype=torch.float64),
+            kind=kind,
+            tau=tau,
+        )[0]
+    )
     a, b = math.exp(lt / tau), math.exp(ls / tau)
     want = ref_divergence(kind, np.array([a, 1 - a]), np.array([b, 1 - b]))
     assert got == pytest.approx(want, abs=1e-9, rel=1e-6)

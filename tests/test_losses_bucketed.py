@@ -35,8 +35,14 @@ def ref_divergence(kind: str, p: np.ndarray, q: np.ndarray, beta: float = 0.5) -
     return 0.5 * float(np.abs(p - q).sum())
 
 
-def ref_bucketed(student_logits: np.ndarray, ids: np.ndarray, logprobs: np.ndarray, kind: str,
-                 beta: float = 0.5, temperature: float = 1.0) -> float:
+def ref_bucketed(
+    student_logits: np.ndarray,
+    ids: np.ndarray,
+    logprobs: np.ndarray,
+    kind: str,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> float:
     """Buckets built by hand over the dense student vocabulary, float64."""
     q = np.exp(student_logits - student_logits.max())
     q /= q.sum()
@@ -68,16 +74,26 @@ def _random_case(rng: np.random.Generator, m: int, v_teacher: int, v_student: in
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(2, 30), st.integers(2, 25), st.integers(1, 10),
-       st.sampled_from(KINDS), st.sampled_from([1.0, 2.5, 0.5]))
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(2, 30),
+    st.integers(2, 25),
+    st.integers(1, 10),
+    st.sampled_from(KINDS),
+    st.sampled_from([1.0, 2.5, 0.5]),
+)
 def test_bucketed_matches_dense_reference(seed, v_teacher, v_student, k, kind, temperature) -> None:
     rng = np.random.default_rng(seed)
     # k < V_teacher keeps a real tail; k = V is covered exactly by the identical-vocabulary test
     k = min(k, v_teacher - 1)
     s_logits, ids, lps = _random_case(rng, 4, v_teacher, v_student, k)
     got, informative = bucketed_divergence(
-        torch.log_softmax(torch.tensor(s_logits), -1), torch.tensor(ids), torch.tensor(lps),
-        kind=kind, beta=0.3, temperature=temperature,
+        torch.log_softmax(torch.tensor(s_logits), -1),
+        torch.tensor(ids),
+        torch.tensor(lps),
+        kind=kind,
+        beta=0.3,
+        temperature=temperature,
     )
     for r in range(4):
         want = ref_bucketed(s_logits[r], ids[r], lps[r], kind, 0.3, temperature)
@@ -108,7 +124,9 @@ def test_one_mapped_token_is_a_binary_kl_and_nothing_mapped_is_zero_without_grad
     ids = torch.tensor([[-1, 4, -1], [-1, -1, -1]])
     got, informative = bucketed_divergence(s_logp, ids, lps)
     p, q = 0.2, float(s_logp[0, 4].detach().exp())
-    assert got[0].item() == pytest.approx(p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)), rel=1e-9)
+    assert got[0].item() == pytest.approx(
+        p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)), rel=1e-9
+    )
     assert informative.tolist() == [True, False]
     assert got[1].item() == 0.0
     (grad,) = torch.autograd.grad(got[1], logits)
@@ -118,12 +136,16 @@ def test_one_mapped_token_is_a_binary_kl_and_nothing_mapped_is_zero_without_grad
 def test_twins_merge_their_mass_into_one_bucket() -> None:
     s_logp = torch.log_softmax(torch.randn(1, 10, dtype=torch.float64), -1)
     a, b, c = math.log(0.3), math.log(0.25), math.log(0.1)
-    twins = bucketed_divergence(s_logp, torch.tensor([[7, 2, 7]]), torch.tensor([[a, c, b]], dtype=torch.float64))[0]
-    merged = bucketed_divergence(s_logp, torch.tensor([[7, 2]]), torch.tensor([[math.log(0.55), c]],
-                                                                                    dtype=torch.float64))[0]
+    twins = bucketed_divergence(
+        s_logp, torch.tensor([[7, 2, 7]]), torch.tensor([[a, c, b]], dtype=torch.float64)
+    )[0]
+    merged = bucketed_divergence(
+        s_logp, torch.tensor([[7, 2]]), torch.tensor([[math.log(0.55), c]], dtype=torch.float64)
+    )[0]
     assert float(twins[0]) == pytest.approx(float(merged[0]), rel=1e-12)
-    teacher, _, present = bucket_distributions(s_logp, torch.tensor([[7, 2, 7]]),
-                                               torch.tensor([[a, c, b]], dtype=torch.float64))
+    teacher, _, present = bucket_distributions(
+        s_logp, torch.tensor([[7, 2, 7]]), torch.tensor([[a, c, b]], dtype=torch.float64)
+    )
     assert present.tolist() == [[True, True, False, True]]
     assert float(teacher[0, 0].exp()) == pytest.approx(0.55)
     assert float(teacher[0, 3].exp()) == pytest.approx(0.35)
@@ -140,15 +162,25 @@ def test_quantised_topk_summing_above_one_is_renormalised() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_finite_at_extremes_and_for_empty_rows(kind: str) -> None:
-    logits = torch.tensor([[40.0, -1e4, 0.0, -60.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    logits = torch.tensor(
+        [[40.0, -1e4, 0.0, -60.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]], requires_grad=True
+    )
     ids = torch.tensor([[0, 1, 2, 3, 4], [3, -1, 3, 1, -1]])
-    lps = torch.tensor([[-1e-6, -math.inf, -1e30, -20.0, -15.0], [-0.1, -math.inf, -3.0, -1e30, -50.0]])
-    value, _ = bucketed_divergence(torch.log_softmax(logits, -1), ids, lps, kind=kind, temperature=2.0)
+    lps = torch.tensor(
+        [[-1e-6, -math.inf, -1e30, -20.0, -15.0], [-0.1, -math.inf, -3.0, -1e30, -50.0]]
+    )
+    value, _ = bucketed_divergence(
+        torch.log_softmax(logits, -1), ids, lps, kind=kind, temperature=2.0
+    )
     (grad,) = torch.autograd.grad(value.sum(), logits)
     assert torch.isfinite(value).all() and torch.isfinite(grad).all()
     empty = torch.zeros(0, 5, requires_grad=True)
-    value, informative = bucketed_divergence(torch.log_softmax(empty, -1), torch.zeros(0, 3, dtype=torch.long),
-                                             torch.zeros(0, 3), kind=kind)
+    value, informative = bucketed_divergence(
+        torch.log_softmax(empty, -1),
+        torch.zeros(0, 3, dtype=torch.long),
+        torch.zeros(0, 3),
+        kind=kind,
+    )
     assert value.shape == (0,) and informative.shape == (0,)
 
 
@@ -191,8 +223,11 @@ def test_same_vocabulary_topk_plus_tail() -> None:
     t_logp = t_logits - np.log(np.exp(t_logits).sum(-1, keepdims=True))
     top = np.argsort(-t_logp, 1)[:, :3]
     s_logits = rng.normal(0, 2, size=(2, 8))
-    got = same_vocab_divergence(torch.log_softmax(torch.tensor(s_logits), -1), torch.tensor(top),
-                                torch.tensor(np.take_along_axis(t_logp, top, 1)))
+    got = same_vocab_divergence(
+        torch.log_softmax(torch.tensor(s_logits), -1),
+        torch.tensor(top),
+        torch.tensor(np.take_along_axis(t_logp, top, 1)),
+    )
     for r in range(2):
         p_top, q = np.exp(t_logp[r, top[r]]), np.exp(s_logits[r]) / np.exp(s_logits[r]).sum()
         p = np.append(p_top, 1 - p_top.sum())
@@ -203,7 +238,9 @@ def test_same_vocabulary_topk_plus_tail() -> None:
 # ---------------------------------------------------------------- kd_losses
 
 
-def _make_batch(g: torch.Generator, bsz: int = 2, seq: int = 8, vocab: int = 11, k: int = 4) -> TeacherBatch:
+def _make_batch(
+    g: torch.Generator, bsz: int = 2, seq: int = 8, vocab: int = 11, k: int = 4
+) -> TeacherBatch:
     b_idx = torch.tensor([0, 0, 0, 1, 1])
     s_pos = torch.tensor([0, 2, 5, 1, 4])
     ids = torch.randint(-1, vocab, (5, k), generator=g)
@@ -215,14 +252,20 @@ def _make_batch(g: torch.Generator, bsz: int = 2, seq: int = 8, vocab: int = 11,
     cot[1, 1:4] = 2
     cot[1, 4:6] = 3  # chunk 4 has no token in the window
     return TeacherBatch(
-        b_idx=b_idx, s_pos=s_pos, topk_student_ids=ids, topk_logprobs=lps,
+        b_idx=b_idx,
+        s_pos=s_pos,
+        topk_student_ids=ids,
+        topk_logprobs=lps,
         boundary_weight=torch.tensor([1.0, 0.5, 1.0, 2.0, 0.0]),
         chunk_teacher_logprob=-torch.rand(5, generator=g) * 6,
-        chunk_of_target=cot, chunk_weight=torch.tensor([1.0, 0.5, 2.0, 0.0, 1.0]),
+        chunk_of_target=cot,
+        chunk_weight=torch.tensor([1.0, 0.5, 2.0, 0.0, 1.0]),
     )
 
 
-def _kd_reference(logits: torch.Tensor, ids: torch.Tensor, batch: TeacherBatch, cfg: LossConfig) -> tuple[float, float]:
+def _kd_reference(
+    logits: torch.Tensor, ids: torch.Tensor, batch: TeacherBatch, cfg: LossConfig
+) -> tuple[float, float]:
     num = den = 0.0
     for m in range(batch.n_boundaries):
         row = logits[batch.b_idx[m], batch.s_pos[m]].double().numpy()
@@ -246,7 +289,9 @@ def _kd_reference(logits: torch.Tensor, ids: torch.Tensor, batch: TeacherBatch, 
             a = math.exp(float(batch.chunk_teacher_logprob[c]) / cfg.chunk_tau)
             s = math.exp(sums[c] / cfg.chunk_tau)
             w = float(batch.chunk_weight[c])
-            cnum += w * ref_divergence(cfg.divergence, np.array([a, 1 - a]), np.array([s, 1 - s]), cfg.jsd_beta)
+            cnum += w * ref_divergence(
+                cfg.divergence, np.array([a, 1 - a]), np.array([s, 1 - s]), cfg.jsd_beta
+            )
             cden += w
     return num / den, cnum / cden
 
@@ -284,7 +329,9 @@ def test_kd_losses_ignore_masked_boundaries_chunks_and_positions() -> None:
     assert float(out["kd"]) == pytest.approx(float(base["kd"]), rel=1e-6)
     assert float(out["chunk"]) == pytest.approx(float(base["chunk"]), rel=1e-6)
     (out["kd"] + out["chunk"]).backward()
-    assert float(noisy.grad[1, 4:].abs().sum()) == 0.0 and float(noisy.grad[0, 5:].abs().sum()) == 0.0
+    assert (
+        float(noisy.grad[1, 4:].abs().sum()) == 0.0 and float(noisy.grad[0, 5:].abs().sum()) == 0.0
+    )
     assert torch.isfinite(noisy.grad).all() and float(noisy.grad.abs().sum()) > 0
 
 
@@ -301,17 +348,22 @@ def test_kd_losses_explicit_targets_allow_a_chunk_at_the_last_position() -> None
     logits = torch.randn(1, 4, 6)
     targets = torch.tensor([[2, 3, 1, 5]])
     batch = TeacherBatch(
-        b_idx=torch.zeros(0, dtype=torch.long), s_pos=torch.zeros(0, dtype=torch.long),
-        topk_student_ids=torch.zeros(0, 2, dtype=torch.long), topk_logprobs=torch.zeros(0, 2),
-        boundary_weight=torch.zeros(0), chunk_teacher_logprob=torch.tensor([-4.0]),
-        chunk_of_target=torch.tensor([[-1, -1, 0, 0]]), chunk_weight=torch.ones(1),
+        b_idx=torch.zeros(0, dtype=torch.long),
+        s_pos=torch.zeros(0, dtype=torch.long),
+        topk_student_ids=torch.zeros(0, 2, dtype=torch.long),
+        topk_logprobs=torch.zeros(0, 2),
+        boundary_weight=torch.zeros(0),
+        chunk_teacher_logprob=torch.tensor([-4.0]),
+        chunk_of_target=torch.tensor([[-1, -1, 0, 0]]),
+        chunk_weight=torch.ones(1),
     )
     out = kd_losses(logits, None, batch, LossConfig(), targets=targets)
     lp = torch.log_softmax(logits.double(), -1)
     s = math.exp(float(lp[0, 2, 1] + lp[0, 3, 5]))
     a = math.exp(-4.0)
-    assert float(out["chunk"]) == pytest.approx(ref_divergence("forward_kl", np.array([a, 1 - a]),
-                                                               np.array([s, 1 - s])), rel=1e-5)
+    assert float(out["chunk"]) == pytest.approx(
+        ref_divergence("forward_kl", np.array([a, 1 - a]), np.array([s, 1 - s])), rel=1e-5
+    )
     with pytest.raises(ValueError, match="last position"):
         kd_losses(logits, torch.zeros(1, 4, dtype=torch.long), batch, LossConfig())
 

@@ -77,7 +77,9 @@ def bucket_distributions(
     k = topk_student_ids.shape[1]
     ids = topk_student_ids.long()
     if ids.numel() and int(ids.max()) >= vocab:
-        raise ValueError(f"topk_student_ids holds id {int(ids.max())} >= student vocabulary {vocab}")
+        raise ValueError(
+            f"topk_student_ids holds id {int(ids.max())} >= student vocabulary {vocab}"
+        )
     valid = ids >= 0
     neg_inf = torch.tensor(-math.inf, dtype=student_logprobs.dtype, device=student_logprobs.device)
 
@@ -110,8 +112,12 @@ def bucket_distributions(
     student_other = torch.logsumexp(student_logprobs.masked_fill(fill, -math.inf), dim=-1)
 
     present = torch.cat([rep, other_ok.unsqueeze(1)], dim=1)
-    teacher_b = torch.where(present, torch.cat([teacher_mapped, teacher_other.unsqueeze(1)], 1), neg_inf)
-    student_b = torch.where(present, torch.cat([student_mapped, student_other.unsqueeze(1)], 1), neg_inf)
+    teacher_b = torch.where(
+        present, torch.cat([teacher_mapped, teacher_other.unsqueeze(1)], 1), neg_inf
+    )
+    student_b = torch.where(
+        present, torch.cat([student_mapped, student_other.unsqueeze(1)], 1), neg_inf
+    )
     return teacher_b, student_b, present
 
 
@@ -130,7 +136,9 @@ def bucketed_divergence(
     ``topk_logprobs`` float [M, k]. Returns ``(divergence [M], informative bool [M])``;
     ``informative`` is False where no top-k entry maps (the divergence is then 0).
     """
-    teacher_b, student_b, present = bucket_distributions(student_logprobs, topk_student_ids, topk_logprobs)
+    teacher_b, student_b, present = bucket_distributions(
+        student_logprobs, topk_student_ids, topk_logprobs
+    )
     teacher_t = tempered(teacher_b, temperature, present)
     student_t = tempered(student_b, temperature, present)
     values = divergence(kind, teacher_t, student_t, beta=beta, present=present)

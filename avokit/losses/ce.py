@@ -16,7 +16,9 @@ from torch import Tensor
 
 def _check_logits(student_logits: Tensor, student_logprobs: Tensor | None) -> None:
     if student_logits.dim() != 3:
-        raise ValueError(f"student_logits must be [B, T, V], got shape {tuple(student_logits.shape)}")
+        raise ValueError(
+            f"student_logits must be [B, T, V], got shape {tuple(student_logits.shape)}"
+        )
     if student_logprobs is not None and student_logprobs.shape != student_logits.shape:
         raise ValueError(
             f"student_logprobs shape {tuple(student_logprobs.shape)} differs from "
@@ -31,7 +33,9 @@ def shifted_targets(input_ids: Tensor, select: Tensor) -> Tensor:
     Raises if ``select`` marks the last column, which has no next token in ``input_ids``.
     """
     if select.shape != input_ids.shape:
-        raise ValueError(f"mask shape {tuple(select.shape)} does not match input_ids {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(select.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
     if select.shape[1] and bool(select[:, -1].any()):
         raise ValueError(
             "mask marks the last position, which has no next token in input_ids "
@@ -84,7 +88,9 @@ def gold_logprobs(
     [B, T] (``select[:, T-1]`` must be False). Returns float [N] as :func:`target_logprobs`.
     """
     select = select.bool()
-    return target_logprobs(student_logits, shifted_targets(input_ids, select), select, student_logprobs)
+    return target_logprobs(
+        student_logits, shifted_targets(input_ids, select), select, student_logprobs
+    )
 
 
 def cross_entropy(

@@ -36,7 +36,10 @@ def student_chunk_logprobs(gold: Tensor, chunk_ids: Tensor, n_chunks: int) -> tu
     if gold.shape != chunk_ids.shape:
         raise ValueError(f"gold {tuple(gold.shape)} and chunk_ids {tuple(chunk_ids.shape)} differ")
     if chunk_ids.numel() and (int(chunk_ids.min()) < 0 or int(chunk_ids.max()) >= n_chunks):
-        raise ValueError(f"chunk ids must lie in [0, {n_chunks}); got {int(chunk_ids.min())}..{int(chunk_ids.max())}")
+        raise ValueError(
+            f"chunk ids must lie in [0, {n_chunks}); "
+            f"got {int(chunk_ids.min())}..{int(chunk_ids.max())}"
+        )
     sums = torch.zeros(n_chunks, dtype=gold.dtype, device=gold.device).index_add(0, chunk_ids, gold)
     counts = torch.zeros(n_chunks, dtype=torch.long, device=gold.device).index_add(
         0, chunk_ids, torch.ones_like(chunk_ids)
@@ -67,7 +70,8 @@ def chunk_divergence(
     """
     if student_logprob.shape != teacher_logprob.shape:
         raise ValueError(
-            f"student {tuple(student_logprob.shape)} and teacher {tuple(teacher_logprob.shape)} chunk shapes differ"
+            f"student {tuple(student_logprob.shape)} and teacher "
+            f"{tuple(teacher_logprob.shape)} chunk shapes differ"
         )
     teacher = binarize(teacher_logprob.detach().to(student_logprob.dtype), tau)
     student = binarize(student_logprob, tau)

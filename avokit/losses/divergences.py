@@ -47,7 +47,9 @@ def _prepare(
     if present is None:
         present = ~(torch.isneginf(teacher_logp) & torch.isneginf(student_logp))
     teacher = torch.where(
-        present, teacher_logp.detach().clamp(min=TEACHER_LOGPROB_FLOOR), torch.zeros_like(teacher_logp)
+        present,
+        teacher_logp.detach().clamp(min=TEACHER_LOGPROB_FLOOR),
+        torch.zeros_like(teacher_logp),
     )
     student = torch.where(present, student_logp, torch.zeros_like(student_logp))
     return present, teacher, student
@@ -101,7 +103,9 @@ def generalized_jsd(
     return _masked_sum(beta * kl_pm + (1.0 - beta) * kl_qm, present)
 
 
-def total_variation(teacher_logp: Tensor, student_logp: Tensor, present: Tensor | None = None) -> Tensor:
+def total_variation(
+    teacher_logp: Tensor, student_logp: Tensor, present: Tensor | None = None
+) -> Tensor:
     """Total variation distance ``0.5 * sum_i |p_i - q_i|``, in [0, 1].
 
     Shapes as :func:`forward_kl`. Returns [...].

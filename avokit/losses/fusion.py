@@ -45,8 +45,9 @@ def document_weights(
 
     Shapes: ``bpb`` float [D, n_teachers]; ``fixed`` float [n_teachers] tensor or sequence (the
     recipe's per-teacher weights, non-negative; None = all 1). Non-finite BPB (``inf``/NaN)
-    marks a teacher that has no record of the document. Returns float [D, n_teachers], rows summing to 1 (or all 0 for a document no
-    teacher with positive fixed weight and finite BPB covers).
+    marks a teacher that has no record of the document. Returns float [D, n_teachers], rows
+    summing to 1 (or all 0 for a document that no teacher with positive fixed weight and
+    finite BPB covers).
 
     - ``fixed``: ``fixed`` normalised, the same for every document
     - ``bpb_softmax``: ``softmax(log fixed - bpb / temperature)`` per row
@@ -63,7 +64,9 @@ def document_weights(
     if fixed.shape != (n_teachers,):
         raise ValueError(f"fixed weights must be [{n_teachers}], got {tuple(fixed.shape)}")
     if bool((fixed < 0).any()) or not bool(torch.isfinite(fixed).all()):
-        raise ValueError(f"fixed teacher weights must be finite and non-negative, got {fixed.tolist()}")
+        raise ValueError(
+            f"fixed teacher weights must be finite and non-negative, got {fixed.tolist()}"
+        )
     if temperature <= 0.0:
         raise ValueError(f"fusion temperature must be positive, got {temperature}")
 

@@ -57,12 +57,14 @@ class TeacherBatch:
         """``C``."""
         return int(self.chunk_teacher_logprob.shape[0])
 
-    def to(self, device: torch.device | str) -> "TeacherBatch":
+    def to(self, device: torch.device | str) -> TeacherBatch:
         """A copy with every tensor on ``device``."""
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @classmethod
-    def empty(cls, batch_size: int, seq_len: int, k: int, device: torch.device | str = "cpu") -> "TeacherBatch":
+    def empty(
+        cls, batch_size: int, seq_len: int, k: int, device: torch.device | str = "cpu"
+    ) -> TeacherBatch:
         """A batch with no boundaries and no chunks (a teacher with nothing for these rows)."""
         long = dict(dtype=torch.long, device=device)
         flt = dict(dtype=torch.float32, device=device)
@@ -82,7 +84,9 @@ class TeacherBatch:
         m = self.n_boundaries
         for name in ("s_pos", "boundary_weight"):
             if getattr(self, name).shape != (m,):
-                raise ValueError(f"TeacherBatch.{name} must be [M={m}], got {tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"TeacherBatch.{name} must be [M={m}], got {tuple(getattr(self, name).shape)}"
+                )
         for name in ("topk_student_ids", "topk_logprobs"):
             t = getattr(self, name)
             if t.dim() != 2 or t.shape[0] != m:
@@ -95,7 +99,9 @@ class TeacherBatch:
             raise ValueError(f"TeacherBatch.s_pos outside [0, {seq_len})")
         c = self.n_chunks
         if self.chunk_weight.shape != (c,):
-            raise ValueError(f"TeacherBatch.chunk_weight must be [C={c}], got {tuple(self.chunk_weight.shape)}")
+            raise ValueError(
+                f"TeacherBatch.chunk_weight must be [C={c}], got {tuple(self.chunk_weight.shape)}"
+            )
         if self.chunk_of_target.shape != (batch_size, seq_len):
             raise ValueError(
                 f"TeacherBatch.chunk_of_target must be [B={batch_size}, T={seq_len}], "
@@ -166,7 +172,9 @@ def kd_losses(
             raise ValueError("kd_losses needs input_ids or targets for the chunk term")
         targets = shifted_targets(input_ids, select)
     gold = target_logprobs(student_logits, targets, select, student_logprobs)
-    student_chunk, n_tokens = student_chunk_logprobs(gold, batch.chunk_of_target[select], batch.n_chunks)
+    student_chunk, n_tokens = student_chunk_logprobs(
+        gold, batch.chunk_of_target[select], batch.n_chunks
+    )
     chunk_values = chunk_divergence(
         student_chunk,
         batch.chunk_teacher_logprob,
