@@ -326,8 +326,8 @@ def test_kd_losses_ignore_masked_boundaries_chunks_and_positions() -> None:
     noisy[0, 5] += 50 * torch.randn(11, generator=g)
     noisy.requires_grad_(True)
     out = kd_losses(noisy, ids, batch, cfg)
-    assert float(out["kd"]) == pytest.approx(float(base["kd"]), rel=1e-6)
-    assert float(out["chunk"]) == pytest.approx(float(base["chunk"]), rel=1e-6)
+    assert out["kd"].item() == pytest.approx(base["kd"].item(), rel=1e-6)
+    assert out["chunk"].item() == pytest.approx(base["chunk"].item(), rel=1e-6)
     (out["kd"] + out["chunk"]).backward()
     assert (
         float(noisy.grad[1, 4:].abs().sum()) == 0.0 and float(noisy.grad[0, 5:].abs().sum()) == 0.0
@@ -341,7 +341,7 @@ def test_kd_losses_empty_batch_is_zero_and_differentiable() -> None:
     out = kd_losses(logits, torch.zeros(2, 6, dtype=torch.long), batch, LossConfig())
     total = out["kd"] + out["chunk"]
     total.backward()
-    assert float(total) == 0.0 and torch.isfinite(logits.grad).all()
+    assert total.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
 def test_kd_losses_explicit_targets_allow_a_chunk_at_the_last_position() -> None:
@@ -383,3 +383,16 @@ def test_teacher_batch_validation_names_the_field() -> None:
         kd_losses(logits, ids, replace(batch, chunk_weight=torch.ones(3)), LossConfig())
     with pytest.raises(ValueError, match="chunk_of_target"):
         kd_losses(logits, ids, replace(batch, chunk_of_target=torch.full((2, 7), -1)), LossConfig())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kd_losses_on_cuda_equal_cpu() -> None:
+    g = torch.Generator().manual_seed(11)
+    batch = _make_batch(g)
+    logits = torch.randn(2, 8, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 8), generator=g)
+    cpu = kd_losses(logits, ids, batch, LossConfig())
+    gpu = kd_losses(logits.cuda(), ids.cuda(), batch.to("cuda"), LossConfig())
+    for key in ("kd", "chunk"):
+        assert gpu[key].device.type == "cuda"
+        assert gpu[key].item() == pytest.approx(cpu[key].item(), rel=1e-5, abs=1e-7)

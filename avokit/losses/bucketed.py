@@ -29,8 +29,11 @@ vocabulary and then bucketing is not computable; tempering the buckets is, treat
 sides alike and is the identity at ``T = 1``. No ``T^2`` factor is applied: the loss weight
 in the recipe sets the scale.
 
-Cost: ``O(M k^2)`` for the twin merge and one masked log-sum-exp over the ``[M, V]`` student
-rows; no tensor over the teacher's vocabulary and no ``[B, T, V]`` scatter.
+Cost: ``O(M k^2)`` for the twin merge (a batched mat-vec) and one masked log-sum-exp over
+the ``[M, V]`` student rows. The OTHER mass is computed from the unmapped logits directly,
+not as ``1 - sum(mapped)``: that difference loses all relative precision in float32 exactly
+when the student is confident, which is when a wrong OTHER mass hurts most. No tensor over
+the teacher's vocabulary and no ``[B, T, V]`` scatter.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def bucket_distributions(
 
     # twins: entries i, j mapped to the same student id; entry i represents its bucket if no
     # earlier entry maps there
-    same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)
+    same = (ids.unsqueeze(2) == ids.unsqueeze(1)) & valid.unsqueeze(1)  # equal ids: i valid too
     earlier = torch.ones(k, k, dtype=torch.bool, device=ids.device).tril(-1)
     rep = valid & ~(same & earlier).any(dim=-1)
 
@@ -96,9 +99,12 @@ def bucket_distributions(
     # quantised caches can make the top-k sum exceed 1 by rounding; re-normalise only then
     total = torch.logsumexp(teacher, dim=-1, keepdim=True)
     teacher = teacher - total.clamp(min=0.0).nan_to_num(0.0)
-    merged = torch.logsumexp(torch.where(same, teacher.unsqueeze(1), neg_inf64), dim=-1)
+    # twin sums as a batched mat-vec in probability space (float64 holds e^-700): far cheaper
+    # than a log-sum-exp over [M, k, k]
+    probs = teacher.exp()
+    merged = torch.bmm(same.to(torch.float64), probs.unsqueeze(-1)).squeeze(-1).log()
     teacher_mapped = torch.where(rep, merged, neg_inf64).to(student_logprobs.dtype)
-    mapped_mass = torch.logsumexp(torch.where(valid, teacher, neg_inf64), dim=-1)
+    mapped_mass = torch.where(valid, probs, torch.zeros_like(probs)).sum(dim=-1).log()
     teacher_other = log1mexp(mapped_mass).to(student_logprobs.dtype)
 
     student_mapped = torch.where(rep, student_logprobs.gather(1, ids.clamp(min=0)), neg_inf)
