@@ -55,17 +55,15 @@ def tiny_teacher(tokenizer: Any, seed: int) -> Any:
 
 
 @torch.no_grad()
-def teacher_records(model: Any, tokenizer: Any, doc: Document, k: int, start_id: int) -> TeacherRecords:
+def teacher_records(model: Any, tokenizer: Any, tb: Any, starts_word: torch.Tensor, doc: Document,
+                    k: int, start_id: int) -> TeacherRecords:
     """Exact records of ``doc`` from ``model``'s full logits (the capture contract's positions)."""
-    tb = byteify(tokenizer)
     tok = tokenize_with_offsets(tokenizer, doc.text, tb)
     ids = torch.tensor([[start_id] + tok.ids.tolist()[:-1]])
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     gold = logp.gather(1, torch.from_numpy(tok.ids)[:, None])[:, 0]
     top = logp.topk(k, dim=-1)
-    starts_word = torch.tensor([bool(b[:1] in (b" ", b"\n", b"\t")) or bool(s)
-                                for b, s in zip(tb.table, tb.special)] + [False] * (logp.shape[1] - tb.size))
-    mass = torch.logsumexp(logp.masked_fill(~starts_word, -math.inf), dim=-1)
+    mass = torch.logsumexp(logp[:, starts_word], dim=-1)
     return TeacherRecords(doc.doc_id, tok.ids.astype(np.int32), tok.byte_ends, gold.numpy(),
                           top.indices.numpy().astype(np.int32), top.values.numpy(), mass.numpy())
 
@@ -76,13 +74,16 @@ def write_cache(cache_dir: Path, name: str, tokenizer: Any, docs: list[Document]
 
     model = tiny_teacher(tokenizer, seed=len(name))
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    tb = byteify(tokenizer)  # once per teacher: Gemma's table has 262k entries
+    first = np.array([t[:1] in (b" ", b"\n", b"\t") for t in tb.table]) | tb.special
+    starts_word = torch.from_numpy(np.concatenate([first, np.zeros(max(0, len(tokenizer) - tb.size), bool)]))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(cache_dir / "tokenizer"))
     spec = CacheSpec(teacher=name, teacher_fingerprint=f"fp-{name}", tokenizer_fingerprint=f"tok-{name}",
                      vocab_size=len(tokenizer), top_k=k, logprob_bits=16)
     with ShardWriter(cache_dir / "shard-00000.arrow", spec, "train") as w:
         for doc in docs:
-            w.add(teacher_records(model, tokenizer, doc, k, start))
+            w.add(teacher_records(model, tokenizer, tb, starts_word, doc, k, start))
         info = w.close()
     write_manifest(cache_dir, spec, "plan", [info])
 
@@ -163,18 +164,18 @@ def test_baseline_trains_resumes_and_reloads(tmp_path: Path) -> None:
     from avokit.train.loop import TrainingInterrupted
 
     write_corpus(tmp_path / "runs" / "tiny")
-    recipe = make_recipe(tmp_path)
+    recipe = make_recipe(tmp_path, steps=12, eval_every=4, checkpoint_every=4)
     with pytest.raises(TrainingInterrupted):
-        run_training(recipe, baseline=True, stop_after=lambda s: s == 16, progress=False)
+        run_training(recipe, baseline=True, stop_after=lambda s: s == 8, progress=False)
     assert not (recipe.run_dir / "baseline" / "model.safetensors").exists()
-    out = run_training(recipe, baseline=True, progress=False)  # resumes from step 16
+    out = run_training(recipe, baseline=True, progress=False)  # resumes from step 8
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [4, 8, 12, 16, 20, 24]
-    assert log[-1]["loss"] < log[0]["loss"] - 0.5
-    assert log[-1]["heldout_bpb"] < log[1]["heldout_bpb"]
+    assert [r["step"] for r in log] == [4, 8, 12]
+    assert log[-1]["loss"] < log[0]["loss"] - 0.3
+    assert log[-1]["heldout_bpb"] < log[0]["heldout_bpb"]
     resumed = AutoModelForCausalLM.from_pretrained(str(out))
 
-    other = make_recipe(tmp_path / "again")
+    other = make_recipe(tmp_path / "again", steps=12, eval_every=4, checkpoint_every=4)
     write_corpus(other.run_dir)
     # same tokenizer so the runs are comparable: copy the trained one
     AutoTokenizer.from_pretrained(str(recipe.run_dir / "tokenizer")).save_pretrained(str(other.run_dir / "tokenizer"))

@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "avokit.cli.corpus",
     "avokit.cli.capture",
     "avokit.cli.align",
+    "avokit.cli.train",
     "avokit.cli.distill",
     "avokit.cli.evaluate",
 ]
