@@ -99,10 +99,11 @@ class PackedCorpus:
         return spans
 
 
-def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: int) -> PackedCorpus:
+def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: int,
+                   require_row: bool = True) -> PackedCorpus:
     """Tokenise ``docs`` with exact byte offsets and pack them (see the module docstring).
 
-    Raises :class:`AvokitError` when the documents are too short to fill one row.
+    Raises :class:`AvokitError` when ``require_row`` and the documents do not fill one row.
     """
     tb = byteify(tokenizer)
     tokenized = tokenize_batch_with_offsets(tokenizer, [d.text for d in docs], tb) if docs else []
@@ -134,7 +135,7 @@ def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: i
         byte_ends=[t.byte_ends.astype(np.int64) for t in tokenized],
         seq_len=seq_len,
     )
-    if packed.n_rows == 0:
+    if require_row and packed.n_rows == 0:
         raise AvokitError(
             f"the corpus has {stream.shape[0]} student tokens, fewer than one row of "
             f"train.seq_len={seq_len}; lower train.seq_len or add documents"

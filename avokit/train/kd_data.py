@@ -112,6 +112,7 @@ class TeacherSource:
     records: Mapping[str, TeacherRecords]
     teacher_to_student: np.ndarray  # int64 [V_teacher], -1 = unmapped
     memo: dict[str, DocKD] = field(default_factory=dict)
+    row_memo: dict[int, "RowKD"] = field(default_factory=dict)  # per packed row, see build_teacher_batch
 
     def doc(self, doc_id: str, student_ends: np.ndarray) -> DocKD | None:
         """The memoised alignment of ``doc_id`` (None when the cache lacks the document)."""
@@ -126,6 +127,53 @@ class TeacherSource:
         return hit
 
 
+@dataclass(frozen=True)
+class RowKD:
+    """One teacher's usable boundaries/chunks in one packed row (chunk ids local to the row)."""
+
+    s_pos: np.ndarray  # int64 [m]
+    topk_student_ids: np.ndarray  # int64 [m, k]
+    topk_logprobs: np.ndarray  # float32 [m, k]
+    weight: np.ndarray  # float32 [m]
+    chunk_logprob: np.ndarray  # float32 [m]
+    chunk_of_target: np.ndarray  # int64 [T], local chunk id or -1
+
+
+def row_kd(packed: PackedCorpus, row: int, source: TeacherSource, doc_weight: Callable[[int], float]) -> RowKD:
+    """The boundaries of ``row`` whose whole chunk lies inside the row (memoised per row)."""
+    T = packed.seq_len
+    lo = row * T + 1  # stream index predicted by logit position 0
+    parts: list[tuple[np.ndarray, ...]] = []
+    chunk_of_target = np.full(T, -1, dtype=np.int64)
+    n = 0
+    k = 0
+    for d, a, e in packed.row_spans(row):
+        kd = source.doc(packed.doc_ids[d], packed.byte_ends[d])
+        if kd is None or kd.first.size == 0:
+            continue
+        k = kd.topk_student_ids.shape[1]
+        w = doc_weight(d)
+        if w <= 0.0:
+            continue
+        offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i
+        sel = np.nonzero((kd.first >= a) & (kd.last < e))[0]
+        if sel.size == 0:
+            continue
+        parts.append((kd.first[sel] + offset, kd.topk_student_ids[sel], kd.topk_logprobs[sel],
+                      np.full(sel.size, w, dtype=np.float32), kd.chunk_logprob[sel]))
+        # local chunk id -> row chunk id (or -1 for chunks cut by the row edge; -1 hits the spare slot)
+        lookup = np.full(kd.first.size + 1, -1, dtype=np.int64)
+        lookup[sel] = n + np.arange(sel.size)
+        chunk_of_target[offset + a : offset + e] = lookup[kd.student_chunk[a:e]]
+        n += sel.size
+    if not parts:
+        return RowKD(np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32),
+                     np.zeros(0, np.float32), np.zeros(0, np.float32), chunk_of_target)
+    cols = list(zip(*parts))
+    return RowKD(np.concatenate(cols[0]), np.concatenate(cols[1]), np.concatenate(cols[2]),
+                 np.concatenate(cols[3]), np.concatenate(cols[4]), chunk_of_target)
+
+
 def build_teacher_batch(
     packed: PackedCorpus,
     rows: np.ndarray,
@@ -134,56 +182,29 @@ def build_teacher_batch(
 ) -> TeacherBatchArrays:
     """Index arrays for one teacher over the batch made of packed ``rows``.
 
-    ``doc_weight(d)`` is the fusion weight of document ``d`` for this teacher (0 masks it out).
+    ``doc_weight(d)`` is the fusion weight of document ``d`` for this teacher (0 masks it out);
+    it must not change during a run, since each row's arrays are memoised on ``source``.
     """
-    T = packed.seq_len
-    k = 0
-    b_idx: list[np.ndarray] = []
-    s_pos: list[np.ndarray] = []
-    ids: list[np.ndarray] = []
-    lps: list[np.ndarray] = []
-    bw: list[np.ndarray] = []
-    clp: list[np.ndarray] = []
-    chunk_of_target = np.full((rows.shape[0], T), -1, dtype=np.int64)
-    n_chunks = 0
-    for b, row in enumerate(rows.tolist()):
-        lo = row * T + 1  # stream index predicted by logit position 0
-        for d, a, e in packed.row_spans(row):
-            kd = source.doc(packed.doc_ids[d], packed.byte_ends[d])
-            if kd is None or kd.first.size == 0:
-                continue
-            w = doc_weight(d)
-            if w <= 0.0:
-                continue
-            offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i
-            inside = (kd.first >= a) & (kd.last < e)
-            sel = np.nonzero(inside)[0]
-            if sel.size == 0:
-                continue
-            k = kd.topk_student_ids.shape[1]
-            b_idx.append(np.full(sel.size, b, dtype=np.int64))
-            s_pos.append(kd.first[sel] + offset)
-            ids.append(kd.topk_student_ids[sel])
-            lps.append(kd.topk_logprobs[sel])
-            bw.append(np.full(sel.size, w, dtype=np.float32))
-            clp.append(kd.chunk_logprob[sel])
-            # local chunk id -> global chunk id (or -1 for chunks cut by the row edge)
-            lookup = np.full(kd.first.size + 1, -1, dtype=np.int64)
-            lookup[sel] = n_chunks + np.arange(sel.size)
-            tok_chunk = kd.student_chunk[a:e]
-            chunk_of_target[b, offset + a : offset + e] = lookup[tok_chunk]  # -1 indexes the spare slot
-            n_chunks += sel.size
-    def cat(parts: list[np.ndarray], dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype=dtype)
-
-    chunk_w = cat(bw, np.float32, (0,))
+    per_row = []
+    for row in rows.tolist():
+        hit = source.row_memo.get(row)
+        if hit is None:
+            hit = row_kd(packed, row, source, doc_weight)
+            source.row_memo[row] = hit
+        per_row.append(hit)
+    counts = np.array([r.s_pos.shape[0] for r in per_row], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    chunk_of_target = np.stack([np.where(r.chunk_of_target >= 0, r.chunk_of_target + s, -1)
+                                for r, s in zip(per_row, starts)])
+    k = max((r.topk_student_ids.shape[1] for r in per_row), default=0)
+    weight = np.concatenate([r.weight for r in per_row]).astype(np.float32)
     return TeacherBatchArrays(
-        b_idx=cat(b_idx, np.int64, (0,)),
-        s_pos=cat(s_pos, np.int64, (0,)),
-        topk_student_ids=cat(ids, np.int64, (0, k)),
-        topk_logprobs=cat(lps, np.float32, (0, k)),
-        boundary_weight=chunk_w,
-        chunk_teacher_logprob=cat(clp, np.float32, (0,)),
+        b_idx=np.repeat(np.arange(len(per_row), dtype=np.int64), counts),
+        s_pos=np.concatenate([r.s_pos for r in per_row]).astype(np.int64),
+        topk_student_ids=np.concatenate([r.topk_student_ids.reshape(-1, k) for r in per_row]).astype(np.int64),
+        topk_logprobs=np.concatenate([r.topk_logprobs.reshape(-1, k) for r in per_row]).astype(np.float32),
+        boundary_weight=weight,
+        chunk_teacher_logprob=np.concatenate([r.chunk_logprob for r in per_row]).astype(np.float32),
         chunk_of_target=chunk_of_target,
-        chunk_weight=chunk_w.copy(),
+        chunk_weight=weight.copy(),
     )

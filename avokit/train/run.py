@@ -100,7 +100,9 @@ def run_training(recipe: Recipe, baseline: bool = False,
     sep = tokenizer.eos_token_id
     packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep)
     heldout_docs = read_split(recipe.run_dir, "heldout")
-    heldout = pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep) if heldout_docs else None
+    heldout = pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep, require_row=False) if heldout_docs else None
+    if heldout is not None and heldout.n_rows == 0:
+        heldout = None  # a held-out split shorter than one row cannot be scored; train without eval
     kd = None
     if not baseline:
         sources = teacher_sources(recipe, tokenizer)
