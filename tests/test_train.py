@@ -211,3 +211,18 @@ def test_kd_end_to_end_two_tokenizers(tmp_path: Path) -> None:
     weights = log[-1]["teacher_weights"]
     assert set(weights) == {"smol", "gemma"} and 0.9 < sum(weights.values()) <= 1.0 + 1e-6
     assert (out / "model.safetensors").is_file() and (out / "tensorboard").is_dir()
+
+
+def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
+    from avokit.errors import AvokitError
+    from avokit.train import run_training
+
+    recipe = make_recipe(tmp_path)
+    with pytest.raises(AvokitError, match="train.parquet"):
+        run_training(recipe, progress=False)
+    write_corpus(recipe.run_dir, n_train=4, n_heldout=1)
+    with pytest.raises(AvokitError, match="cache/smol: teacher cache missing"):
+        run_training(recipe, progress=False)
+    recipe.train.seq_len = 4096
+    with pytest.raises(AvokitError, match="train.seq_len=4096 exceeds student.max_position_embeddings"):
+        run_training(recipe, baseline=True, progress=False)

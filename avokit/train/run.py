@@ -95,8 +95,11 @@ def run_training(recipe: Recipe, baseline: bool = False,
     out_dir = recipe.run_dir / ("baseline" if baseline else "student")
     if (out_dir / DONE).is_file() and (out_dir / "config.json").is_file():
         return out_dir
-    tokenizer = ensure_student_tokenizer(recipe)
     cfg = recipe.train
+    if recipe.student.max_position_embeddings < cfg.seq_len and recipe.student.pretrained is None:
+        raise AvokitError(f"train.seq_len={cfg.seq_len} exceeds student.max_position_embeddings="
+                          f"{recipe.student.max_position_embeddings}")
+    tokenizer = ensure_student_tokenizer(recipe)
     sep = tokenizer.eos_token_id
     packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep)
     heldout_docs = read_split(recipe.run_dir, "heldout")
@@ -107,9 +110,6 @@ def run_training(recipe: Recipe, baseline: bool = False,
     if not baseline:
         sources = teacher_sources(recipe, tokenizer)
         kd = KDSetup(sources=sources, doc_weights=fusion_weights(recipe, packed, sources), loss_cfg=cfg.loss)
-    if recipe.student.max_position_embeddings < cfg.seq_len and recipe.student.pretrained is None:
-        raise AvokitError(f"train.seq_len={cfg.seq_len} exceeds student.max_position_embeddings="
-                          f"{recipe.student.max_position_embeddings}")
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
     model = build_student(recipe.student, tokenizer)
     model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
