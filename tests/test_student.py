@@ -9,7 +9,12 @@ import pytest
 from avokit.align import byteify, tokenize_with_offsets
 from avokit.errors import AvokitError
 from avokit.recipe import StudentConfig
-from avokit.student import build_student, count_parameters, load_student_tokenizer, train_student_tokenizer
+from avokit.student import (
+    build_student,
+    count_parameters,
+    load_student_tokenizer,
+    train_student_tokenizer,
+)
 
 TEXTS = [f"Le café {i} est naïve; 東京 は 大きい. The river ran under the old stone bridge.\n" for i in range(60)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ import pytest
 import torch
 
 from avokit.align import byteify, tokenize_with_offsets
-from avokit.records import TeacherRecords
 from avokit.recipe import recipe_from_dict
+from avokit.records import TeacherRecords
 from avokit.train.data import Document, batch_rows, pack_documents, rank_slice
 
-WORDS = ("the cat dog river stone light quiet garden café naïve 東京 ran sat under over "
-         "green old small large bright slowly never always said walked found water").split()
+WORDS = ["the", "cat", "dog", "river", "stone", "light", "quiet", "garden", "café", "naïve", "東京", "ran", "sat", "under", "over", "green", "old", "small", "large", "bright", "slowly", "never", "always", "said", "walked", "found", "water"]
 
 
 def make_docs(n: int, seed: int) -> list[Document]:
@@ -146,7 +144,7 @@ def test_teacher_batch_indices_point_at_boundaries(tmp_path: Path) -> None:
     assert (tb.topk_student_ids >= 0).any(), "some teacher top-k ids must map to student ids"
     n_chunks = tb.chunk_teacher_logprob.shape[0]
     assert set(np.unique(tb.chunk_of_target[tb.chunk_of_target >= 0])) == set(range(n_chunks))
-    _, y = packed.row_tokens(rows)
+    _, _y = packed.row_tokens(rows)
     for m in range(tb.b_idx.shape[0]):
         b, p = int(tb.b_idx[m]), int(tb.s_pos[m])
         assert tb.chunk_of_target[b, p] == m  # the boundary token starts chunk m

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from test_train import make_recipe, write_corpus
 
 
@@ -27,7 +26,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     from avokit.student import train_student_tokenizer
     from avokit.train.data import read_split
 
-    overrides = dict(steps=40, checkpoint_every=2, log_every=10, eval_every=40)
+    overrides = {"steps": 40, "checkpoint_every": 2, "log_every": 10, "eval_every": 40}
     killed = make_recipe(tmp_path / "killed", **overrides)
     write_corpus(killed.run_dir)
     train_student_tokenizer([d.text for d in read_split(killed.run_dir, "train")], 512,

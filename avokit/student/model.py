@@ -17,21 +17,21 @@ def student_hf_config(config: StudentConfig, tokenizer: Any) -> Any:
     """
     from transformers import LlamaConfig, Qwen3Config
 
-    common: dict[str, Any] = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=config.tie_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        rms_norm_eps=1e-6,
-        rope_theta=10000.0,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+    }
     if config.arch == "llama":
         return LlamaConfig(**common)
     return Qwen3Config(head_dim=config.hidden_size // config.num_heads, **common)

@@ -9,8 +9,9 @@ the chunk is a target of the row: packing may cut a document anywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class TeacherSource:
     records: Mapping[str, TeacherRecords]
     teacher_to_student: np.ndarray  # int64 [V_teacher], -1 = unmapped
     memo: dict[str, DocKD] = field(default_factory=dict)
-    row_memo: dict[int, "RowKD"] = field(default_factory=dict)  # per packed row, see build_teacher_batch
+    row_memo: dict[int, RowKD] = field(default_factory=dict)  # per packed row, see build_teacher_batch
 
     def doc(self, doc_id: str, student_ends: np.ndarray) -> DocKD | None:
         """The memoised alignment of ``doc_id`` (None when the cache lacks the document)."""

@@ -90,8 +90,8 @@ def main() -> None:
     (out_dir / "train.json").write_text(json.dumps(report, indent=2))
     m = report["machine"]
     lines = ["# Student training throughput: KD (two cached teachers) vs CE-only", "",
-             f"Machine: {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
-             f"CUDA: {m['cuda']}; load average at start {m['load_avg_at_start']} (shared machine).", "",
+             (f"Machine: {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+             f"CUDA: {m['cuda']}; load average at start {m['load_avg_at_start']} (shared machine)."), "",
              "| run | steps | tokens | tokens/s (loop) | wall s (incl. setup) | final loss | kd | chunk |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
