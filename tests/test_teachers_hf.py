@@ -141,3 +141,59 @@ def test_cli_list_shows_vocab_sizes() -> None:
     assert result.exit_code == 0, result.output
     assert "262144" in result.output and "49152" in result.output
     assert "gemma3-270m" in result.output and "Apache-2.0" in result.output
+
+
+def _write_llama_gguf(model: Any, out: Path) -> Path:
+    """Write a float32 Llama as GGUF the way llama.cpp's converter does (q/k permuted)."""
+    gguf = pytest.importorskip("gguf")
+    c = model.config
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    writer.add_rope_dimension_count(c.head_dim)
+    writer.add_vocab_size(c.vocab_size)
+    writer.add_file_type(0)  # all float32
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
+
+    def permute(x: np.ndarray, n_head: int) -> np.ndarray:
+        return (x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:])
+                .swapaxes(1, 2).reshape(x.shape))
+
+    for key, value in model.state_dict().items():
+        arr = value.float().numpy()
+        if key.endswith("q_proj.weight"):
+            arr = permute(arr, c.num_attention_heads)
+        if key.endswith("k_proj.weight"):
+            arr = permute(arr, c.num_key_value_heads)
+        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")),
+                          np.ascontiguousarray(arr))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_gguf_backend_equals_hf(tiny_llama_dir: Path, tmp_path: Path,
+                                smollm2_tokenizer: Any) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    path = _write_llama_gguf(model, tmp_path / "tiny.gguf")
+    # the GGUF holds no tokenizer metadata: pass the tokenizer (as registry teachers do)
+    teacher = HFTeacher.from_gguf(path, device="cpu", tokenizer=smollm2_tokenizer,
+                                  max_length=MAX_LEN, batch_size=3, vocab_chunk=7)
+    assert teacher.info.backend == "gguf" and teacher.info.name == "tiny"
+    assert_matches(teacher)
+    direct = HFTeacher.from_dir(tiny_llama_dir, device="cpu", max_length=MAX_LEN)
+    got, want = teacher.score([DOCS[3]], ["d"], 8)[0], direct.score([DOCS[3]], ["d"], 8)[0]
+    np.testing.assert_allclose(got.gold_logprob, want.gold_logprob, atol=2e-4)
+    np.testing.assert_array_equal(got.topk_ids, want.topk_ids)
+    with pytest.raises(AvokitError, match="missing.gguf"):
+        HFTeacher.from_gguf(tmp_path / "missing.gguf")
