@@ -5,8 +5,9 @@ Other parts may append fixtures below; keep each one small and documented.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -18,12 +19,13 @@ def _tiny_config(arch: str, vocab_size: int, tokenizer: Any) -> Any:
     """A 2-layer, 32-wide config of ``arch`` (random weights stay in the tens of kB per layer)."""
     import transformers as tf
 
-    common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 8, "max_position_embeddings": 256, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
     if arch == "llama":
         return tf.LlamaConfig(**common)
     if arch == "qwen3":

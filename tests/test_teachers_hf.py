@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,8 +21,8 @@ DOCS = [
     "The quick brown fox jumps over the lazy dog.\nIt was\ta naïve café — 東京 🍣!",
     "Short",
     "",
-    "A longer document that goes well past sixteen tokens, because it keeps talking about "
-    "numbers like 12345 and 67890, and about more words, so rolling windows are needed.",
+    ("A longer document that goes well past sixteen tokens, because it keeps talking about "
+     "numbers like 12345 and 67890, and about more words, so rolling windows are needed."),
 ]
 MAX_LEN = 16
 

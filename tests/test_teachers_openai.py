@@ -23,8 +23,8 @@ from avokit.teachers.scoring import EMPTY_TOPK_LOGMASS, topk_boundary_logmass, w
 
 DOCS = [
     "Hello there, general Kenobi.\nA naïve café in 東京 serves 🍣.",
-    "A document long enough to need several rolling windows of sixteen tokens each, with "
-    "numbers 31415 and 27182 and plenty of ordinary words after them.",
+    ("A document long enough to need several rolling windows of sixteen tokens each, with "
+     "numbers 31415 and 27182 and plenty of ordinary words after them."),
 ]
 MAX_LEN = 16
 TOP_K = 6
@@ -83,7 +83,7 @@ def server(hf_teacher: HFTeacher) -> Iterator[tuple[str, FakeVLLM]]:
     fake = FakeVLLM(model=hf_teacher.model)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        def do_POST(self) -> None:
             fake.auth.append(self.headers.get("Authorization"))
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             status, payload = (fake.answer(body) if self.path == "/v1/completions"

@@ -79,7 +79,7 @@ class HFTeacher(Teacher):
         max_length: int = 512,
         batch_size: int = 8,
         vocab_chunk: int = 512,
-    ) -> "HFTeacher":
+    ) -> HFTeacher:
         """Load a Hugging Face model directory (config.json + weights + tokenizer files)."""
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -100,7 +100,7 @@ class HFTeacher(Teacher):
         max_length: int = 512,
         batch_size: int = 8,
         vocab_chunk: int = 512,
-    ) -> "HFTeacher":
+    ) -> HFTeacher:
         """Load a GGUF file through transformers, dequantised to float32.
 
         ``tokenizer`` skips converting the GGUF's own tokenizer (slow for 262k vocabularies)
@@ -117,7 +117,7 @@ class HFTeacher(Teacher):
         cls, folder: Path, gguf_file: str | None, name: str, license: str, device: str,
         dtype: str, backend: str, start_token: str | None, max_length: int, batch_size: int,
         vocab_chunk: int, tokenizer: Any,
-    ) -> "HFTeacher":
+    ) -> HFTeacher:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time

@@ -26,8 +26,8 @@ def load_teacher(
     from avokit.teachers.hf import HFTeacher
 
     cap = capture or CaptureConfig()
-    common = dict(max_length=config.max_length, batch_size=cap.batch_size,
-                  vocab_chunk=cap.vocab_chunk)
+    common: dict[str, int] = {"max_length": config.max_length, "batch_size": cap.batch_size,
+                              "vocab_chunk": cap.vocab_chunk}
     if config.kind == "registry":
         from avokit.teachers.registry import registry_entry, registry_tokenizer
 

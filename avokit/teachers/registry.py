@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from avokit.errors import AvokitError, MissingPackageError
 from avokit.paths import cache_dir
@@ -33,7 +34,7 @@ def _package_dir(module: str, pip_command: str, what: str) -> Path:
     spec = importlib.util.find_spec(module)  # finds the folder without importing the package
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(what, pip_command)
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _gemma_path() -> Path:
