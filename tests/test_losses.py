@@ -166,7 +166,7 @@ def test_cross_entropy_empty_mask_is_zero_with_a_graph_and_last_position_is_refu
     ids = torch.randint(0, 5, (2, 4))
     loss = cross_entropy(logits, ids, torch.zeros(2, 4, dtype=torch.bool))
     loss.backward()
-    assert float(loss) == 0.0 and float(logits.grad.abs().sum()) == 0.0
+    assert loss.item() == 0.0 and float(logits.grad.abs().sum()) == 0.0
     with pytest.raises(ValueError, match="last position"):
         cross_entropy(logits, ids, torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="outside the student vocabulary"):
