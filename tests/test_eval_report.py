@@ -75,9 +75,11 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     strict = load_recipe(recipe_file)
     strict.gate.max_bpb = 0.01
     strict.gate.min_task_accuracy = {"toy": 1.0, "absent_task": 0.1}
-    strict.eval.include_teachers = False
+    strict.eval.teacher_bpb = "live"
     report = run_eval(strict)
-    gate1 = json.loads((report / "metrics.json").read_text())["gate"]
+    m1 = json.loads((report / "metrics.json").read_text())
+    gate1 = m1["gate"]
+    assert m1["bpb"]["tiny-teacher"]["source"] == "live"
     assert gate1["passed"] is False
     with pytest.raises(ReleaseError, match=r"max_bpb \(student held-out BPB .* > max_bpb 0.01\)") as err:
         release(run_dir, "tiny-bad", registry)
@@ -91,12 +93,20 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     pq.write_table(pa.table({"doc_id": ["gen-0"], "text": [f"A teacher wrote: {leaked} indeed."],
                              "source": ["generate"]}), run_dir / "corpus" / "generated.parquet")
 
+    # The teacher's capture cache now covers the held-out split: BPB is read from it, same number.
+    from avokit.capture import run_capture
+
+    run_capture(load_recipe(recipe_file), teacher="tiny-teacher")
+
     # Evaluation 2 through the CLI function, with the teacher, the recipe's own (passing) gate.
     report = eval_command(str(recipe_file))
     m = json.loads((report / "metrics.json").read_text())
     assert set(m["bpb"]) == {"student", "baseline", "tiny-teacher"}
     assert m["bpb"]["student"]["bytes"] == m["bpb"]["tiny-teacher"]["bytes"] == m["heldout"]["bytes"] > 0
     assert m["bpb"]["student"]["bpb"] != m["bpb"]["baseline"]["bpb"]
+    assert m["bpb"]["tiny-teacher"]["source"] == "cache"
+    assert m["bpb"]["tiny-teacher"]["bpb"] == pytest.approx(m1["bpb"]["tiny-teacher"]["bpb"], rel=1e-5)
+    assert m["bpb"]["student"]["bpb"] == m1["bpb"]["student"]["bpb"]  # same model scored twice
     assert m["task_subset"]["toy"] == {"items": 6, "available": 8, "num_fewshot": 0,
                                        "selection": "first by sha256(item id)"}
     assert [i["item_id"] for i in m["contamination"]["items"]] == [items[0]["id"]]

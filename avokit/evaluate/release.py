@@ -46,6 +46,9 @@ def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], conte
     contamination and the gate verdict."""
     gate, con, b = metrics["gate"], metrics["contamination"], metrics["bpb"]
     tr = metrics["training"].get("student", {})
+    tok_cfg = metrics.get("student_config", {}).get("tokenizer", {})
+    tok_origin = ("a byte-level BPE trained on the recipe's training corpus" if tok_cfg.get("kind") == "train"
+                  else f"loaded from {tok_cfg.get('path', '?')}")
     lines = [
         f"# {name}", "",
         f"Distilled by avokit from recipe `{metrics['recipe']}` (evaluation run {metrics['eval_run']}, {metrics['created']}).", "",
@@ -56,7 +59,7 @@ def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], conte
         f"- context length {context_length} tokens", "",
         "## Tokenizer", "",
         f"- own tokenizer, vocabulary {config.get('vocab_size', '?')} "
-        f"({metrics.get('models', {}).get('student', {}).get('tokenizer', '?')}), trained on the recipe's training corpus", "",
+        f"({metrics.get('models', {}).get('student', {}).get('tokenizer', '?')}): {tok_origin}", "",
         "## Data", "",
         f"- training: {tr.get('tokens', '?')} tokens over {tr.get('steps', '?')} steps from the recipe's corpus train split; "
         f"held-out evaluation on {metrics['heldout']['docs']} documents ({metrics['heldout']['bytes']} bytes)", "",

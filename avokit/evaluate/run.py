@@ -17,7 +17,7 @@ import torch
 
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
-from avokit.evaluate.bpb import BpbResult, score_bpb
+from avokit.evaluate.bpb import BpbResult, bpb_from_records, score_bpb
 from avokit.evaluate.contamination import ContaminationReport, check_contamination
 from avokit.evaluate.gate import check_gate
 from avokit.evaluate.plots import read_train_log
@@ -78,11 +78,31 @@ def _task_metrics(res: TaskResult, dirty: set[str]) -> dict[str, Any]:
     return out
 
 
+def cached_bpb(recipe: Recipe, teacher: Teacher, texts: dict[str, str]) -> BpbResult | None:
+    """The teacher's held-out BPB from its capture cache, or None where the cache is absent
+    or misses a held-out document. The cache must come from this very teacher (fingerprint)."""
+    from avokit.cache import CacheReader
+
+    path = recipe.run_dir / "cache" / teacher.info.name
+    if not (path / "manifest.json").is_file():
+        return None
+    reader = CacheReader(path, expect_teacher_fingerprint=teacher.info.fingerprint)
+    ids = [d for d, t in texts.items() if t]
+    if any(d not in reader for d in ids):
+        return None
+    return bpb_from_records(teacher.info.name, [reader[d] for d in ids], texts, source="cache")
+
+
 def _evaluate_model(
     teacher: Teacher, name: str, texts: dict[str, str], tasks: list[Task], recipe: Recipe,
-    contamination: ContaminationReport,
+    contamination: ContaminationReport, use_cache: bool = False,
 ) -> tuple[BpbResult, dict[str, Any]]:
-    bpb = score_bpb(teacher, texts, batch_size=recipe.eval.batch_size, name=name)
+    bpb = cached_bpb(recipe, teacher, texts) if use_cache and recipe.eval.teacher_bpb != "live" else None
+    if bpb is None and use_cache and recipe.eval.teacher_bpb == "cache":
+        raise AvokitError(f"eval.teacher_bpb: cache: {recipe.run_dir / 'cache' / name} does not cover every "
+                          "held-out document; run `avokit capture` or set teacher_bpb: auto")
+    if bpb is None:
+        bpb = score_bpb(teacher, texts, batch_size=recipe.eval.batch_size, name=name)
     model, tok = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
     task_out: dict[str, Any] = {}
     if tasks and (model is None or tok is None):
@@ -154,7 +174,8 @@ def run_eval(recipe: Recipe) -> Path:
                        "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
                        "vocab_size": teacher.info.vocab_size}
         try:
-            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination)
+            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination,
+                                                            use_cache=name not in MODEL_DIRS)
         finally:
             teacher.close()
             del teacher
@@ -172,6 +193,7 @@ def run_eval(recipe: Recipe) -> Path:
         "bpb": {m: b.bpb for m, b in bpb.items()},
         "tasks": {m: {t: v["acc"]["value"] for t, v in tm.items()} for m, tm in task_metrics.items()},
         "contamination_rate": contamination.overall_rate, "gate_passed": verdict.passed, "wall_time_s": wall,
+        "gate_config": recipe.gate.model_dump(mode="json"), "eval_config": recipe.eval.model_dump(mode="json"),
     })
     metrics: dict[str, Any] = {
         "recipe": recipe.name, "created": created, "eval_run": run_no,
@@ -190,6 +212,7 @@ def run_eval(recipe: Recipe) -> Path:
         "gate": verdict.as_dict(),
         "training": _training_summary(run_dir),
         "models": infos,
+        "student_config": recipe.student.model_dump(mode="json"),
         "teachers": [{"name": t.name, "kind": t.kind, "license": infos.get(t.name, {}).get("license", "unknown")}
                      for t in recipe.teachers],
     }

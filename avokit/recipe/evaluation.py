@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 
 from avokit.recipe.base import Section
@@ -21,6 +23,9 @@ class EvalConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     max_length: int = Field(default=512, ge=16)  # tokens per scoring window
     include_teachers: bool = True
+    # teachers' held-out BPB: "auto" reads the capture cache when it covers every held-out
+    # document (exact stored gold log-probs, same numbers), else scores live
+    teacher_bpb: Literal["auto", "live", "cache"] = "auto"
     cost_per_hour: float = Field(default=0.0, ge=0.0)  # $/hour of the machine; 0 = a CPU you own
 
 
