@@ -4,7 +4,7 @@
 lm-eval 0.4.x does not discover plugins through entry points, so use the wrapper that
 imports it first::
 
-    python -m avokit.evaluate.harness --model avokit --model_args path=runs/NAME/student \\
+    python -m avokit.evaluate.harness run --model avokit --model_args path=runs/NAME/student \\
         --tasks arc_easy [--include_path DIR]
 
 or, in Python, import this module and call ``lm_eval.simple_evaluate(model="avokit", ...)``.
