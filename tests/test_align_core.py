@@ -93,7 +93,7 @@ def test_vocab_map_prefers_regular_over_fallback_twin_and_maps_roles() -> None:
     # teacher's 'A' and its fallback twin both go to the student's regular 'A' (id 2)
     assert vm.teacher_to_student.tolist() == [0, 2, 2, 3, -1, 4]
     assert vm.roles == {"eos": (0, 0), "turn_start": (5, 4)}
-    assert vm.how.tolist() == [3 - 1, 1, 1, 1, 0, 2]  # eos and turn_start by role
+    assert vm.how.tolist() == [2, 1, 1, 1, 0, 2]  # eos and turn_start by role
     cov = vm.coverage(token_counts=np.array([0, 5, 0, 3, 2, 0]))
     assert cov.vocab_share == pytest.approx(5 / 6)
     assert cov.regular_share == pytest.approx(3 / 4)

@@ -84,7 +84,7 @@ def test_offsets_round_trip_and_align_with_student(toks: dict, teacher: str, tex
         assert b"".join(t_tb.table[i] for i in t.ids.tolist()) == data
     s = tokenize_with_offsets(s_tok, text, s_tb)
     assert b"".join(s_tb.table[i] for i in s.ids.tolist()) == data
-    if data:
+    if data and t.ids.size:  # a text made only of unspellable bytes has no tokens to align
         check_alignment(t, s)
 
 
@@ -94,7 +94,7 @@ def test_gemma_smollm_alignment(toks: dict, text: str) -> None:
     (gt, gtb), (st_, stb) = toks["gemma3-270m"], toks["smollm2-135m"]
     t = tokenize_with_offsets(gt, text, gtb)
     s = tokenize_with_offsets(st_, text, stb, lossy="offsets")  # SmolLM2 lacks 21 bytes
-    if text:
+    if text and s.ids.size:
         check_alignment(t, s)
 
 
@@ -112,10 +112,10 @@ GOLDEN = {
 def test_golden_cases_align_every_pair(toks: dict, label: str) -> None:
     text = GOLDEN[label]
     docs = {n: tokenize_with_offsets(tok, text, tb) for n, (tok, tb) in toks.items()}
-    for a in docs:
-        for b in docs:
+    for a, doc_a in docs.items():
+        for b, doc_b in docs.items():
             if a != b:
-                check_alignment(docs[a], docs[b])
+                check_alignment(doc_a, doc_b)
 
 
 def test_golden_token_ends(toks: dict) -> None:

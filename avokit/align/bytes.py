@@ -80,7 +80,7 @@ class TokenBytes:
         round-trip and :func:`~avokit.align.offsets.offsets_from_ids` reports it.
         """
         have = np.zeros(256, dtype=bool)
-        for b, idx in self.preferred.items():
+        for b in self.preferred:
             if len(b) == 1:
                 have[b[0]] = True
         return have

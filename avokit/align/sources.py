@@ -79,7 +79,7 @@ def _package_file(module: str, rel: str, pip: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(f"package {module!r} (needed for {rel})", pip)
-    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    path = Path(next(iter(spec.submodule_search_locations))) / rel
     if not path.is_file():
         raise MissingPackageError(f"{path}", pip)
     return path
@@ -163,7 +163,7 @@ def ranks_to_fast_tokenizer(
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     class _RankConverter(TikTokenConverter):
-        def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:  # noqa: ARG002
+        def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:
             return ranks
 
     backend = _RankConverter(vocab_file="<ranks>", pattern=pattern).converted()
@@ -304,7 +304,7 @@ def load_tokenizer(spec: str | Path) -> Any:
 
             try:
                 return PreTrainedTokenizerFast(tokenizer_file=str(path))
-            except Exception as err:  # malformed JSON or an unknown model type
+            except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exception on bad JSON
                 raise AvokitError(f"{path} is not a tokenizers JSON file: {err}") from None
         raise AvokitError(f"tokenizer file {path}: unknown kind (want .json, .gguf, .tiktoken[.gz], .vocab)")
     raise AvokitError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,10 +29,10 @@ def run_align_report(teacher: str, student: str, file: Path) -> AlignReport:
 
 
 def align_report_command(
-    teacher: str = typer.Argument(..., help="Teacher tokenizer: registry name, 'qwen3', 'o200k', dir or file."),
-    student_tokenizer: str = typer.Argument(..., help="Student tokenizer: same forms as TEACHER."),
-    file: Path = typer.Argument(..., help="Documents: .jsonl ('text'), .parquet ('text') or plain text."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    teacher: Annotated[str, typer.Argument(help="Teacher tokenizer: registry name, 'qwen3', 'o200k', dir or file.")],
+    student_tokenizer: Annotated[str, typer.Argument(help="Student tokenizer: same forms as TEACHER.")],
+    file: Annotated[Path, typer.Argument(help="Documents: .jsonl ('text'), .parquet ('text') or plain text.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """How a teacher's tokens align with the student's on FILE: token counts, bytes/token,
     common-boundary share, chunk lengths, vocabulary-map coverage, round-trip failures."""
