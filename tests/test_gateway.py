@@ -33,7 +33,10 @@ PRICE = {"*": {"input": 1000, "output": 3000}}  # micro-units per 1M tokens
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     build_registry(root, MODEL)
-    build_registry(root, "not-released", passed=False)  # gate failed: must never be served
+    failed = root / "not-released"  # gate failed: must never be served
+    failed.mkdir()
+    (failed / "release.json").write_text(json.dumps({"name": "not-released",
+                                                     "gate": {"passed": False}}))
     return root
 
 
@@ -350,9 +353,10 @@ def test_vllm_engine_kill9_mid_stream_bills_once(env: Env, upstream: str) -> Non
     assert len(open_res) == 1 and open_res[0].delivered_tokens >= 8
     delivered = open_res[0].delivered_tokens
     time.sleep(0.6)  # older than the stale threshold: the restarted server settles it
-    again = env.server("vllm-b", **extra)
-    again.stop()
-    env.server("vllm-c", **extra).stop()  # a second restart must not bill it again
+    env.server("vllm-b", **extra).stop()
+    # a second reconciliation (another restart, another replica) must not bill it again
+    from avokit.gateway.services import metering
+    assert metering.reconcile(env.sessions, 0.0) == 0
     with env.sessions() as s:
         res = s.get(Reservation, open_res[0].id)
         assert res is not None and res.status == "settled"
