@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "avokit.cli.train",
     "avokit.cli.distill",
     "avokit.cli.evaluate",
+    "avokit.cli.gateway",
 ]
 
 
