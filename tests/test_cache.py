@@ -45,11 +45,12 @@ def spec_for(vocab: int, k: int = 8, bits: int = 16, teacher_fp: str = "fp-a", t
     )
 
 
-def write_cache(root: Path, spec: CacheSpec, docs: list[TeacherRecords], per_shard: int = 3) -> Path:
+def write_cache(root: Path, spec: CacheSpec, docs: list[TeacherRecords], per_shard: int = 3,
+                batch_positions: int = 2048) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     shards = []
     for j in range(0, len(docs), per_shard):
-        w = ShardWriter(root / f"train-{j // per_shard:05d}.arrow", spec, "train")
+        w = ShardWriter(root / f"train-{j // per_shard:05d}.arrow", spec, "train", batch_positions)
         for rec in docs[j : j + per_shard]:
             w.add(rec)
         shards.append(w.close())
@@ -57,16 +58,18 @@ def write_cache(root: Path, spec: CacheSpec, docs: list[TeacherRecords], per_sha
     return root
 
 
-@pytest.mark.parametrize("vocab", [1000, 262_144, 20_000_000])
+@pytest.mark.parametrize("vocab", [200, 1000, 262_144, 20_000_000, 2**31 - 1])
 @pytest.mark.parametrize("bits", [8, 16])
-def test_round_trip(tmp_path: Path, vocab: int, bits: int) -> None:
+@pytest.mark.parametrize("batch_positions", [1, 30, 2048])
+def test_round_trip(tmp_path: Path, vocab: int, bits: int, batch_positions: int) -> None:
     rng = np.random.default_rng(vocab + bits)
     spec = spec_for(vocab, bits=bits)
     docs = [random_records(f"d{i}", int(rng.integers(1, 40)), 8, vocab, rng) for i in range(7)]
-    reader = CacheReader(write_cache(tmp_path / "c", spec, docs), expect_teacher_fingerprint="fp-a")
+    root = write_cache(tmp_path / "c", spec, docs, per_shard=4, batch_positions=batch_positions)
+    reader = CacheReader(root, expect_teacher_fingerprint="fp-a")
     assert len(reader) == 7 and list(reader) == [d.doc_id for d in docs]
     bound = spec.max_quantisation_error()
-    for want in docs:
+    for want in docs[::-1] + docs:  # random access, not only in order
         got = reader[want.doc_id]
         np.testing.assert_array_equal(got.token_ids, want.token_ids)
         np.testing.assert_array_equal(got.byte_ends, want.byte_ends)

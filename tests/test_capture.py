@@ -109,7 +109,7 @@ class DiesAfter(Teacher):
 
 
 def test_capture_matches_full_logits(tmp_path: Path, teacher_dir: Path, corpus_file: Path) -> None:
-    recipe = make_recipe(tmp_path / "runs", teacher_dir, corpus_file)
+    recipe = make_recipe(tmp_path / "runs", teacher_dir, corpus_file, logprob_bits=16)
     paths = run_capture(recipe)
     cache = recipe.run_dir / "cache" / "tiny"
     assert all(p.is_file() for p in paths) and len(paths) == 4

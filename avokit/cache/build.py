@@ -16,15 +16,14 @@ from avokit.cache.manifest import (
 
 def column_dtypes(spec: CacheSpec) -> dict[str, str]:
     """How each field is stored (for the manifest's ``dtype`` entry and the docs)."""
-    q = "uint8" if spec.logprob_bits == 8 else "uint16"
-    ids = {"u16": "uint16", "u16+u8": "uint16 low + uint8 high planes", "u32": "uint32"}[spec.id_encoding]
     return {
-        "token_id": "uint16" if spec.id_encoding == "u16" else "uint32",
+        "token_id": "uint32",
         "byte_end": "uint16 token byte length, cumulative sum",
         "gold_logprob": "float32",
         "boundary_logmass": "float32",
-        "topk_ids": ids,
-        "topk_logprobs": f"{q} steps below the float32 top-1, float32 step per position",
+        "topk_ids": f"{spec.id_bytes} uint8 byte planes",
+        "topk_logprobs": f"uint{spec.logprob_bits} steps below the float32 top-1 (float32 step per "
+        f"position), delta-coded along ranks, {spec.q_bytes} uint8 byte plane(s)",
         "compression": spec.compression,
     }
 
@@ -38,7 +37,6 @@ def write_manifest(
     manifest = CacheManifest(
         **spec.model_dump(),
         plan_hash=plan_hash,
-        id_encoding_name=spec.id_encoding,
         dtype=column_dtypes(spec),
         max_logprob_error=spec.max_quantisation_error(),
         tokenizer_dir=TOKENIZER_DIR if (cache_dir / TOKENIZER_DIR).is_dir() else None,

@@ -1,12 +1,12 @@
 """Version 1 of the teacher cache's on-disk encoding (see docs/cache-format.md).
 
 One Arrow IPC *file* per shard, one record batch per document, one row per token position.
-Log-probs of the top-k are stored as unsigned integers relative to the position's top-1
-log-prob (exact) with a per-position step; ids use the smallest width the vocabulary needs
-(uint16, or uint16 + uint8 planes for vocabularies up to 2**24, else uint32); every column
-is zstd-compressed per document batch by Arrow.
+Top-k log-probs are stored as unsigned steps below the position's exact top-1 log-prob
+(per-position step), delta-coded along the rank axis (the gaps of a sorted list are small);
+top-k ids use the fewest bytes the vocabulary needs. Both are split into byte planes (one
+uint8 column per byte) because zstd compresses planes of like bytes far better than
+interleaved little-endian integers. Every column is zstd-compressed per document batch.
 """
-
 from __future__ import annotations
 
 from typing import Literal
@@ -19,7 +19,6 @@ from avokit.errors import CacheError
 from avokit.records import TeacherRecords
 
 FORMAT_VERSION = 1
-IdEncoding = Literal["u16", "u16+u8", "u32"]
 # Log-probs more than this many nats below the top-1 are clamped there: e**-60 is far below
 # anything KD can see, and a bounded range keeps the quantisation step small.
 MAX_LOGPROB_RANGE = 60.0
@@ -38,42 +37,49 @@ class CacheSpec(BaseModel):
     compression: Literal["zstd", "none"] = "zstd"
 
     @property
-    def id_encoding(self) -> IdEncoding:
-        """Smallest id representation for this vocabulary."""
-        if self.vocab_size <= 1 << 16:
-            return "u16"
-        if self.vocab_size <= 1 << 24:
-            return "u16+u8"
-        return "u32"
+    def id_bytes(self) -> int:
+        """Fewest bytes that hold every id of this vocabulary (1..4)."""
+        return max(1, ((max(self.vocab_size - 1, 1)).bit_length() + 7) // 8)
+
+    @property
+    def q_bytes(self) -> int:
+        """Bytes per stored log-prob step (1 for 8-bit, 2 for 16-bit)."""
+        return self.logprob_bits // 8
 
     def max_quantisation_error(self) -> float:
         """Upper bound, in nats, on |stored - exact| top-k log-prob after dequantisation."""
         return MAX_LOGPROB_RANGE / (2 * ((1 << self.logprob_bits) - 1))
 
 
-def _qtype(bits: int) -> pa.DataType:
-    return pa.uint8() if bits == 8 else pa.uint16()
-
-
 def schema(spec: CacheSpec) -> pa.Schema:
     """The Arrow schema of a shard; its metadata carries the spec for self-checking."""
     k = spec.top_k
+    plane = pa.list_(pa.uint8(), k)
     fields = [
-        pa.field("token_id", pa.uint16() if spec.id_encoding == "u16" else pa.uint32()),
+        pa.field("token_id", pa.uint32()),
         pa.field("byte_len", pa.uint16()),
         pa.field("gold_logprob", pa.float32()),
         pa.field("boundary_logmass", pa.float32()),
         pa.field("topk_max", pa.float32()),
         pa.field("topk_step", pa.float32()),
-        pa.field("topk_q", pa.list_(_qtype(spec.logprob_bits), k)),
     ]
-    if spec.id_encoding == "u32":
-        fields.append(pa.field("topk_id", pa.list_(pa.uint32(), k)))
-    else:
-        fields.append(pa.field("topk_id_lo", pa.list_(pa.uint16(), k)))
-        if spec.id_encoding == "u16+u8":
-            fields.append(pa.field("topk_id_hi", pa.list_(pa.uint8(), k)))
+    fields += [pa.field(f"topk_dq_b{i}", plane) for i in range(spec.q_bytes)]
+    fields += [pa.field(f"topk_id_b{i}", plane) for i in range(spec.id_bytes)]
     return pa.schema(fields, metadata={b"avokit_cache": spec.model_dump_json().encode("utf-8")})
+
+
+def to_planes(values: np.ndarray, n_bytes: int) -> list[np.ndarray]:
+    """Non-negative integers -> ``n_bytes`` uint8 arrays, least significant byte first."""
+    v = values.astype(np.uint64)
+    return [((v >> np.uint64(8 * i)) & np.uint64(0xFF)).astype(np.uint8) for i in range(n_bytes)]
+
+
+def from_planes(planes: list[np.ndarray]) -> np.ndarray:
+    """Inverse of :func:`to_planes`: int64 array."""
+    out = np.zeros(planes[0].shape, dtype=np.int64)
+    for i, p in enumerate(planes):
+        out |= p.astype(np.int64) << (8 * i)
+    return out
 
 
 def quantise(topk_logprobs: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,27 +116,22 @@ def encode(rec: TeacherRecords, spec: CacheSpec) -> pa.RecordBatch:
     if n and (ids.min() < 0 or ids.max() >= spec.vocab_size):
         raise CacheError(f"document {rec.doc_id!r}: a top-k id is outside the vocabulary of {spec.vocab_size}")
     top, step, q = quantise(np.asarray(rec.topk_logprobs), spec.logprob_bits)
-    sch = schema(spec)
+    dq = np.diff(q.astype(np.int64), axis=1, prepend=0)  # >= 0: q rises along the ranks
 
-    def fixed(values: np.ndarray, typ: pa.DataType) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), typ), k)
+    def fixed(values: np.ndarray) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), pa.uint8()), k)
 
     cols: list[pa.Array] = [
-        pa.array(np.asarray(rec.token_ids).astype(np.uint16 if spec.id_encoding == "u16" else np.uint32)),
+        pa.array(np.asarray(rec.token_ids).astype(np.uint32)),
         pa.array(lens.astype(np.uint16)),
         pa.array(np.asarray(rec.gold_logprob, dtype=np.float32)),
         pa.array(np.asarray(rec.boundary_logmass, dtype=np.float32)),
         pa.array(top),
         pa.array(step),
-        fixed(q, _qtype(spec.logprob_bits)),
     ]
-    if spec.id_encoding == "u32":
-        cols.append(fixed(ids.astype(np.uint32), pa.uint32()))
-    else:
-        cols.append(fixed((ids & 0xFFFF).astype(np.uint16), pa.uint16()))
-        if spec.id_encoding == "u16+u8":
-            cols.append(fixed((ids >> 16).astype(np.uint8), pa.uint8()))
-    return pa.RecordBatch.from_arrays(cols, schema=sch)
+    cols += [fixed(p) for p in to_planes(dq, spec.q_bytes)]
+    cols += [fixed(p) for p in to_planes(ids, spec.id_bytes)]
+    return pa.RecordBatch.from_arrays(cols, schema=schema(spec))
 
 
 def _fixed_values(col: pa.Array, k: int) -> np.ndarray:
@@ -142,12 +143,9 @@ def decode(batch: pa.RecordBatch, doc_id: str, k: int) -> TeacherRecords:
     """One record batch back to :class:`TeacherRecords` (log-probs dequantised)."""
     col = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
     lens = col["byte_len"].to_numpy(zero_copy_only=False).astype(np.int64)
-    if "topk_id" in col:
-        ids = _fixed_values(col["topk_id"], k).astype(np.int32)
-    else:
-        ids = _fixed_values(col["topk_id_lo"], k).astype(np.int32)
-        if "topk_id_hi" in col:
-            ids |= _fixed_values(col["topk_id_hi"], k).astype(np.int32) << 16
+    names = batch.schema.names
+    ids = from_planes([_fixed_values(col[n], k) for n in names if n.startswith("topk_id_b")])
+    dq = from_planes([_fixed_values(col[n], k) for n in names if n.startswith("topk_dq_b")])
     top = col["topk_max"].to_numpy(zero_copy_only=False)
     step = col["topk_step"].to_numpy(zero_copy_only=False)
     return TeacherRecords(
@@ -155,7 +153,7 @@ def decode(batch: pa.RecordBatch, doc_id: str, k: int) -> TeacherRecords:
         token_ids=col["token_id"].to_numpy(zero_copy_only=False).astype(np.int32),
         byte_ends=np.cumsum(lens, dtype=np.int64),
         gold_logprob=col["gold_logprob"].to_numpy(zero_copy_only=False).astype(np.float32),
-        topk_ids=ids,
-        topk_logprobs=dequantise(top, step, _fixed_values(col["topk_q"], k)),
+        topk_ids=ids.astype(np.int32),
+        topk_logprobs=dequantise(top, step, np.cumsum(dq, axis=1)),
         boundary_logmass=col["boundary_logmass"].to_numpy(zero_copy_only=False).astype(np.float32),
     )

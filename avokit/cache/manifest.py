@@ -30,13 +30,14 @@ class ShardInfo(BaseModel):
     n_tokens: int
     n_bytes: int  # file size
     doc_ids: list[str]
+    doc_tokens: list[int]  # positions of each document
+    batch_docs: list[int]  # documents in each record batch, in order
 
 
 class CacheManifest(CacheSpec):
     """``cache/<teacher>/manifest.json``: the spec, every shard with its checksum, totals."""
 
     plan_hash: str  # hash of (corpus, capture settings, teacher config): decides what to capture
-    id_encoding_name: str
     dtype: dict[str, str]
     max_logprob_error: float
     tokenizer_dir: str | None

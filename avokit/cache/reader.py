@@ -52,11 +52,13 @@ class CacheReader(Mapping[str, TeacherRecords]):
                 f"{expect_tokenizer_fingerprint} (captured with another tokenizer; capture again)"
             )
         self._verify = verify
-        self._index: dict[str, tuple[int, int]] = {}
+        # doc_id -> (shard, record batch, first row, rows)
+        self._index: dict[str, tuple[int, int, int, int]] = {}
         for s, shard in enumerate(m.shards):
-            for b, doc_id in enumerate(shard.doc_ids):
-                self._index[doc_id] = (s, b)
+            for doc_id, loc in zip(shard.doc_ids, _doc_locations(shard.batch_docs, shard.doc_tokens)):
+                self._index[doc_id] = (s, *loc)
         self._open: dict[int, pa.ipc.RecordBatchFileReader] = {}
+        self._last: tuple[tuple[int, int], pa.RecordBatch] | None = None  # one decompressed batch
 
     @property
     def spec(self) -> CacheSpec:
@@ -80,11 +82,12 @@ class CacheReader(Mapping[str, TeacherRecords]):
             reader = pa.ipc.open_file(pa.memory_map(str(file), "r"))
         except (pa.ArrowInvalid, OSError) as err:
             raise CacheError(f"{file}: not a readable cache shard: {err}") from None
-        self._check_shard_spec(file, reader.schema.metadata or {}, info.n_docs, reader.num_record_batches)
+        self._check_shard_spec(file, reader.schema.metadata or {}, len(info.batch_docs),
+                               reader.num_record_batches)
         self._open[s] = reader
         return reader
 
-    def _check_shard_spec(self, file: Path, meta: dict[bytes, bytes], n_docs: int, n_batches: int) -> None:
+    def _check_shard_spec(self, file: Path, meta: dict[bytes, bytes], want_batches: int, n_batches: int) -> None:
         raw = meta.get(b"avokit_cache")
         if raw is None:
             raise CacheError(f"{file}: not an avokit cache shard (no avokit_cache metadata)")
@@ -104,15 +107,17 @@ class CacheReader(Mapping[str, TeacherRecords]):
                     f"{file}: shard {key} {shard_spec.get(key)!r} differs from the manifest's "
                     f"{mine[key]!r} (shard from another capture)"
                 )
-        if n_batches != n_docs:
-            raise CacheError(f"{file}: {n_batches} documents in the shard, manifest says {n_docs}")
+        if n_batches != want_batches:
+            raise CacheError(f"{file}: {n_batches} record batches in the shard, manifest says {want_batches}")
 
     def __getitem__(self, doc_id: str) -> TeacherRecords:
         try:
-            s, b = self._index[doc_id]
+            s, b, row, n = self._index[doc_id]
         except KeyError:
             raise KeyError(f"document {doc_id!r} is not in the cache at {self.path}") from None
-        return decode(self._shard(s).get_batch(b), doc_id, self.manifest.top_k)
+        if self._last is None or self._last[0] != (s, b):
+            self._last = ((s, b), self._shard(s).get_batch(b))
+        return decode(self._last[1].slice(row, n), doc_id, self.manifest.top_k)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -129,9 +134,27 @@ class CacheReader(Mapping[str, TeacherRecords]):
             if split not in (None, info.split):
                 continue
             reader = self._shard(s)
-            for b, doc_id in enumerate(info.doc_ids):
-                yield decode(reader.get_batch(b), doc_id, self.manifest.top_k)
+            locs = _doc_locations(info.batch_docs, info.doc_tokens)
+            batch, current = None, -1
+            for doc_id, (b, row, n) in zip(info.doc_ids, locs):
+                if b != current:
+                    batch, current = reader.get_batch(b), b
+                yield decode(batch.slice(row, n), doc_id, self.manifest.top_k)
             self._open.pop(s, None)  # release the mapping before the next shard
+            self._last = None
+
+
+def _doc_locations(batch_docs: list[int], doc_tokens: list[int]) -> list[tuple[int, int, int]]:
+    """(record batch, first row, rows) of every document of a shard."""
+    out: list[tuple[int, int, int]] = []
+    d = 0
+    for b, count in enumerate(batch_docs):
+        row = 0
+        for n in doc_tokens[d : d + count]:
+            out.append((b, row, n))
+            row += n
+        d += count
+    return out
 
 
 def load_cache_tokenizer(cache_dir: Path) -> Any:

@@ -22,5 +22,5 @@ class CaptureConfig(Section):
     seq_len: int = Field(default=256, ge=8)
     vocab_chunk: int = Field(default=512, ge=1)  # positions per full-vocabulary logit chunk
     docs_per_shard: int = Field(default=256, ge=1)
-    logprob_bits: Literal[8, 16] = 16
+    logprob_bits: Literal[8, 16] = 8
     compression: Literal["zstd", "none"] = "zstd"
