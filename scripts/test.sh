@@ -4,10 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-if [[ -f .ci/postgres.sh ]]; then
-  # shellcheck disable=SC1091
-  source .ci/postgres.sh
-fi
+# The gateway tests run on SQLite and on a real PostgreSQL (installed from Debian if missing).
+eval "$(bash .ci/postgres.sh)"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 .venv/bin/python -m pytest "$@"
