@@ -4,7 +4,6 @@ exists and the file still matches it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from avokit.cache.format import CacheSpec
+from avokit.checksums import file_sha256
 from avokit.errors import CacheError
 
 MANIFEST_NAME = "manifest.json"
@@ -46,15 +46,6 @@ class CacheManifest(CacheSpec):
     n_tokens: int
     total_bytes: int
     bytes_per_token: float
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
+from avokit.checksums import file_sha256
 from avokit.corpus.canary import refuse_canary
 from avokit.corpus.dedup import dedup
 from avokit.corpus.document import Document
@@ -61,15 +62,6 @@ def config_hash(recipe: Recipe) -> str:
             src["path"] = str(recipe.resolve(model.path))
     blob = json.dumps({"v": CORPUS_FORMAT_VERSION, "corpus": data}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def heldout_score(doc_id: str, seed: int) -> float:
