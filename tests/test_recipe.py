@@ -115,3 +115,23 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     top.write_text("- 1\n- 2\n")
     with pytest.raises(RecipeError, match="must be a mapping"):
         load_recipe(top)
+
+
+def test_non_utf8_recipe_and_yaml_error_are_one_line(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(RecipeError, match=r"latin.yaml: not UTF-8 text \(byte 9"):
+        load_recipe(latin)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nteachers: [unclosed\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(bad)
+    assert "\n" not in str(info.value) and "line 3" in str(info.value)
+
+
+def test_unknown_registry_teacher_is_named() -> None:
+    data = minimal()
+    data["teachers"].append({"name": "llama-9000", "kind": "registry"})
+    msg = error_of(data)
+    assert "teachers[1].name: unknown registry teacher 'llama-9000'" in msg
+    assert "gemma3-270m" in msg and "smollm2-135m" in msg

@@ -186,3 +186,22 @@ def test_topk_boundary_approximation() -> None:
     lps = np.log(np.array([[0.5, 0.2], [0.3, 0.1], [0.6, 0.1]]))
     got = topk_boundary_logmass(ids, lps, mask)
     np.testing.assert_allclose(got, [EMPTY_TOPK_LOGMASS, np.log(0.4), np.log(0.1)], rtol=1e-6)
+
+
+def test_base_url_from_environment(server: tuple[str, FakeVLLM], tiny_llama_dir: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url, fake = server
+    cfg = TeacherConfig(name="api", kind="openai", model="tiny", tokenizer=tiny_llama_dir,
+                        base_url_env="TINY_BASE_URL", api_key_env="TINY_KEY")
+    monkeypatch.delenv("TINY_BASE_URL", raising=False)
+    with pytest.raises(AvokitError, match=r"needs `base_url` in the recipe or \$TINY_BASE_URL"):
+        load_teacher(cfg, tiny_llama_dir)
+    monkeypatch.setenv("TINY_BASE_URL", url)
+    monkeypatch.setenv("TINY_KEY", "sk-env")
+    teacher = load_teacher(cfg, tiny_llama_dir)
+    assert teacher.score(["Hello there."], ["a"], TOP_K)[0].k == TOP_K
+    assert fake.auth[-1] == "Bearer sk-env"
+    teacher.close()
+    # a base_url in the recipe wins over the environment
+    monkeypatch.setenv("TINY_BASE_URL", "http://127.0.0.1:9/v1")
+    assert cfg.model_copy(update={"base_url": url}).endpoint_url() == url

@@ -77,6 +77,9 @@ def read_texts(path: Path) -> list[str]:
     Raises:
         AvokitError: the file is missing, unreadable, or lacks the ``text`` field.
     """
+    if path.is_dir():
+        raise AvokitError(f"document file {path} is a directory (give a .txt, .jsonl or "
+                          ".parquet file)")
     if not path.is_file():
         raise AvokitError(f"document file {path} does not exist")
     try:
@@ -84,7 +87,10 @@ def read_texts(path: Path) -> list[str]:
             texts = []
             for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if line.strip():
-                    obj = json.loads(line)
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise AvokitError(f"{path}: line {lineno} is not JSON: {err.msg}") from None
                     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                         raise AvokitError(f"{path}: line {lineno} has no string field 'text'")
                     texts.append(obj["text"])
@@ -92,13 +98,16 @@ def read_texts(path: Path) -> list[str]:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+                raise AvokitError(f"{path}: not a readable Parquet file: {err}") from None
             if "text" not in table.column_names:
                 raise AvokitError(f"{path}: no column 'text' (columns: {table.column_names})")
             return [str(t) for t in table.column("text").to_pylist()]
         return [path.read_text(encoding="utf-8")]
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AvokitError(f"{path}: cannot read documents: {err}") from None
+    except UnicodeDecodeError as err:
+        raise AvokitError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 def _tokenize(tok: Any, tb: TokenBytes, texts: list[str]) -> tuple[list[TokenizedDoc], list[RoundTripIssue]]:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from avokit.align.report import AlignReport, align_report, read_texts, render_markdown
 from avokit.align.sources import load_tokenizer
@@ -40,7 +39,8 @@ def align_report_command(
     if as_json:
         typer.echo(json.dumps(rep.as_dict(), indent=2))
     else:
-        Console().print(render_markdown(rep), markup=False, highlight=False)
+        # plain echo: the Markdown table must not be re-wrapped at the terminal width
+        typer.echo(render_markdown(rep), nl=False)
 
 
 def register(app: typer.Typer) -> None:

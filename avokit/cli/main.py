@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli(args=argv, standalone_mode=False)
     except AvokitError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        # soft_wrap: a long message stays one line (rich would break it at the terminal width)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {err}", markup=True,
+                                                   highlight=False)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         Console(stderr=True).print("[yellow]aborted[/yellow]")

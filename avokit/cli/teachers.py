@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -15,9 +16,13 @@ from avokit.teachers.check import check_teacher, config_for, list_registry_teach
 
 def teachers_list() -> None:
     """Show the registry teachers (nothing is loaded)."""
-    table = Table(title="registry teachers")
-    for col in ("name", "backend", "params", "vocab size", "tokenizer", "licence", "installed"):
-        table.add_column(col, no_wrap=col in ("name", "vocab size", "tokenizer"))
+    # a light box keeps all seven columns readable at 80 columns (a piped stdout's width);
+    # only the licence may wrap, nothing is cut off with an ellipsis
+    table = Table(title="registry teachers", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 1, 0, 0))
+    for col in ("name", "backend", "params", "vocab", "tokenizer", "licence", "installed"):
+        table.add_column(col, no_wrap=col != "licence", overflow="fold",
+                         min_width=10 if col == "licence" else None)
     for row in list_registry_teachers():
         table.add_row(row.name, row.backend, f"{row.params / 1e6:.1f}M", str(row.vocab_size),
                       row.tokenizer_kind, row.license, "yes" if row.installed else "no")

@@ -57,9 +57,22 @@ def recipe_from_dict(
         recipe = Recipe.model_validate({**data, "base_dir": base_dir})
     except ValidationError as err:
         raise RecipeError(format_validation_error(err, source)) from None
+    _check_registry_names(recipe, source)
     if check_paths:
         _check_paths(recipe, source)
     return recipe
+
+
+def _check_registry_names(recipe: Recipe, source: str) -> None:
+    """``kind: registry`` teachers must name a built-in teacher (known on every machine)."""
+    from avokit.teachers.registry import REGISTRY
+
+    for i, t in enumerate(recipe.teachers):
+        if t.kind == "registry" and t.registry_name not in REGISTRY:
+            field = "model" if t.model else "name"
+            known = ", ".join(sorted(REGISTRY))
+            raise RecipeError(f"{source}: teachers[{i}].{field}: unknown registry teacher "
+                              f"{t.registry_name!r} (registry teachers: {known})")
 
 
 def _check_paths(recipe: Recipe, source: str) -> None:
@@ -77,6 +90,14 @@ def _check_paths(recipe: Recipe, source: str) -> None:
             raise RecipeError(f"{source}: {field}: file not found: {recipe.resolve(path)}")
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: what went wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_recipe(spec: str | Path, check_paths: bool = True) -> Recipe:
     """Load a recipe from a YAML file, or a built-in recipe by name (e.g. ``avocado-mini``)."""
     spec_str = str(spec)
@@ -91,6 +112,8 @@ def load_recipe(spec: str | Path, check_paths: bool = True) -> Recipe:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+        raise RecipeError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     return recipe_from_dict(data, path.resolve().parent, str(path), check_paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +21,10 @@ class TeacherConfig(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     kind: Literal["registry", "hf", "gguf", "openai"]
     path: Path | None = None
-    base_url: str | None = None
+    base_url: str | None = None  # for `openai`; unset: read from the variable `base_url_env`
+    base_url_env: str = "OPENAI_BASE_URL"
     model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = "OPENAI_API_KEY"  # the key itself never sits in a recipe
     tokenizer: Path | None = None  # tokenizer dir/file for an `openai` teacher
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = "auto"
@@ -37,11 +39,16 @@ class TeacherConfig(Section):
     def _kind_fields(self) -> "TeacherConfig":
         if self.kind in ("hf", "gguf") and self.path is None:
             raise ValueError(f"a {self.kind} teacher needs `path`")
-        if self.kind == "openai" and (not self.base_url or not self.model):
-            raise ValueError("an openai teacher needs `base_url` and `model`")
+        if self.kind == "openai" and not self.model:
+            raise ValueError("an openai teacher needs `model`")
         if self.kind == "openai" and self.tokenizer is None:
             raise ValueError("an openai teacher needs `tokenizer` (a local tokenizer dir or file)")
         return self
+
+    def endpoint_url(self) -> str | None:
+        """The endpoint's base URL: ``base_url`` if the recipe gives one, else the environment
+        variable named by ``base_url_env`` (None when neither is set)."""
+        return self.base_url or os.environ.get(self.base_url_env) or None
 
     @property
     def registry_name(self) -> str:

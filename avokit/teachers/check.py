@@ -67,7 +67,13 @@ def config_for(name_or_path: str) -> TeacherConfig:
         return TeacherConfig(name=path.name or "teacher", kind="hf", path=path.resolve())
     if path.is_file() and path.suffix == ".gguf":
         return TeacherConfig(name=path.stem, kind="gguf", path=path.resolve())
-    from avokit.teachers.registry import registry_entry
+    if path.is_file():
+        raise AvokitError(f"{path} is not a .gguf file; give a registry name, a Hugging Face "
+                          "model directory or a GGUF file")
+    from avokit.teachers.registry import REGISTRY, registry_entry
+
+    if name_or_path not in REGISTRY and ("/" in name_or_path or name_or_path.endswith(".gguf")):
+        raise AvokitError(f"teacher {name_or_path}: no such file or directory")
 
     registry_entry(name_or_path)  # raises with the list of names when unknown
     return TeacherConfig(name=name_or_path, kind="registry")

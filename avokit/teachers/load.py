@@ -52,11 +52,15 @@ def load_teacher(
     if config.kind == "openai":
         from avokit.teachers.openai_backend import OpenAITeacher, load_local_tokenizer
 
-        if not config.base_url or not config.model or config.tokenizer is None:
-            raise AvokitError(f"teacher {config.name!r}: an openai teacher needs `base_url`, "
-                              "`model` and `tokenizer`")
+        base_url = config.endpoint_url()
+        if not base_url:
+            raise AvokitError(f"teacher {config.name!r}: an openai teacher needs `base_url` in "
+                              f"the recipe or ${config.base_url_env} in the environment")
+        if not config.model or config.tokenizer is None:
+            raise AvokitError(f"teacher {config.name!r}: an openai teacher needs `model` and "
+                              "`tokenizer`")
         return OpenAITeacher(
-            config.base_url, config.model,
+            base_url, config.model,
             load_local_tokenizer(_resolve(config.tokenizer, base_dir)),
             name=config.name, api_key=os.environ.get(config.api_key_env),
             start_token=config.start_token, max_length=config.max_length,
