@@ -67,7 +67,9 @@ def _hellaswag() -> list[TaskItem]:
         prompt = _hellaswag_clean(r["activity_label"] + ": " + ctx)
         items.append(
             TaskItem(
-                f"hellaswag/{r['ind']}",
+                # `ind` alone repeats across sources (9,609 distinct in 10,042 rows); ids must be
+                # unique or per-item results and the contamination split overwrite each other
+                f"hellaswag/{r['source_id']}/{r['ind']}",
                 prompt,
                 tuple(" " + _hellaswag_clean(e) for e in r["endings"]),
                 int(r["label"]),

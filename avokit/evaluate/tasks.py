@@ -162,12 +162,17 @@ def load_task(yaml_path: Path) -> Task:
             except json.JSONDecodeError as err:
                 raise TaskError(f"{data}:{ln}: not valid JSON: {err}") from None
     items = []
+    seen: set[str] = set()
     for ln, row in enumerate(rows, 1):
         where = f"{data}:{ln}"
         if spec.answer not in row:
             raise TaskError(f"{where}: missing answer field {spec.answer!r}")
         prompt = _render(spec.prompt, row, where)
         item_id = str(row.get("id", f"{spec.name}-{ln}"))
+        if item_id in seen:
+            # results, subsets and the clean/dirty split are keyed by id: a repeat would overwrite
+            raise TaskError(f"{where}: duplicate item id {item_id!r}")
+        seen.add(item_id)
         if spec.kind == "multiple_choice":
             if not isinstance(row.get(spec.choices), list):
                 raise TaskError(f"{where}: choices field {spec.choices!r} must be a list")
