@@ -34,8 +34,10 @@ def _task(tmp: Path) -> Path:
     return tmp / "toy.yaml"
 
 
-def _train_log(path: Path, start: float) -> None:
+def _train_log(path: Path, start: float, timed: bool = False) -> None:
     path.write_text("".join(json.dumps({"step": s, "loss": start / (1 + s / 10), "lr": 1e-3, "tokens": 512 * s,
+                                        "ce": start / (1 + s / 10) - (0.3 if timed else 0.0),
+                                        **({"elapsed_s": 1.5 * s} if timed else {}),
                                         **({"heldout_bpb": start / (1 + s / 12)} if s % 5 == 0 else {})}) + "\n"
                             for s in range(1, 21)))
 
@@ -57,7 +59,7 @@ def recipe_dir(tmp_path: Path, tiny_model_factory: Callable[..., Path], smollm2_
     build_corpus(r)
     for m, seed, start in (("student", 1, 6.0), ("baseline", 2, 7.0)):
         shutil.copytree(tiny_model_factory(smollm2_tokenizer, "llama", seed=seed), r.run_dir / m)
-        _train_log(r.run_dir / m / "train_log.jsonl", start)
+        _train_log(r.run_dir / m / "train_log.jsonl", start, timed=m == "student")
     return tmp_path
 
 
@@ -98,6 +100,22 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
 
     run_capture(load_recipe(recipe_file), teacher="tiny-teacher")
 
+    # A cache whose held-out text is not today's (same doc id, other bytes) is refused, not used.
+    from avokit.corpus import load_split
+    from avokit.errors import AvokitError
+    from avokit.evaluate.run import cached_bpb
+    from avokit.teachers.load import load_teacher
+
+    rec = load_recipe(recipe_file)
+    texts = {d.doc_id: d.text for d in load_split(rec, "heldout")}
+    first = next(iter(texts))
+    teacher = load_teacher(rec.teachers[0], rec.base_dir)
+    assert cached_bpb(rec, teacher, texts) is not None
+    texts[first] = texts[first][::-1]  # same length, other text
+    with pytest.raises(AvokitError, match=f"held-out document '{first}' do not match"):
+        cached_bpb(rec, teacher, texts)
+    teacher.close()
+
     # Evaluation 2 through the CLI function, with the teacher, the recipe's own (passing) gate.
     report = eval_command(str(recipe_file))
     m = json.loads((report / "metrics.json").read_text())
@@ -120,6 +138,17 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert "Release gate: PASSED" in md and "| 1 |" in md and "| failed |" in md and items[0]["id"] in md
     for png in ("training_curves.png", "bpb.png", "task_accuracy.png"):
         assert (report / png).stat().st_size > 10_000
+    assert "| student | " in md and "| 128 | live |" in md  # the scoring window is stated
+    assert "training wall time 30.0 s" in md and "baseline: 20 logged steps" in md
+    assert m["training"]["student"]["wall_time_s"] == 30.0 and m["training"]["baseline"]["wall_time_s"] is None
+
+    # weights changed after the evaluation: the verdict no longer applies to them
+    weights = run_dir / "student" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original + b" ")
+    with pytest.raises(ReleaseError, match="not the ones evaluated"):
+        release(run_dir, "tiny-1", registry)
+    weights.write_bytes(original)
 
     dest = release_command(run_dir, name="tiny-1", registry=registry)
     meta = json.loads((dest / "release.json").read_text())
@@ -128,5 +157,6 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert (dest / "model.safetensors").is_file() and not (dest / "train_log.jsonl").exists()
     card = (dest / "MODEL_CARD.md").read_text()
     assert "tiny-teacher" in card and "Contamination" in card and "PASSED" in card
+    assert "this student: apache-2.0" in card and meta["weights_sha256"] == m["student_sha256"]
     with pytest.raises(ReleaseError, match="already exists"):
         release(run_dir, "tiny-1", registry)

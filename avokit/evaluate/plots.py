@@ -25,18 +25,29 @@ def read_train_log(path: Path) -> list[dict[str, object]]:
 
 
 def plot_training_curves(logs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
-    """Training loss and held-out BPB against step, one line per model; None if no logs."""
+    """Training loss and held-out BPB against step, one line per model; None if no logs.
+
+    The left panel draws each model's cross-entropy (solid), the term student and baseline
+    share, and the student's total loss with its KD terms (dashed): totals of different
+    objectives are not comparable with each other."""
     if not any(logs.values()):
         return None
     fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4))
     for name, entries in logs.items():
-        pts = [(e["step"], e["loss"]) for e in entries if "step" in e and e.get("loss") is not None]
-        if pts:
-            ax_loss.plot(*zip(*pts), label=name)
+        ce = [(e["step"], e["ce"]) for e in entries if "step" in e and e.get("ce") is not None]
+        total = [(e["step"], e["loss"]) for e in entries if "step" in e and e.get("loss") is not None]
+        if ce:
+            (line,) = ax_loss.plot(*zip(*ce), label=f"{name} CE")
+            if any(abs(t - c) > 1e-9 for (_, t), (_, c) in zip(total, ce)):
+                ax_loss.plot(*zip(*total), linestyle="--", color=line.get_color(), label=f"{name} total (CE + KD)")
+        elif total:
+            ax_loss.plot(*zip(*total), label=name)
         bpts = [(e["step"], e["heldout_bpb"]) for e in entries if e.get("heldout_bpb") is not None]
         if bpts:
             ax_bpb.plot(*zip(*bpts), marker="o", label=name)
-    ax_loss.set(title="Training loss", xlabel="step", ylabel="loss")
+    ax_loss.set(title="Training loss", xlabel="step", ylabel="nats per token")
+    ax_loss.xaxis.get_major_locator().set_params(integer=True)
+    ax_bpb.xaxis.get_major_locator().set_params(integer=True)
     ax_bpb.set(title="Held-out bits per byte during training", xlabel="step", ylabel="bits per byte")
     for ax in (ax_loss, ax_bpb):
         ax.grid(alpha=0.3)

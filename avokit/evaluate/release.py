@@ -6,6 +6,7 @@ gateway, which serves only releases whose gate passed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -13,15 +14,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from avokit.checksums import file_sha256
 from avokit.errors import AvokitError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Kept in the run, not shipped: training logs (checkpoints/ is a folder and is never copied).
-NOT_SHIPPED = ("train_log.jsonl",)
+NOT_SHIPPED = ("train_log.jsonl", "fusion_weights.jsonl")
 
 
 class ReleaseError(AvokitError):
     """A release was refused (failed gate, missing report or model, bad name)."""
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """One sha256 over every ``*.safetensors`` file of a model dir (sharded or not); None if none."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
+    return digest.hexdigest()
 
 
 def _load_metrics(run_dir: Path) -> dict[str, Any]:
@@ -66,6 +79,9 @@ def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], conte
         "## Teachers and licences", "",
     ]
     lines += [f"- {t['name']}: {_license_note(t.get('license', 'unknown'))}" for t in metrics["teachers"]]
+    lines += ["", "## Licence", "",
+              f"- this student: {metrics.get('release_license', 'unspecified')} (recipe `release.license`), "
+              "subject to the teachers' terms above where they follow derivatives"]
     lines += ["", "## Metrics", "", "| model | held-out bits per byte |", "| --- | --- |"]
     lines += [f"| {m} | {v['bpb']:.4f} |" for m, v in b.items()]
     lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
@@ -96,8 +112,14 @@ def release(run_dir: Path, name: str, registry: Path) -> Path:
         raise ReleaseError(f"{run_dir.name}: release refused, the student failed its gate: " + "; ".join(failed))
     student = run_dir / "student"
     cfg_path = student / "config.json"
-    if not cfg_path.is_file() or not (student / "model.safetensors").is_file():
-        raise ReleaseError(f"{student}: no trained student (config.json and model.safetensors needed)")
+    weights = weights_sha256(student)
+    if not cfg_path.is_file() or weights is None:
+        raise ReleaseError(f"{student}: no trained student (config.json and *.safetensors needed)")
+    evaluated = metrics.get("student_sha256")
+    if evaluated != weights:
+        # the verdict belongs to the weights it measured: a retrained student needs a new eval
+        raise ReleaseError(f"{student}: the student's weights are not the ones evaluated in "
+                           f"{run_dir / 'report' / 'metrics.json'}; run `avokit eval` again before releasing")
     dest = registry / name
     if dest.exists():
         raise ReleaseError(f"{dest}: a release named {name!r} already exists; choose another --name")
@@ -117,6 +139,8 @@ def release(run_dir: Path, name: str, registry: Path) -> Path:
         "context_length": ctx,
         "gate": gate,
         "teachers": [{"name": t["name"], "license": t.get("license", "unknown")} for t in metrics["teachers"]],
+        "license": metrics.get("release_license"),
+        "weights_sha256": weights,
         "metrics": {"bpb": {m: v["bpb"] for m, v in metrics["bpb"].items()},
                     "tasks": {t: s["acc"]["value"] for t, s in metrics["tasks"].get("student", {}).items()},
                     "contamination_rate": metrics["contamination"]["overall_rate"],

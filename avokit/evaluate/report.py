@@ -77,9 +77,13 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
               "(ln 2 x bytes of exactly the scored text); every model scored through the same Teacher "
               "interface from a start token, long documents in windows. `source` says whether the gold "
               "log-probs were computed now (live) or read from the capture cache (exact stored values).", "",
-              "| model | BPB | tokens | tokens/byte | source |", "| --- | --- | --- | --- | --- |"]
+              "| model | BPB | tokens | tokens/byte | window (tokens) | source |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    models = metrics.get("models", {})
     for m, b in metrics["bpb"].items():
-        lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | {b['source']} |")
+        window = _fmt(models.get(m, {}).get("window"))
+        lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | "
+                     f"{window} | {b['source']} |")
     lines += ["", "## Tasks", "",
               "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
               "`acc_norm` the highest log-prob per UTF-8 byte of the choice. 95% Wilson intervals. "
@@ -109,12 +113,18 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
             lines.append(f"- ... {len(con['items']) - 200} more in metrics.json")
     tr = metrics["training"]
     lines += ["", "## Training, hardware and cost", ""]
+    rate = metrics["cost_per_hour"]
     for m, t in tr.items():
-        lines.append(f"- {m}: {t['steps']} logged steps, {t['tokens']} training tokens, final loss {_fmt(t['final_loss'])}")
-    lines += [f"- hardware: {hw['cpu']} ({hw['cores']} cores), {hw['ram_gib']} GiB RAM, accelerator: {hw['accelerator']}",
-              f"- evaluation wall time: {metrics['wall_time_s']:.1f} s; cost at ${metrics['cost_per_hour']}/hour: "
+        wall = t.get("wall_time_s")
+        when = (f", training wall time {wall:.1f} s (${wall / 3600 * rate:.4f} at ${rate}/hour)"
+                if wall is not None else ", training wall time not logged")
+        lines.append(f"- {m}: {t['steps']} logged steps, {t['tokens']} training tokens, "
+                     f"final loss {_fmt(t['final_loss'])}{when}")
+    lines += [f"- hardware (this evaluation): {hw['cpu']} ({hw['cores']} cores), {hw['ram_gib']} GiB RAM, "
+              f"accelerator: {hw['accelerator']}",
+              f"- evaluation wall time: {metrics['wall_time_s']:.1f} s; cost at ${rate}/hour: "
               f"${metrics['cost_usd']:.4f}" + (" (0 $/hour: a machine you own; set eval.cost_per_hour to price rented time)"
-                                              if metrics["cost_per_hour"] == 0 else ""),
+                                              if rate == 0 else ""),
               "", "## Every evaluation of this recipe (append-only log, nothing dropped)", "",
               "| run | created | student BPB | baseline BPB | gate |", "| --- | --- | --- | --- | --- |"]
     for e in log:

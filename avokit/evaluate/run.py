@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -21,6 +22,7 @@ from avokit.evaluate.bpb import BpbResult, bpb_from_records, score_bpb
 from avokit.evaluate.contamination import ContaminationReport, check_contamination
 from avokit.evaluate.gate import check_gate
 from avokit.evaluate.plots import read_train_log
+from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
 from avokit.evaluate.runlog import append_entry, read_log
 from avokit.evaluate.suites import load_builtin_task
@@ -90,7 +92,15 @@ def cached_bpb(recipe: Recipe, teacher: Teacher, texts: dict[str, str]) -> BpbRe
     ids = [d for d, t in texts.items() if t]
     if any(d not in reader for d in ids):
         return None
-    return bpb_from_records(teacher.info.name, [reader[d] for d in ids], texts, source="cache")
+    records = [reader[d] for d in ids]
+    # same doc_id is not same text: a cache from an older corpus would score other bytes, so
+    # the teacher's tokenization of today's held-out text must be exactly the cached one
+    for rec, tok in zip(records, teacher.tokenize([texts[d] for d in ids])):
+        if not (np.array_equal(rec.token_ids, tok.ids) and np.array_equal(rec.byte_ends, tok.byte_ends)):
+            raise AvokitError(f"{path}: cached tokens of held-out document {rec.doc_id!r} do not match its "
+                              "current text (cache from another corpus?); run `avokit capture` again or set "
+                              "eval.teacher_bpb: live")
+    return bpb_from_records(teacher.info.name, records, texts, source="cache")
 
 
 def _evaluate_model(
@@ -128,9 +138,12 @@ def _training_summary(run_dir: Path) -> dict[str, Any]:
     for m in MODEL_DIRS:
         log = read_train_log(run_dir / m / "train_log.jsonl")
         losses = [e["loss"] for e in log if e.get("loss") is not None]
+        walls = [float(e["elapsed_s"]) for e in log if e.get("elapsed_s") is not None]
         out[m] = {"steps": max((int(e.get("step", 0)) for e in log), default=0),
                   "tokens": max((int(e.get("tokens", 0)) for e in log), default=0),
-                  "final_loss": float(losses[-1]) if losses else None}
+                  "final_loss": float(losses[-1]) if losses else None,
+                  # train-loop wall time summed over every (resumed) process run; None for old logs
+                  "wall_time_s": walls[-1] if walls else None}
     return out
 
 
@@ -172,7 +185,10 @@ def run_eval(recipe: Recipe) -> Path:
         teacher = load()
         infos[name] = {"license": teacher.info.license, "params": teacher.info.params,
                        "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
-                       "vocab_size": teacher.info.vocab_size}
+                       "vocab_size": teacher.info.vocab_size,
+                       # tokens of context per scoring window (live scoring; the capture used the
+                       # teacher's own max_length too): part of what the BPB means
+                       "window": getattr(teacher, "max_length", None)}
         try:
             bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination,
                                                             use_cache=name not in MODEL_DIRS)
@@ -210,6 +226,9 @@ def run_eval(recipe: Recipe) -> Path:
                           "overall_rate": contamination.overall_rate, "per_task": contamination.per_task,
                           "items": [vars(i) for i in contamination.items]},
         "gate": verdict.as_dict(),
+        # release refuses a student whose weights changed after this verdict was reached
+        "student_sha256": weights_sha256(run_dir / "student"),
+        "release_license": recipe.release.license,
         "training": _training_summary(run_dir),
         "models": infos,
         "student_config": recipe.student.model_dump(mode="json"),
