@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import numpy as np
@@ -35,10 +36,23 @@ def _trained_bpe() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def toks() -> dict[str, tuple[Any, TokenBytes]]:
+    """Every tokenizer family, loaded with all outgoing connections refused (offline sources)."""
     out: dict[str, tuple[Any, TokenBytes]] = {}
-    for name in REAL:
-        tok = load_tokenizer(name)
-        out[name] = (tok, byteify(tok, name))
+    tried: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any, *args: Any) -> None:
+        tried.append(address)
+        raise OSError(f"network disabled while loading tokenizers: {address}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        for name in REAL:
+            tok = load_tokenizer(name)
+            out[name] = (tok, byteify(tok, name))
+    assert tried == [], tried
+    assert {n: tb.size for n, (_, tb) in out.items()} == {
+        "gemma3-270m": 262_144, "smollm2-135m": 49_152, "qwen3": 151_646, "o200k": 201_088}
     bpe = _trained_bpe()
     out["bpe"] = (bpe, byteify(bpe, "bpe"))
     return out
