@@ -144,11 +144,13 @@ def test_cli_list_shows_vocab_sizes() -> None:
     assert "gemma3-270m" in result.output and "Apache-2.0" in result.output
 
 
-def _write_llama_gguf(model: Any, out: Path) -> Path:
-    """Write a float32 Llama as GGUF the way llama.cpp's converter does (q/k permuted)."""
+def _write_gguf(model: Any, out: Path, arch: str) -> Path:
+    """Write a float32 Llama or Qwen3 as GGUF the way llama.cpp's converter does (Llama's q/k
+    rows permuted for its rope layout; Qwen3 as is, with its q/k norms)."""
     gguf = pytest.importorskip("gguf")
     c = model.config
-    writer = gguf.GGUFWriter(str(out), "llama")
+    gguf_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
+    writer = gguf.GGUFWriter(str(out), arch)
     writer.add_context_length(c.max_position_embeddings)
     writer.add_embedding_length(c.hidden_size)
     writer.add_block_count(c.num_hidden_layers)
@@ -160,7 +162,7 @@ def _write_llama_gguf(model: Any, out: Path) -> Path:
     writer.add_rope_dimension_count(c.head_dim)
     writer.add_vocab_size(c.vocab_size)
     writer.add_file_type(0)  # all float32
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, c.num_hidden_layers)
+    names = gguf.get_tensor_name_map(gguf_arch, c.num_hidden_layers)
 
     def permute(x: np.ndarray, n_head: int) -> np.ndarray:
         return (x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:])
@@ -168,12 +170,13 @@ def _write_llama_gguf(model: Any, out: Path) -> Path:
 
     for key, value in model.state_dict().items():
         arr = value.float().numpy()
-        if key.endswith("q_proj.weight"):
+        if arch == "llama" and key.endswith("q_proj.weight"):
             arr = permute(arr, c.num_attention_heads)
-        if key.endswith("k_proj.weight"):
+        if arch == "llama" and key.endswith("k_proj.weight"):
             arr = permute(arr, c.num_key_value_heads)
-        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")),
-                          np.ascontiguousarray(arr))
+        gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        assert gguf_name is not None, key  # every tensor must land somewhere
+        writer.add_tensor(gguf_name, np.ascontiguousarray(arr))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -181,18 +184,34 @@ def _write_llama_gguf(model: Any, out: Path) -> Path:
     return out
 
 
-def test_gguf_backend_equals_hf(tiny_llama_dir: Path, tmp_path: Path,
-                                smollm2_tokenizer: Any) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_gguf_backend_equals_hf(arch: str, tiny_model_factory: Callable[..., Path],
+                                tmp_path: Path, smollm2_tokenizer: Any) -> None:
+    # Gemma 3 GGUF loading is exercised on real weights by the registry teacher gemma3-270m;
+    # gpt-oss has no GGUF writer here that transformers' loader reads back.
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    path = _write_llama_gguf(model, tmp_path / "tiny.gguf")
+    model_dir = tiny_model_factory(smollm2_tokenizer, arch)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if arch == "qwen3":
+        # transformers reads no head_dim from a Qwen3 GGUF and takes Qwen3's 128 (every
+        # released Qwen3 has it): rebuild the tiny model with that head size
+        model.config.head_dim = 128
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(50.0)  # peaked, as in conftest
+        model_dir = tmp_path / "hf"
+        model.save_pretrained(model_dir)
+        smollm2_tokenizer.save_pretrained(model_dir)
+    path = _write_gguf(model, tmp_path / "tiny.gguf", arch)
     # the GGUF holds no tokenizer metadata: pass the tokenizer (as registry teachers do)
     teacher = HFTeacher.from_gguf(path, device="cpu", tokenizer=smollm2_tokenizer,
                                   max_length=MAX_LEN, batch_size=3, vocab_chunk=7)
     assert teacher.info.backend == "gguf" and teacher.info.name == "tiny"
+    assert type(teacher.model).__name__ == type(model).__name__
     assert_matches(teacher)
-    direct = HFTeacher.from_dir(tiny_llama_dir, device="cpu", max_length=MAX_LEN)
+    direct = HFTeacher.from_dir(model_dir, device="cpu", max_length=MAX_LEN)
     got, want = teacher.score([DOCS[3]], ["d"], 8)[0], direct.score([DOCS[3]], ["d"], 8)[0]
     np.testing.assert_allclose(got.gold_logprob, want.gold_logprob, atol=2e-4)
     np.testing.assert_array_equal(got.topk_ids, want.topk_ids)
