@@ -144,6 +144,21 @@ def test_cli_list_shows_vocab_sizes() -> None:
     assert "gemma3-270m" in result.output and "Apache-2.0" in result.output
 
 
+def test_cli_check_prints_perplexity_and_top_tokens(tiny_llama_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from avokit.cli.main import build_app
+
+    result = CliRunner().invoke(build_app(), ["teachers", "check", str(tiny_llama_dir),
+                                              "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "perplexity on the check paragraph: " in out and "tok/s" in out
+    assert "top 3 next tokens after 'The capital of France is':" in out
+    rows = [line for line in out.splitlines() if line.startswith(("│ '", '│ "'))]
+    assert len(rows) == 3, out  # one table row per token: repr(token) | probability
+
+
 def _write_gguf(model: Any, out: Path, arch: str) -> Path:
     """Write a float32 Llama or Qwen3 as GGUF the way llama.cpp's converter does (Llama's q/k
     rows permuted for its rope layout; Qwen3 as is, with its q/k norms)."""

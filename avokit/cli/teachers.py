@@ -11,7 +11,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from avokit.teachers.check import check_teacher, config_for, list_registry_teachers
+from avokit.teachers.check import (
+    CHECK_PROMPT,
+    check_teacher,
+    config_for,
+    list_registry_teachers,
+)
 
 
 def teachers_list() -> None:
@@ -47,7 +52,9 @@ def teachers_check(
     console.print(f"loaded in {result.load_seconds:.1f} s; scored {result.n_tokens} tokens in "
                   f"{result.score_seconds:.2f} s ({result.tokens_per_second:.0f} tok/s)")
     console.print(f"perplexity on the check paragraph: {result.perplexity:.2f}")
-    table = Table(title='top next tokens after "The capital of France is"')
+    # the prompt goes on its own line: as a title it would wrap to the narrow table's width
+    console.print(f"top {top_k} next tokens after {CHECK_PROMPT!r}:", highlight=False)
+    table = Table()
     table.add_column("token")
     table.add_column("probability", justify="right")
     for text, prob in result.top_next:
