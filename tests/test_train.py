@@ -169,6 +169,8 @@ def test_baseline_trains_resumes_and_reloads(tmp_path: Path) -> None:
     out = run_training(recipe, baseline=True, progress=False)  # resumes from step 8
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 8, 12]
+    # wall time keeps counting across the resume (the report prices the whole run)
+    assert 0 < log[0]["elapsed_s"] < log[1]["elapsed_s"] < log[2]["elapsed_s"]
     assert log[-1]["loss"] < log[0]["loss"] - 0.3
     assert log[-1]["heldout_bpb"] < log[0]["heldout_bpb"]
     resumed = AutoModelForCausalLM.from_pretrained(str(out))
@@ -209,6 +211,14 @@ def test_kd_end_to_end_two_tokenizers(tmp_path: Path) -> None:
     weights = log[-1]["teacher_weights"]
     assert set(weights) == {"smol", "gemma"} and 0.9 < sum(weights.values()) <= 1.0 + 1e-6
     assert (out / "model.safetensors").is_file() and (out / "tensorboard").is_dir()
+    # the per-document choice behind the logged means: gemma lacks the last two documents
+    head, *rows = [json.loads(x) for x in (out / "fusion_weights.jsonl").read_text().splitlines()]
+    assert head["mode"] == recipe.train.fusion.mode and head["teachers"] == {"smol": 1.0, "gemma": 0.5}
+    assert len(rows) == len(train) and all(abs(sum(r["weights"].values()) - 1.0) < 1e-5 for r in rows)
+    missing = {r["doc_id"] for r in rows if r["bpb"]["gemma"] is None}
+    assert missing == {d.doc_id for d in train[-2:]}
+    assert all(rows_by["weights"]["gemma"] == 0.0 for rows_by in rows if rows_by["doc_id"] in missing)
+    assert weights == pytest.approx({n: float(np.mean([r["weights"][n] for r in rows])) for n in weights}, abs=1e-5)
 
 
 def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Layout: the packed *stream* is ``[sep] doc0 [sep] doc1 ...`` (the separator is the student's
 EOS, so every document is predicted from the same start token, as teachers predict theirs from
-BOS). Row ``r`` is the window ``stream[r*T : r*T+T+1]``: ``inputs = window[:-1]``,
+BOS). A tokenizer whose BOS differs from its EOS (Llama, Gemma) gets ``[eos][bos]`` before each
+document instead: the student learns to end a document with EOS and is conditioned on BOS,
+which is the start token evaluation scores every model from. Row ``r`` is the window ``stream[r*T : r*T+T+1]``: ``inputs = window[:-1]``,
 ``targets = window[1:]``, so logit position ``p`` of row ``r`` predicts stream token
 ``r*T + p + 1`` and every token after the first is predicted exactly once, with no padding.
 
@@ -39,7 +41,10 @@ def read_split(run_dir: Path, split: str) -> list[Document]:
     path = Path(run_dir) / "corpus" / f"{split}.parquet"
     if not path.is_file():
         raise AvokitError(f"{path}: corpus split not found; run `avokit corpus` first")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for truncated or foreign files
+        raise AvokitError(f"{path}: unreadable Parquet ({err}); run `avokit corpus` again") from err
     missing = {"doc_id", "text"} - set(table.column_names)
     if missing:
         raise AvokitError(f"{path}: missing column(s) {sorted(missing)}")
@@ -57,7 +62,7 @@ class PackedCorpus:
     - doc_start: int64 [D] stream index of each document's first token (after its separator)
     - doc_len: int64 [D] number of tokens of each document
     - token_bytes: int64 [L] UTF-8 bytes of every stream token (0 for separators)
-    - is_sep: bool [L] True where the stream holds a separator
+    - is_sep: bool [L] True where the stream holds a separator (or the start token after it)
     - byte_ends: per document, int64 [n_d] byte end offset of each student token
     """
 
@@ -100,11 +105,14 @@ class PackedCorpus:
 
 
 def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: int,
-                   require_row: bool = True) -> PackedCorpus:
+                   require_row: bool = True, start_id: int | None = None) -> PackedCorpus:
     """Tokenise ``docs`` with exact byte offsets and pack them (see the module docstring).
 
+    ``start_id`` (the start token evaluation conditions on) is inserted after each separator
+    when it differs from ``sep_id``; both count as separators (no bytes, never scored).
     Raises :class:`AvokitError` when ``require_row`` and the documents do not fill one row.
     """
+    prefix = [sep_id] if start_id is None or start_id == sep_id else [sep_id, start_id]
     tb = byteify(tokenizer)
     tokenized = tokenize_batch_with_offsets(tokenizer, [d.text for d in docs], tb) if docs else []
     pieces: list[np.ndarray] = []
@@ -114,17 +122,18 @@ def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: i
     pos = 0
     for i, tok in enumerate(tokenized):
         n = int(tok.ids.shape[0])
-        pieces.append(np.array([sep_id], dtype=np.int64))
+        pieces.append(np.array(prefix, dtype=np.int64))
         pieces.append(tok.ids.astype(np.int64))
-        byte_pieces.append(np.zeros(1, dtype=np.int64))
+        byte_pieces.append(np.zeros(len(prefix), dtype=np.int64))
         byte_pieces.append(np.diff(tok.byte_ends, prepend=0).astype(np.int64))
-        doc_start[i] = pos + 1
+        doc_start[i] = pos + len(prefix)
         doc_len[i] = n
-        pos += n + 1
+        pos += n + len(prefix)
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     token_bytes = np.concatenate(byte_pieces) if byte_pieces else np.zeros(0, dtype=np.int64)
     is_sep = np.zeros(stream.shape[0], dtype=bool)
-    is_sep[doc_start - 1] = True
+    for back in range(1, len(prefix) + 1):
+        is_sep[doc_start - back] = True
     packed = PackedCorpus(
         doc_ids=[d.doc_id for d in docs],
         stream=stream,

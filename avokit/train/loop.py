@@ -107,12 +107,15 @@ def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.
     return out
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+def _truncate_log(path: Path, step: int) -> float:
+    """Drop log lines written after the checkpoint we resume from (they will be redone).
+
+    Returns the wall time already logged by the kept lines, so a resumed run keeps counting."""
     if not path.is_file():
-        return
+        return 0.0
     kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in kept))
+    return float(json.loads(kept[-1]).get("elapsed_s", 0.0)) if kept else 0.0
 
 
 def train_loop(
@@ -164,10 +167,11 @@ def train_loop(
     if found is not None:
         start = load_checkpoint(accelerator, found[0])
     main = accelerator.is_main_process
+    elapsed_before = 0.0
     writer = None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, start)
+        elapsed_before = _truncate_log(log_path, start)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
@@ -179,6 +183,7 @@ def train_loop(
     task = bar.add_task("train", total=cfg.steps, completed=start, info="")
     tokens_seen = start * cfg.batch_size * cfg.grad_accum * packed.seq_len
     t_last, tok_last = time.perf_counter(), 0
+    t_begin = t_last
     with bar:
         for step in range(start, cfg.steps):
             sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
@@ -229,7 +234,8 @@ def train_loop(
                 record: dict[str, Any] = {"step": done, "loss": float(stats[0]), "lr": lr_now,
                                           "ce": float(stats[1]), "kd": float(stats[2]),
                                           "chunk": float(stats[3]), "tokens": tokens_seen,
-                                          "tokens_per_s": tok_last / max(now - t_last, 1e-9)}
+                                          "tokens_per_s": tok_last / max(now - t_last, 1e-9),
+                                          "elapsed_s": elapsed_before + now - t_begin}
                 t_last, tok_last = now, 0
                 if is_eval:
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,

@@ -14,11 +14,13 @@ import numpy as np
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
+from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import PackedCorpus, pack_documents, read_split
 from avokit.train.kd_data import TeacherSource
 from avokit.train.loop import KDSetup, train_loop
 
 DONE = "training_done.json"
+FUSION_LOG = "fusion_weights.jsonl"
 
 
 def ensure_student_tokenizer(recipe: Recipe) -> Any:
@@ -40,12 +42,18 @@ def ensure_student_tokenizer(recipe: Recipe) -> Any:
 
 
 def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
-    """Open every teacher's cache and map its vocabulary into the student's."""
+    """Open every teacher's cache and map its vocabulary into the student's.
+
+    A teacher whose tokenizer is the student's (same token strings and ids) gets the identity
+    map; every other teacher a map by equal bytes (``avokit.align.vocab_map``).
+    """
     from avokit.align import byteify
     from avokit.align.vocab_map import build_vocab_map
     from avokit.cache import CacheReader, load_cache_tokenizer
+    from avokit.losses.same_vocab import shares_vocabulary
 
     student_tb = byteify(tokenizer, name="student")
+    student_vocab = tokenizer.get_vocab()
     sources = []
     for t in recipe.teachers:
         cache_dir = recipe.run_dir / "cache" / t.name
@@ -53,9 +61,14 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             raise AvokitError(f"{cache_dir}: teacher cache missing; run `avokit capture` first")
         reader = CacheReader(cache_dir)
         t_tok = load_cache_tokenizer(cache_dir)
-        vmap = build_vocab_map(byteify(t_tok, name=t.name), student_tb, t_tok, tokenizer)
-        sources.append(TeacherSource(t.name, t.weight, reader,
-                                     np.asarray(vmap.teacher_to_student, dtype=np.int64)))
+        if shares_vocabulary(t_tok.get_vocab(), student_vocab):
+            # same tokenizer: the identity map makes the bucketed term the exact top-k + tail KD
+            # objective (losses.same_vocab); a byte map would merge byte-fallback twins
+            t2s = np.arange(len(t_tok), dtype=np.int64)
+        else:
+            vmap = build_vocab_map(byteify(t_tok, name=t.name), student_tb, t_tok, tokenizer)
+            t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
+        sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64)))
     return sources
 
 
@@ -81,12 +94,36 @@ def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
     return weights.numpy().astype(np.float32)
 
 
+def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: KDSetup) -> None:
+    """Every training document's teacher weights and BPBs, one JSON line each (main process only).
+
+    The train log has the per-teacher means; this is the per-document choice behind them.
+    """
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fcfg = recipe.train.fusion
+    lines = [json.dumps({"mode": fcfg.mode, "temperature": fcfg.temperature,
+                         "teachers": {s.name: s.weight for s in kd.sources}})]
+    for d, doc_id in enumerate(packed.doc_ids):
+        row = {"doc_id": doc_id, "weights": {}, "bpb": {}}
+        for t, source in enumerate(kd.sources):
+            hit = source.memo.get(doc_id)  # filled by fusion_weights
+            row["weights"][source.name] = round(float(kd.doc_weights[d, t]), 6)
+            row["bpb"][source.name] = round(hit.bpb, 6) if hit is not None and math.isfinite(hit.bpb) else None
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def run_training(recipe: Recipe, baseline: bool = False,
                  stop_after: Callable[[int], bool] | None = None, progress: bool = True) -> Path:
     """Train the student (``baseline=False``, CE + KD) or the CE-only baseline; returns its model dir.
 
     Output: ``run_dir/student/`` or ``run_dir/baseline/`` with config.json, model.safetensors,
-    tokenizer files, ``checkpoints/``, ``train_log.jsonl``, ``tensorboard/``. A finished run
+    tokenizer files, ``checkpoints/``, ``train_log.jsonl``, ``tensorboard/`` and, with teachers,
+    ``fusion_weights.jsonl`` (each document's teacher weights). A finished run
     is skipped; an interrupted one resumes from its newest complete checkpoint. The baseline
     uses identical data, steps and seed.
     """
@@ -102,17 +139,25 @@ def run_training(recipe: Recipe, baseline: bool = False,
                           f"{recipe.student.max_position_embeddings}")
     tokenizer = ensure_student_tokenizer(recipe)
     sep = tokenizer.eos_token_id
-    packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep)
+    # evaluation scores every model from this token (BOS, else EOS): train the student on it too
+    start = resolve_start_token_id(tokenizer)
+    packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep, start_id=start)
     heldout_docs = read_split(recipe.run_dir, "heldout")
-    heldout = pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep, require_row=False) if heldout_docs else None
+    heldout = (pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep, require_row=False, start_id=start)
+               if heldout_docs else None)
     if heldout is not None and heldout.n_rows == 0:
         heldout = None  # a held-out split shorter than one row cannot be scored; train without eval
     kd = None
     if not baseline:
         sources = teacher_sources(recipe, tokenizer)
         kd = KDSetup(sources=sources, doc_weights=fusion_weights(recipe, packed, sources), loss_cfg=cfg.loss)
+        write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
-    model = build_student(recipe.student, tokenizer)
+    student_cfg = recipe.student
+    if student_cfg.pretrained is not None:
+        # the recipe checked this path against its own folder; load it from there, not the cwd
+        student_cfg = student_cfg.model_copy(update={"pretrained": recipe.resolve(student_cfg.pretrained)})
+    model = build_student(student_cfg, tokenizer)
     model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
                        stop_after=stop_after, progress=progress)
     from accelerate import PartialState
