@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,5 +124,8 @@ def registry_tokenizer(name: str) -> Any:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
     tok.save_pretrained(tmp)
-    tmp.replace(cached) if not cached.exists() else None
+    if cached.exists():  # another process converted it first: keep theirs, drop our copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(cached)
     return AutoTokenizer.from_pretrained(cached)
