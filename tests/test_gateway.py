@@ -356,7 +356,7 @@ def test_vllm_engine_kill9_mid_stream_bills_once(env: Env, upstream: str) -> Non
     env.server("vllm-b", **extra).stop()
     # a second reconciliation (another restart, another replica) must not bill it again
     from avokit.gateway.services import metering
-    assert metering.reconcile(env.sessions, 0.0) == 0
+    assert metering.reconcile(env.engine, 0.0) == 0
     with env.sessions() as s:
         res = s.get(Reservation, open_res[0].id)
         assert res is not None and res.status == "settled"

@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI
 
-from avokit.gateway.db.session import make_db_engine, session_factory
+from avokit.gateway.db.session import make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
@@ -45,12 +45,11 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_redaction()
         db = make_db_engine(settings.db_url)
-        sessions = session_factory(db)
         gen = engine or build_engine(settings, served)
-        app.state.gateway = Gateway(secret, sessions, gen, served, RateLimiter(),
+        app.state.gateway = Gateway(secret, db, gen, served, RateLimiter(),
                                     settings.max_tokens_default)
         # reservations left open by a crashed process: bill what they delivered
-        settled = await asyncio.to_thread(metering.reconcile, sessions,
+        settled = await asyncio.to_thread(metering.reconcile, db,
                                           settings.reservation_stale_s)
         if settled:
             log.warning("settled %d reservations left open by a stopped process", settled)
@@ -58,7 +57,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         async def reconcile_loop() -> None:
             while True:
                 await asyncio.sleep(settings.reconcile_interval_s)
-                await asyncio.to_thread(metering.reconcile, sessions,
+                await asyncio.to_thread(metering.reconcile, db,
                                         settings.reservation_stale_s)
 
         task = asyncio.create_task(reconcile_loop())

@@ -1,10 +1,18 @@
-"""Engines, sessions and migrations for SQLite (default, WAL) and PostgreSQL (replicas)."""
+"""Engines, sessions and migrations for SQLite (default, WAL) and PostgreSQL (replicas).
+
+The request path uses :func:`read_connection` and :func:`write_transaction` (SQLAlchemy Core
+on a pooled connection) rather than ORM sessions: fewer statements and no unit of work.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +45,10 @@ def make_db_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit is atomic and survives a crash of any process
+            # (kill -9 included); only an OS crash or power loss can roll back the last
+            # commits (never corrupt the file). FULL would fsync on every commit, which costs
+            # more than the whole request. PostgreSQL is the choice for power-loss durability.
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -44,11 +56,48 @@ def make_db_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+            if conn.get_execution_options().get(READ_ONLY):
+                # one SELECT runs atomically on its own: no BEGIN, and no write lock taken
+                return
             # take the write lock up front: no deadlock-prone lock upgrades between processes
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        _SQLITE_WRITE_LOCKS[engine] = threading.Lock()
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+READ_ONLY = "avokit_read_only"
+# SQLite allows one writer per file. Threads of one process queue on this lock (woken the
+# moment it is free) instead of polling SQLite's busy handler, which sleeps 1, 2, 5, 10 ms...
+# between retries; other processes still wait through busy_timeout.
+_SQLITE_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = (
+    weakref.WeakKeyDictionary())
+
+
+@contextlib.contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for a single read-only statement (on SQLite: no write lock)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY: True})
+        yield conn
+
+
+def sqlite_write_lock(engine: Engine) -> threading.Lock | None:
+    """The in-process writer lock of a SQLite engine; None for other databases."""
+    return _SQLITE_WRITE_LOCKS.get(engine)
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A Core transaction that commits on success and rolls back on error."""
+    lock = _SQLITE_WRITE_LOCKS.get(engine)
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

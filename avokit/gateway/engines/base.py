@@ -101,11 +101,27 @@ class Engine(Protocol):
     def generate(self, model: str, params: GenParams) -> AsyncIterator[TokenEvent | Finished]:
         """Stream completion events; the last one is :class:`Finished`."""
 
+    async def complete(self, model: str, params: GenParams) -> tuple[list[TokenEvent], Finished]:
+        """The whole answer at once (non-streaming requests): its events and the end."""
+
     async def score_prompt(self, model: str, prompt_ids: list[int], top: int) -> PromptScores:
         """Log-probs of each prompt token given its prefix (first is None)."""
 
     async def aclose(self) -> None:
         """Release threads, models and connections."""
+
+
+async def collect(events: AsyncIterator[TokenEvent | Finished]
+                  ) -> tuple[list[TokenEvent], Finished]:
+    """Gather a generation stream into ``complete``'s result."""
+    out: list[TokenEvent] = []
+    finished = Finished("length", 0)
+    async for ev in events:
+        if isinstance(ev, Finished):
+            finished = ev
+        else:
+            out.append(ev)
+    return out, finished
 
 
 def load_tokenizer(path: Path) -> Any:

@@ -22,6 +22,7 @@ from avokit.gateway.engines.base import (
     PromptScores,
     ServedModel,
     TokenEvent,
+    collect,
     load_tokenizer,
 )
 from avokit.gateway.errors import NotFoundError, UpstreamError
@@ -269,6 +270,10 @@ class TransformersEngine:
                     return
         finally:
             job.cancelled.set()  # client gone or done: the worker drops the row
+
+    async def complete(self, model: str, params: GenParams) -> tuple[list[TokenEvent], Finished]:
+        """The batching worker streams anyway; gather its events."""
+        return await collect(self.generate(model, params))
 
     async def score_prompt(self, model: str, prompt_ids: list[int], top: int) -> PromptScores:
         """Prompt token logprobs, computed on the model's worker lock."""

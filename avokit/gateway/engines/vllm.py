@@ -7,10 +7,12 @@ so keys, limits, metering and model-stealing guards are identical to the in-proc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 
 from avokit.gateway.engines.base import (
     Finished,
@@ -23,19 +25,39 @@ from avokit.gateway.engines.base import (
 from avokit.gateway.errors import NotFoundError, UpstreamError
 
 
+# A streamed chunk with top-20 log-probs is a few KiB; aiohttp's default 64 KiB line limit
+# would still be tight for long detokenised tokens, so allow 1 MiB per SSE line.
+_READ_BUFSIZE = 2**20
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
 class VLLMEngine:
-    """Streams completions from an OpenAI-compatible upstream over one pooled HTTP client."""
+    """Completions from an OpenAI-compatible upstream over one pooled keep-alive client.
+
+    aiohttp rather than httpx: on the gateway benchmark httpx's pool cost ~2 ms of CPU per
+    upstream request under concurrency, aiohttp ~0.25 ms (measured on the same machine).
+    """
 
     def __init__(self, models: dict[str, ServedModel], upstream: str, timeout_s: float = 600.0):
         self.models = models
         self.base = upstream.rstrip("/")
         if not self.base.endswith("/v1"):
             self.base += "/v1"
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
-        )
+        # like a per-read timeout: a long stream may run past timeout_s in total
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
         self._tokenizers: dict[str, Any] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        # created on first use: a session belongs to the event loop it was made in
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                # idle connections are dropped before the upstream's own keep-alive timeout
+                # (uvicorn's default, 5 s) so a request is not sent on one being closed
+                connector=aiohttp.TCPConnector(limit=512, limit_per_host=512,
+                                               keepalive_timeout=4.0),
+                timeout=self.timeout, read_bufsize=_READ_BUFSIZE, raise_for_status=False)
+        return self._session
 
     def tokenizer(self, model: str) -> Any:
         """The registry tokenizer of ``model``."""
@@ -66,17 +88,21 @@ class VLLMEngine:
         finish = "length"
         usage_tokens: int | None = None
         try:
-            async with self.client.stream("POST", f"{self.base}/completions",
-                                          json=self._body(model, params, True)) as resp:
-                if resp.status_code != 200:
-                    detail = (await resp.aread()).decode(errors="replace")[:300]
-                    raise UpstreamError(f"upstream answered {resp.status_code}: {detail}")
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
+            async with self._client().post(f"{self.base}/completions",
+                                           json=self._body(model, params, True)) as resp:
+                if resp.status != 200:
+                    detail = (await resp.read()).decode(errors="replace")[:300]
+                    raise UpstreamError(f"upstream answered {resp.status}: {detail}")
+                done = False
+                async for raw in resp.content:
+                    # after [DONE], read on to the end of the body: a response left unread
+                    # closes its connection, and the next request would open a new one
+                    if done or not raw.startswith(b"data:"):
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
+                    data = raw[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        continue
                     chunk = json.loads(data)
                     if chunk.get("usage"):
                         usage_tokens = int(chunk["usage"].get("completion_tokens", sent))
@@ -86,28 +112,53 @@ class VLLMEngine:
                         yield event
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
-        except httpx.HTTPError as err:
+        except _NETWORK_ERRORS as err:
             raise UpstreamError(f"upstream request failed: {type(err).__name__}") from err
         yield Finished(finish if finish in ("stop", "length") else "stop",
                        usage_tokens if usage_tokens is not None else sent)
+
+    async def _post_json(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self._client().post(f"{self.base}/completions", json=body) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise UpstreamError(f"upstream answered {resp.status}: "
+                                        f"{raw.decode(errors='replace')[:300]}")
+        except _NETWORK_ERRORS as err:
+            raise UpstreamError(f"upstream request failed: {type(err).__name__}") from err
+        try:
+            return json.loads(raw)
+        except ValueError as err:
+            raise UpstreamError("upstream answered with invalid JSON") from err
+
+    async def complete(self, model: str, params: GenParams) -> tuple[list[TokenEvent], Finished]:
+        """One non-streamed upstream request: one JSON body instead of a chunk per token."""
+        body = await self._post_json(self._body(model, params, False))
+        choice = (body.get("choices") or [{}])[0]
+        event = _event(choice)
+        usage = body.get("usage") or {}
+        if "completion_tokens" in usage:  # upstream usage is authoritative
+            event.tokens = int(usage["completion_tokens"])
+        elif not choice.get("logprobs"):
+            event.tokens = len(self.tokenizer(model)(event.text, add_special_tokens=False)
+                               .input_ids)
+        finish = choice.get("finish_reason") or "length"
+        return ([event] if event.text or event.tokens else [],
+                Finished(finish if finish in ("stop", "length") else "stop", event.tokens))
 
     async def score_prompt(self, model: str, prompt_ids: list[int], top: int) -> PromptScores:
         """vLLM's echo + logprobs with max_tokens=0."""
         body = {"model": model, "prompt": prompt_ids, "max_tokens": 0, "echo": True,
                 "logprobs": max(top, 0), "temperature": 0}
-        try:
-            resp = await self.client.post(f"{self.base}/completions", json=body)
-        except httpx.HTTPError as err:
-            raise UpstreamError(f"upstream request failed: {type(err).__name__}") from err
-        if resp.status_code != 200:
-            raise UpstreamError(f"upstream answered {resp.status_code} to a scoring request")
-        lp = resp.json()["choices"][0]["logprobs"]
+        lp = (await self._post_json(body))["choices"][0]["logprobs"]
         return PromptScores(lp["tokens"], lp["token_logprobs"], lp.get("top_logprobs")
                             or [None] * len(lp["tokens"]), lp.get("text_offset") or [])
 
     async def aclose(self) -> None:
         """Close the HTTP pool."""
-        await self.client.aclose()
+        if self._session is not None:
+            with contextlib.suppress(aiohttp.ClientError):
+                await self._session.close()
 
 
 def _event(choice: dict[str, Any]) -> TokenEvent:

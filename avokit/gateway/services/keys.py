@@ -11,11 +11,13 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, Row, bindparam, select
 from sqlalchemy.orm import Session
 
+from avokit.gateway.db.fast import FastStatement, fast_read
 from avokit.gateway.db.models import Account, ApiKey, LedgerEntry
 from avokit.gateway.errors import AuthenticationError, ConfigError
 from avokit.gateway.services.audit import as_utc, record, utcnow
@@ -60,7 +62,7 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def _info(row: ApiKey) -> KeyInfo:
+def _info(row: ApiKey | Row[Any] | SimpleNamespace) -> KeyInfo:
     return KeyInfo(
         id=row.id,
         account_id=row.account_id,
@@ -75,12 +77,20 @@ def _info(row: ApiKey) -> KeyInfo:
     )
 
 
-def authenticate(session: Session, secret: str, presented: str | None) -> KeyInfo:
-    """The key's info, or the one identical 401 for missing/unknown/revoked/expired keys."""
+_KEY_COLUMNS = ("id", "account_id", "key_hash", "name", "scope", "allowed_models", "prices",
+                "rpm", "tpm", "expires_at", "revoked_at")
+_BY_HASH = select(*(ApiKey.__table__.c[name] for name in _KEY_COLUMNS)).where(
+    ApiKey.__table__.c.key_hash == bindparam("digest"))
+_FAST_BY_HASH = FastStatement(_BY_HASH)
+
+
+def _digest(secret: str, presented: str | None) -> str:
     if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 200:
         raise AuthenticationError()
-    digest = hash_key(secret, presented)
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).first()
+    return hash_key(secret, presented)
+
+
+def _live(row: Any, digest: str) -> KeyInfo:
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         raise AuthenticationError()
     info = _info(row)
@@ -88,6 +98,25 @@ def authenticate(session: Session, secret: str, presented: str | None) -> KeyInf
     if info.revoked_at is not None or (info.expires_at is not None and info.expires_at <= now):
         raise AuthenticationError()
     return info
+
+
+def authenticate(session: Connection | Session, secret: str, presented: str | None) -> KeyInfo:
+    """The key's info, or the one identical 401 for missing/unknown/revoked/expired keys."""
+    digest = _digest(secret, presented)
+    return _live(session.execute(_BY_HASH, {"digest": digest}).first(), digest)
+
+
+def authenticate_request(db: Engine, secret: str, presented: str | None) -> KeyInfo:
+    """:func:`authenticate` for the request path: one indexed read on the DBAPI cursor.
+
+    The database is read on every request, so a revocation or expiry written by any process
+    or replica applies to the next request.
+    """
+    digest = _digest(secret, presented)
+    with fast_read(db) as cur:
+        raw = cur.first(_FAST_BY_HASH, {"digest": digest})
+    row = None if raw is None else SimpleNamespace(**dict(zip(_KEY_COLUMNS, raw)))
+    return _live(row, digest)
 
 
 def _validate(scope: str, models: list[str], prices: dict[str, Any], rpm: int, tpm: int) -> None:

@@ -5,11 +5,16 @@
   serialises concurrent UPDATEs on the row (SQLite write lock, PostgreSQL row lock), so no
   interleaving of workers or replicas can overspend.
 * ``mark_delivered``: the stream persists its delivered token count as it goes.
-* ``settle``: flips the reservation ``open -> settled`` with a conditional UPDATE (only one
-  settler can win), charges the real cost and appends one ledger row whose
-  ``reservation_id`` is unique.
+* ``settle_hold`` (a live request, which holds a copy of its reservation) and ``settle``
+  (by id, for recovery): flip the reservation ``open -> settled`` with a conditional UPDATE
+  (only one settler can win), charge the real cost and append one ledger row whose
+  ``reservation_id`` is unique, all in one transaction.
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
   process, billing what was delivered.
+
+The request path runs Core statements built once at import, compiled once per database and
+executed on the DBAPI cursor (:mod:`avokit.gateway.db.fast`): one transaction to reserve, one
+to settle, no ORM unit of work.
 """
 
 from __future__ import annotations
@@ -18,12 +23,52 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from avokit.gateway.db.models import Account, LedgerEntry, Reservation
+from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
+from avokit.gateway.db.session import read_connection
 from avokit.gateway.errors import InsufficientCreditError
 from avokit.gateway.services.audit import utcnow
+
+_ACC, _RES, _LEDGER = Account.__table__, Reservation.__table__, LedgerEntry.__table__
+
+# Built once and compiled once per database: these run on every request.
+_HOLD = FastStatement(
+    update(_ACC)
+    .where(_ACC.c.id == bindparam("acc"),
+           _ACC.c.credit_micros - _ACC.c.reserved_micros >= bindparam("worst"))
+    .values(reserved_micros=_ACC.c.reserved_micros + bindparam("worst")))
+_NEW_RESERVATION = FastStatement(insert(_RES).values(
+    id=bindparam("rid"), account_id=bindparam("acc"), key_id=bindparam("key"),
+    model=bindparam("model_name"), status="open", reserved_micros=bindparam("worst"),
+    price_in=bindparam("p_in"), price_out=bindparam("p_out"), prompt_tokens=bindparam("prompt"),
+    delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now")))
+_DELIVERED = FastStatement(
+    update(_RES)
+    .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
+    .values(delivered_tokens=bindparam("delivered"), updated_at=bindparam("now")))
+_CLAIM = FastStatement(
+    update(_RES)
+    .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
+    .values(status="settled", delivered_tokens=bindparam("delivered"),
+            updated_at=bindparam("now")))
+_CHARGE = FastStatement(
+    update(_ACC)
+    .where(_ACC.c.id == bindparam("acc"))
+    .values(credit_micros=_ACC.c.credit_micros - bindparam("charge"),
+            reserved_micros=_ACC.c.reserved_micros - bindparam("held")))
+_NEW_LEDGER = FastStatement(insert(_LEDGER).values(
+    account_id=bindparam("acc"), key_id=bindparam("key"), reservation_id=bindparam("rid"),
+    kind="charge", amount_micros=bindparam("amount"), model=bindparam("model_name"),
+    prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"),
+    created_at=bindparam("now")))
+_OPEN_RESERVATION = FastStatement(
+    select(_RES.c.id, _RES.c.account_id, _RES.c.key_id, _RES.c.model, _RES.c.reserved_micros,
+           _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens)
+    .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
+    .with_for_update())
 
 
 def cost_micros(prompt_tokens: int, completion_tokens: int, price_in: int, price_out: int) -> int:
@@ -34,7 +79,7 @@ def cost_micros(prompt_tokens: int, completion_tokens: int, price_in: int, price
 
 @dataclass(frozen=True)
 class Hold:
-    """A reservation made for one request."""
+    """A reservation made for one request (a copy of its committed row)."""
 
     id: str
     account_id: int
@@ -47,7 +92,7 @@ class Hold:
 
 
 def reserve(
-    sessions: sessionmaker[Session],
+    db: Engine,
     *,
     account_id: int,
     key_id: str,
@@ -62,81 +107,74 @@ def reserve(
     hold = Hold("res_" + secrets.token_hex(12), account_id, key_id, model, worst,
                 price_in, price_out, prompt_tokens)
     now = utcnow()
-    with sessions.begin() as session:
-        result = session.execute(
-            update(Account)
-            .where(Account.id == account_id,
-                   Account.credit_micros - Account.reserved_micros >= worst)
-            .values(reserved_micros=Account.reserved_micros + worst)
-        )
-        if result.rowcount != 1:
+    with fast_write(db) as cur:
+        if cur.execute(_HOLD, {"acc": account_id, "worst": worst}) != 1:
             raise InsufficientCreditError(
                 f"Insufficient credit: this request may cost up to {worst} micro-units "
                 "(prompt tokens + max_tokens at this model's price); lower max_tokens or top up."
             )
-        session.add(Reservation(
-            id=hold.id, account_id=account_id, key_id=key_id, model=model, status="open",
-            reserved_micros=worst, price_in=price_in, price_out=price_out,
-            prompt_tokens=prompt_tokens, delivered_tokens=0, created_at=now, updated_at=now,
-        ))
+        cur.execute(_NEW_RESERVATION, {
+            "rid": hold.id, "acc": account_id, "key": key_id, "model_name": model,
+            "worst": worst, "p_in": price_in, "p_out": price_out, "prompt": prompt_tokens,
+            "now": now})
     return hold
 
 
-def mark_delivered(sessions: sessionmaker[Session], hold_id: str, delivered_tokens: int) -> None:
+def mark_delivered(db: Engine, hold_id: str, delivered_tokens: int) -> None:
     """Persist how many completion tokens the client has been sent so far."""
-    with sessions.begin() as session:
-        session.execute(
-            update(Reservation)
-            .where(Reservation.id == hold_id, Reservation.status == "open")
-            .values(delivered_tokens=delivered_tokens, updated_at=utcnow())
-        )
+    with fast_write(db) as cur:
+        cur.execute(_DELIVERED, {"rid": hold_id, "delivered": delivered_tokens, "now": utcnow()})
 
 
-def settle(sessions: sessionmaker[Session], hold_id: str, completion_tokens: int | None = None,
+def _settle_in(cur: Cursor, hold: Hold, completion: int, prompt: int) -> int | None:
+    now = utcnow()
+    # the conditional open -> settled flip: of all processes trying, exactly one wins
+    if cur.execute(_CLAIM, {"rid": hold.id, "delivered": completion, "now": now}) != 1:
+        return None
+    # never charge more than was reserved: the reservation was the customer's promise
+    charge = min(cost_micros(prompt, completion, hold.price_in, hold.price_out),
+                 hold.reserved_micros)
+    cur.execute(_CHARGE, {"acc": hold.account_id, "charge": charge,
+                          "held": hold.reserved_micros})
+    cur.execute(_NEW_LEDGER, {
+        "acc": hold.account_id, "key": hold.key_id, "rid": hold.id, "amount": -charge,
+        "model_name": hold.model, "prompt": prompt, "completion": completion, "now": now})
+    return charge
+
+
+def settle_hold(db: Engine, hold: Hold, completion_tokens: int) -> int | None:
+    """Charge a live request's real usage once; None when another process already settled it.
+
+    The hold is the committed reservation row, so nothing has to be read back first.
+    """
+    with fast_write(db) as cur:
+        return _settle_in(cur, hold, completion_tokens, hold.prompt_tokens)
+
+
+def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
            prompt_tokens: int | None = None) -> int | None:
     """Charge real usage once; returns the charge, or None when already settled elsewhere.
 
     ``completion_tokens=None`` bills the persisted delivered count (crash recovery).
     """
-    with sessions.begin() as session:
-        row = session.get(Reservation, hold_id)
-        if row is None or row.status != "open":
+    with fast_write(db) as cur:
+        row = cur.first(_OPEN_RESERVATION, {"rid": hold_id})
+        if row is None:
             return None
-        completion = row.delivered_tokens if completion_tokens is None else completion_tokens
-        prompt = row.prompt_tokens if prompt_tokens is None else prompt_tokens
-        claimed = session.execute(
-            update(Reservation)
-            .where(Reservation.id == hold_id, Reservation.status == "open")
-            .values(status="settled", delivered_tokens=completion, updated_at=utcnow())
-        )
-        if claimed.rowcount != 1:
-            return None
-        # never charge more than was reserved: the reservation was the customer's promise
-        charge = min(cost_micros(prompt, completion, row.price_in, row.price_out),
-                     row.reserved_micros)
-        session.execute(
-            update(Account).where(Account.id == row.account_id).values(
-                credit_micros=Account.credit_micros - charge,
-                reserved_micros=Account.reserved_micros - row.reserved_micros,
-            )
-        )
-        session.add(LedgerEntry(
-            account_id=row.account_id, key_id=row.key_id, reservation_id=row.id, kind="charge",
-            amount_micros=-charge, model=row.model, prompt_tokens=prompt,
-            completion_tokens=completion, created_at=utcnow(),
-        ))
-        return charge
+        rid, account_id, key_id, model, reserved, price_in, price_out, prompt0, delivered = row
+        hold = Hold(rid, account_id, key_id, model, reserved, price_in, price_out, prompt0)
+        completion = delivered if completion_tokens is None else completion_tokens
+        prompt = prompt0 if prompt_tokens is None else prompt_tokens
+        return _settle_in(cur, hold, completion, prompt)
 
 
-def reconcile(sessions: sessionmaker[Session], stale_after_s: float) -> int:
+def reconcile(db: Engine, stale_after_s: float) -> int:
     """Settle open reservations untouched for ``stale_after_s``; returns how many."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
-    with sessions() as session:
-        ids = list(session.scalars(
-            select(Reservation.id).where(Reservation.status == "open",
-                                         Reservation.updated_at <= cutoff)
-        ))
-    return sum(1 for hold_id in ids if settle(sessions, hold_id) is not None)
+    with read_connection(db) as conn:
+        ids = list(conn.scalars(
+            select(_RES.c.id).where(_RES.c.status == "open", _RES.c.updated_at <= cutoff)))
+    return sum(1 for hold_id in ids if settle(db, hold_id) is not None)
 
 
 @dataclass(frozen=True)

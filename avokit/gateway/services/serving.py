@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 import anyio
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine as Database
 from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.engines.base import Engine, Finished, GenParams, ServedModel, TokenEvent
@@ -37,7 +37,7 @@ class Gateway:
     """Process-wide state handed to the routes (built by ``create_app``, never at import)."""
 
     secret: str
-    sessions: sessionmaker[Session]
+    db: Database
     engine: Engine
     models: dict[str, ServedModel]
     limiter: RateLimiter
@@ -51,8 +51,7 @@ class Gateway:
         return await run_in_threadpool(self._auth, token)
 
     def _auth(self, token: str | None) -> keys.KeyInfo:
-        with self.sessions() as session:
-            return keys.authenticate(session, self.secret, token)
+        return keys.authenticate_request(self.db, self.secret, token)
 
 
 @dataclass
@@ -179,15 +178,15 @@ async def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
     price_in, price_out = prep.key.price(prep.model)
     return await run_in_threadpool(
         lambda: metering.reserve(
-            gw.sessions, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
+            gw.db, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
             prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
             price_in=price_in, price_out=price_out))
 
 
-async def _settle(gw: Gateway, hold: metering.Hold, completion: int | None) -> None:
+async def _settle(gw: Gateway, hold: metering.Hold, completion: int) -> None:
     # shielded: a client disconnect cancels the request task, but billing must still happen
     with anyio.CancelScope(shield=True):
-        await run_in_threadpool(metering.settle, gw.sessions, hold.id, completion)
+        await run_in_threadpool(metering.settle_hold, gw.db, hold, completion)
 
 
 def usage_dict(prompt: int, completion: int) -> dict[str, int]:
@@ -198,21 +197,18 @@ def usage_dict(prompt: int, completion: int) -> dict[str, int]:
 
 async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
                      ) -> tuple[list[TokenEvent], Finished, Any]:
-    """Non-streaming: collect every event, then settle."""
-    events: list[TokenEvent] = []
-    finished = Finished("length", 0)
-    completion: int | None = 0
+    """Non-streaming: one engine call for the whole answer, then settle.
+
+    Nothing reaches the client before the answer is complete, so a failed generation
+    is billed for its prompt only, no completion tokens.
+    """
+    completion = 0
     try:
         scores = None
         if prep.echo_scores:
             scores = await gw.engine.score_prompt(prep.model, prep.params.prompt_ids,
                                                   prep.params.top_logprobs or 0)
-        async for ev in gw.engine.generate(prep.model, prep.params):
-            if isinstance(ev, Finished):
-                finished = ev
-            else:
-                events.append(ev)
-                completion = (completion or 0) + ev.tokens
+        events, finished = await gw.engine.complete(prep.model, prep.params)
         completion = finished.completion_tokens
         return events, finished, scores
     finally:
@@ -232,7 +228,7 @@ async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
             delivered += ev.tokens
             yield ev
             # after the client was handed the event: a crash now bills what it received
-            await run_in_threadpool(metering.mark_delivered, gw.sessions, hold.id, delivered)
+            await run_in_threadpool(metering.mark_delivered, gw.db, hold.id, delivered)
     finally:
         await _settle(gw, hold, delivered)
 
