@@ -72,3 +72,31 @@ def test_adapter_rejects_missing_path() -> None:
 
     with pytest.raises(AvokitError, match="path"):
         AvokitLM(path="/nonexistent/model")
+
+
+def test_harness_command_line_knows_model_avokit(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """lm-eval 0.4 has no model plugin discovery: `python -m avokit.evaluate.harness` is the
+    harness's own command line with `--model avokit` registered."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "avokit_toy.yaml").write_text(TASK_YAML.format(data=data))
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "avokit.evaluate.harness", "run", "--model", "avokit",
+         # batch size and device as the harness's own flags: it passes them to the model itself
+         "--model_args", f"path={tiny_llama_dir}", "--device", "cpu", "--batch_size", "4", "--tasks", "avokit_toy",
+         "--include_path", str(tasks_dir), "--num_fewshot", "0", "--output_path", str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = list((tmp_path / "out").rglob("results_*.json"))
+    assert len(results) == 1
+    acc = json.loads(results[0].read_text())["results"]["avokit_toy"]["acc,none"]
+    assert 0.0 <= acc <= 1.0
