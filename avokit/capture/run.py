@@ -9,6 +9,7 @@ most the shard it was in, and the finished cache is byte-identical to an uninter
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from rich.progress import (
 )
 
 from avokit.cache import CacheSpec, ShardWriter, finished_shard, record_progress, write_manifest
-from avokit.cache.manifest import TOKENIZER_DIR, write_json_atomic
+from avokit.cache.manifest import PROGRESS_DIR, TOKENIZER_DIR, write_json_atomic
 from avokit.capture.plan import ShardPlan, mine, plan_hash, plan_shards
 from avokit.corpus import build_corpus, load_split
 from avokit.errors import AvokitError, CacheError
@@ -111,6 +112,30 @@ def _save_tokenizer(cache_dir: Path, teacher: Teacher) -> None:
     tmp.replace(target)
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a file named after this process was left by an earlier one (pid reuse)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(cache_dir: Path) -> None:
+    """Drop the temporary JSON files a kill -9 between write and rename leaves behind, so the
+    finished cache holds exactly the files of an uninterrupted capture. Files of a live
+    process (another ``--shard`` capture into the same folder) are left alone; half-written
+    ``*.partial`` shards need no care: their shard is pending and rewritten from scratch."""
+    for folder in (cache_dir, cache_dir / PROGRESS_DIR):
+        for tmp in folder.glob("*.json.tmp*"):
+            pid = tmp.name.rsplit(".tmp", 1)[1]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
 def _check_records(teacher: str, plan: ShardPlan, recs: list[TeacherRecords], ids: list[str]) -> None:
     if [r.doc_id for r in recs] != ids:
         raise AvokitError(f"teacher {teacher!r} returned records for other documents than asked ({plan.file})")
@@ -173,6 +198,7 @@ def capture_teacher(
     cache_dir.mkdir(parents=True, exist_ok=True)
     phash = plan_hash(recipe, config, corpus_hash)
     _check_state(cache_dir, _read_state(cache_dir), phash, None)
+    _remove_leftovers(cache_dir)
     todo = mine(plans, shard)
     pending = [p for p in todo if finished_shard(cache_dir, p.file) is None]
     if pending:
