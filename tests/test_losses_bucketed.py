@@ -306,7 +306,7 @@ def test_kd_losses_match_reference_with_and_without_precomputed_logprobs(kind: s
     want_kd, want_chunk = _kd_reference(logits, ids, batch, cfg)
     for pre in (None, torch.log_softmax(logits, -1)):
         out = kd_losses(logits, ids, batch, cfg, pre)
-        assert set(out) == {"kd", "chunk"}
+        assert set(out) == {"kd", "chunk", "kd_share", "chunk_share"}
         assert float(out["kd"]) == pytest.approx(want_kd, rel=1e-5, abs=1e-7)
         assert float(out["chunk"]) == pytest.approx(want_chunk, rel=1e-5, abs=1e-7)
 

@@ -234,3 +234,44 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
     recipe.train.seq_len = 4096
     with pytest.raises(AvokitError, match="train.seq_len=4096 exceeds student.max_position_embeddings"):
         run_training(recipe, baseline=True, progress=False)
+
+
+def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
+    """Two copies of one teacher split the documents between them (min_ce-style one-hot
+    weights): the fused KD and chunk terms must equal that teacher's terms alone. A teacher
+    that guides few documents must not count more per boundary than one that guides many."""
+    from avokit.cache import CacheReader, load_cache_tokenizer
+    from avokit.recipe.train import LossConfig
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train.kd_data import TeacherSource
+    from avokit.train.loop import KDSetup, _teacher_terms
+
+    docs = make_docs(8, 5)
+    student = train_student_tokenizer([d.text for d in docs], 400, tmp_path / "stok")
+    write_cache(tmp_path / "cache", "smol", registry_tokenizer("smollm2-135m"), docs)
+    t_tb, s_tb = byteify(load_cache_tokenizer(tmp_path / "cache")), byteify(student)
+    t2s = np.array([s_tb.preferred.get(b, -1) if b else -1 for b in t_tb.table], dtype=np.int64)
+    packed = pack_documents(docs, student, 64, student.eos_token_id)
+    rows = np.arange(packed.n_rows)
+    _, targets = packed.row_tokens(rows)
+    torch.manual_seed(0)
+    logits = torch.randn(len(rows), packed.seq_len, len(student))
+    logprobs = torch.log_softmax(logits, -1)
+    cfg = LossConfig()
+
+    def source(name: str) -> TeacherSource:
+        return TeacherSource(name, 1.0, CacheReader(tmp_path / "cache"), t2s)
+
+    n_docs = len(packed.doc_ids)
+    one = np.zeros((n_docs, 2), dtype=np.float32)
+    one[:-1, 0] = 1.0  # teacher a guides all documents but the last one,
+    one[-1, 1] = 1.0  # teacher b only the last one
+    fused = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+                           KDSetup([source("a"), source("b")], one, cfg), "cpu")
+    alone = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+                           KDSetup([source("a")], np.ones((n_docs, 1), np.float32), cfg), "cpu")
+    for term in ("kd", "chunk"):
+        total = fused["a"][term] + fused["b"][term]
+        assert float(alone["a"][term]) > 0
+        assert torch.allclose(total, alone["a"][term], rtol=1e-5), (term, float(total), float(alone["a"][term]))

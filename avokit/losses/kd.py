@@ -122,6 +122,18 @@ def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return terms.sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
+def weight_share(weights: Tensor, valid: Tensor) -> Tensor:
+    """Mean fusion weight over the ``valid`` entries (0 when none is valid), a scalar tensor.
+
+    Shapes: ``weights`` float [N], ``valid`` bool [N]. ``weighted_mean(v, w * valid) *
+    weight_share(w, valid)`` equals ``sum(w * v * valid) / sum(valid)``: entries keep their
+    fusion weight instead of having it normalised away, which is what lets the terms of
+    teachers that share a document be summed.
+    """
+    # stays on the device: no host sync per teacher and step
+    return (weights * valid).sum() / valid.sum().clamp(min=1)
+
+
 def kd_losses(
     student_logits: Tensor,
     input_ids: Tensor | None,
@@ -144,7 +156,10 @@ def kd_losses(
     (cfg.divergence, cfg.temperature, cfg.jsd_beta), "chunk": weighted mean over chunks of
     the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau)}``; both scalars,
     0 when nothing is left after masking. Unweighted by ``cfg.kd_weight``/``cfg.chunk_weight``:
-    the trainer combines terms (and logs them separately).
+    the trainer combines terms (and logs them separately). Also ``kd_share`` and
+    ``chunk_share`` (scalars, no gradient, see :func:`weight_share`): ``kd * kd_share`` is
+    ``sum(w * d) / count`` over the informative boundaries, the form in which several teachers'
+    terms add up to the per-boundary fusion-weighted average.
     """
     if student_logits.dim() != 3:
         raise ValueError(f"student_logits must be [B, T, V], got {tuple(student_logits.shape)}")
@@ -165,6 +180,7 @@ def kd_losses(
         temperature=cfg.temperature,
     )
     kd = weighted_mean(values, batch.boundary_weight * informative)
+    kd_share = weight_share(batch.boundary_weight, informative)
 
     select = batch.chunk_of_target >= 0
     if targets is None:
@@ -184,4 +200,5 @@ def kd_losses(
     )
     # a chunk none of whose tokens is in the window has no student likelihood to compare
     chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
-    return {"kd": kd, "chunk": chunk}
+    return {"kd": kd, "chunk": chunk, "kd_share": kd_share,
+            "chunk_share": weight_share(batch.chunk_weight, n_tokens > 0)}

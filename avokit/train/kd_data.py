@@ -153,9 +153,11 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource, doc_weight: Ca
         if kd is None or kd.first.size == 0:
             continue
         k = kd.topk_student_ids.shape[1]
+        # A document this teacher does not guide (weight 0, e.g. min_ce picked another teacher)
+        # stays in the batch with weight 0: the losses mask it, and the trainer's scale (mean
+        # weight over *all* the teacher's boundaries) then keeps every teacher's boundaries
+        # at the same per-boundary weight. Dropping it made a rarely chosen teacher count more.
         w = doc_weight(d)
-        if w <= 0.0:
-            continue
         offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i
         sel = np.nonzero((kd.first >= a) & (kd.last < e))[0]
         if sel.size == 0:

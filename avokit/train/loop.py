@@ -90,9 +90,10 @@ def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.
 
     ``kd_losses`` returns means *normalised* by the fusion weights, which would cancel the
     weights between teachers. Each term is therefore scaled by the teacher's mean fusion weight
-    over the batch's boundaries (chunks), so that the sum over teachers is
-    ``sum_t sum_m w_tm * d_tm / M_t``: per document, the fusion-weighted average of teachers
-    (the recipe's teacher weights are already inside ``w`` through ``document_weights``).
+    over the batch's informative boundaries (chunks), its ``kd_share``/``chunk_share``, so
+    that the sum over teachers is ``sum_t sum_m w_tm * d_tm / M_t``: per document, the
+    fusion-weighted average of teachers (the recipe's teacher weights are already inside
+    ``w`` through ``document_weights``).
     """
     from avokit.losses.kd import TeacherBatch, kd_losses
 
@@ -101,9 +102,8 @@ def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.
         arrays = build_teacher_batch(packed, rows, source, lambda d, t=t: float(kd.doc_weights[d, t]))
         batch = TeacherBatch(**arrays.to_torch(device))
         terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets)
-        kd_scale = float(arrays.boundary_weight.mean()) if arrays.boundary_weight.size else 0.0
-        ch_scale = float(arrays.chunk_weight.mean()) if arrays.chunk_weight.size else 0.0
-        out[source.name] = {"kd": terms["kd"] * kd_scale, "chunk": terms["chunk"] * ch_scale}
+        out[source.name] = {"kd": terms["kd"] * terms["kd_share"],
+                            "chunk": terms["chunk"] * terms["chunk_share"]}
     return out
 
 
