@@ -24,10 +24,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from avokit.capture import run_capture  # noqa: E402
-from avokit.corpus import build_corpus  # noqa: E402
+from avokit.corpus import build_corpus, load_split  # noqa: E402
 from avokit.evaluate import run_eval  # noqa: E402
 from avokit.recipe import Recipe, load_recipe  # noqa: E402
 from avokit.train import run_training  # noqa: E402
+from ensemble import ensemble_bpb  # noqa: E402  (bench/quality/ensemble.py, beside this script)
+from ensemble import render as render_ensemble  # noqa: E402
 
 VARIANTS = {"b_gemma": ["gemma3-270m"], "c_smollm2": ["smollm2-135m"], "d_both": ["gemma3-270m", "smollm2-135m"]}
 
@@ -65,7 +67,7 @@ def variant_recipe(base: Recipe, name: str, teachers: list[str], with_teachers_e
     return rec
 
 
-def timed(label: str, fn, walls: dict[str, float]):  # type: ignore[no-untyped-def]
+def timed(label: str, fn, walls: dict[str, float | str]):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     out = fn()
     walls[label] = round(time.perf_counter() - start, 1)
@@ -81,12 +83,17 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
+    ap.add_argument("--note", default="", help="free text written into the results (e.g. machine load)")
     args = ap.parse_args()
 
-    walls: dict[str, float] = {}
+    walls: dict[str, float | str] = {}
     base = base_recipe(args.runs.resolve(), args.docs, args.steps, args.items)
     timed("corpus", lambda: build_corpus(base), walls)
     for t in base.teachers:
+        if (base.run_dir / "cache" / t.name / "manifest.json").is_file():
+            # captured by an earlier (killed or sharded) process: say so rather than log ~0 s
+            walls[f"capture:{t.name}"] = "reused (captured before this process)"
+            continue
         timed(f"capture:{t.name}", lambda t=t: run_capture(base, teacher=t.name), walls)
     timed("train:a_ce", lambda: run_training(base, baseline=True, progress=False), walls)
     reports: dict[str, dict] = {}
@@ -107,12 +114,16 @@ def main() -> None:
     for name in ("a_ce", *VARIANTS):
         rows[name]["gap_closure"] = (ce - rows[name]["bpb"]) / (ce - best_teacher) if ce != best_teacher else None
 
+    names = (base.teachers[0].name, base.teachers[1].name)
+    heldout_ids = [d.doc_id for d in load_split(base, "heldout")]
+    mixture = ensemble_bpb(base.run_dir, names, base.train.fusion.temperature, heldout_ids)
     result = {
         "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "config": {"docs": args.docs, "steps": args.steps, "items": args.items,
                    "student": base.student.model_dump(mode="json"), "train": base.train.model_dump(mode="json")},
-        "heldout": d["heldout"], "rows": rows, "wall_s": walls,
+        "heldout": d["heldout"], "rows": rows, "wall_s": walls, "note": args.note,
+        "teacher_mixture": {"teachers": names, "temperature": base.train.fusion.temperature, **mixture},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
@@ -131,13 +142,18 @@ def render(result: dict) -> str:
              f"Machine: {result['machine']}. Config: {result['config']['docs']} docs, "
              f"{result['config']['steps']} steps, {result['config']['items']} items per task. "
              f"Held-out: {result['heldout']}.", "",
+             *([result["note"], ""] if result.get("note") else []),
              "| model | held-out BPB | gap closure | ARC-Easy acc [95% CI] | PIQA acc [95% CI] |",
              "| --- | ---: | ---: | --- | --- |"]
     for name, row in result["rows"].items():
         gc = row.get("gap_closure")
         lines.append(f"| {name} | {row['bpb']:.4f} | {'' if gc is None else f'{gc:.3f}'} | "
                      f"{_acc(row['tasks'], 'arc_easy')} | {_acc(row['tasks'], 'piqa')} |")
+    mix = result["teacher_mixture"]
     lines += ["", "Gap closure = (BPB_CE - BPB_student) / (BPB_CE - BPB_best_teacher).", "",
+              "What fusing the teachers could give at best (bench/quality/ensemble.py: both teachers' "
+              "held-out log-probs mixed at their common token boundaries):", "",
+              render_ensemble(mix, tuple(mix["teachers"]), mix["temperature"]),
               "| stage | wall s |", "| --- | ---: |"]
     lines += [f"| {k} | {v} |" for k, v in result["wall_s"].items()]
     return "\n".join(lines) + "\n"
