@@ -121,6 +121,17 @@ def summary(seconds: list[float], positions: int) -> dict:
             "tokens_per_second_median": round(positions / med, 1)}
 
 
+def reencoded_bytes_per_token(reader: CacheReader, bits: int, folder: Path) -> float:
+    """Bytes per token of the same records written with ``bits``-bit log-probs."""
+    spec = CacheSpec.model_validate({**reader.spec.model_dump(), "logprob_bits": bits})
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(folder / "all.arrow", spec, "all")
+    for rec in reader.iter_records():
+        writer.add(rec)
+    info = writer.close()
+    return info.n_bytes / info.n_tokens
+
+
 def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int) -> dict:
     """Everything measured for one teacher (see the module docstring for the protocol)."""
     config = recipe.teacher(name)
