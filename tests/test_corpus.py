@@ -39,7 +39,7 @@ def passage(seed: int, n_words: int = 60) -> str:
 def recipe_for(root: Path, sources: list[dict], **corpus: object) -> Recipe:
     data = {"name": "c", "runs_dir": str(root / "runs"),
             "corpus": {"sources": sources, "min_chars": 50, "max_chars": 800, **corpus},
-            "teachers": [{"name": "t", "kind": "registry"}]}
+            "teachers": [{"name": "gemma3-270m", "kind": "registry"}]}
     return recipe_from_dict(data, root)
 
 

@@ -131,7 +131,9 @@ def train_loop(
 ) -> Any:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``out_dir/checkpoints``.
 
-    Returns the unwrapped trained model (on every process). ``stop_after(step)`` returning True
+    Writes the final weights (``config.json``, ``model.safetensors``) to ``out_dir``, gathered
+    whole even when sharded (FSDP, ZeRO-3), and returns the unwrapped trained model (on every
+    process). ``stop_after(step)`` returning True
     right after a checkpoint is saved raises :class:`TrainingInterrupted` (tests use it to
     simulate a kill at a known point).
     """
@@ -264,4 +266,11 @@ def train_loop(
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()
-    return accelerator.unwrap_model(model)
+    # Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: every process
+    # takes part in gathering the full state dict, and the main one writes the whole model.
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if main:
+        unwrapped.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+    accelerator.wait_for_everyone()
+    return unwrapped

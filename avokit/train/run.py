@@ -163,8 +163,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        model.save_pretrained(str(out_dir), safe_serialization=True)
-        tokenizer.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))  # the weights were written by train_loop
         (out_dir / DONE).write_text(json.dumps({"steps": cfg.steps, "baseline": baseline}))
     PartialState().wait_for_everyone()
     return out_dir
