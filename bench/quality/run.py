@@ -133,7 +133,10 @@ def main() -> None:
 
 def _acc(tasks: dict, name: str) -> str:
     acc = tasks.get(name, {}).get("acc")
-    return f"{acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}] n={acc['n']}" if acc else "-"
+    if not acc:
+        return "-"
+    low, high = acc["ci95"]
+    return f"{acc['value']:.3f} [{low:.3f}, {high:.3f}] n={acc['n']}"
 
 
 def render(result: dict) -> str:
