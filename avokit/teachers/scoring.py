@@ -9,6 +9,7 @@ time, keeping only the gold log-prob, the top-k and the word-start log-mass of e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,42 @@ def base_model(model: Any) -> torch.nn.Module:
     return base
 
 
+@dataclass(frozen=True)
+class WindowBatch:
+    """One right-padded model input of ``B`` windows and the positions whose outputs are kept.
+
+    - ids, mask: int64 [B, T] (T = the longest window of the batch)
+    - rows, cols: int64 [P], the (row, column) of every position scored for the first time
+      (a window's ``first`` onwards), in window order
+    """
+
+    windows: list[Window]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def window_batches(seqs: list[np.ndarray], max_length: int, batch_size: int) -> Iterator[WindowBatch]:
+    """Rolling windows of every sequence (start token + document ids), longest first, batched.
+
+    Sorting by length puts similar lengths in one batch, so padding stays small.
+    """
+    windows = [w for i, s in enumerate(seqs) for w in plan_windows(i, len(s) - 1, max_length)]
+    windows.sort(key=lambda w: w.b - w.a, reverse=True)
+    for lo in range(0, len(windows), batch_size):
+        batch = windows[lo : lo + batch_size]
+        width = max(w.b - w.a for w in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.int64)
+        mask = torch.zeros(len(batch), width, dtype=torch.int64)
+        for r, w in enumerate(batch):
+            ids[r, : w.b - w.a] = torch.from_numpy(seqs[w.doc][w.a : w.b])
+            mask[r, : w.b - w.a] = 1
+        rows = torch.cat([torch.full((w.b - w.a - w.first,), r) for r, w in enumerate(batch)])
+        cols = torch.cat([torch.arange(w.first, w.b - w.a) for w in batch])
+        yield WindowBatch(batch, ids, mask, rows, cols)
+
+
 @torch.inference_mode()
 def score_tokenized(
     model: Any,
@@ -174,32 +211,21 @@ def score_tokenized(
         raise AvokitError(f"top_k={top_k} exceeds the teacher's vocabulary of {spec.real_vocab}")
     device = spec.head.weight.device
     base = base_model(model)
-    windows = [w for i, d in enumerate(docs) for w in plan_windows(i, len(d.ids), max_length)]
-    windows.sort(key=lambda w: w.b - w.a, reverse=True)  # similar lengths share a batch
     seqs = [np.concatenate([[start_id], d.ids]).astype(np.int64) for d in docs]
     out = [
         (np.zeros(len(d.ids), np.float32), np.zeros((len(d.ids), top_k), np.int32),
          np.zeros((len(d.ids), top_k), np.float32), np.zeros(len(d.ids), np.float32))
         for d in docs
     ]
-    for lo in range(0, len(windows), batch_size):
-        batch = windows[lo : lo + batch_size]
-        width = max(w.b - w.a for w in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.int64)
-        mask = torch.zeros(len(batch), width, dtype=torch.int64)
-        for r, w in enumerate(batch):
-            ids[r, : w.b - w.a] = torch.from_numpy(seqs[w.doc][w.a : w.b])
-            mask[r, : w.b - w.a] = 1
-        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device),
+    for wb in window_batches(seqs, max_length, batch_size):
+        hidden = base(input_ids=wb.ids.to(device), attention_mask=wb.mask.to(device),
                       use_cache=False).last_hidden_state
-        rows = torch.cat([torch.full((w.b - w.a - w.first,), r) for r, w in enumerate(batch)])
-        cols = torch.cat([torch.arange(w.first, w.b - w.a) for w in batch])
         targets = torch.cat([torch.from_numpy(seqs[w.doc][w.a + w.first + 1 : w.b + 1])
-                             for w in batch])
-        picked = hidden[rows.to(device), cols.to(device)]
+                             for w in wb.windows])
+        picked = hidden[wb.rows.to(device), wb.cols.to(device)]
         gold, t_ids, t_lp, bound = score_hidden(picked, targets, spec, top_k, vocab_chunk)
         off = 0
-        for w in batch:
+        for w in wb.windows:
             n_new = w.b - w.a - w.first
             dst = slice(w.a + w.first, w.b)
             g, i_, l_, bm = out[w.doc]

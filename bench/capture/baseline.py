@@ -28,7 +28,7 @@ from avokit.capture import plan_shards
 from avokit.corpus import load_split
 from avokit.recipe import Recipe
 from avokit.teachers import HFTeacher
-from avokit.teachers.scoring import base_model, plan_windows
+from avokit.teachers.scoring import base_model, window_batches
 
 
 @dataclass(frozen=True)
@@ -54,23 +54,10 @@ def capture_batches(teacher: HFTeacher, recipe: Recipe) -> list[ModelBatch]:
 
 
 def _window_batches(teacher: HFTeacher, docs: list[np.ndarray]) -> list[ModelBatch]:
-    """Mirror of the batching inside ``score_tokenized`` (windows sorted by length)."""
+    """The batching inside ``score_tokenized``, from the same function."""
     seqs = [np.concatenate([[teacher.start_token_id], d]).astype(np.int64) for d in docs]
-    windows = [w for i, d in enumerate(docs) for w in plan_windows(i, len(d), teacher.max_length)]
-    windows.sort(key=lambda w: w.b - w.a, reverse=True)
-    out: list[ModelBatch] = []
-    for lo in range(0, len(windows), teacher.batch_size):
-        batch = windows[lo : lo + teacher.batch_size]
-        width = max(w.b - w.a for w in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.int64)
-        mask = torch.zeros(len(batch), width, dtype=torch.int64)
-        for r, w in enumerate(batch):
-            ids[r, : w.b - w.a] = torch.from_numpy(seqs[w.doc][w.a : w.b])
-            mask[r, : w.b - w.a] = 1
-        rows = torch.cat([torch.full((w.b - w.a - w.first,), r) for r, w in enumerate(batch)])
-        cols = torch.cat([torch.arange(w.first, w.b - w.a) for w in batch])
-        out.append(ModelBatch(ids, mask, rows, cols))
-    return out
+    return [ModelBatch(b.ids, b.mask, b.rows, b.cols)
+            for b in window_batches(seqs, teacher.max_length, teacher.batch_size)]
 
 
 def scored_positions(batches: list[ModelBatch]) -> int:
