@@ -1,0 +1,125 @@
+"""Ablations of the quality benchmark: one change at a time against the same corpus and cache.
+
+Each variant is ``bench/quality/run.py``'s base recipe (same corpus slice, teacher caches,
+student size, tokenizer, steps and seed) with some teachers and some ``train`` settings
+changed. It is trained and scored on the same held-out documents (bits per byte, live, as
+``avokit eval`` scores a student). Several processes may run different variants at once;
+each merges its rows into ``--out`` (under a file lock).
+
+    .venv/bin/python bench/quality/ablation.py --only b_gemma d_both_min_ce --note "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from avokit.evaluate.bpb import score_bpb
+from avokit.recipe import Recipe
+from avokit.teachers.hf import HFTeacher
+from avokit.train import run_training
+from avokit.train.data import read_split
+from avokit.train.run import ensure_student_tokenizer
+from run import base_recipe, variant_recipe  # bench/quality/run.py, beside this script
+
+BOTH = ["gemma3-270m", "smollm2-135m"]
+
+# name -> (teachers, changes to the recipe's ``train`` section, why)
+ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
+    "b_gemma": (["gemma3-270m"], {}, "reference: run.py's (b), retrained here"),
+    "c_smollm2": (["smollm2-135m"], {}, "reference: run.py's (c), retrained here"),
+    "d_both": (BOTH, {}, "reference: run.py's (d), retrained here"),
+    "d_both_min_ce": (BOTH, {"fusion": {"mode": "min_ce"}},
+                      "all weight on the teacher with the lower BPB on each document"),
+    "d_both_fixed": (BOTH, {"fusion": {"mode": "fixed"}}, "equal weights on every document"),
+    "b_gemma_kd_only": (["gemma3-270m"], {"loss": {"chunk_weight": 0.0}}, "token-level term alone"),
+    "b_gemma_chunk_only": (["gemma3-270m"], {"loss": {"kd_weight": 0.0}}, "chunk term alone"),
+    "c_smollm2_kd_only": (["smollm2-135m"], {"loss": {"chunk_weight": 0.0}}, "token-level term alone"),
+    "c_smollm2_chunk_only": (["smollm2-135m"], {"loss": {"kd_weight": 0.0}}, "chunk term alone"),
+}
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied recursively (nested dicts merged, values replaced)."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def ablation_recipe(base: Recipe, name: str) -> Recipe:
+    """The variant ``name`` of :data:`ABLATIONS` in its own run folder (sharing corpus and cache)."""
+    teachers, changes, _ = ABLATIONS[name]
+    rec = variant_recipe(base, f"ablation-{name}", teachers, with_teachers_eval=False)
+    data = rec.model_dump(mode="json", exclude={"base_dir"})
+    data["train"] = _merge(data["train"], changes)
+    return Recipe.model_validate({**data, "base_dir": rec.base_dir})
+
+
+def heldout_bpb(rec: Recipe, model_dir: Path) -> float:
+    """Bits per byte of the trained model on the held-out split, scored live."""
+    texts = {d.doc_id: d.text for d in read_split(rec.run_dir, "heldout")}
+    model = HFTeacher.from_dir(model_dir, name=model_dir.parent.name, device="auto",
+                               max_length=rec.eval.max_length)
+    try:
+        return score_bpb(model, texts, batch_size=rec.eval.batch_size).bpb
+    finally:
+        model.close()
+
+
+def render(result: dict[str, Any]) -> str:
+    """The ablation rows as a Markdown table."""
+    lines = ["# Quality ablations: one change at a time", "",
+             f"Config: {result['config']}.", "", *([result["note"], ""] if result.get("note") else []),
+             "| variant | teachers | train changes | held-out BPB | train wall s | why |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
+    for name, row in result["rows"].items():
+        lines.append(f"| {name} | {', '.join(row['teachers'])} | `{json.dumps(row['changes'])}` | "
+                     f"{row['bpb']:.4f} | {row['train_s']} | {row['why']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Train and score the chosen ablations; merge them into the results file."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", required=True, choices=sorted(ABLATIONS))
+    ap.add_argument("--docs", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/quality-ablation"))
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    base = base_recipe(args.runs.resolve(), args.docs, args.steps, items=1)
+    ensure_student_tokenizer(base)  # the variants link to it: it must exist first
+    rows: dict[str, Any] = {}
+    for name in args.only:
+        rec = ablation_recipe(base, name)
+        start = time.perf_counter()
+        model_dir = run_training(rec, progress=False)
+        train_s = round(time.perf_counter() - start, 1)
+        teachers, changes, why = ABLATIONS[name]
+        rows[name] = {"teachers": teachers, "changes": changes, "why": why,
+                      "bpb": heldout_bpb(rec, model_dir), "train_s": train_s}
+        print(f"[ablation] {name}: {rows[name]}", flush=True)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = args.out.with_suffix(".json")
+        result = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+        result["config"] = {"docs": args.docs, "steps": args.steps}
+        if args.note:
+            result["note"] = args.note
+        result["rows"].update(rows)
+        path.write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text(render(result))
+    args.out.with_suffix(".lock").unlink(missing_ok=True)
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
