@@ -18,6 +18,7 @@ from avokit.align import (
     align,
     build_vocab_map,
     byteify,
+    first_token_map,
     offsets_from_ids,
     tokenize_with_offsets,
 )
@@ -227,3 +228,39 @@ def test_cli_align_report_json(tmp_path: Path) -> None:
     assert out["teacher"]["round_trip_failures"] == [] and out["coverage"]["count_share"] > 0
     res = CliRunner().invoke(app, ["align-report", "smollm2-135m", "nope", str(tmp_path / "docs.jsonl")])
     assert res.exit_code != 0 and "'nope' not found" in str(res.exception)
+
+
+def test_first_token_map_sends_longer_teacher_tokens_to_the_student_token_they_start_with() -> None:
+    teacher = _table([b"<eos>", b" the", b" then", b" there", b"\xc3", b"zz", b"<pad>"],
+                     special={0, 6})
+    student = _table([b"<|endoftext|>", b" the", b" th", b"n", b"\xc3", b"z"], special={0}, name="s")
+    exact = build_vocab_map(teacher, student).teacher_to_student
+    assert exact.tolist() == [0, 1, -1, -1, 4, -1, -1]
+    # longest byte prefix (no tokenizer at hand); specials and exact matches stay as they were
+    assert first_token_map(exact, teacher, student).tolist() == [0, 1, 1, 1, 4, 5, -1]
+
+
+def test_first_token_map_follows_the_student_tokenizer_not_the_longest_prefix() -> None:
+    tok = _bpe()
+    student = byteify(tok, name="s")
+    # a teacher with whole words the student spells in several pieces
+    words = [" singing", " Thinking", " café", " mat."]
+    teacher = _table([w.encode() for w in words], name="t")
+    exact = build_vocab_map(teacher, student).teacher_to_student
+    mapped = first_token_map(exact, teacher, student, tok)
+    for i, w in enumerate(words):
+        first = tok.encode(w, add_special_tokens=False).ids[0]
+        assert mapped[i] == first, w
+        assert w.encode().startswith(student.table[mapped[i]])
+
+
+def test_first_token_map_rejects_a_dummy_prefix_first_token() -> None:
+    class DummyPrefix:  # encodes like SentencePiece with add_dummy_prefix: a space is prepended
+        def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+            return {"input_ids": [[1] for _ in texts]}
+
+    teacher = _table([b"ough"], name="t")
+    student = _table([b"<s>", b" ough", b"ou", b"o"], special={0}, name="s")
+    exact = build_vocab_map(teacher, student).teacher_to_student
+    # " ough" is not a prefix of "ough": the longest byte prefix "ou" is used instead
+    assert first_token_map(exact, teacher, student, DummyPrefix()).tolist() == [2]

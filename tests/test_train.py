@@ -275,3 +275,28 @@ def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
         total = fused["a"][term] + fused["b"][term]
         assert float(alone["a"][term]) > 0
         assert torch.allclose(total, alone["a"][term], rtol=1e-5), (term, float(total), float(alone["a"][term]))
+
+
+def test_first_token_vocab_map_reaches_the_trainer(tmp_path: Path) -> None:
+    """``train.loss.vocab_map: first_token`` maps more of a larger teacher vocabulary, always to
+    a student token whose bytes start the teacher token's bytes."""
+    from avokit.align import byteify
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train.data import read_split
+    from avokit.train.run import teacher_sources
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=8, n_heldout=2)
+    train = read_split(run_dir, "train")
+    student = train_student_tokenizer([d.text for d in train], 512, run_dir / "tokenizer")
+    smol = registry_tokenizer("smollm2-135m")
+    for name in ("smol", "gemma"):
+        write_cache(run_dir / "cache" / name, name, smol, train)
+    exact = teacher_sources(make_recipe(tmp_path), student)[0].teacher_to_student
+    first = teacher_sources(make_recipe(tmp_path, loss={"vocab_map": "first_token"}), student)[0].teacher_to_student
+    assert (first >= 0).sum() > 2 * (exact >= 0).sum()
+    assert np.array_equal(first[exact >= 0], exact[exact >= 0])
+    t_tb, s_tb = byteify(smol), byteify(student)
+    for i in np.flatnonzero((first >= 0) & (exact < 0))[::97].tolist():
+        assert t_tb.table[i].startswith(s_tb.table[first[i]]), (i, t_tb.table[i])

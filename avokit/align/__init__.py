@@ -8,7 +8,7 @@ from avokit.align.offsets import (
     tokenize_batch_with_offsets,
     tokenize_with_offsets,
 )
-from avokit.align.vocab_map import MapCoverage, VocabMap, build_vocab_map
+from avokit.align.vocab_map import MapCoverage, VocabMap, build_vocab_map, first_token_map
 
 __all__ = [
     "Alignment",
@@ -17,6 +17,7 @@ __all__ = [
     "VocabMap",
     "align",
     "build_vocab_map",
+    "first_token_map",
     "byteify",
     "offsets_from_ids",
     "offsets_from_mapping",

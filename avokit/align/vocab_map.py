@@ -206,3 +206,64 @@ def build_vocab_map(
         regular=regular,
         roles=roles,
     )
+
+
+def first_token_map(
+    exact: np.ndarray,
+    teacher: TokenBytes,
+    student: TokenBytes,
+    student_tok: Any | None = None,
+) -> np.ndarray:
+    """Teacher id -> the student token its bytes *start with* (for the top-k KD buckets).
+
+    At a common boundary the teacher predicts its next token, the student its own. When the
+    teacher's vocabulary is larger, its likely tokens are often longer than any student token
+    (`` then``, `` there`` where the student has `` the``): with equal-bytes matching their mass
+    is not counted for `` the``, although for the student each of them *starts* with `` the``.
+    The bucket of `` the`` then holds only the exact token's probability and teaches the student
+    to under-predict it. This map sends every teacher token to the first token of the student's
+    own spelling of its bytes, so a student bucket gathers the mass of every teacher token that
+    begins with it.
+
+    ``exact`` (int64 [V_teacher], from :func:`build_vocab_map`) is kept where it maps; special
+    tokens are never remapped. For the other regular tokens: the first id of
+    ``student_tok``'s encoding of the bytes when they are valid UTF-8 and that token's bytes are
+    a prefix of them (a tokenizer that adds a dummy-prefix space fails this test), else the
+    longest student token that is a prefix of the bytes, else -1. Returns int64 [V_teacher].
+    """
+    out = np.asarray(exact, dtype=np.int64).copy()
+    if out.shape != (teacher.size,):
+        raise ValueError(f"exact map has shape {out.shape}, teacher has {teacher.size} ids")
+    todo = [i for i, b in enumerate(teacher.table) if out[i] < 0 and b and not teacher.special[i]]
+    preferred = student.preferred
+    longest = max((len(b) for b in preferred), default=0)
+    for i in todo:
+        b = teacher.table[i]
+        for n in range(min(len(b), longest), 0, -1):
+            j = preferred.get(b[:n])
+            if j is not None:
+                out[i] = j
+                break
+    if student_tok is None or not todo:
+        return out
+    texts: list[str] = []
+    ids: list[int] = []
+    for i in todo:
+        try:
+            texts.append(teacher.table[i].decode("utf-8"))
+        except UnicodeDecodeError:
+            continue  # a piece of one character: only the byte prefix can be matched
+        ids.append(i)
+    encode = getattr(student_tok, "encode_batch", None)
+    if encode is not None:  # a raw tokenizers.Tokenizer
+        encoded = [e.ids for e in encode(texts, add_special_tokens=False)]
+    else:
+        encoded = student_tok(texts, add_special_tokens=False)["input_ids"]
+    for i, first in zip(ids, encoded, strict=True):
+        if not first:
+            continue
+        j = int(first[0])
+        sb = student.table[j] if 0 <= j < student.size else b""
+        if sb and not student.special[j] and teacher.table[i].startswith(sb):
+            out[i] = preferred.get(sb, j)
+    return out

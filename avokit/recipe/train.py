@@ -19,6 +19,10 @@ class LossConfig(Section):
     jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
     temperature: float = Field(default=1.0, gt=0.0)
     chunk_tau: float = Field(default=1.0, gt=0.0)
+    # how a teacher's top-k ids become student buckets: "exact" counts a teacher token only for
+    # the student token with the same bytes; "first_token" for the student token its bytes
+    # start with (avokit.align.vocab_map.first_token_map)
+    vocab_map: Literal["exact", "first_token"] = "exact"
 
 
 class FusionConfig(Section):

@@ -45,10 +45,11 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
     """Open every teacher's cache and map its vocabulary into the student's.
 
     A teacher whose tokenizer is the student's (same token strings and ids) gets the identity
-    map; every other teacher a map by equal bytes (``avokit.align.vocab_map``).
+    map; every other teacher a map by equal bytes (``avokit.align.vocab_map``), extended to
+    first-token prefixes when ``train.loss.vocab_map`` is ``first_token``.
     """
     from avokit.align import byteify
-    from avokit.align.vocab_map import build_vocab_map
+    from avokit.align.vocab_map import build_vocab_map, first_token_map
     from avokit.cache import CacheReader, load_cache_tokenizer
     from avokit.losses.same_vocab import shares_vocabulary
 
@@ -66,8 +67,11 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             # objective (losses.same_vocab); a byte map would merge byte-fallback twins
             t2s = np.arange(len(t_tok), dtype=np.int64)
         else:
-            vmap = build_vocab_map(byteify(t_tok, name=t.name), student_tb, t_tok, tokenizer)
+            teacher_tb = byteify(t_tok, name=t.name)
+            vmap = build_vocab_map(teacher_tb, student_tb, t_tok, tokenizer)
             t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
+            if recipe.train.loss.vocab_map == "first_token":
+                t2s = first_token_map(t2s, teacher_tb, student_tb, tokenizer)
         sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64)))
     return sources
 

@@ -40,6 +40,17 @@ ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
     "b_gemma_chunk_only": (["gemma3-270m"], {"loss": {"kd_weight": 0.0}}, "chunk term alone"),
     "c_smollm2_kd_only": (["smollm2-135m"], {"loss": {"chunk_weight": 0.0}}, "token-level term alone"),
     "c_smollm2_chunk_only": (["smollm2-135m"], {"loss": {"kd_weight": 0.0}}, "chunk term alone"),
+    "d_both_kd_only": (BOTH, {"loss": {"chunk_weight": 0.0}}, "token-level term alone, fused"),
+    "b_gemma_first_token": (["gemma3-270m"], {"loss": {"vocab_map": "first_token"}},
+                            "teacher tokens counted for the student token they start with"),
+    "c_smollm2_first_token": (["smollm2-135m"], {"loss": {"vocab_map": "first_token"}},
+                              "teacher tokens counted for the student token they start with"),
+    "d_both_first_token": (BOTH, {"loss": {"vocab_map": "first_token"}},
+                           "teacher tokens counted for the student token they start with"),
+    "b_gemma_kd_only_seed1": (["gemma3-270m"], {"loss": {"chunk_weight": 0.0}, "seed": 1},
+                              "seed replicate: how much of a difference is noise"),
+    "d_both_kd_only_seed1": (BOTH, {"loss": {"chunk_weight": 0.0}, "seed": 1},
+                             "seed replicate: how much of a difference is noise"),
 }
 
 

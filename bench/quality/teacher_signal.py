@@ -112,8 +112,12 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--docs", type=int, default=3000, help="as given to run.py (names the same corpus)")
     ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--vocab-map", choices=["exact", "first_token"], default="exact")
     args = ap.parse_args()
     recipe = base_recipe(args.runs.resolve(), args.docs, steps=1, items=1)
+    data = recipe.model_dump(mode="json", exclude={"base_dir"})
+    data["train"]["loss"]["vocab_map"] = args.vocab_map
+    recipe = Recipe.model_validate({**data, "base_dir": recipe.base_dir})
     result = teacher_signal(recipe, args.rows)
     print(json.dumps(result, indent=2))
     keys = list(next(iter(result.values())))
