@@ -300,3 +300,43 @@ def test_first_token_vocab_map_reaches_the_trainer(tmp_path: Path) -> None:
     t_tb, s_tb = byteify(smol), byteify(student)
     for i in np.flatnonzero((first >= 0) & (exact < 0))[::97].tolist():
         assert t_tb.table[i].startswith(s_tb.table[first[i]]), (i, t_tb.table[i])
+
+
+def test_teacher_term_weights_of_zero_train_the_ce_baseline(tmp_path: Path) -> None:
+    """Every teacher with ``kd_weight: 0`` and ``chunk_weight: 0`` of its own leaves only CE:
+    the student learns exactly the baseline's weights (same data, seed and steps), while the
+    recipe's global KD weights stay on."""
+    from transformers import AutoModelForCausalLM
+
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train import run_training
+    from avokit.train.data import read_split
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=16, n_heldout=4)
+    recipe = make_recipe(tmp_path, steps=6, eval_every=6, checkpoint_every=6)
+    data = recipe.model_dump(mode="json", exclude={"base_dir"})
+    for t in data["teachers"]:
+        t.update(kd_weight=0.0, chunk_weight=0.0)
+    silent = recipe_from_dict(data, tmp_path)
+    assert silent.train.loss.kd_weight > 0 and silent.train.loss.chunk_weight > 0
+    train = read_split(run_dir, "train")
+    train_student_tokenizer([d.text for d in train], 512, run_dir / "tokenizer")
+    for name in ("smol", "gemma"):
+        write_cache(run_dir / "cache" / name, name, registry_tokenizer("smollm2-135m"), train)
+    student = AutoModelForCausalLM.from_pretrained(str(run_training(silent, progress=False)))
+    baseline = AutoModelForCausalLM.from_pretrained(str(run_training(silent, baseline=True, progress=False)))
+    log = [json.loads(x) for x in (run_dir / "student" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["kd"] > 0  # the terms were computed, only weighted by zero
+    for (n, p), (_, q) in zip(student.state_dict().items(), baseline.state_dict().items()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_teacher_term_weights_are_validated() -> None:
+    from avokit.errors import RecipeError
+
+    data = {"name": "x", "corpus": {"sources": [{"kind": "builtin", "name": "lambada-passages"}]},
+            "teachers": [{"name": "gemma3-270m", "kind": "registry", "chunk_weight": -1}]}
+    with pytest.raises(RecipeError, match=r"teachers\[0\]\.chunk_weight"):
+        recipe_from_dict(data, Path("."))

@@ -31,6 +31,10 @@ class TeacherConfig(Section):
     start_token: str | None = None
     max_length: int = Field(default=512, ge=8)
     weight: float = Field(default=1.0, ge=0.0)
+    # this teacher's own weights of the token-level and chunk KD terms (None: train.loss's):
+    # teachers differ in which term teaches a given student well (bench/quality ablations)
+    kd_weight: float | None = Field(default=None, ge=0.0)
+    chunk_weight: float | None = Field(default=None, ge=0.0)
     # Parameters active per token (for a mixture of experts, the active ones), used by
     # `avokit distill --dry-run` for FLOPs when the weights are not on this machine.
     params: int | None = Field(default=None, gt=0)

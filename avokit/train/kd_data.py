@@ -112,6 +112,8 @@ class TeacherSource:
     weight: float
     records: Mapping[str, TeacherRecords]
     teacher_to_student: np.ndarray  # int64 [V_teacher], -1 = unmapped
+    kd_weight: float | None = None  # this teacher's term weights; None = the recipe's train.loss
+    chunk_weight: float | None = None
     memo: dict[str, DocKD] = field(default_factory=dict)
     row_memo: dict[int, RowKD] = field(default_factory=dict)  # per packed row, see build_teacher_batch
 

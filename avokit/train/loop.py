@@ -2,7 +2,8 @@
 
 Distribution (DDP, FSDP, DeepSpeed) comes from ``accelerate launch`` configs; this loop only
 slices each global batch by rank. Loss = ce_weight * CE + sum over teachers of
-(kd_weight * kd + chunk_weight * chunk), each teacher's terms scaled by its fusion weights,
+(kd_weight * kd + chunk_weight * chunk, a teacher's own term weights where its recipe entry
+sets them), each teacher's terms scaled by its fusion weights,
 which carry the recipe's teacher weights (see ``_teacher_terms``).
 """
 
@@ -208,7 +209,9 @@ def train_loop(
                         terms = _teacher_terms(logits, logprobs, yt, packed, rows, kd, accelerator.device)
                         for source in kd.sources:
                             tt = terms[source.name]
-                            part = loss_cfg.kd_weight * tt["kd"] + loss_cfg.chunk_weight * tt["chunk"]
+                            kd_w = loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
+                            ch_w = loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
+                            part = kd_w * tt["kd"] + ch_w * tt["chunk"]
                             loss = loss + part
                             kd_sum = kd_sum + tt["kd"].detach()
                             ch_sum = ch_sum + tt["chunk"].detach()

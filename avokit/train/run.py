@@ -72,7 +72,8 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
             if recipe.train.loss.vocab_map == "first_token":
                 t2s = first_token_map(t2s, teacher_tb, student_tb, tokenizer)
-        sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64)))
+        sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64),
+                                     kd_weight=t.kd_weight, chunk_weight=t.chunk_weight))
     return sources
 
 

@@ -28,7 +28,8 @@ from run import base_recipe, variant_recipe  # bench/quality/run.py, beside this
 
 BOTH = ["gemma3-270m", "smollm2-135m"]
 
-# name -> (teachers, changes to the recipe's ``train`` section, why)
+# name -> (teachers, changes to the recipe's ``train`` section (under "teachers": per-teacher
+# changes by name), why)
 ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
     "b_gemma": (["gemma3-270m"], {}, "reference: run.py's (b), retrained here"),
     "c_smollm2": (["smollm2-135m"], {}, "reference: run.py's (c), retrained here"),
@@ -47,6 +48,12 @@ ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
                               "teacher tokens counted for the student token they start with"),
     "d_both_first_token": (BOTH, {"loss": {"vocab_map": "first_token"}},
                            "teacher tokens counted for the student token they start with"),
+    # each teacher's term that helped on its own (b: the chunk term, c: the token-level term),
+    # at the strength it had alone: equal fixed fusion weights halve a term, so it is doubled
+    "d_both_split_terms": (BOTH, {"fusion": {"mode": "fixed"},
+                                  "teachers": {"gemma3-270m": {"kd_weight": 0.0, "chunk_weight": 1.0},
+                                               "smollm2-135m": {"kd_weight": 2.0, "chunk_weight": 0.0}}},
+                           "Gemma's chunk term + SmolLM2's token-level term"),
     "b_gemma_kd_only_seed1": (["gemma3-270m"], {"loss": {"chunk_weight": 0.0}, "seed": 1},
                               "seed replicate: how much of a difference is noise"),
     "d_both_kd_only_seed1": (BOTH, {"loss": {"chunk_weight": 0.0}, "seed": 1},
@@ -67,7 +74,10 @@ def ablation_recipe(base: Recipe, name: str) -> Recipe:
     teachers, changes, _ = ABLATIONS[name]
     rec = variant_recipe(base, f"ablation-{name}", teachers, with_teachers_eval=False)
     data = rec.model_dump(mode="json", exclude={"base_dir"})
+    changes = dict(changes)
+    per_teacher = changes.pop("teachers", {})
     data["train"] = _merge(data["train"], changes)
+    data["teachers"] = [_merge(t, per_teacher.get(t["name"], {})) for t in data["teachers"]]
     return Recipe.model_validate({**data, "base_dir": rec.base_dir})
 
 
