@@ -54,10 +54,8 @@ ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
                                   "teachers": {"gemma3-270m": {"kd_weight": 0.0, "chunk_weight": 1.0},
                                                "smollm2-135m": {"kd_weight": 2.0, "chunk_weight": 0.0}}},
                            "Gemma's chunk term + SmolLM2's token-level term"),
-    "b_gemma_kd_only_seed1": (["gemma3-270m"], {"loss": {"chunk_weight": 0.0}, "seed": 1},
-                              "seed replicate: how much of a difference is noise"),
-    "d_both_kd_only_seed1": (BOTH, {"loss": {"chunk_weight": 0.0}, "seed": 1},
-                             "seed replicate: how much of a difference is noise"),
+    "b_gemma_seed1": (["gemma3-270m"], {"seed": 1}, "seed replicate of (b): how much of a difference is noise"),
+    "d_both_seed1": (BOTH, {"seed": 1}, "seed replicate of (d): how much of a difference is noise"),
 }
 
 
