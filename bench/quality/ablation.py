@@ -54,8 +54,11 @@ ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
                                   "teachers": {"gemma3-270m": {"kd_weight": 0.0, "chunk_weight": 1.0},
                                                "smollm2-135m": {"kd_weight": 2.0, "chunk_weight": 0.0}}},
                            "Gemma's chunk term + SmolLM2's token-level term"),
-    "b_gemma_seed1": (["gemma3-270m"], {"seed": 1}, "seed replicate of (b): how much of a difference is noise"),
-    "d_both_seed1": (BOTH, {"seed": 1}, "seed replicate of (d): how much of a difference is noise"),
+    # seed replicates of run.py's four variants (the seed sets initial weights and data order)
+    **{f"{v}_seed{seed}": (teachers, {"seed": seed}, f"seed replicate of ({v[0]})")
+       for seed in (1, 2)
+       for v, teachers in (("a_ce", BOTH), ("b_gemma", ["gemma3-270m"]), ("c_smollm2", ["smollm2-135m"]),
+                           ("d_both", BOTH))},
 }
 
 
@@ -117,11 +120,14 @@ def main() -> None:
     rows: dict[str, Any] = {}
     for name in args.only:
         rec = ablation_recipe(base, name)
+        baseline = name.startswith("a_ce")  # CE only: the teachers are listed but unused
+        if baseline and (rec.run_dir / "baseline").is_symlink():
+            (rec.run_dir / "baseline").unlink()  # this variant trains its own baseline
         start = time.perf_counter()
-        model_dir = run_training(rec, progress=False)
+        model_dir = run_training(rec, baseline=baseline, progress=False)
         train_s = round(time.perf_counter() - start, 1)
         teachers, changes, why = ABLATIONS[name]
-        rows[name] = {"teachers": teachers, "changes": changes, "why": why,
+        rows[name] = {"teachers": [] if baseline else teachers, "changes": changes, "why": why,
                       "bpb": heldout_bpb(rec, model_dir), "train_s": train_s}
         print(f"[ablation] {name}: {rows[name]}", flush=True)
 
