@@ -93,8 +93,40 @@ def heldout_bpb(rec: Recipe, model_dir: Path) -> float:
         model.close()
 
 
-def render(result: dict[str, Any]) -> str:
-    """The ablation rows as a Markdown table."""
+def seed_table(result: dict[str, Any], seed0: dict[str, float]) -> str:
+    """Held-out BPB of the four variants per seed, their means, and paired differences.
+
+    ``seed0`` holds run.py's seed-0 results (its ``rows``); a seed-0 retrain here wins over them.
+    Paired differences compare variants trained with the same seed (same initial weights and
+    data order), which cancels much of the seed-to-seed spread.
+    """
+    variants = ("a_ce", "b_gemma", "c_smollm2", "d_both")
+    rows = result["rows"]
+    per: dict[str, dict[int, float]] = {v: {} for v in variants}
+    for v in variants:
+        if v in seed0:
+            per[v][0] = seed0[v]
+        if v in rows:
+            per[v][0] = rows[v]["bpb"]
+        for seed in (1, 2):
+            if f"{v}_seed{seed}" in rows:
+                per[v][seed] = rows[f"{v}_seed{seed}"]["bpb"]
+    seeds = sorted({s for v in variants for s in per[v]})
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | d - variant, paired by seed |",
+             "| --- |" + " ---: |" * (len(seeds) + 1) + " --- |"]
+    for v in variants:
+        vals = [per[v].get(s) for s in seeds]
+        have = [x for x in vals if x is not None]
+        mean = f"{sum(have) / len(have):.4f}" if have else ""
+        diffs = [per["d_both"][s] - per[v][s] for s in seeds if s in per[v] and s in per["d_both"]]
+        paired = ", ".join(f"{d:+.4f}" for d in diffs) if v != "d_both" else ""
+        lines.append(f"| {v} | " + " | ".join("" if x is None else f"{x:.4f}" for x in vals)
+                     + f" | {mean} | {paired} |")
+    return "\n".join(lines) + "\n"
+
+
+def render(result: dict[str, Any], seed0: dict[str, float] | None = None) -> str:
+    """The ablation rows as a Markdown table (and the seed table when seed-0 results are given)."""
     lines = ["# Quality ablations: one change at a time", "",
              f"Config: {result['config']}.", "", *([result["note"], ""] if result.get("note") else []),
              "| variant | teachers | train changes | held-out BPB | train wall s | why |",
@@ -102,6 +134,10 @@ def render(result: dict[str, Any]) -> str:
     for name, row in result["rows"].items():
         lines.append(f"| {name} | {', '.join(row['teachers'])} | `{json.dumps(row['changes'])}` | "
                      f"{row['bpb']:.4f} | {row['train_s']} | {row['why']} |")
+    if seed0 is not None:
+        lines += ["", "## Seeds: the four variants of run.py, one row each (held-out BPB)", "",
+                  "Seed 0 of (a) and (c) is run.py's run; (b) and (d) were retrained here with seed 0 "
+                  "(run.py's own values: b 1.9021, d 1.9333).", "", seed_table(result, seed0)]
     return "\n".join(lines) + "\n"
 
 
@@ -114,6 +150,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality-ablation"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--seed0", type=Path, default=Path("bench/results/quality.json"),
+                    help="run.py's results: seed 0 of the variants not retrained here")
     args = ap.parse_args()
     base = base_recipe(args.runs.resolve(), args.docs, args.steps, items=1)
     ensure_student_tokenizer(base)  # the variants link to it: it must exist first
@@ -141,9 +179,17 @@ def main() -> None:
             result["note"] = args.note
         result["rows"].update(rows)
         path.write_text(json.dumps(result, indent=2))
-        args.out.with_suffix(".md").write_text(render(result))
+        seed0 = _seed0(args.seed0)
+        args.out.with_suffix(".md").write_text(render(result, seed0))
     args.out.with_suffix(".lock").unlink(missing_ok=True)
-    print(render(result))
+    print(render(result, seed0))
+
+
+def _seed0(path: Path) -> dict[str, float] | None:
+    """run.py's held-out BPB per variant from its results file (None when it is absent)."""
+    if not path.is_file():
+        return None
+    return {k: v["bpb"] for k, v in json.loads(path.read_text())["rows"].items() if not k.startswith("teacher:")}
 
 
 if __name__ == "__main__":

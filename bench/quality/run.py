@@ -79,7 +79,7 @@ def main() -> None:
     """Run the four variants and write the results."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
