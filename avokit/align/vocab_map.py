@@ -236,16 +236,39 @@ def first_token_map(
         raise ValueError(f"exact map has shape {out.shape}, teacher has {teacher.size} ids")
     todo = [i for i, b in enumerate(teacher.table) if out[i] < 0 and b and not teacher.special[i]]
     preferred = student.preferred
+    if student_tok is not None and todo:
+        texts: list[str] = []
+        ids: list[int] = []
+        for i in todo:
+            try:
+                texts.append(teacher.table[i].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue  # a piece of one character: only the byte prefix can be matched
+            ids.append(i)
+        encode = getattr(student_tok, "encode_batch", None)
+        if encode is not None:  # a raw tokenizers.Tokenizer
+            encoded = [e.ids for e in encode(texts, add_special_tokens=False)]
+        else:
+            encoded = student_tok(texts, add_special_tokens=False)["input_ids"]
+        for i, first in zip(ids, encoded, strict=True):
+            if not first:
+                continue
+            j = int(first[0])
+            sb = student.table[j] if 0 <= j < student.size else b""
+            if sb and not student.special[j] and teacher.table[i].startswith(sb):
+                out[i] = preferred.get(sb, j)
+    # the fallback, only for what the tokenizer did not place
     longest = max((len(b) for b in preferred), default=0)
     for i in todo:
+        if out[i] >= 0:
+            continue
         b = teacher.table[i]
         for n in range(min(len(b), longest), 0, -1):
             j = preferred.get(b[:n])
             if j is not None:
                 out[i] = j
                 break
-    if student_tok is None or not todo:
-        return out
+    return out
     texts: list[str] = []
     ids: list[int] = []
     for i in todo:
