@@ -37,7 +37,7 @@ else
 fi
 
 STAMP="$VENV/.avokit-setup-$DEV"
-HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+HASH=$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$HASH" ]]; then
   EXTRAS="assets"
   [[ $DEV == 1 ]] && EXTRAS="assets,dev"

@@ -74,13 +74,17 @@ def test_adapter_rejects_missing_path() -> None:
         AvokitLM(path="/nonexistent/model")
 
 
-def test_harness_command_line_knows_model_avokit(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    """lm-eval 0.4 has no model plugin discovery: `python -m avokit.evaluate.harness` is the
-    harness's own command line with `--model avokit` registered."""
+@pytest.mark.parametrize("command", ["lm_eval", "wrapper"])
+def test_harness_command_line_knows_model_avokit(tmp_path: Path, tiny_llama_dir: Path, command: str) -> None:
+    """`lm_eval --model avokit` itself (lm-eval 0.4 has no plugin discovery: the installed
+    avokit-lm-eval.pth registers the model when lm-eval loads its models), and
+    `python -m avokit.evaluate.harness`, the harness's command line with the model imported."""
     import os
     import subprocess
     import sys
 
+    argv0 = ([str(Path(sys.executable).parent / "lm_eval")] if command == "lm_eval"
+             else [sys.executable, "-m", "avokit.evaluate.harness"])
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     tasks_dir = tmp_path / "tasks"
@@ -89,7 +93,7 @@ def test_harness_command_line_knows_model_avokit(tmp_path: Path, tiny_llama_dir:
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / "hf_cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "avokit.evaluate.harness", "run", "--model", "avokit",
+        [*argv0, "run", "--model", "avokit",
          # batch size and device as the harness's own flags: it passes them to the model itself
          "--model_args", f"path={tiny_llama_dir}", "--device", "cpu", "--batch_size", "4", "--tasks", "avokit_toy",
          "--include_path", str(tasks_dir), "--num_fewshot", "0", "--output_path", str(tmp_path / "out")],

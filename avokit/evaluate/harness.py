@@ -1,12 +1,13 @@
 """lm-evaluation-harness adapter: score an avokit model (any HF model dir) with any harness task.
 
-``AvokitLM`` is registered with ``@register_model("avokit")`` when this module is imported.
-lm-eval 0.4.x does not discover plugins through entry points, so use the wrapper that
-imports it first::
+Installed avokit registers ``AvokitLM`` as ``"avokit"`` with lm-eval itself (the
+``avokit-lm-eval.pth`` hook, :mod:`avokit._lm_eval_hook`: lm-eval 0.4.x reads no plugin entry
+points), so the harness's own command runs it::
 
-    python -m avokit.evaluate.harness run --model avokit --model_args path=runs/NAME/student \\
-        --tasks arc_easy [--include_path DIR]
+    lm_eval run --model avokit --model_args path=runs/NAME/student --tasks arc_easy [--include_path DIR]
 
+``python -m avokit.evaluate.harness`` is the same command line with this module imported first
+(for an environment where the hook is not installed, e.g. avokit on ``PYTHONPATH`` only),
 or, in Python, import this module and call ``lm_eval.simple_evaluate(model="avokit", ...)``.
 Scoring goes through :mod:`avokit.evaluate.scoring`, the same code ``avokit eval`` uses.
 lm-eval is an optional dependency (``pip install 'avokit[dev]'``); the core package does not
