@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from avokit.gateway.db.session import make_db_engine
+from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
@@ -36,6 +36,16 @@ def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> E
                               settings.batch_wait_ms)
 
 
+async def _every(interval_s: float, what: str, job: Callable[[], object]) -> None:
+    """Run a blocking database job in a thread every ``interval_s``; a failure is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(job)
+        except Exception:  # a transient database error must not end the loop for good
+            log.exception("background job failed: %s", what)
+
+
 def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastAPI:
     """An app serving the registry's released models; state is built in the lifespan."""
     secret = settings.require_secret()
@@ -54,17 +64,17 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         if settled:
             log.warning("settled %d reservations left open by a stopped process", settled)
 
-        async def reconcile_loop() -> None:
-            while True:
-                await asyncio.sleep(settings.reconcile_interval_s)
-                await asyncio.to_thread(metering.reconcile, db,
-                                        settings.reservation_stale_s)
-
-        task = asyncio.create_task(reconcile_loop())
+        tasks = [asyncio.create_task(_every(
+            settings.reconcile_interval_s, "reconcile reservations",
+            lambda: metering.reconcile(db, settings.reservation_stale_s)))]
+        if is_sqlite(db):
+            tasks.append(asyncio.create_task(_every(
+                settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             await gen.aclose()
             db.dispose()
 

@@ -27,6 +27,9 @@ class GatewaySettings(BaseSettings):
     # Open reservations untouched this long belong to a dead process and are settled.
     reservation_stale_s: float = Field(60.0, ge=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    # SQLite only: how often committed WAL pages are checkpointed (and synced to disk) from
+    # a background thread, instead of inside a request's commit.
+    checkpoint_interval_s: float = Field(1.0, gt=0)
     max_tokens_default: int = Field(256, ge=1)
 
     def require_secret(self) -> str:
