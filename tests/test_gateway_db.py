@@ -64,3 +64,25 @@ def test_background_job_outlives_a_failure(caplog: pytest.LogCaptureFixture) -> 
         asyncio.run(asyncio.wait_for(run(), 10))
     assert len(calls) >= 3
     assert "background job failed: test job" in caplog.text and "database is locked" in caplog.text
+
+
+def test_tokenizers_load_at_startup_not_on_the_first_request(tmp_path: Path) -> None:
+    """Loading a tokenizer takes seconds; done by the first request it would stall the event
+    loop for every other request, so the app loads them while it starts."""
+    from fastapi.testclient import TestClient
+
+    from avokit.gateway.app import create_app
+    from avokit.gateway.db.session import run_migrations
+    from avokit.gateway.engines.base import scan_registry
+    from avokit.gateway.engines.vllm import VLLMEngine
+    from avokit.gateway.settings import load_settings
+    from gateway_support import SECRET, build_registry
+
+    build_registry(tmp_path / "registry")
+    db = f"sqlite:///{tmp_path}/g.db"
+    run_migrations(db)
+    settings = load_settings(registry=tmp_path / "registry", db_url=db, secret=SECRET)
+    engine = VLLMEngine(scan_registry(settings.registry), "http://127.0.0.1:9")  # never called
+    with TestClient(create_app(settings, engine=engine)) as client:
+        assert set(engine._tokenizers) == {"avo-tiny"}
+        assert client.get("/health").status_code == 200

@@ -36,6 +36,15 @@ def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> E
                               settings.batch_wait_ms)
 
 
+def _load_tokenizers(engine: Engine, served: dict[str, ServedModel]) -> None:
+    """Load every served model's tokenizer; one that fails is logged and retried by its requests."""
+    for name in served:
+        try:
+            engine.tokenizer(name)
+        except Exception:  # one broken registry entry must not keep the others offline
+            log.exception("could not load the tokenizer of %r", name)
+
+
 async def _every(interval_s: float, what: str, job: Callable[[], object]) -> None:
     """Run a blocking database job in a thread every ``interval_s``; a failure is logged, not fatal."""
     while True:
@@ -58,6 +67,9 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         gen = engine or build_engine(settings, served)
         app.state.gateway = Gateway(secret, db, gen, served, RateLimiter(),
                                     settings.max_tokens_default)
+        # tokenizers now, in a thread: loaded by the first request, they would block the event
+        # loop (and every other request) for seconds
+        await asyncio.to_thread(_load_tokenizers, gen, served)
         # reservations left open by a crashed process: bill what they delivered
         settled = await asyncio.to_thread(metering.reconcile, db,
                                           settings.reservation_stale_s)
