@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from avokit.train.run import ensure_student_tokenizer
 from run import base_recipe, variant_recipe  # bench/quality/run.py, beside this script
 
 BOTH = ["gemma3-270m", "smollm2-135m"]
+SEEDS = (1, 2, 3, 4)  # seed replicates of all four variants besides run.py's seed 0
+# more seeds of (b) and (d) only: the comparison the seed spread left open at five seeds
+BD_SEEDS = (5, 6, 7, 8, 9)
 
 # name -> (teachers, changes to the recipe's ``train`` section (under "teachers": per-teacher
 # changes by name), why)
@@ -56,9 +60,11 @@ ABLATIONS: dict[str, tuple[list[str], dict[str, Any], str]] = {
                            "Gemma's chunk term + SmolLM2's token-level term"),
     # seed replicates of run.py's four variants (the seed sets initial weights and data order)
     **{f"{v}_seed{seed}": (teachers, {"seed": seed}, f"seed replicate of ({v[0]})")
-       for seed in (1, 2)
+       for seed in SEEDS
        for v, teachers in (("a_ce", BOTH), ("b_gemma", ["gemma3-270m"]), ("c_smollm2", ["smollm2-135m"]),
                            ("d_both", BOTH))},
+    **{f"{v}_seed{seed}": (teachers, {"seed": seed}, f"seed replicate of ({v[0]})")
+       for seed in BD_SEEDS for v, teachers in (("b_gemma", ["gemma3-270m"]), ("d_both", BOTH))},
 }
 
 
@@ -93,6 +99,24 @@ def heldout_bpb(rec: Recipe, model_dir: Path) -> float:
         model.close()
 
 
+def _fmt(values: list[float], stat: Any, at_least: int = 1) -> str:
+    return f"{stat(values):.4f}" if len(values) >= at_least else ""
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """Exact two-sided p-value of a paired sign-flip permutation test (no distribution assumed).
+
+    Under "no difference" every paired difference is as likely negative as positive: the
+    p-value is the share of the 2**n sign patterns whose mean is at least as far from zero.
+    With n pairs it cannot go below 2 / 2**n (0.0625 for five seeds).
+    """
+    n = len(diffs)
+    observed = abs(sum(diffs))
+    hits = sum(1 for mask in range(2**n)
+               if abs(sum(-d if mask >> i & 1 else d for i, d in enumerate(diffs))) >= observed - 1e-12)
+    return hits / 2**n
+
+
 def seed_table(result: dict[str, Any], seed0: dict[str, float]) -> str:
     """Held-out BPB of the four variants per seed, their means, and paired differences.
 
@@ -108,20 +132,32 @@ def seed_table(result: dict[str, Any], seed0: dict[str, float]) -> str:
             per[v][0] = seed0[v]
         if v in rows:
             per[v][0] = rows[v]["bpb"]
-        for seed in (1, 2):
+        for seed in (*SEEDS, *BD_SEEDS):
             if f"{v}_seed{seed}" in rows:
                 per[v][seed] = rows[f"{v}_seed{seed}"]["bpb"]
     seeds = sorted({s for v in variants for s in per[v]})
-    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | d - variant, paired by seed |",
-             "| --- |" + " ---: |" * (len(seeds) + 1) + " --- |"]
+    common = [s for s in seeds if all(s in per[v] for v in variants)]  # seeds all four have
+    lines = ["| variant | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean, seeds all four have | sd | mean, all its seeds |",
+             "| --- |" + " ---: |" * (len(seeds) + 3)]
     for v in variants:
         vals = [per[v].get(s) for s in seeds]
-        have = [x for x in vals if x is not None]
-        mean = f"{sum(have) / len(have):.4f}" if have else ""
-        diffs = [per["d_both"][s] - per[v][s] for s in seeds if s in per[v] and s in per["d_both"]]
-        paired = ", ".join(f"{d:+.4f}" for d in diffs) if v != "d_both" else ""
+        shared = [per[v][s] for s in common]
+        every = list(per[v].values())
         lines.append(f"| {v} | " + " | ".join("" if x is None else f"{x:.4f}" for x in vals)
-                     + f" | {mean} | {paired} |")
+                     + f" | {_fmt(shared, statistics.mean)} | {_fmt(shared, statistics.stdev, 2)} "
+                     f"| {_fmt(every, statistics.mean)} ({len(every)}) |")
+    lines += ["", "Paired by seed, d_both minus each variant (negative: d is better):", "",
+              "| d minus | per seed | mean | sd | d better on | sign-flip p (two-sided) |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for v in variants[:-1]:
+        paired = [s for s in seeds if s in per[v] and s in per["d_both"]]
+        diffs = [per["d_both"][s] - per[v][s] for s in paired]
+        if not diffs:
+            continue
+        sd = f"{statistics.stdev(diffs):.4f}" if len(diffs) > 1 else ""
+        lines.append(f"| {v} | {', '.join(f'{d:+.4f}' for d in diffs)} | {statistics.mean(diffs):+.4f} "
+                     f"| {sd} | {sum(d < 0 for d in diffs)} of {len(diffs)} | {sign_flip_p(diffs):.3f} |")
     return "\n".join(lines) + "\n"
 
 
