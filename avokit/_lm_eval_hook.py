@@ -23,7 +23,7 @@ ALIAS = "avokit"
 PLACEHOLDER = "avokit.evaluate.harness:AvokitLM"
 
 
-def register(module: ModuleType | None = None) -> None:
+def register() -> None:
     """Register ``"avokit"`` in lm-eval's model registry unless something already did."""
     try:
         from lm_eval.api.registry import model_registry
@@ -48,7 +48,7 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         self._inner.exec_module(module)
-        register(module)
+        register()
 
 
 class Finder(importlib.abc.MetaPathFinder):
@@ -70,5 +70,5 @@ def install() -> None:
     if not any(isinstance(f, Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, Finder())
     if TARGET in sys.modules:  # lm-eval was imported before the hook: register directly
-        register(sys.modules[TARGET])
+        register()
 

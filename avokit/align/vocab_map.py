@@ -269,24 +269,3 @@ def first_token_map(
                 out[i] = j
                 break
     return out
-    texts: list[str] = []
-    ids: list[int] = []
-    for i in todo:
-        try:
-            texts.append(teacher.table[i].decode("utf-8"))
-        except UnicodeDecodeError:
-            continue  # a piece of one character: only the byte prefix can be matched
-        ids.append(i)
-    encode = getattr(student_tok, "encode_batch", None)
-    if encode is not None:  # a raw tokenizers.Tokenizer
-        encoded = [e.ids for e in encode(texts, add_special_tokens=False)]
-    else:
-        encoded = student_tok(texts, add_special_tokens=False)["input_ids"]
-    for i, first in zip(ids, encoded, strict=True):
-        if not first:
-            continue
-        j = int(first[0])
-        sb = student.table[j] if 0 <= j < student.size else b""
-        if sb and not student.special[j] and teacher.table[i].startswith(sb):
-            out[i] = preferred.get(sb, j)
-    return out
