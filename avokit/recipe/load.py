@@ -65,12 +65,12 @@ def recipe_from_dict(
 
 def _check_registry_names(recipe: Recipe, source: str) -> None:
     """``kind: registry`` teachers must name a built-in teacher (known on every machine)."""
-    from avokit.teachers.registry import REGISTRY
+    from avokit.catalog import TEACHERS
 
     for i, t in enumerate(recipe.teachers):
-        if t.kind == "registry" and t.registry_name not in REGISTRY:
+        if t.kind == "registry" and t.registry_name not in TEACHERS:
             field = "model" if t.model else "name"
-            known = ", ".join(sorted(REGISTRY))
+            known = ", ".join(sorted(TEACHERS))
             raise RecipeError(f"{source}: teachers[{i}].{field}: unknown registry teacher "
                               f"{t.registry_name!r} (registry teachers: {known})")
 

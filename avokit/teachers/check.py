@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ class TeacherRow:
     """One registry teacher as ``avokit teachers list`` shows it."""
 
     name: str
-    backend: str
+    family: str
     params: int
     vocab_size: int
     tokenizer_kind: str
@@ -41,6 +42,7 @@ class CheckResult:
 
     name: str
     perplexity: float
+    bpb: float  # bits per UTF-8 byte of the paragraph: comparable across tokenizers
     n_tokens: int
     top_next: list[tuple[str, float]]  # (token text, probability), most likely first
     load_seconds: float
@@ -50,13 +52,14 @@ class CheckResult:
 
 def list_registry_teachers() -> list[TeacherRow]:
     """Every registry teacher, without loading or assembling any weights."""
-    from avokit.teachers.registry import REGISTRY, is_installed
+    from avokit.catalog import TEACHERS
+    from avokit.teachers.registry import is_installed
 
     return [
-        TeacherRow(name=e.name, backend="gguf", params=e.params, vocab_size=e.vocab_size,
+        TeacherRow(name=e.name, family=e.family, params=e.params, vocab_size=e.vocab_size,
                    tokenizer_kind=e.tokenizer_kind, license=e.license,
                    installed=is_installed(e.name))
-        for e in REGISTRY.values()
+        for e in TEACHERS.values()
     ]
 
 
@@ -70,12 +73,12 @@ def config_for(name_or_path: str) -> TeacherConfig:
     if path.is_file():
         raise AvokitError(f"{path} is not a .gguf file; give a registry name, a Hugging Face "
                           "model directory or a GGUF file")
-    from avokit.teachers.registry import REGISTRY, registry_entry
+    from avokit.catalog import TEACHERS, teacher_entry
 
-    if name_or_path not in REGISTRY and ("/" in name_or_path or name_or_path.endswith(".gguf")):
+    if name_or_path not in TEACHERS and ("/" in name_or_path or name_or_path.endswith(".gguf")):
         raise AvokitError(f"teacher {name_or_path}: no such file or directory")
 
-    registry_entry(name_or_path)  # raises with the list of names when unknown
+    teacher_entry(name_or_path)  # raises with the list of names when unknown
     return TeacherConfig(name=name_or_path, kind="registry")
 
 
@@ -104,8 +107,10 @@ def check_teacher(teacher: Teacher, load_seconds: float = 0.0, k: int = 5) -> Ch
     records = teacher.score([CHECK_PARAGRAPH], ["check-paragraph"], k)
     score_s = time.perf_counter() - started
     n = records[0].n_positions
+    n_bytes = len(CHECK_PARAGRAPH.encode("utf-8"))
     return CheckResult(
-        name=teacher.info.name, perplexity=perplexity(records), n_tokens=n,
+        name=teacher.info.name, perplexity=perplexity(records),
+        bpb=records[0].nll_nats() / (math.log(2.0) * n_bytes), n_tokens=n,
         top_next=next_token_topk(teacher, CHECK_PROMPT, k), load_seconds=load_seconds,
         score_seconds=score_s, tokens_per_second=n / score_s if score_s > 0 else float("inf"),
     )

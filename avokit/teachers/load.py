@@ -29,11 +29,12 @@ def load_teacher(
     common: dict[str, int] = {"max_length": config.max_length, "batch_size": cap.batch_size,
                               "vocab_chunk": cap.vocab_chunk}
     if config.kind == "registry":
-        from avokit.teachers.registry import registry_entry, registry_tokenizer
+        from avokit.catalog import teacher_entry
+        from avokit.teachers.registry import locate_teacher, registry_tokenizer
 
-        entry = registry_entry(config.registry_name)
+        entry = teacher_entry(config.registry_name)
         return HFTeacher.from_gguf(
-            entry.locate(), name=config.name, license=entry.license, device=config.device,
+            locate_teacher(entry.name), name=config.name, license=entry.license, device=config.device,
             tokenizer=registry_tokenizer(entry.name),
             start_token=config.start_token or entry.start_token, **common,
         )

@@ -81,12 +81,12 @@ def gemma_forward(docs: list[Any], tb: Any, batch: int = 8, seq: int = 256) -> d
     import torch
     from transformers import AutoModelForCausalLM
 
-    from avokit.teachers.registry import registry_entry
+    from avokit.teachers.registry import locate_teacher
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     ids = np.concatenate([d.ids for d in docs])[: batch * seq]
     n_bytes = int(tb.lengths()[ids].sum())
-    gguf = registry_entry("gemma3-270m").locate()
+    gguf = locate_teacher("gemma3-270m")
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.eval()
