@@ -17,14 +17,15 @@ from avokit.checksums import file_sha256
 from avokit.corpus.canary import refuse_canary
 from avokit.corpus.dedup import dedup
 from avokit.corpus.document import Document
-from avokit.corpus.segment import segment_text
-from avokit.corpus.sources import read_source, source_labels
+from avokit.corpus.segment import segment_lines, segment_text
+from avokit.corpus.sources import read_source, source_domain, source_labels, source_segment
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 
-CORPUS_FORMAT_VERSION = 1
-Split = Literal["train", "heldout"]
-SPLITS: tuple[Split, ...] = ("train", "heldout")
+CORPUS_FORMAT_VERSION = 2
+Split = Literal["train", "validation", "heldout"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
+_COLUMNS = ("doc_id", "text", "source", "domain", "origin", "license")
 
 
 class SourceStats(BaseModel):
@@ -32,8 +33,11 @@ class SourceStats(BaseModel):
 
     label: str
     kind: str
+    domain: str
     texts: int  # raw texts read
     documents: int  # documents after segmentation and max_docs, before dedup
+    exact_duplicates: int = 0  # of this source's documents, dropped as exact duplicates
+    near_duplicates: int = 0  # ... and as near duplicates (of any earlier document)
 
 
 class CorpusManifest(BaseModel):
@@ -46,6 +50,8 @@ class CorpusManifest(BaseModel):
     near_duplicates: int
     documents: dict[str, int]  # split -> count
     bytes: dict[str, int]  # split -> UTF-8 bytes of text
+    domains: dict[str, dict[str, int]]  # domain -> split -> documents
+    domain_bytes: dict[str, dict[str, int]]  # domain -> split -> UTF-8 bytes
     files: dict[str, str]  # file name -> sha256
 
 
@@ -70,18 +76,32 @@ def heldout_score(doc_id: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
-def split_documents(docs: list[Document], fraction: float, seed: int) -> dict[Split, list[Document]]:
-    """Deterministic split by document; at least one held-out document when there are two."""
-    scores = [heldout_score(d.doc_id, seed) for d in docs]
-    heldout = {i for i, s in enumerate(scores) if s < fraction}
-    if not heldout and len(docs) >= 2:
-        heldout = {min(range(len(docs)), key=scores.__getitem__)}
-    if len(heldout) == len(docs) and len(docs) >= 2:
-        heldout.discard(max(range(len(docs)), key=scores.__getitem__))
-    return {
-        "train": [d for i, d in enumerate(docs) if i not in heldout],
-        "heldout": [d for i, d in enumerate(docs) if i in heldout],
-    }
+def _quota(fraction: float, n: int, at_least_one: bool) -> int:
+    k = round(fraction * n)
+    return max(k, 1) if at_least_one and fraction > 0 and n >= 2 else k
+
+
+def split_documents(
+    docs: list[Document], fraction: float, seed: int, validation_fraction: float = 0.0
+) -> dict[Split, list[Document]]:
+    """Split by document, stratified by domain, independent of the input order.
+
+    Within each domain the documents are ranked by :func:`heldout_score`; the first
+    ``round(fraction * n)`` are held out (at least one when the domain has two documents),
+    the next ``round(validation_fraction * n)`` are validation (at least one when asked for
+    and the domain has three), the rest train (never fewer than one). Splits keep the input
+    order.
+    """
+    chosen: dict[str, Split] = {}
+    for domain in sorted({d.domain for d in docs}):
+        ranked = sorted((d for d in docs if d.domain == domain),
+                        key=lambda d: (heldout_score(d.doc_id, seed), d.doc_id))
+        n = len(ranked)
+        n_held = min(_quota(fraction, n, True), max(n - 1, 0))
+        n_val = min(_quota(validation_fraction, n, n >= 3), max(n - 1 - n_held, 0))
+        for i, doc in enumerate(ranked):
+            chosen[doc.doc_id] = "heldout" if i < n_held else "validation" if i < n_held + n_val else "train"
+    return {split: [d for d in docs if chosen[d.doc_id] == split] for split in SPLITS}
 
 
 def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]]:
@@ -90,29 +110,27 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
     docs: list[Document] = []
     stats: list[SourceStats] = []
     for source, label in zip(cfg.sources, source_labels(cfg.sources)):
+        domain = source_domain(source)
+        cut = segment_lines if source_segment(source) == "lines" else segment_text
         n_texts = 0
         mine: list[Document] = []
-        for text in read_source(source, recipe.base_dir):
+        for raw in read_source(source, recipe.base_dir):
             n_texts += 1
-            for piece in segment_text(text, cfg.min_chars, cfg.max_chars):
+            for piece in cut(raw.text, cfg.min_chars, cfg.max_chars):
                 digest = hashlib.sha256(piece.encode("utf-8")).hexdigest()[:16]
-                mine.append(Document(doc_id=f"{label}:{digest}", text=piece, source=label))
+                mine.append(Document(doc_id=f"{label}:{digest}", text=piece, source=label,
+                                     domain=domain, origin=raw.origin, license=raw.license))
             if source.max_docs is not None and len(mine) >= source.max_docs:
                 mine = mine[: source.max_docs]
                 break
-        stats.append(SourceStats(label=label, kind=source.kind, texts=n_texts, documents=len(mine)))
+        stats.append(SourceStats(label=label, kind=source.kind, domain=domain, texts=n_texts,
+                                 documents=len(mine)))
         docs.extend(mine)
     return docs, stats
 
 
 def _write_parquet(docs: list[Document], path: Path) -> None:
-    table = pa.table(
-        {
-            "doc_id": pa.array([d.doc_id for d in docs], pa.string()),
-            "text": pa.array([d.text for d in docs], pa.string()),
-            "source": pa.array([d.source for d in docs], pa.string()),
-        }
-    )
+    table = pa.table({c: pa.array([getattr(d, c) for d in docs], pa.string()) for c in _COLUMNS})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(path)  # atomic: a reader never sees half a file
@@ -132,6 +150,28 @@ def _existing_manifest(out: Path, expected_hash: str) -> CorpusManifest | None:
         if not (out / name).is_file() or file_sha256(out / name) != sha:
             return None
     return manifest
+
+
+def _bytes(docs: list[Document]) -> int:
+    return sum(len(d.text.encode("utf-8")) for d in docs)
+
+
+def _count_duplicates(stats: list[SourceStats], docs: list[Document], kept: list[Document]) -> None:
+    """Per source, how many of its documents each dedup pass dropped (exact: same normalised
+    text as an earlier document; near: the rest of what dedup removed)."""
+    from avokit.corpus.dedup import normalise
+
+    kept_ids = {d.doc_id for d in kept}
+    seen: set[str] = set()
+    by_label = {s.label: s for s in stats}
+    for doc in docs:
+        key = normalise(doc.text)
+        src = by_label[doc.source]
+        if key in seen:
+            src.exact_duplicates += 1
+        elif doc.doc_id not in kept_ids:
+            src.near_duplicates += 1
+        seen.add(key)
 
 
 def build_corpus(recipe: Recipe) -> CorpusManifest:
@@ -156,7 +196,9 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
             )
     refuse_canary(docs)
     kept, dstats = dedup(docs, threshold=recipe.corpus.near_dup_threshold)
-    splits = split_documents(kept, recipe.corpus.heldout_fraction, recipe.corpus.seed)
+    _count_duplicates(stats, docs, kept)
+    splits = split_documents(kept, recipe.corpus.heldout_fraction, recipe.corpus.seed,
+                             recipe.corpus.validation_fraction)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     for split in SPLITS:
@@ -170,7 +212,11 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
         exact_duplicates=dstats.exact,
         near_duplicates=dstats.near,
         documents={s: len(splits[s]) for s in SPLITS},
-        bytes={s: sum(len(d.text.encode("utf-8")) for d in splits[s]) for s in SPLITS},
+        bytes={s: _bytes(splits[s]) for s in SPLITS},
+        domains={dom: {s: sum(d.domain == dom for d in splits[s]) for s in SPLITS}
+                 for dom in sorted({d.domain for d in kept})},
+        domain_bytes={dom: {s: _bytes([d for d in splits[s] if d.domain == dom]) for s in SPLITS}
+                      for dom in sorted({d.domain for d in kept})},
         files=files,
     )
     tmp = out / "manifest.json.tmp"
@@ -180,18 +226,29 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
 
 
 def load_split(recipe: Recipe, split: Split) -> list[Document]:
-    """The documents of ``split`` (``train`` or ``heldout``) in corpus order."""
+    """The documents of ``split`` (``train``, ``validation`` or ``heldout``) in corpus order."""
     if split not in SPLITS:
         raise AvokitError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = corpus_dir(recipe) / f"{split}.parquet"
     if not path.is_file():
         raise AvokitError(f"{path}: corpus not built; run `avokit corpus {recipe.name}` first")
-    table = pq.read_table(path, columns=["doc_id", "text", "source"])
-    return [
-        Document(doc_id=i, text=t, source=s)
-        for i, t, s in zip(
-            table.column("doc_id").to_pylist(),
-            table.column("text").to_pylist(),
-            table.column("source").to_pylist(),
-        )
-    ]
+    return read_documents(path)
+
+
+def read_documents(path: Path) -> list[Document]:
+    """The documents of one corpus Parquet file; errors name the file and say how to fix it."""
+    if not path.is_file():
+        raise AvokitError(f"{path}: corpus split not found; run `avokit corpus` first")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for truncated or foreign files
+        raise AvokitError(f"{path}: unreadable Parquet ({err}); run `avokit corpus` again") from err
+    missing = [c for c in ("doc_id", "text") if c not in table.column_names]
+    if missing:
+        raise AvokitError(f"{path}: missing column(s) {missing}; run `avokit corpus` again to rebuild it")
+    n = table.num_rows
+    # optional columns: a corpus written before domains existed is one domain, "general"
+    defaults = {"source": "", "domain": "general", "origin": "", "license": ""}
+    columns = [table.column(c).to_pylist() if c in table.column_names else [defaults[c]] * n
+               for c in _COLUMNS]
+    return [Document(*(str(v) for v in row)) for row in zip(*columns)]

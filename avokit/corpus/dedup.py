@@ -5,15 +5,13 @@ deterministic in the input order."""
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from avokit.corpus.document import Document
-
-_WORD = re.compile(r"\w+")
+from avokit.corpus.words import words as _words
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -28,7 +26,7 @@ class DedupStats:
 def normalise(text: str) -> str:
     """Lower-case words joined by single spaces: equal for texts that differ only in case,
     punctuation or whitespace."""
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_words(text))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -46,7 +44,7 @@ def minhash_signature(text: str, num_perm: int = 128, ngram: int = 5, seed: int 
     Shingles are hashed with CRC-32 (deterministic across processes, unlike ``hash``); each
     permutation is a splitmix64 of the shingle hash xor a per-permutation seed.
     """
-    words = _WORD.findall(text.lower())
+    words = _words(text)
     if len(words) < ngram:
         shingles = [" ".join(words)]
     else:

@@ -56,3 +56,29 @@ def segment_text(text: str, min_chars: int, max_chars: int) -> list[str]:
     if current:
         pieces.append(current)
     return [p for p in pieces if min_chars <= len(p) <= max_chars]
+
+
+def segment_lines(text: str, min_chars: int, max_chars: int) -> list[str]:
+    """Pack whole lines, byte for byte, into pieces of at most ``max_chars`` characters.
+
+    For code: indentation, tabs, runs of spaces and blank lines stay exactly as written (every
+    piece is a contiguous slice of ``text``); a single line longer than ``max_chars`` is cut
+    hard. Pieces shorter than ``min_chars`` are dropped.
+    """
+    pieces: list[str] = []
+    current = ""
+    for line in text.splitlines(keepends=True):
+        while len(line) > max_chars:
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:max_chars])
+            line = line[max_chars:]
+        if len(current) + len(line) > max_chars:
+            pieces.append(current)
+            current = line
+        else:
+            current += line
+    if current:
+        pieces.append(current)
+    return [p for p in pieces if min_chars <= len(p) <= max_chars and p.strip()]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avokit.corpus.builtin import builtin_texts
+from avokit.corpus.builtin import SourceText, builtin_source
 from avokit.errors import AvokitError
 from avokit.recipe.corpus import CorpusSource
 
@@ -29,7 +29,7 @@ def source_labels(sources: list[CorpusSource]) -> list[str]:
     return [lab if labels.count(lab) == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
 
 
-def _jsonl(path: Path, field: str) -> Iterator[str]:
+def _jsonl(path: Path, field: str) -> Iterator[SourceText]:
     with path.open("r", encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -40,20 +40,20 @@ def _jsonl(path: Path, field: str) -> Iterator[str]:
                 raise CorpusSourceError(f"{path}:{line_no}: not valid JSON: {err.msg}") from None
             if not isinstance(row, dict) or not isinstance(row.get(field), str):
                 raise CorpusSourceError(f"{path}:{line_no}: no string field {field!r}")
-            yield row[field]
+            yield SourceText(row[field], f"{path.name}:{line_no}")
 
 
-def _table_texts(table: pa.Table, field: str, where: Path) -> Iterator[str]:
+def _table_texts(table: pa.Table, field: str, where: Path) -> Iterator[SourceText]:
     if field not in table.column_names:
         raise CorpusSourceError(
             f"{where}: no column {field!r} (columns: {', '.join(table.column_names)})"
         )
-    for value in table.column(field).to_pylist():
+    for row, value in enumerate(table.column(field).to_pylist()):
         if isinstance(value, str):
-            yield value
+            yield SourceText(value, f"{where.name}#{row}")
 
 
-def _parquet(path: Path, field: str) -> Iterator[str]:
+def _parquet(path: Path, field: str) -> Iterator[SourceText]:
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     for file in files:
         try:
@@ -63,18 +63,18 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
         yield from _table_texts(table, field, file)
 
 
-def _text_folder(path: Path) -> Iterator[str]:
+def _text_folder(path: Path) -> Iterator[SourceText]:
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
     if not files:
         raise CorpusSourceError(f"{path}: no .txt files in the folder")
     for file in files:
         try:
-            yield file.read_text(encoding="utf-8")
+            yield SourceText(file.read_text(encoding="utf-8"), file.name)
         except UnicodeDecodeError as err:
             raise CorpusSourceError(f"{file}: not UTF-8 text ({err.reason})") from None
 
 
-def _hf_dataset(path: Path, field: str) -> Iterator[str]:
+def _hf_dataset(path: Path, field: str) -> Iterator[SourceText]:
     """A ``datasets.Dataset.save_to_disk`` folder: Arrow *stream* files listed in state.json."""
     state = path / "state.json"
     if not state.is_file():
@@ -89,12 +89,32 @@ def _hf_dataset(path: Path, field: str) -> Iterator[str]:
         yield from _table_texts(table, field, file)
 
 
-def read_source(source: CorpusSource, base_dir: Path) -> Iterator[str]:
-    """Raw texts of one source, in file order (paths resolve against ``base_dir``)."""
+def source_domain(source: CorpusSource) -> str:
+    """The domain its documents carry: the recipe's, else the builtin's own, else general."""
+    if source.domain:
+        return source.domain
+    return builtin_source(source.name).domain if source.kind == "builtin" and source.name else "general"
+
+
+def source_segment(source: CorpusSource) -> str:
+    """How its texts are cut: the recipe's choice, else the builtin's own, else paragraphs."""
+    if source.segment:
+        return source.segment
+    return builtin_source(source.name).segment if source.kind == "builtin" and source.name else "paragraphs"
+
+
+def read_source(source: CorpusSource, base_dir: Path) -> Iterator[SourceText]:
+    """Raw texts of one source with their origins, in file order (paths resolve against
+    ``base_dir``); a file source's texts carry the recipe's ``license``."""
     if source.kind == "builtin":
         assert source.name is not None
-        yield from builtin_texts(source.name)
+        yield from builtin_source(source.name).texts()
         return
+    for text in _read_file_source(source, base_dir):
+        yield SourceText(text.text, text.origin, source.license or "")
+
+
+def _read_file_source(source: CorpusSource, base_dir: Path) -> Iterator[SourceText]:
     assert source.path is not None
     path = source.path if source.path.is_absolute() else (base_dir / source.path).resolve()
     if not path.exists():

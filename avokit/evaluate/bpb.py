@@ -34,6 +34,7 @@ class BpbResult:
     n_docs: int
     source: str  # "live" (scored now) or "cache" (gold log-probs from the capture cache)
     per_doc: dict[str, float]  # doc_id -> bpb of that document
+    per_doc_nll: dict[str, float]  # doc_id -> NLL of that document in nats
 
     def as_dict(self) -> dict[str, object]:
         """JSON form without the per-document table."""
@@ -55,7 +56,7 @@ def bpb_from_records(
     Raises if a record does not cover its whole text: a model that skipped bytes would get a
     flatteringly low BPB, and the number would no longer be comparable across tokenizers.
     """
-    nll, n_bytes, n_tok, per_doc = 0.0, 0, 0, {}
+    nll, n_bytes, n_tok, per_doc, per_doc_nll = 0.0, 0, 0, {}, {}
     for rec in records:
         if rec.doc_id not in texts:
             raise AvokitError(f"{model}: scored document {rec.doc_id!r} is not in the held-out split")
@@ -73,9 +74,34 @@ def bpb_from_records(
         n_bytes += nb
         n_tok += rec.n_positions
         per_doc[rec.doc_id] = d_nll / (LN2 * nb) if nb else 0.0
+        per_doc_nll[rec.doc_id] = d_nll
     if n_bytes == 0:
         raise AvokitError(f"{model}: no held-out bytes to score")
-    return BpbResult(model, nll / (LN2 * n_bytes), nll, n_bytes, n_tok, len(per_doc), source, per_doc)
+    return BpbResult(model, nll / (LN2 * n_bytes), nll, n_bytes, n_tok, len(per_doc), source, per_doc,
+                     per_doc_nll)
+
+
+def domain_bpb(
+    result: BpbResult, texts: Mapping[str, str], domains: Mapping[str, str]
+) -> dict[str, dict[str, float | int]]:
+    """Bits per byte of ``result`` within each domain: the domain's NLL over its bytes.
+
+    ``domains[doc_id]`` names each scored document's domain. Domains are returned in sorted
+    order, each as ``{"bpb", "bytes", "docs"}``; a scored document without a domain is an error
+    (its bytes would silently leave every per-domain figure).
+    """
+    nll: dict[str, float] = {}
+    n_bytes: dict[str, int] = {}
+    docs: dict[str, int] = {}
+    for doc_id, d_nll in result.per_doc_nll.items():
+        if doc_id not in domains:
+            raise AvokitError(f"{result.model}: scored document {doc_id!r} has no domain")
+        dom = domains[doc_id]
+        nll[dom] = nll.get(dom, 0.0) + d_nll
+        n_bytes[dom] = n_bytes.get(dom, 0) + len(texts[doc_id].encode("utf-8"))
+        docs[dom] = docs.get(dom, 0) + 1
+    return {d: {"bpb": nll[d] / (LN2 * n_bytes[d]), "bytes": n_bytes[d], "docs": docs[d]}
+            for d in sorted(nll)}
 
 
 def score_bpb(

@@ -9,18 +9,11 @@ An item is *contaminated* if either says so; the report scores clean and dirty i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from avokit.corpus.words import words
 from avokit.evaluate.tasks import Task
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (punctuation and whitespace dropped)."""
-    return _WORD.findall(text.lower())
 
 
 def ngram_set(texts: Iterable[str], n: int) -> set[int]:

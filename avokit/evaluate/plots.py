@@ -99,3 +99,24 @@ def plot_task_accuracy(acc: dict[str, dict[str, tuple[float, float, float]]], ou
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_domain_bpb(bpb: dict[str, dict[str, float]], out: Path) -> Path:
+    """Held-out bits per byte per domain (groups) and model (bars); ``bpb[model][domain]``."""
+    models = list(bpb)
+    domains = sorted({d for m in bpb.values() for d in m})
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(domains) * max(1, len(models)) / 2 + 3), 4.2))
+    for j, m in enumerate(models):
+        xs = [i + (j - (len(models) - 1) / 2) * width for i, d in enumerate(domains) if d in bpb[m]]
+        ys = [bpb[m][d] for d in domains if d in bpb[m]]
+        bars = ax.bar(xs, ys, width, label=m)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(domains)), domains)
+    ax.set(title="Held-out bits per byte by domain (lower is better)", ylabel="bits per byte")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

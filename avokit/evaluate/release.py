@@ -16,6 +16,7 @@ from typing import Any
 
 from avokit.checksums import file_sha256
 from avokit.errors import AvokitError
+from avokit.evaluate.report import domain_table
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Kept in the run, not shipped: training logs (checkpoints/ is a folder and is never copied).
@@ -78,12 +79,14 @@ def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], conte
         f"held-out evaluation on {metrics['heldout']['docs']} documents ({metrics['heldout']['bytes']} bytes)", "",
         "## Teachers and licences", "",
     ]
-    lines += [f"- {t['name']}: {_license_note(t.get('license', 'unknown'))}" for t in metrics["teachers"]]
+    for t in metrics["teachers"]:
+        origin = f" — {t['upstream']}; {t['provenance']}" if t.get("upstream") else ""
+        lines.append(f"- {t['name']}: {_license_note(t.get('license', 'unknown'))}{origin}")
     lines += ["", "## Licence", "",
               f"- this student: {metrics.get('release_license', 'unspecified')} (recipe `release.license`), "
               "subject to the teachers' terms above where they follow derivatives"]
-    lines += ["", "## Metrics", "", "| model | held-out bits per byte |", "| --- | --- |"]
-    lines += [f"| {m} | {v['bpb']:.4f} |" for m, v in b.items()]
+    lines += ["", "## Metrics", "", "Held-out bits per byte, per domain and overall (best per column in bold):", ""]
+    lines += domain_table(b)
     lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
     for t, s in metrics["tasks"].get("student", {}).items():
         lines.append(f"| {t} | {s['acc']['value']:.3f} (n={s['acc']['n']}) | "

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from avokit.corpus.canary import AVOKIT_CANARY
-from avokit.evaluate.plots import plot_bpb, plot_task_accuracy, plot_training_curves, read_train_log
+from avokit.evaluate.plots import (
+    plot_bpb,
+    plot_domain_bpb,
+    plot_task_accuracy,
+    plot_training_curves,
+    read_train_log,
+)
 from avokit.evaluate.tasks import Task
 
 
@@ -46,6 +52,9 @@ def write_plots(metrics: dict[str, Any], run_dir: Path, report_dir: Path) -> lis
         out.append(p)
     if metrics["bpb"]:
         out.append(plot_bpb({m: v["bpb"] for m, v in metrics["bpb"].items()}, report_dir / "bpb.png"))
+        per_domain = {m: {d: x["bpb"] for d, x in v.get("domains", {}).items()} for m, v in metrics["bpb"].items()}
+        if any(per_domain.values()):
+            out.append(plot_domain_bpb(per_domain, report_dir / "bpb_by_domain.png"))
     acc = {
         m: {t: (s["acc"]["value"], *s["acc"]["ci95"]) for t, s in tasks.items() if s["acc"]["n"]}
         for m, tasks in metrics["tasks"].items()
@@ -53,6 +62,31 @@ def write_plots(metrics: dict[str, Any], run_dir: Path, report_dir: Path) -> lis
     if any(acc.values()):
         out.append(plot_task_accuracy(acc, report_dir / "task_accuracy.png"))
     return out
+
+
+def domain_table(bpb: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: models x (each domain, overall, domain mean); the lowest BPB of each
+    column in bold."""
+    domains = sorted({d for v in bpb.values() for d in v.get("domains", {})})
+    columns = [*domains, "overall", "domain mean"]
+
+    def cell(v: dict[str, Any], col: str) -> float | None:
+        if col == "overall":
+            return v["bpb"]
+        if col == "domain mean":
+            return v.get("domain_mean")
+        return v.get("domains", {}).get(col, {}).get("bpb")
+
+    best = {c: min((x for x in (cell(v, c) for v in bpb.values()) if x is not None), default=None)
+            for c in columns}
+    rows = ["| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for m, v in bpb.items():
+        vals = []
+        for c in columns:
+            x = cell(v, c)
+            vals.append("n/a" if x is None else f"**{x:.4f}**" if x == best[c] else f"{x:.4f}")
+        rows.append(f"| {m} | " + " | ".join(vals) + " |")
+    return rows
 
 
 def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
@@ -84,6 +118,12 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
         window = _fmt(models.get(m, {}).get("window"))
         lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | "
                      f"{window} | {b['source']} |")
+    held_domains = ho.get("domains", {})
+    lines += ["", "### Per domain", "",
+              "Bits per byte within each domain's held-out documents (" +
+              ", ".join(f"{d}: {n} docs" for d, n in held_domains.items()) +
+              "); overall weighs every byte the same, domain mean every domain. Best per column in bold.", ""]
+    lines += domain_table(metrics["bpb"])
     lines += ["", "## Tasks", "",
               "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
               "`acc_norm` the highest log-prob per UTF-8 byte of the choice. 95% Wilson intervals. "
@@ -105,6 +145,11 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
               f"{con['overall_rate']:.4f}.", "", "| task | items | contaminated | rate |", "| --- | --- | --- | --- |"]
     for t, v in con["per_task"].items():
         lines.append(f"| {t} | {v['items']} | {v['contaminated']} | {v['rate']:.4f} |")
+    if con.get("per_domain"):
+        lines += ["", "Per domain of the training text (items that domain's text alone contaminates):", "",
+                  "| domain | train docs | contaminated items | rate |", "| --- | --- | --- | --- |"]
+        lines += [f"| {d} | {v['docs']} | {v['contaminated_items']} | {v['rate']:.4f} |"
+                  for d, v in con["per_domain"].items()]
     if con["items"]:
         lines += ["", "Contaminated items:", ""]
         lines += [f"- {i['task']} `{i['item_id']}`: {i['ngram_hits']} shared {con['n']}-grams, "

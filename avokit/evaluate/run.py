@@ -18,7 +18,7 @@ import torch
 
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
-from avokit.evaluate.bpb import BpbResult, bpb_from_records, score_bpb
+from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
 from avokit.evaluate.contamination import ContaminationReport, check_contamination
 from avokit.evaluate.gate import check_gate
 from avokit.evaluate.plots import read_train_log
@@ -147,32 +147,48 @@ def _training_summary(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_eval(recipe: Recipe) -> Path:
-    """Evaluate student, baseline and every teacher of ``recipe``; write runs/NAME/report/.
+def balanced_subset(docs: list[Document], limit: int | None) -> list[Document]:
+    """At most ``limit`` documents, taken from each domain in turn (corpus order within a
+    domain), so a cap never drops a whole domain; all of them when ``limit`` is None."""
+    if limit is None or limit >= len(docs):
+        return docs
+    queues = {dom: [d for d in docs if d.domain == dom] for dom in dict.fromkeys(d.domain for d in docs)}
+    picked: set[str] = set()
+    while len(picked) < limit:
+        for queue in queues.values():
+            if queue and len(picked) < limit:
+                picked.add(queue.pop(0).doc_id)
+    return [d for d in docs if d.doc_id in picked]
 
-    Always re-evaluates (evaluations are cheap next to training and each one is logged);
-    returns the report directory.
-    """
+
+def domain_contamination(recipe: Recipe, tasks: list[Task]) -> dict[str, dict[str, Any]]:
+    """Per domain of the train split: how many evaluated items its text alone contaminates."""
+    train = load_split(recipe, "train")
+    out: dict[str, dict[str, Any]] = {}
+    for dom in sorted({d.domain for d in train}):
+        rep = check_contamination([d.text for d in train if d.domain == dom], tasks, n=recipe.eval.ngram)
+        out[dom] = {"docs": sum(d.domain == dom for d in train), "contaminated_items": len(rep.items),
+                    "rate": rep.overall_rate, "per_task": rep.per_task}
+    return out
+
+
+def _model_info(teacher: Teacher) -> dict[str, Any]:
+    return {"license": teacher.info.license, "params": teacher.info.params,
+            "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
+            "vocab_size": teacher.info.vocab_size,
+            # tokens of context per scoring window (live scoring; the capture used the
+            # teacher's own max_length too): part of what the BPB means
+            "window": getattr(teacher, "max_length", None)}
+
+
+def _score_all(
+    recipe: Recipe, texts: dict[str, str], tasks: list[Task], contamination: ContaminationReport
+) -> tuple[dict[str, BpbResult], dict[str, Any], dict[str, dict[str, Any]]]:
+    """BPB and task scores of student, baseline and (if asked) every teacher, one model in
+    memory at a time: teachers are GBs on a shared CPU box."""
     from avokit.teachers.hf import HFTeacher
 
-    t0 = time.time()
     run_dir = recipe.run_dir
-    report_dir = run_dir / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    for m in MODEL_DIRS:
-        if not (run_dir / m / "config.json").is_file():
-            raise AvokitError(f"{run_dir / m}: no trained model (config.json missing); run `avokit train` first")
-    heldout: list[Document] = load_split(recipe, "heldout")
-    if recipe.eval.bpb_max_docs is not None:
-        heldout = heldout[: recipe.eval.bpb_max_docs]
-    texts = {d.doc_id: d.text for d in heldout}
-    tasks = load_tasks(recipe)
-    train_texts = training_texts(recipe)
-    contamination = check_contamination(train_texts, tasks, n=recipe.eval.ngram)
-    export_eval_items(tasks, report_dir / "eval_items.jsonl")
-
-    bpb: dict[str, BpbResult] = {}
-    task_metrics: dict[str, Any] = {}
     loaders: list[tuple[str, Any]] = [
         (m, lambda m=m: HFTeacher.from_dir(run_dir / m, name=m, device="auto", max_length=recipe.eval.max_length))
         for m in MODEL_DIRS
@@ -180,22 +196,68 @@ def run_eval(recipe: Recipe) -> Path:
     if recipe.eval.include_teachers:
         load_teacher = _teacher_loader()
         loaders += [(t.name, lambda t=t: load_teacher(t, recipe.base_dir)) for t in recipe.teachers]
+    bpb: dict[str, BpbResult] = {}
+    task_metrics: dict[str, Any] = {}
     infos: dict[str, dict[str, Any]] = {}
     for name, load in loaders:
         teacher = load()
-        infos[name] = {"license": teacher.info.license, "params": teacher.info.params,
-                       "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
-                       "vocab_size": teacher.info.vocab_size,
-                       # tokens of context per scoring window (live scoring; the capture used the
-                       # teacher's own max_length too): part of what the BPB means
-                       "window": getattr(teacher, "max_length", None)}
+        infos[name] = _model_info(teacher)
         try:
             bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination,
                                                             use_cache=name not in MODEL_DIRS)
         finally:
             teacher.close()
             del teacher
-            gc.collect()  # one model in memory at a time: teachers are GBs on a shared CPU box
+            gc.collect()
+    return bpb, task_metrics, infos
+
+
+def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each teacher with its licence; registry teachers add their upstream name and provenance."""
+    from avokit.catalog import TEACHERS
+
+    out = []
+    for t in recipe.teachers:
+        row: dict[str, Any] = {"name": t.name, "kind": t.kind,
+                               "license": infos.get(t.name, {}).get("license", "unknown")}
+        entry = TEACHERS.get(t.registry_name) if t.kind == "registry" else None
+        if entry is not None:
+            row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
+        out.append(row)
+    return out
+
+
+def _bpb_metrics(bpb: dict[str, BpbResult], texts: dict[str, str], domains: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for m, b in bpb.items():
+        per_domain = domain_bpb(b, texts, domains)
+        out[m] = {**b.as_dict(), "domains": per_domain,
+                  # every domain counts the same, however many bytes it has
+                  "domain_mean": float(np.mean([v["bpb"] for v in per_domain.values()]))}
+    return out
+
+
+def run_eval(recipe: Recipe) -> Path:
+    """Evaluate student, baseline and every teacher of ``recipe``; write runs/NAME/report/.
+
+    Always re-evaluates (evaluations are cheap next to training and each one is logged);
+    returns the report directory.
+    """
+    t0 = time.time()
+    run_dir = recipe.run_dir
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for m in MODEL_DIRS:
+        if not (run_dir / m / "config.json").is_file():
+            raise AvokitError(f"{run_dir / m}: no trained model (config.json missing); run `avokit train` first")
+    heldout = balanced_subset(load_split(recipe, "heldout"), recipe.eval.bpb_max_docs)
+    texts = {d.doc_id: d.text for d in heldout}
+    domains = {d.doc_id: d.domain for d in heldout}
+    tasks = load_tasks(recipe)
+    train_texts = training_texts(recipe)
+    contamination = check_contamination(train_texts, tasks, n=recipe.eval.ngram)
+    export_eval_items(tasks, report_dir / "eval_items.jsonl")
+    bpb, task_metrics, infos = _score_all(recipe, texts, tasks, contamination)
 
     student_acc = {t: task_metrics["student"][t]["clean"]["acc"]["value"] for t in task_metrics["student"]
                    if task_metrics["student"][t]["clean"]["acc"]["n"]}
@@ -215,8 +277,9 @@ def run_eval(recipe: Recipe) -> Path:
         "recipe": recipe.name, "created": created, "eval_run": run_no,
         "hardware": hardware(), "wall_time_s": wall, "cost_per_hour": recipe.eval.cost_per_hour,
         "cost_usd": wall / 3600 * recipe.eval.cost_per_hour,
-        "heldout": {"docs": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts.values())},
-        "bpb": {m: b.as_dict() for m, b in bpb.items()},
+        "heldout": {"docs": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts.values()),
+                    "domains": {dom: sum(v == dom for v in domains.values()) for dom in sorted(set(domains.values()))}},
+        "bpb": _bpb_metrics(bpb, texts, domains),
         "tasks": task_metrics,
         "task_subset": {t.name: {"items": len(t.items), "available": t.n_available, "num_fewshot": recipe.eval.num_fewshot,
                                  "selection": "first by sha256(item id)" if len(t.items) < t.n_available else "all"}
@@ -224,6 +287,7 @@ def run_eval(recipe: Recipe) -> Path:
         "contamination": {"n": contamination.n, "min_span": contamination.min_span,
                           "dirty_fraction": contamination.dirty_fraction, "corpus_docs": len(train_texts),
                           "overall_rate": contamination.overall_rate, "per_task": contamination.per_task,
+                          "per_domain": domain_contamination(recipe, tasks),
                           "items": [vars(i) for i in contamination.items]},
         "gate": verdict.as_dict(),
         # release refuses a student whose weights changed after this verdict was reached
@@ -232,8 +296,7 @@ def run_eval(recipe: Recipe) -> Path:
         "training": _training_summary(run_dir),
         "models": infos,
         "student_config": recipe.student.model_dump(mode="json"),
-        "teachers": [{"name": t.name, "kind": t.kind, "license": infos.get(t.name, {}).get("license", "unknown")}
-                     for t in recipe.teachers],
+        "teachers": _teacher_lineage(recipe, infos),
     }
     plots = write_plots(metrics, run_dir, report_dir)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")

@@ -22,36 +22,14 @@ from typing import Any
 import numpy as np
 
 from avokit.align import byteify, tokenize_batch_with_offsets
+from avokit.corpus.build import read_documents
+from avokit.corpus.document import Document
 from avokit.errors import AvokitError
 
 
-@dataclass(frozen=True)
-class Document:
-    """One corpus document (the corpus contract's columns)."""
-
-    doc_id: str
-    text: str
-    source: str = ""
-
-
 def read_split(run_dir: Path, split: str) -> list[Document]:
-    """Documents of ``run_dir/corpus/<split>.parquet`` (columns doc_id, text, source)."""
-    import pyarrow.parquet as pq
-
-    path = Path(run_dir) / "corpus" / f"{split}.parquet"
-    if not path.is_file():
-        raise AvokitError(f"{path}: corpus split not found; run `avokit corpus` first")
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for truncated or foreign files
-        raise AvokitError(f"{path}: unreadable Parquet ({err}); run `avokit corpus` again") from err
-    missing = {"doc_id", "text"} - set(table.column_names)
-    if missing:
-        raise AvokitError(f"{path}: missing column(s) {sorted(missing)}")
-    ids = table.column("doc_id").to_pylist()
-    texts = table.column("text").to_pylist()
-    sources = table.column("source").to_pylist() if "source" in table.column_names else [""] * len(ids)
-    return [Document(str(i), str(t), str(s)) for i, t, s in zip(ids, texts, sources)]
+    """Documents of ``run_dir/corpus/<split>.parquet``."""
+    return read_documents(Path(run_dir) / "corpus" / f"{split}.parquet")
 
 
 @dataclass(frozen=True)
