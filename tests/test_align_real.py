@@ -16,7 +16,7 @@ from avokit.align.sources import load_tokenizer
 from avokit.errors import RoundTripError
 from avokit.records import TokenizedDoc
 
-REAL = ("gemma3-270m", "smollm2-135m", "qwen3", "o200k")
+REAL = ("gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b", "qwen3", "o200k")
 SPIECE_SPACE = "\u2581"
 
 
@@ -52,7 +52,8 @@ def toks() -> dict[str, tuple[Any, TokenBytes]]:
             out[name] = (tok, byteify(tok, name))
     assert tried == [], tried
     assert {n: tb.size for n, (_, tb) in out.items()} == {
-        "gemma3-270m": 262_144, "smollm2-135m": 49_152, "qwen3": 151_646, "o200k": 201_088}
+        "gemma3-270m": 262_144, "smollm2-135m": 49_152, "qwen2.5-coder-0.5b": 151_936,
+        "qwen3": 151_646, "o200k": 201_088}
     bpe = _trained_bpe()
     out["bpe"] = (bpe, byteify(bpe, "bpe"))
     return out
@@ -229,3 +230,54 @@ def test_special_roles_gemma_smollm(toks: dict) -> None:
     assert vm.roles["turn_start"] == (105, 1) and vm.roles["turn_end"] == (106, 2)
     assert vm.teacher_to_student[105] == 1
     assert vm.map_ids(np.array([[105, 10**7, -1]])).tolist() == [[1, -1, -1]]  # padded logits
+
+
+# One document per domain the built-in corpus carries, written for this test: Chinese with
+# multi-byte characters that byte-level BPEs split across tokens, code with tabs, indentation
+# and long runs of spaces, and English prose.
+DOMAIN_DOCS = {
+    "english": "The old harbor was quiet at dawn; gulls circled the masts while a fisherman "
+               "mended his nets, humming a tune nobody else remembered.",
+    "code": "def pad(rows: list[str]) -> str:\n\tout = []\n\tfor r in rows:\n"
+            "\t\tout.append(r + ' ' * 17)   # trailing spaces matter\n"
+            "        return '\\n'.join(out)\n\n\nclass  A :\n    x =    {'k':  1}\n",
+    "chinese": "这家店的服务态度非常好，菜品新鲜，价格也合理。不过周末人太多，要排队半小时以上！😀",
+}
+
+
+@pytest.mark.parametrize("teacher", ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"])
+def test_three_domains_round_trip_and_align_with_a_student(toks: dict, teacher: str) -> None:
+    """align-report's view of every registry teacher against a trained student BPE on all three
+    domains, built-in corpus documents included: zero byte round-trip failures."""
+    from avokit.align.report import align_report
+    from avokit.corpus.builtin import builtin_source
+
+    texts = list(DOMAIN_DOCS.values())
+    for name in ("lambada-passages", "python-source", "chinese-reviews"):
+        source = builtin_source(name).texts()
+        texts += [next(source).text[:3000] for _ in range(3)]
+    (t_tok, _), (s_tok, _) = toks[teacher], toks["bpe"]
+    rep = align_report(t_tok, s_tok, texts, teacher, "student-bpe")
+    assert rep.as_dict()["teacher"]["round_trip_failures"] == []
+    assert rep.as_dict()["student"]["round_trip_failures"] == []
+    for text in texts:
+        t = tokenize_with_offsets(t_tok, text, toks[teacher][1])
+        s = tokenize_with_offsets(s_tok, text, toks["bpe"][1])
+        check_alignment(t, s)
+
+
+def test_qwen_nfc_normaliser_is_dropped_so_tokens_spell_the_exact_bytes(toks: dict) -> None:
+    """Qwen's tokenizer NFC-normalises: with it, "e" + U+0301 came back as "é" (other bytes)."""
+    from avokit.align import drop_unicode_normalizer
+    from avokit.teachers.registry import registry_tokenizer
+
+    raw = registry_tokenizer("qwen2.5-coder-0.5b")  # as converted, normaliser still there
+    text = "cafe\u0301 nai\u0308ve"
+    with pytest.raises(RoundTripError, match="at byte 3"):
+        tokenize_with_offsets(raw, text, byteify(raw, "qwen-raw"))
+    assert drop_unicode_normalizer(raw) == "NFC"
+    assert drop_unicode_normalizer(raw) is None  # nothing left to drop
+    doc = tokenize_with_offsets(raw, text, byteify(raw, "qwen"))
+    assert doc.n_bytes == len(text.encode("utf-8")) and int(doc.byte_ends[-1]) == doc.n_bytes
+    gemma, _ = toks["gemma3-270m"]
+    assert drop_unicode_normalizer(gemma) is None  # SentencePiece normalisers are kept

@@ -1,7 +1,7 @@
 """Byte-level alignment across tokenizers: pure functions, no model needed."""
 
 from avokit.align.boundaries import Alignment, align
-from avokit.align.bytes import TokenBytes, byteify
+from avokit.align.bytes import TokenBytes, byteify, drop_unicode_normalizer
 from avokit.align.offsets import (
     offsets_from_ids,
     offsets_from_mapping,
@@ -19,6 +19,7 @@ __all__ = [
     "build_vocab_map",
     "first_token_map",
     "byteify",
+    "drop_unicode_normalizer",
     "offsets_from_ids",
     "offsets_from_mapping",
     "tokenize_batch_with_offsets",

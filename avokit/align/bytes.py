@@ -214,3 +214,28 @@ def byteify(tokenizer: Any, name: str | None = None) -> TokenBytes:
         preferred=preferred,
         dummy_prefix=dummy,
     )
+
+
+_UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
+
+
+def drop_unicode_normalizer(tokenizer: Any) -> str | None:
+    """Remove a Unicode normalisation (NFC, NFKC, ...) from a byte-level BPE, in place.
+
+    Qwen's tokenizer NFC-normalises its input, so on text that is not already NFC (``e`` +
+    U+0301, say) its tokens spell other bytes than the document's and no byte offset is exact.
+    A byte-level vocabulary spells any byte sequence, so without the normaliser it scores the
+    document's own bytes, like every other model: bits per byte stay comparable. SentencePiece
+    normalisers are left alone (their ``▁`` is handled by byteification). Returns the removed
+    normaliser's type, or None when nothing was removed.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    spec = _component_spec(backend)
+    norm = spec.get("normalizer")
+    if norm is None or _detect_family(spec)[0] != "byte_level":
+        return None
+    parts = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
+    if not parts or any(p.get("type") not in _UNICODE_FORMS for p in parts):
+        return None
+    backend.normalizer = None
+    return "+".join(p["type"] for p in parts)

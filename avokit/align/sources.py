@@ -27,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from avokit.align.bytes import drop_unicode_normalizer
 from avokit.errors import AvokitError, MissingPackageError
 from avokit.paths import cache_dir
 
@@ -266,11 +267,19 @@ def _from_gguf(path: Path) -> Any:
 
 
 def load_tokenizer(spec: str | Path) -> Any:
-    """Load a tokenizer offline from a registry name, bundled encoding name or file (see module doc).
+    """Load a tokenizer offline from a registry name, bundled encoding name or file (see module
+    doc), without a Unicode normaliser that would make its tokens spell other bytes
+    (:func:`avokit.align.bytes.drop_unicode_normalizer`).
 
     Raises:
         AvokitError: the spec names nothing avokit can load (the message lists what it accepts).
     """
+    tok = _load_tokenizer(spec)
+    drop_unicode_normalizer(tok)
+    return tok
+
+
+def _load_tokenizer(spec: str | Path) -> Any:
     from avokit.catalog import TEACHERS
     from avokit.teachers.registry import registry_tokenizer
 

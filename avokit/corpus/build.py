@@ -114,9 +114,10 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
         cut = segment_lines if source_segment(source) == "lines" else segment_text
         n_texts = 0
         mine: list[Document] = []
+        max_chars = source.max_chars or cfg.max_chars
         for raw in read_source(source, recipe.base_dir):
             n_texts += 1
-            for piece in cut(raw.text, cfg.min_chars, cfg.max_chars):
+            for piece in cut(raw.text, min(cfg.min_chars, max_chars), max_chars):
                 digest = hashlib.sha256(piece.encode("utf-8")).hexdigest()[:16]
                 mine.append(Document(doc_id=f"{label}:{digest}", text=piece, source=label,
                                      domain=domain, origin=raw.origin, license=raw.license))

@@ -23,6 +23,9 @@ class CorpusSource(Section):
     path: Path | None = None
     text_field: str = "text"
     max_docs: int | None = Field(default=None, gt=0)
+    # this source's document length cap (characters), overriding corpus.max_chars: Chinese
+    # packs ~2.4 bytes and ~1 teacher token per character, prose ~0.25 tokens
+    max_chars: int | None = Field(default=None, ge=1)
     # What the text is (english, code, chinese, ...): carried by every document to the report,
     # so each figure can be read per domain. Builtin sources know theirs; files default to
     # ``general``.

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from avokit.align.bytes import TokenBytes, byteify
+from avokit.align.bytes import TokenBytes, byteify, drop_unicode_normalizer
 from avokit.align.offsets import tokenize_batch_with_offsets
 from avokit.errors import AvokitError
 from avokit.records import TeacherRecords, TokenizedDoc
@@ -53,6 +53,8 @@ class HFTeacher(Teacher):
         self.batch_size = batch_size
         self.vocab_chunk = vocab_chunk
         self.load_seconds = load_seconds
+        # tokens must spell the document's exact bytes (see drop_unicode_normalizer)
+        self.dropped_normalizer = drop_unicode_normalizer(tokenizer)
         self._tb = byteify(tokenizer, name=name)
         self._spec = head_spec(model, self._tb)
         self._info = TeacherInfo(
