@@ -65,3 +65,19 @@ def test_distill_refuses_unknown_stage() -> None:
     with pytest.raises(ValueError, match="unknown stage"):
         distill(recipe, stages=("corpus", "polish"))
     assert STAGES[0] == "corpus" and STAGES[-1] == "release"
+
+
+def test_distill_reports_each_stage_with_its_peak_memory(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "d.jsonl").write_text("".join(
+        json.dumps({"text": f"Document {i} says something long enough to be kept as a document. " * 5}) + "\n"
+        for i in range(6)))
+    (tmp_path / "r.yaml").write_text("name: x\ncorpus: {sources: [{kind: jsonl, path: d.jsonl}]}\n"
+                                     "teachers: [{name: smollm2-135m, kind: registry}]\n")
+    (result,) = distill(load_recipe(tmp_path / "r.yaml"), stages=("corpus",))
+    assert result.stage == "corpus" and result.output == tmp_path / "runs" / "x" / "corpus"
+    import resource
+
+    now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert result.peak_rss_mb is not None and 20 < result.peak_rss_mb <= now

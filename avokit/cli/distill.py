@@ -64,8 +64,10 @@ def distill_command(
     table.add_column("stage")
     table.add_column("output")
     table.add_column("seconds", justify="right")
+    table.add_column("peak RSS MB", justify="right")
     for r in results:
-        table.add_row(r.stage, str(r.output), f"{r.seconds:.1f}")
+        table.add_row(r.stage, str(r.output), f"{r.seconds:.1f}",
+                      "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}")
     console.print(table)
     report = rec.run_dir / "report" / "report.md"
     if report.is_file():

@@ -6,6 +6,7 @@ Each stage function already skips finished work and resumes partial work, so run
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,19 @@ class StageResult:
     stage: str
     output: Path
     seconds: float
+    # the process's peak resident memory so far (MB): teachers are loaded one at a time, so
+    # after capture it is the largest teacher's footprint plus its scoring buffers
+    peak_rss_mb: float | None = None
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def _stage_functions(recipe: Recipe, registry: Path | None) -> dict[str, Callable[[], Path]]:
@@ -78,5 +92,5 @@ def distill(
             on_stage(name)
         start = time.perf_counter()
         out = funcs[name]()
-        results.append(StageResult(name, Path(out), time.perf_counter() - start))
+        results.append(StageResult(name, Path(out), time.perf_counter() - start, peak_rss_mb()))
     return results
