@@ -86,3 +86,40 @@ def test_document_bpb_and_logged_means() -> None:
     assert mean_teacher_weights(torch.zeros(0, 2), ["a", "b"]) == {"a": 0.0, "b": 0.0}
     with pytest.raises(ValueError, match="teacher names"):
         mean_teacher_weights(w, ["only-one"])
+
+
+def test_common_spans_hand_case_and_teacher_sums() -> None:
+    import numpy as np
+
+    from avokit.align.spans import common_spans
+
+    # bytes 0..8; teacher A ends 2,4,5,8; teacher B ends 3,4,8 (covers all); student ends 1,2,4,6,8
+    spans = common_spans([np.array([2, 4, 5, 8]), np.array([3, 4, 8])],
+                         [np.array([-1.0, -2.0, -0.5, -3.0]), np.array([-4.0, -1.0, -2.0])],
+                         np.array([1, 2, 4, 6, 8]))
+    assert spans.bounds.tolist() == [0, 4, 8] and spans.n_bytes.tolist() == [4, 4]
+    assert spans.logprob.tolist() == [[-3.0, -5.0], [-3.5, -2.0]]
+    assert spans.span_of_student.tolist() == [0, 0, 0, 1, 1]
+    # a teacher covering only a prefix (max_length) cuts the spans there
+    short = common_spans([np.array([2, 4]), np.array([3, 4, 8])], [np.array([-1.0, -2.0]), np.array([-4.0, -1.0, -2.0])],
+                         np.array([1, 2, 4, 6, 8]))
+    assert short.bounds.tolist() == [0, 4] and short.logprob.tolist() == [[-3.0, -5.0]]
+    assert short.span_of_student.tolist() == [0, 0, 0, -1, -1]
+
+
+def test_local_bpb_pools_the_window_like_a_brute_force_sum() -> None:
+    import math
+
+    from avokit.losses.fusion import local_bpb
+
+    torch.manual_seed(0)
+    lp = -torch.rand(9, 3, dtype=torch.float64) * 5
+    nb = torch.randint(1, 7, (9,))
+    assert torch.allclose(local_bpb(lp, nb, 0), -lp / (nb.unsqueeze(1) * math.log(2)))
+    got = local_bpb(lp, nb, 2)
+    for i in range(9):
+        lo, hi = max(0, i - 2), min(9, i + 3)
+        want = -lp[lo:hi].sum(0) / (nb[lo:hi].sum() * math.log(2))
+        assert torch.allclose(got[i], want)
+    with pytest.raises(ValueError, match="window"):
+        local_bpb(lp, nb, -1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -236,18 +237,17 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
         run_training(recipe, baseline=True, progress=False)
 
 
-def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
-    """Two copies of one teacher split the documents between them (min_ce-style one-hot
-    weights): the fused KD and chunk terms must equal that teacher's terms alone. A teacher
-    that guides few documents must not count more per boundary than one that guides many."""
+def _one_cached_teacher(tmp_path: Path, seed: int, dense: bool = False) -> tuple:
+    """A student tokenizer, one tiny teacher's real cache over seeded documents, the packed
+    rows, random student logits, and a factory of sources over that cache (copies of one
+    teacher under other names)."""
+    from avokit.align.conditional import PrefixIndex
     from avokit.cache import CacheReader, load_cache_tokenizer
-    from avokit.recipe.train import LossConfig
     from avokit.student import train_student_tokenizer
     from avokit.teachers.registry import registry_tokenizer
-    from avokit.train.kd_data import TeacherSource
-    from avokit.train.loop import KDSetup, _teacher_terms
+    from avokit.train.kd_data import DenseSpec, TeacherSource
 
-    docs = make_docs(8, 5)
+    docs = make_docs(8, seed)
     student = train_student_tokenizer([d.text for d in docs], 400, tmp_path / "stok")
     write_cache(tmp_path / "cache", "smol", registry_tokenizer("smollm2-135m"), docs)
     t_tb, s_tb = byteify(load_cache_tokenizer(tmp_path / "cache")), byteify(student)
@@ -257,11 +257,23 @@ def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
     _, targets = packed.row_tokens(rows)
     torch.manual_seed(0)
     logits = torch.randn(len(rows), packed.seq_len, len(student))
-    logprobs = torch.log_softmax(logits, -1)
-    cfg = LossConfig()
+    spec = DenseSpec(t_tb, PrefixIndex(s_tb)) if dense else None
 
     def source(name: str) -> TeacherSource:
-        return TeacherSource(name, 1.0, CacheReader(tmp_path / "cache"), t2s)
+        return TeacherSource(name, 1.0, CacheReader(tmp_path / "cache"), t2s, dense=spec)
+
+    return t2s, packed, rows, targets, logits, torch.log_softmax(logits, -1), source
+
+
+def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
+    """Two copies of one teacher split the documents between them (min_ce-style one-hot
+    weights): the fused KD and chunk terms must equal that teacher's terms alone. A teacher
+    that guides few documents must not count more per boundary than one that guides many."""
+    from avokit.recipe.train import LossConfig
+    from avokit.train.loop import KDSetup, _teacher_terms
+
+    t2s, packed, rows, targets, logits, logprobs, source = _one_cached_teacher(tmp_path, 5)
+    cfg = LossConfig()
 
     n_docs = len(packed.doc_ids)
     one = np.zeros((n_docs, 2), dtype=np.float32)
@@ -340,3 +352,140 @@ def test_teacher_term_weights_are_validated() -> None:
             "teachers": [{"name": "gemma3-270m", "kind": "registry", "chunk_weight": -1}]}
     with pytest.raises(RecipeError, match=r"teachers\[0\]\.chunk_weight"):
         recipe_from_dict(data, Path("."))
+
+
+def test_dense_targets_cover_every_student_position_and_train(tmp_path: Path) -> None:
+    """``train.loss.targets: dense``: a token-level target at every student position the
+    teacher covers (inside words too), built by the trainer from the real cache; then KD runs."""
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train import run_training
+    from avokit.train.data import read_split
+    from avokit.train.kd_data import build_teacher_batch
+    from avokit.train.run import teacher_sources
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=16, n_heldout=4)
+    train = read_split(run_dir, "train")
+    # a small vocabulary, so the student splits words the teachers spell as one token
+    student = train_student_tokenizer([d.text for d in train], 300, run_dir / "tokenizer")
+    write_cache(run_dir / "cache" / "smol", "smol", registry_tokenizer("smollm2-135m"), train)
+    write_cache(run_dir / "cache" / "gemma", "gemma", registry_tokenizer("gemma3-270m"), train)
+    packed = pack_documents(train, student, 64, student.eos_token_id)
+    rows = np.arange(packed.n_rows)
+    fewer = []
+    for name_idx in (0, 1):
+        boundary = teacher_sources(make_recipe(tmp_path), student)[name_idx]
+        dense = teacher_sources(make_recipe(tmp_path, loss={"targets": "dense"}), student)[name_idx]
+        tb_b = build_teacher_batch(packed, rows, boundary, lambda d: 1.0)
+        tb_d = build_teacher_batch(packed, rows, dense, lambda d: 1.0)
+        _, targets = packed.row_tokens(rows)
+        real = int((~packed.is_sep[rows[:, None] * packed.seq_len + 1 + np.arange(packed.seq_len)]).sum())
+        assert tb_b.b_idx.size <= real and tb_d.b_idx.size == real  # every non-separator target
+        fewer.append(tb_b.b_idx.size < real)
+        assert tb_d.topk_student_ids.shape[1] == 9  # top-8 + the gold slot
+        # chunks are the same in both modes; only token rows are added
+        assert np.array_equal(tb_b.chunk_of_target, tb_d.chunk_of_target)
+        assert np.array_equal(tb_b.chunk_teacher_logprob, tb_d.chunk_teacher_logprob)
+        # every row's candidate mass sums to 1 and the student's own next token gets mass
+        mass = np.exp(tb_d.topk_logprobs.astype(np.float64)).sum(axis=1)
+        assert np.allclose(mass, 1.0, atol=1e-4)
+        gold = targets[tb_d.b_idx, tb_d.s_pos]
+        hit = (tb_d.topk_student_ids == gold[:, None]).any(axis=1)
+        assert hit.mean() > 0.5, hit.mean()
+    assert any(fewer)  # Gemma's SentencePiece splits "東京" / "café" unlike the student: no boundary there
+    recipe = make_recipe(tmp_path, steps=8, eval_every=8, checkpoint_every=8, loss={"targets": "dense"})
+    out = run_training(recipe, progress=False)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["kd"] > 0 and np.isfinite(r["loss"]) for r in log)
+
+
+def test_per_token_fusion_weights_split_like_per_document_ones(tmp_path: Path) -> None:
+    """Span-level fusion hands the trainer one weight per student token: two copies of a
+    teacher that split every document's tokens between them (one-hot, alternating by position,
+    dense targets) must give that teacher's terms alone."""
+    from avokit.recipe.train import LossConfig
+    from avokit.train.loop import KDSetup, _teacher_terms
+
+    t2s, packed, rows, targets, logits, logprobs, source = _one_cached_teacher(tmp_path, 6, dense=True)
+    cfg = LossConfig(targets="dense")
+
+    n_docs = len(packed.doc_ids)
+    tokens = []
+    for d in range(n_docs):
+        w = np.zeros((int(packed.doc_len[d]), 2), dtype=np.float32)
+        w[0::2, 0] = 1.0
+        w[1::2, 1] = 1.0
+        tokens.append(w)
+    doc = np.full((n_docs, 2), 0.5, dtype=np.float32)
+    fused = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+                           KDSetup([source("a"), source("b")], doc, cfg, token_weights=tokens), "cpu")
+    alone = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+                           KDSetup([source("a")], np.ones((n_docs, 1), np.float32), cfg), "cpu")
+    for term in ("kd", "chunk"):
+        total = fused["a"][term] + fused["b"][term]
+        assert float(fused["a"][term]) > 0 and float(fused["b"][term]) > 0
+        assert torch.allclose(total, alone["a"][term], rtol=1e-5), (term, float(total), float(alone["a"][term]))
+
+
+def test_span_softmax_weights_follow_the_locally_better_teacher(tmp_path: Path) -> None:
+    """``fusion.mode: span_softmax``: identical teachers share every span equally; a teacher
+    whose cached log-probs are worse on part of a document loses weight there only."""
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train.data import read_split
+    from avokit.train.run import fusion_weights, span_fusion_weights, teacher_sources
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=6, n_heldout=2)
+    train = read_split(run_dir, "train")
+    student = train_student_tokenizer([d.text for d in train], 512, run_dir / "tokenizer")
+    for name in ("smol", "gemma"):
+        write_cache(run_dir / "cache" / name, name, registry_tokenizer("smollm2-135m"), train)
+    recipe = make_recipe(tmp_path, fusion={"mode": "span_softmax", "window": 0, "temperature": 0.1})
+    recipe.teachers[1].weight = 1.0
+    sources = teacher_sources(recipe, student)
+    packed = pack_documents(train, student, 64, student.eos_token_id)
+    doc_w = fusion_weights(recipe, packed, sources)
+    # write_cache seeds each teacher by its name's length: "smol" and "gemma" differ; give them
+    # the same records so that only the edit below separates them
+    sources[1].records = sources[0].records
+    tok_w = span_fusion_weights(recipe, packed, sources, np.full_like(doc_w, 0.5))
+    assert all(np.allclose(w, 0.5) for w in tok_w)
+
+    class Worse(dict):  # teacher 1's gold log-probs 3 nats worse on each document's first half
+        pass
+
+    worse = Worse()
+    for doc_id in packed.doc_ids:
+        rec = sources[0].records[doc_id]
+        gold = rec.gold_logprob.copy()
+        gold[: len(gold) // 2] -= 3.0
+        worse[doc_id] = TeacherRecords(rec.doc_id, rec.token_ids, rec.byte_ends, gold, rec.topk_ids,
+                                       rec.topk_logprobs, rec.boundary_logmass)
+    sources[1].records = worse
+    tok_w = span_fusion_weights(recipe, packed, sources, np.full_like(doc_w, 0.5))
+    for d, w in enumerate(tok_w):
+        n = w.shape[0]
+        assert np.allclose(w.sum(axis=1), 1.0)
+        assert (w[: n // 4, 0] > 0.9).all()  # teacher 0 leads the first half ...
+        assert np.allclose(w[-(n // 4):], 0.5)  # ... and the teachers share the second
+
+
+def test_in_training_evaluation_scores_the_validation_split_when_there_is_one(tmp_path: Path) -> None:
+    from avokit.corpus.build import _write_parquet
+    from avokit.train import run_training
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=24, n_heldout=4)
+    recipe = make_recipe(tmp_path, steps=4, eval_every=4, checkpoint_every=4)
+    out = run_training(recipe, baseline=True, progress=False)
+    first = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["eval_split"] for r in first if "heldout_bpb" in r] == ["heldout"]
+    _write_parquet(make_docs(6, 9), run_dir / "corpus" / "validation.parquet")
+    shutil.rmtree(out)
+    out = run_training(recipe, baseline=True, progress=False)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "heldout_bpb" in r]
+    assert [r["eval_split"] for r in evals] == ["validation"]
+    assert evals[0]["heldout_bpb"] != [r for r in first if "heldout_bpb" in r][0]["heldout_bpb"]

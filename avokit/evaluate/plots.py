@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -91,8 +92,14 @@ def plot_task_accuracy(acc: dict[str, dict[str, tuple[float, float, float]]], ou
                 lo.append(v - low)
                 hi.append(high - v)
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=m)
-    ax.set_xticks(range(len(tasks)), tasks)
-    ax.set(title="Task accuracy with 95% Wilson intervals", ylabel="accuracy", ylim=(0, 1))
+    ax.set(ylim=(0, 1))
+    return _save_grouped(fig, ax, tasks, "Task accuracy with 95% Wilson intervals", "accuracy", out)
+
+
+def _save_grouped(fig: Any, ax: Any, groups: list[str], title: str, ylabel: str, out: Path) -> Path:
+    """Label, grid and legend a grouped bar chart, then write it to ``out``."""
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set(title=title, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -112,11 +119,5 @@ def plot_domain_bpb(bpb: dict[str, dict[str, float]], out: Path) -> Path:
         ys = [bpb[m][d] for d in domains if d in bpb[m]]
         bars = ax.bar(xs, ys, width, label=m)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(range(len(domains)), domains)
-    ax.set(title="Held-out bits per byte by domain (lower is better)", ylabel="bits per byte")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save_grouped(fig, ax, domains, "Held-out bits per byte by domain (lower is better)",
+                         "bits per byte", out)

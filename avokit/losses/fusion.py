@@ -99,3 +99,30 @@ def mean_teacher_weights(weights: Tensor, names: Sequence[str]) -> dict[str, flo
         return {name: 0.0 for name in names}
     means = weights.detach().float().mean(dim=0).tolist()
     return {name: float(w) for name, w in zip(names, means, strict=True)}
+
+
+def local_bpb(span_logprob: Tensor, span_bytes: Tensor, window: int = 0) -> Tensor:
+    """Each teacher's bits per byte around each span: the ``2 * window + 1`` spans centred on
+    it (fewer at the ends), pooled as total NLL over total bytes.
+
+    Shapes: ``span_logprob`` float [S, n_teachers] (a teacher's log-prob of each span's bytes),
+    ``span_bytes`` [S]. Returns float [S, n_teachers]. Single spans (~4 bytes) are noisy
+    estimates of which teacher is better here; a window trades locality for stability.
+    """
+    if span_logprob.dim() != 2 or span_bytes.shape != span_logprob.shape[:1]:
+        raise ValueError(f"span_logprob must be [S, n] and span_bytes [S], got "
+                         f"{tuple(span_logprob.shape)} and {tuple(span_bytes.shape)}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0, got {window}")
+    nll = -span_logprob.to(torch.float64)
+    nb = span_bytes.to(torch.float64)
+    if window:
+        # prefix sums: the window total is a difference of two cumulative sums
+        pad = torch.zeros(1, nll.shape[1], dtype=nll.dtype)
+        c_nll = torch.cat([pad, nll.cumsum(0)])
+        c_nb = torch.cat([torch.zeros(1, dtype=nb.dtype), nb.cumsum(0)])
+        idx = torch.arange(nll.shape[0])
+        lo = (idx - window).clamp(min=0)
+        hi = (idx + window + 1).clamp(max=nll.shape[0])
+        nll, nb = c_nll[hi] - c_nll[lo], c_nb[hi] - c_nb[lo]
+    return document_bpb(nll, nb)

@@ -23,13 +23,22 @@ class LossConfig(Section):
     # the student token with the same bytes; "first_token" for the student token its bytes
     # start with (avokit.align.vocab_map.first_token_map)
     vocab_map: Literal["exact", "first_token"] = "exact"
+    # where the token-level term applies: "boundary" only at common token boundaries; "dense" at
+    # every student position the teacher covers, inside words too, from the teacher's
+    # distribution conditioned on the bytes already emitted (avokit.align.conditional); dense
+    # maps candidates to their longest student prefix, so vocab_map does not apply to it
+    targets: Literal["boundary", "dense"] = "boundary"
 
 
 class FusionConfig(Section):
-    """How several teachers are combined: fixed weights or per-document BPB weights."""
+    """How several teachers are combined: fixed weights, per-document BPB weights, or per-span
+    weights from each teacher's local likelihood of the gold bytes (``span_softmax``: spans
+    between bytes where every teacher and the student end a token, pooled over ``window``
+    spans on each side; documents' tails past a teacher's coverage fall back to bpb_softmax)."""
 
-    mode: Literal["fixed", "bpb_softmax", "min_ce"] = "bpb_softmax"
+    mode: Literal["fixed", "bpb_softmax", "min_ce", "span_softmax"] = "bpb_softmax"
     temperature: float = Field(default=0.1, gt=0.0)
+    window: int = Field(default=2, ge=0)
 
 
 class TrainConfig(Section):

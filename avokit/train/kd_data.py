@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from avokit.align import align
+from avokit.align import TokenBytes, align
+from avokit.align.conditional import PrefixIndex, conditional_targets
 from avokit.records import TeacherRecords
 from avokit.train.data import PackedCorpus
 
@@ -31,6 +32,8 @@ class DocKD:
     - topk_student_ids: int64 [m, k] (-1 unmapped); topk_logprobs: float32 [m, k]
     - chunk_logprob: float32 [m], teacher gold log-prob summed over the chunk's teacher tokens
     - bpb: the teacher's bits per byte on the bytes it covers (inf when it covers none)
+    - dense: token-level targets at every student position (``train.loss.targets: dense``,
+      see :mod:`avokit.align.conditional`), replacing the boundary rows above; None otherwise
     """
 
     first: np.ndarray
@@ -40,9 +43,33 @@ class DocKD:
     topk_logprobs: np.ndarray
     chunk_logprob: np.ndarray
     bpb: float
+    dense: DenseRows | None = None
 
 
-def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student: np.ndarray) -> DocKD:
+@dataclass(frozen=True)
+class DenseRows:
+    """Byte-conditional targets of one document: ``m`` student positions, ``c`` candidates.
+
+    - pos: int64 [m] student token index; ids: int64 [m, c] student ids (-1 none);
+      logprobs: float32 [m, c] conditional log-probs (-inf for dropped candidates)
+    """
+
+    pos: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    """What dense targets need besides the records: the teacher's token bytes and the
+    student's longest-prefix index."""
+
+    teacher: TokenBytes
+    index: PrefixIndex
+
+
+def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student: np.ndarray,
+           dense: DenseSpec | None = None) -> DocKD:
     """Align one teacher's records for a document to the student's tokens of that document.
 
     A teacher may cover only a prefix of the document (its ``max_length``): both tokenizations
@@ -72,6 +99,11 @@ def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student
     gold = np.asarray(records.gold_logprob, dtype=np.float64)[:n_t]
     chunk_lp = np.bincount(al.teacher_chunk, weights=gold, minlength=m).astype(np.float32)
     bpb = float(-gold.sum() / LN2 / cut) if cut > 0 else math.inf
+    rows = None
+    if dense is not None:
+        starts = np.concatenate([[0], s_ends[:-1]]).astype(np.int64)
+        ct = conditional_targets(records, dense.teacher, starts, dense.index)
+        rows = DenseRows(ct.student_pos, ct.student_ids, ct.logprobs)
     return DocKD(
         first=first,
         last=last,
@@ -80,6 +112,7 @@ def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student
         topk_logprobs=np.asarray(records.topk_logprobs, dtype=np.float32)[al.teacher_pos],
         chunk_logprob=chunk_lp,
         bpb=bpb,
+        dense=rows,
     )
 
 
@@ -114,6 +147,7 @@ class TeacherSource:
     teacher_to_student: np.ndarray  # int64 [V_teacher], -1 = unmapped
     kd_weight: float | None = None  # this teacher's term weights; None = the recipe's train.loss
     chunk_weight: float | None = None
+    dense: DenseSpec | None = None  # token targets at every student position, not only boundaries
     memo: dict[str, DocKD] = field(default_factory=dict)
     row_memo: dict[int, RowKD] = field(default_factory=dict)  # per packed row, see build_teacher_batch
 
@@ -125,28 +159,33 @@ class TeacherSource:
                 rec = self.records[doc_id]
             except KeyError:
                 return None
-            hit = doc_kd(rec, student_ends, self.teacher_to_student)
+            hit = doc_kd(rec, student_ends, self.teacher_to_student, self.dense)
             self.memo[doc_id] = hit
         return hit
 
 
 @dataclass(frozen=True)
 class RowKD:
-    """One teacher's usable boundaries/chunks in one packed row (chunk ids local to the row)."""
+    """One teacher's usable token targets and chunks in one packed row (chunk ids local to the
+    row). Without dense targets the ``m`` token rows are the common boundaries, one per chunk."""
 
     s_pos: np.ndarray  # int64 [m]
     topk_student_ids: np.ndarray  # int64 [m, k]
     topk_logprobs: np.ndarray  # float32 [m, k]
     weight: np.ndarray  # float32 [m]
-    chunk_logprob: np.ndarray  # float32 [m]
+    chunk_logprob: np.ndarray  # float32 [c]
     chunk_of_target: np.ndarray  # int64 [T], local chunk id or -1
+    chunk_weight: np.ndarray  # float32 [c]
 
 
-def row_kd(packed: PackedCorpus, row: int, source: TeacherSource, doc_weight: Callable[[int], float]) -> RowKD:
-    """The boundaries of ``row`` whose whole chunk lies inside the row (memoised per row)."""
+def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
+           doc_weight: Callable[[int], float | np.ndarray]) -> RowKD:
+    """The targets of ``row``: boundaries (or, with dense targets, every covered student
+    position) whose token is a target of the row, and chunks wholly inside it (memoised per row)."""
     T = packed.seq_len
     lo = row * T + 1  # stream index predicted by logit position 0
-    parts: list[tuple[np.ndarray, ...]] = []
+    tokens: list[tuple[np.ndarray, ...]] = []
+    chunks: list[tuple[np.ndarray, ...]] = []
     chunk_of_target = np.full(T, -1, dtype=np.int64)
     n = 0
     k = 0
@@ -154,36 +193,49 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource, doc_weight: Ca
         kd = source.doc(packed.doc_ids[d], packed.byte_ends[d])
         if kd is None or kd.first.size == 0:
             continue
-        k = kd.topk_student_ids.shape[1]
+        k = kd.topk_student_ids.shape[1] if kd.dense is None else kd.dense.ids.shape[1]
         # A document this teacher does not guide (weight 0, e.g. min_ce picked another teacher)
         # stays in the batch with weight 0: the losses mask it, and the trainer's scale (mean
         # weight over *all* the teacher's boundaries) then keeps every teacher's boundaries
         # at the same per-boundary weight. Dropping it made a rarely chosen teacher count more.
-        w = doc_weight(d)
+        w = doc_weight(d)  # a scalar, or one weight per student token (span-level fusion)
+
+        def at(pos: np.ndarray) -> np.ndarray:
+            return np.asarray(w, dtype=np.float32)[pos] if np.ndim(w) else np.full(pos.size, w, np.float32)
+
         offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i
         sel = np.nonzero((kd.first >= a) & (kd.last < e))[0]
+        if kd.dense is not None:
+            tok = kd.dense.pos[(kd.dense.pos >= a) & (kd.dense.pos < e)]
+            hit = np.searchsorted(kd.dense.pos, tok)
+            tokens.append((tok + offset, kd.dense.ids[hit], kd.dense.logprobs[hit], at(tok)))
+        elif sel.size:
+            tokens.append((kd.first[sel] + offset, kd.topk_student_ids[sel], kd.topk_logprobs[sel],
+                           at(kd.first[sel])))
         if sel.size == 0:
             continue
-        parts.append((kd.first[sel] + offset, kd.topk_student_ids[sel], kd.topk_logprobs[sel],
-                      np.full(sel.size, w, dtype=np.float32), kd.chunk_logprob[sel]))
+        chunks.append((kd.chunk_logprob[sel], at(kd.first[sel])))
         # local chunk id -> row chunk id (or -1 for chunks cut by the row edge; -1 hits the spare slot)
         lookup = np.full(kd.first.size + 1, -1, dtype=np.int64)
         lookup[sel] = n + np.arange(sel.size)
         chunk_of_target[offset + a : offset + e] = lookup[kd.student_chunk[a:e]]
         n += sel.size
-    if not parts:
-        return RowKD(np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k), np.float32),
-                     np.zeros(0, np.float32), np.zeros(0, np.float32), chunk_of_target)
-    cols = list(zip(*parts))
-    return RowKD(np.concatenate(cols[0]), np.concatenate(cols[1]), np.concatenate(cols[2]),
-                 np.concatenate(cols[3]), np.concatenate(cols[4]), chunk_of_target)
+    s_pos, ids, lps, weight = _columns(tokens, [np.zeros(0, np.int64), np.zeros((0, k), np.int64),
+                                                np.zeros((0, k), np.float32), np.zeros(0, np.float32)])
+    chunk_lp, chunk_w = _columns(chunks, [np.zeros(0, np.float32), np.zeros(0, np.float32)])
+    return RowKD(s_pos, ids, lps, weight, chunk_lp, chunk_of_target, chunk_w)
+
+
+def _columns(parts: list[tuple[np.ndarray, ...]], empty: list[np.ndarray]) -> list[np.ndarray]:
+    """Concatenate each column of ``parts``; ``empty`` (right dtypes and widths) when none."""
+    return [np.concatenate(col) for col in zip(*parts)] if parts else empty
 
 
 def build_teacher_batch(
     packed: PackedCorpus,
     rows: np.ndarray,
     source: TeacherSource,
-    doc_weight: Callable[[int], float],
+    doc_weight: Callable[[int], float | np.ndarray],
 ) -> TeacherBatchArrays:
     """Index arrays for one teacher over the batch made of packed ``rows``.
 
@@ -198,18 +250,18 @@ def build_teacher_batch(
             source.row_memo[row] = hit
         per_row.append(hit)
     counts = np.array([r.s_pos.shape[0] for r in per_row], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    chunk_counts = np.array([r.chunk_logprob.shape[0] for r in per_row], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(chunk_counts)[:-1]]).astype(np.int64)
     chunk_of_target = np.stack([np.where(r.chunk_of_target >= 0, r.chunk_of_target + s, -1)
                                 for r, s in zip(per_row, starts)])
     k = max((r.topk_student_ids.shape[1] for r in per_row), default=0)
-    weight = np.concatenate([r.weight for r in per_row]).astype(np.float32)
     return TeacherBatchArrays(
         b_idx=np.repeat(np.arange(len(per_row), dtype=np.int64), counts),
         s_pos=np.concatenate([r.s_pos for r in per_row]).astype(np.int64),
         topk_student_ids=np.concatenate([r.topk_student_ids.reshape(-1, k) for r in per_row]).astype(np.int64),
         topk_logprobs=np.concatenate([r.topk_logprobs.reshape(-1, k) for r in per_row]).astype(np.float32),
-        boundary_weight=weight,
+        boundary_weight=np.concatenate([r.weight for r in per_row]).astype(np.float32),
         chunk_teacher_logprob=np.concatenate([r.chunk_logprob for r in per_row]).astype(np.float32),
         chunk_of_target=chunk_of_target,
-        chunk_weight=weight.copy(),
+        chunk_weight=np.concatenate([r.chunk_weight for r in per_row]).astype(np.float32),
     )

@@ -37,12 +37,20 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class KDSetup:
-    """Teachers for KD: their sources and per-document fusion weights float32 [D, n_teachers]."""
+    """Teachers for KD: their sources and per-document fusion weights float32 [D, n_teachers];
+    with span-level fusion also per student token, ``token_weights[d]`` float32 [n_d, n_teachers]."""
 
     sources: list[TeacherSource]
     doc_weights: np.ndarray
     loss_cfg: Any = None  # avokit.recipe.train.LossConfig
     extra: dict[str, Any] = field(default_factory=dict)
+    token_weights: list[np.ndarray] | None = None
+
+    def weight_of(self, t: int) -> Callable[[int], float | np.ndarray]:
+        """Teacher ``t``'s fusion weight of document ``d``: per token where span-level."""
+        if self.token_weights is not None:
+            return lambda d: self.token_weights[d][:, t]
+        return lambda d: float(self.doc_weights[d, t])
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -100,7 +108,7 @@ def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     for t, source in enumerate(kd.sources):
-        arrays = build_teacher_batch(packed, rows, source, lambda d, t=t: float(kd.doc_weights[d, t]))
+        arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t))
         batch = TeacherBatch(**arrays.to_torch(device))
         terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets)
         out[source.name] = {"kd": terms["kd"] * terms["kd_share"],
@@ -129,6 +137,7 @@ def train_loop(
     eval_max_rows: int = 64,
     stop_after: Callable[[int], bool] | None = None,
     progress: bool = True,
+    eval_split: str = "heldout",
 ) -> Any:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``out_dir/checkpoints``.
 
@@ -245,6 +254,7 @@ def train_loop(
                 if is_eval:
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
                                                         accelerator, eval_max_rows, cfg.batch_size)
+                    record["eval_split"] = eval_split  # which split the in-training BPB scores
                 if kd is not None and kd.sources:
                     record["teacher_weights"] = {s.name: float(np.mean(kd.doc_weights[:, t]))
                                                  for t, s in enumerate(kd.sources)}

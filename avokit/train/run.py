@@ -16,7 +16,7 @@ from avokit.recipe.recipe import Recipe
 from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
 from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import PackedCorpus, pack_documents, read_split
-from avokit.train.kd_data import TeacherSource
+from avokit.train.kd_data import DenseSpec, TeacherSource
 from avokit.train.loop import KDSetup, train_loop
 
 DONE = "training_done.json"
@@ -49,12 +49,14 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
     first-token prefixes when ``train.loss.vocab_map`` is ``first_token``.
     """
     from avokit.align import byteify
+    from avokit.align.conditional import PrefixIndex
     from avokit.align.vocab_map import build_vocab_map, first_token_map
     from avokit.cache import CacheReader, load_cache_tokenizer
     from avokit.losses.same_vocab import shares_vocabulary
 
     student_tb = byteify(tokenizer, name="student")
     student_vocab = tokenizer.get_vocab()
+    index = PrefixIndex(student_tb)
     sources = []
     for t in recipe.teachers:
         cache_dir = recipe.run_dir / "cache" / t.name
@@ -72,15 +74,19 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
             if recipe.train.loss.vocab_map == "first_token":
                 t2s = first_token_map(t2s, teacher_tb, student_tb, tokenizer)
+        dense = None
+        if recipe.train.loss.targets == "dense":
+            dense = DenseSpec(byteify(t_tok, name=t.name), index)
         sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64),
-                                     kd_weight=t.kd_weight, chunk_weight=t.chunk_weight))
+                                     kd_weight=t.kd_weight, chunk_weight=t.chunk_weight, dense=dense))
     return sources
 
 
 def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource]) -> np.ndarray:
     """Per-document teacher weights float32 [D, n_teachers] from each teacher's BPB on it.
 
-    Aligns every (teacher, document) once here; the memo is reused by every batch.
+    Aligns every (teacher, document) once here; the memo is reused by every batch. Span-level
+    fusion uses these (as bpb_softmax) where a document's spans end.
     """
     import torch
 
@@ -93,10 +99,40 @@ def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
             if kd is not None:
                 bpb[d, t] = kd.bpb
     fcfg = recipe.train.fusion
+    mode = "bpb_softmax" if fcfg.mode == "span_softmax" else fcfg.mode
     # inf BPB marks a document the teacher's cache lacks: document_weights gives it weight 0.
-    weights = document_weights(torch.tensor(bpb, dtype=torch.float64), fcfg.mode, fcfg.temperature,
+    weights = document_weights(torch.tensor(bpb, dtype=torch.float64), mode, fcfg.temperature,
                                [s.weight for s in sources])
     return weights.numpy().astype(np.float32)
+
+
+def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource],
+                        doc_weights: np.ndarray) -> list[np.ndarray]:
+    """Per student token of each document, float32 [n_d, n_teachers]: the teachers' weights of
+    the span the token lies in (softmax of minus each teacher's local BPB over the span and
+    ``fusion.window`` spans either side, over the teachers that cache the document); tokens
+    past the spans every teacher covers keep the document's weights."""
+    import torch
+
+    from avokit.align.spans import common_spans
+    from avokit.losses.fusion import document_weights, local_bpb
+
+    fcfg = recipe.train.fusion
+    prior = np.array([s.weight for s in sources], dtype=np.float64)
+    out = []
+    for d, doc_id in enumerate(packed.doc_ids):
+        w = np.repeat(doc_weights[d][None, :], int(packed.doc_len[d]), axis=0)
+        have = [t for t, s in enumerate(sources) if doc_id in s.records]
+        recs = [sources[t].records[doc_id] for t in have]
+        spans = common_spans([r.byte_ends for r in recs], [r.gold_logprob for r in recs], packed.byte_ends[d])
+        if spans.n_spans and have:
+            bpb = local_bpb(torch.from_numpy(spans.logprob), torch.from_numpy(spans.n_bytes), fcfg.window)
+            per_span = np.zeros((spans.n_spans, len(sources)))
+            per_span[:, have] = document_weights(bpb, "bpb_softmax", fcfg.temperature, prior[have]).numpy()
+            inside = spans.span_of_student >= 0
+            w[inside] = per_span[spans.span_of_student[inside]]
+        out.append(w.astype(np.float32))
+    return out
 
 
 def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: KDSetup) -> None:
@@ -147,7 +183,12 @@ def run_training(recipe: Recipe, baseline: bool = False,
     # evaluation scores every model from this token (BOS, else EOS): train the student on it too
     start = resolve_start_token_id(tokenizer)
     packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep, start_id=start)
-    heldout_docs = read_split(recipe.run_dir, "heldout")
+    # in-training evaluation (curves, checkpoint choice) scores the validation split when the
+    # corpus has one, so the held-out split stays a test set nothing was chosen on
+    eval_split = "validation" if (recipe.run_dir / "corpus" / "validation.parquet").is_file() else "heldout"
+    heldout_docs = read_split(recipe.run_dir, eval_split)
+    if not heldout_docs and eval_split == "validation":
+        eval_split, heldout_docs = "heldout", read_split(recipe.run_dir, "heldout")
     heldout = (pack_documents(heldout_docs, tokenizer, cfg.seq_len, sep, require_row=False, start_id=start)
                if heldout_docs else None)
     if heldout is not None and heldout.n_rows == 0:
@@ -155,7 +196,10 @@ def run_training(recipe: Recipe, baseline: bool = False,
     kd = None
     if not baseline:
         sources = teacher_sources(recipe, tokenizer)
-        kd = KDSetup(sources=sources, doc_weights=fusion_weights(recipe, packed, sources), loss_cfg=cfg.loss)
+        doc_w = fusion_weights(recipe, packed, sources)
+        token_w = (span_fusion_weights(recipe, packed, sources, doc_w)
+                   if cfg.fusion.mode == "span_softmax" else None)
+        kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=cfg.loss, token_weights=token_w)
         write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
     student_cfg = recipe.student
@@ -164,6 +208,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
         student_cfg = student_cfg.model_copy(update={"pretrained": recipe.resolve(student_cfg.pretrained)})
     model = build_student(student_cfg, tokenizer)
     model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
+                       eval_split=eval_split,
                        stop_after=stop_after, progress=progress)
     from accelerate import PartialState
 

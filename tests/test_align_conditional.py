@@ -1,0 +1,125 @@
+"""Byte-conditional teacher targets: a hand-computed case, and the fast path against the slow
+reference from the definition on random vocabularies, texts and top-k lists."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avokit.align import TokenBytes
+from avokit.align.conditional import PrefixIndex, conditional_targets, conditional_targets_reference
+from avokit.records import TeacherRecords, TokenizedDoc
+
+
+def _tb(pieces: list[bytes], name: str) -> TokenBytes:
+    preferred: dict[bytes, int] = {}
+    for i, b in enumerate(pieces):
+        preferred.setdefault(b, i)
+    return TokenBytes(name, "byte_level", list(pieces), np.zeros(len(pieces), bool),
+                      np.zeros(len(pieces), bool), {}, preferred)
+
+
+def _greedy(text: bytes, tb: TokenBytes) -> TokenizedDoc:
+    """Longest-match tokenization (every single byte is in the vocabularies used here)."""
+    ids, ends, pos = [], [], 0
+    longest = max(len(b) for b in tb.table)
+    while pos < len(text):
+        for n in range(min(longest, len(text) - pos), 0, -1):
+            hit = tb.preferred.get(text[pos : pos + n])
+            if hit is not None:
+                ids.append(hit)
+                pos += n
+                ends.append(pos)
+                break
+    return TokenizedDoc(np.array(ids, np.int64), np.array(ends, np.int64), len(text))
+
+
+def _records(doc: TokenizedDoc, topk_ids: np.ndarray, topk_lp: np.ndarray, gold_lp: np.ndarray) -> TeacherRecords:
+    n = doc.ids.size
+    return TeacherRecords("d", doc.ids.astype(np.int32), doc.byte_ends, gold_lp.astype(np.float32),
+                          topk_ids.astype(np.int32), topk_lp.astype(np.float32), np.zeros(n, np.float32))
+
+
+def test_hand_case_inside_a_word_and_at_a_boundary() -> None:
+    # teacher spells " walking" as one token; the student as " walk" + "ing"
+    teacher = _tb([b" walking", b" walked", b" walks", b" talk", b" w", b"alking", b"i", b"n", b"g",
+                   b" ", b"w", b"a", b"l", b"k", b"e", b"d", b"s", b"t"], "teacher")
+    student = _tb([b" walk", b"ing", b"ed", b"s", b" ", b"w", b"a", b"l", b"k", b"i", b"n", b"g", b"e",
+                   b"d", b"t", b" wa"], "student")
+    text = b" walking"
+    t_doc = TokenizedDoc(np.array([0]), np.array([8]), 8)
+    s_doc = TokenizedDoc(np.array([0, 1]), np.array([5, 8]), 8)
+    p = {" walking": 0.5, " walked": 0.2, " walks": 0.1, " talk": 0.1}
+    ids = np.array([[0, 1, 2, 3]])
+    lps = np.log(np.array([[p[" walking"], p[" walked"], p[" walks"], p[" talk"]]]))
+    rec = _records(t_doc, ids, lps, np.log(np.array([0.5])))
+    out = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+    assert out.student_pos.tolist() == [0, 1] and out.inside.tolist() == [False, True]
+    # boundary row: every candidate kept; " walking"/" walked"/" walks" -> " walk", " talk" -> " "
+    row0 = {}
+    for sid, lp in zip(out.student_ids[0], out.logprobs[0]):
+        if lp > -np.inf:
+            row0[int(sid)] = row0.get(int(sid), 0.0) + math.exp(float(lp))
+    assert set(row0) == {0, 4}
+    assert abs(row0[0] - 0.8 / 0.9) < 1e-6 and abs(row0[4] - 0.1 / 0.9) < 1e-6
+    # inside " walking" after " walk": only " walking", " walked", " walks" extend the prefix
+    row1 = {int(s): math.exp(float(lp)) for s, lp in zip(out.student_ids[1], out.logprobs[1]) if lp > -np.inf}
+    assert abs(row1[1] - 0.5 / 0.8) < 1e-6 and abs(row1[2] - 0.2 / 0.8) < 1e-6 and abs(row1[3] - 0.1 / 0.8) < 1e-6
+
+
+def test_gold_outside_the_top_k_is_a_candidate() -> None:
+    teacher = _tb([b"ab", b"ax", b"a", b"b", b"x"], "t")
+    student = _tb([b"a", b"b", b"x"], "s")
+    t_doc = TokenizedDoc(np.array([0]), np.array([2]), 2)
+    s_doc = TokenizedDoc(np.array([0, 1]), np.array([1, 2]), 2)
+    rec = _records(t_doc, np.array([[1]]), np.log(np.array([[0.6]])), np.log(np.array([0.3])))
+    out = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+    # after "a": candidates "ax" (0.6) and the gold "ab" (0.3) -> x: 2/3, b: 1/3
+    got = {int(s): math.exp(float(lp)) for s, lp in zip(out.student_ids[1], out.logprobs[1]) if lp > -np.inf}
+    assert abs(got[2] - 2 / 3) < 1e-6 and abs(got[1] - 1 / 3) < 1e-6
+
+
+ALPHABET = b"ab c"
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple:
+    def vocab(extra: int) -> list[bytes]:
+        words = draw(st.lists(st.binary(min_size=2, max_size=5).map(
+            lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b)), min_size=1, max_size=extra))
+        return list(dict.fromkeys([bytes([c]) for c in ALPHABET] + words))
+
+    t_pieces, s_pieces = vocab(12), vocab(8)
+    text = bytes(ALPHABET[x % len(ALPHABET)] for x in draw(st.binary(min_size=1, max_size=24)))
+    teacher, student = _tb(t_pieces, "t"), _tb(s_pieces, "s")
+    t_doc, s_doc = _greedy(text, teacher), _greedy(text, student)
+    n, k = t_doc.ids.size, draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    topk = np.stack([rng.choice(len(t_pieces), size=min(k, len(t_pieces)), replace=False) for _ in range(n)])
+    raw = rng.dirichlet(np.ones(topk.shape[1] + 1), size=n)[:, :-1]  # leave some tail mass
+    order = np.argsort(-raw, axis=1)
+    gold = np.log(rng.uniform(0.01, 0.5, size=n))
+    return teacher, student, text, t_doc, s_doc, np.take_along_axis(topk, order, 1), np.log(np.take_along_axis(raw, order, 1)), gold
+
+
+@settings(max_examples=150, deadline=None)
+@given(cases())
+def test_fast_path_equals_the_reference(case: tuple) -> None:
+    teacher, student, text, t_doc, s_doc, topk, lps, gold = case
+    rec = _records(t_doc, topk, lps, gold)
+    fast = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+    ref = conditional_targets_reference(rec, teacher, student, s_doc, text)
+    assert sorted(ref) == fast.student_pos.tolist()
+    assert len(ref) == s_doc.ids.size  # the gold token always extends the prefix: every position
+    for row, p in enumerate(fast.student_pos.tolist()):
+        got: dict[int, float] = {}
+        for sid, lp in zip(fast.student_ids[row].tolist(), fast.logprobs[row].tolist()):
+            if lp > -math.inf:
+                got[sid] = got.get(sid, 0.0) + math.exp(lp)
+        assert got.keys() == ref[p].keys()
+        for sid, v in ref[p].items():
+            assert abs(got[sid] - v) < 1e-5, (p, sid, got, ref[p])
+        assert abs(sum(got.values()) - 1.0) < 1e-5
