@@ -33,10 +33,7 @@ PRICE = {"*": {"input": 1000, "output": 3000}}  # micro-units per 1M tokens
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     build_registry(root, MODEL)
-    failed = root / "not-released"  # gate failed: must never be served
-    failed.mkdir()
-    (failed / "release.json").write_text(json.dumps({"name": "not-released",
-                                                     "gate": {"passed": False}}))
+    build_registry(root, "not-released", passed=False)  # gate failed: must never be served
     return root
 
 

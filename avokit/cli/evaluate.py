@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -33,14 +34,29 @@ def eval_command(recipe: str = typer.Argument(..., help="recipe YAML file or bui
 
 def release_command(
     run_dir: Path = typer.Argument(..., help="the run directory, e.g. runs/avocado-mini"),
-    name: str = typer.Option(..., "--name", help="model name in the registry"),
-    registry: Path = typer.Option(Path("registry"), "--registry", help="model registry directory"),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="model name in the registry [default: the recipe's release.name, else its name]"),
+    registry: Optional[Path] = typer.Option(
+        None, "--registry", help="model registry directory [default: the recipe's release.registry]"),
 ) -> Path:
     """Copy a student that passed its gate into the registry with a model card."""
+    from avokit.contracts import ContractError, read_metrics
     from avokit.evaluate import release
 
     if not run_dir.is_dir():
         raise AvokitError(f"RUN_DIR {run_dir}: no such run directory")
+    if name is None or registry is None:
+        # the recipe's release section as `avokit eval` recorded it (paths already resolved
+        # against the recipe's folder, so the release lands where `avokit distill` puts it)
+        try:
+            metrics = read_metrics(run_dir / "report" / "metrics.json")
+        except ContractError as err:
+            raise AvokitError(f"{err} (or give --name and --registry)") from None
+        name = name or metrics.release_name
+        registry = registry or (Path(metrics.release_registry) if metrics.release_registry else None)
+        if name is None or registry is None:
+            raise AvokitError(f"{run_dir / 'report' / 'metrics.json'}: records no release name or "
+                              "registry; give --name and --registry")
     dest = release(run_dir, name, registry)
     Console().print(f"released {name} -> {dest}")
     return dest
