@@ -4,7 +4,6 @@ SQLite and PostgreSQL (PostgreSQL skipped only without AVOKIT_TEST_PG_URL)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys

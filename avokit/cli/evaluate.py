@@ -1,9 +1,8 @@
-"""``avokit eval RECIPE`` and ``avokit release RUN_DIR --name NAME``: thin views over
-:func:`avokit.evaluate.run_eval` and :func:`avokit.evaluate.release`."""
+"""``avokit eval RECIPE`` and ``avokit release RUN_DIR [--name NAME] [--registry DIR]``:
+thin views over :func:`avokit.evaluate.run_eval` and :func:`avokit.evaluate.release`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -15,19 +14,19 @@ from avokit.errors import AvokitError
 
 def eval_command(recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name")) -> Path:
     """Evaluate student, baseline and teachers; write the report and the gate verdict."""
+    from avokit.contracts import read_metrics
     from avokit.evaluate import run_eval
     from avokit.recipe.load import load_recipe
 
     report = run_eval(load_recipe(recipe))
-    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(report / "metrics.json")
     console = Console()
-    for m, b in metrics["bpb"].items():
-        console.print(f"{m:>16}: held-out BPB {b['bpb']:.4f}")
-    gate = metrics["gate"]
-    console.print(f"gate: [{'green' if gate['passed'] else 'red'}]{'PASSED' if gate['passed'] else 'FAILED'}[/]")
-    for c in gate["checks"]:
-        if not c["passed"]:
-            console.print(f"  failed {c['name']}: {c['message']}")
+    for m, b in metrics.bpb.items():
+        console.print(f"{m:>16}: held-out BPB {b.bpb:.4f}")
+    gate = metrics.gate
+    console.print(f"gate: [{'green' if gate.passed else 'red'}]{'PASSED' if gate.passed else 'FAILED'}[/]")
+    for c in gate.failed():
+        console.print(f"  failed {c.name}: {c.message}")
     console.print(f"report: {report / 'report.md'}")
     return report
 
