@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 def capture_command(
     recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="capture only this teacher"),

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 
-
 def teachers_list() -> None:
     """Show the registry teachers (nothing is loaded)."""
     # here, not at the top: `avokit serve` on a [serve]-only install imports this module

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from avokit.checksums import file_sha256
 from avokit.contracts.base import Contract, ContractError, read_versioned
-from avokit.contracts.metrics import GateVerdict, TeacherLineage, DataLineage
+from avokit.contracts.metrics import DataLineage, GateVerdict, TeacherLineage
 
 RELEASE_SCHEMA_VERSION = 1
 MANIFEST_NAME = "release.json"
