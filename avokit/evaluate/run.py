@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from avokit.contracts.metrics import EvalMetrics
+from avokit.contracts.metrics import EVAL_SCHEMA_VERSION, EvalMetrics
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
 from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
@@ -278,7 +278,7 @@ def run_eval(recipe: Recipe) -> Path:
         "gate_config": recipe.gate.model_dump(mode="json"), "eval_config": recipe.eval.model_dump(mode="json"),
     })
     metrics: dict[str, Any] = {
-        "schema_version": EvalMetrics.model_fields["schema_version"].default, "recipe": recipe.name, "created": created, "eval_run": run_no,
+        "schema_version": EVAL_SCHEMA_VERSION, "recipe": recipe.name, "created": created, "eval_run": run_no,
         "hardware": hardware(), "wall_time_s": wall, "cost_per_hour": recipe.eval.cost_per_hour,
         "cost_usd": wall / 3600 * recipe.eval.cost_per_hour,
         "heldout": {"docs": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts.values()),
