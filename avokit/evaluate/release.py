@@ -1,12 +1,12 @@
 """Release: copy a student that passed its gate into the model registry with a model card.
 
-REGISTRY/<name>/ = the student's HF model dir + MODEL_CARD.md + release.json (read by the
-gateway, which serves only releases whose gate passed).
+REGISTRY/<name>/ = the student's HF model dir + MODEL_CARD.md + release.json, a
+:class:`~avokit.contracts.ReleaseManifest` that the gateway reads through the same model
+(it serves only releases whose gate passed and whose files match their sha256).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -14,13 +14,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import avokit
 from avokit.checksums import file_sha256
+from avokit.contracts import ContractError, EvalMetrics, ReleaseManifest, read_metrics
+from avokit.contracts.release import (
+    NAME_PATTERN,
+    EvalSummary,
+    Lineage,
+    TokenizerInfo,
+    combined_weights_sha256,
+    digest_files,
+)
 from avokit.errors import AvokitError
 from avokit.evaluate.report import domain_table
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+NAME_RE = re.compile(NAME_PATTERN)
 # Kept in the run, not shipped: training logs (checkpoints/ is a folder and is never copied).
 NOT_SHIPPED = ("train_log.jsonl", "fusion_weights.jsonl")
+# Hugging Face tokenizer files: listed in the manifest's tokenizer section.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+                   "chat_template.jinja")
 
 
 class ReleaseError(AvokitError):
@@ -32,20 +46,17 @@ def weights_sha256(model_dir: Path) -> str | None:
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         return None
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
-    return digest.hexdigest()
+    return combined_weights_sha256({f.name: file_sha256(f) for f in files})
 
 
-def _load_metrics(run_dir: Path) -> dict[str, Any]:
+def _load_metrics(run_dir: Path) -> EvalMetrics:
     path = run_dir / "report" / "metrics.json"
     if not path.is_file():
         raise ReleaseError(f"{path}: no evaluation report; run `avokit eval` before releasing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ReleaseError(f"{path}: corrupt metrics file: {err}") from None
+        return read_metrics(path)
+    except ContractError as err:
+        raise ReleaseError(str(err)) from None
 
 
 def _license_note(lic: str) -> str:
@@ -55,48 +66,99 @@ def _license_note(lic: str) -> str:
     return lic
 
 
-def model_card(name: str, config: dict[str, Any], metrics: dict[str, Any], context_length: int) -> str:
+def model_card(name: str, config: dict[str, Any], metrics: EvalMetrics, context_length: int) -> str:
     """MODEL_CARD.md: architecture, tokenizer, data, teachers and licences, metrics,
     contamination and the gate verdict."""
-    gate, con, b = metrics["gate"], metrics["contamination"], metrics["bpb"]
-    tr = metrics["training"].get("student", {})
-    tok_cfg = metrics.get("student_config", {}).get("tokenizer", {})
+    gate, con = metrics.gate, metrics.contamination
+    tr = metrics.training.get("student")
+    student = metrics.models.get("student")
+    tok_cfg = metrics.student_config.get("tokenizer", {})
     tok_origin = ("a byte-level BPE trained on the recipe's training corpus" if tok_cfg.get("kind") == "train"
                   else f"loaded from {tok_cfg.get('path', '?')}")
     lines = [
         f"# {name}", "",
-        f"Distilled by avokit from recipe `{metrics['recipe']}` (evaluation run {metrics['eval_run']}, {metrics['created']}).", "",
+        f"Distilled by avokit from recipe `{metrics.recipe}` (evaluation run {metrics.eval_run}, {metrics.created}).", "",
         "## Architecture", "",
         f"- {config.get('model_type', '?')}: {config.get('num_hidden_layers', '?')} layers, hidden size "
         f"{config.get('hidden_size', '?')}, {config.get('num_attention_heads', '?')} heads, "
-        f"{metrics.get('models', {}).get('student', {}).get('params', '?')} parameters",
+        f"{student.params if student else '?'} parameters",
         f"- context length {context_length} tokens", "",
         "## Tokenizer", "",
         f"- own tokenizer, vocabulary {config.get('vocab_size', '?')} "
-        f"({metrics.get('models', {}).get('student', {}).get('tokenizer', '?')}): {tok_origin}", "",
+        f"({student.tokenizer if student else '?'}): {tok_origin}", "",
         "## Data", "",
-        f"- training: {tr.get('tokens', '?')} tokens over {tr.get('steps', '?')} steps from the recipe's corpus train split; "
-        f"held-out evaluation on {metrics['heldout']['docs']} documents ({metrics['heldout']['bytes']} bytes)", "",
+        f"- training: {tr.tokens if tr else '?'} tokens over {tr.steps if tr else '?'} steps from the recipe's "
+        f"corpus train split; held-out evaluation on {metrics.heldout.docs} documents ({metrics.heldout.bytes} bytes)", "",
         "## Teachers and licences", "",
     ]
-    for t in metrics["teachers"]:
-        origin = f" — {t['upstream']}; {t['provenance']}" if t.get("upstream") else ""
-        lines.append(f"- {t['name']}: {_license_note(t.get('license', 'unknown'))}{origin}")
+    for t in metrics.teachers:
+        origin = f" — {t.upstream}; {t.provenance}" if t.upstream else ""
+        lines.append(f"- {t.name}: {_license_note(t.license)}{origin}")
     lines += ["", "## Licence", "",
-              f"- this student: {metrics.get('release_license', 'unspecified')} (recipe `release.license`), "
+              f"- this student: {metrics.release_license or 'unspecified'} (recipe `release.license`), "
               "subject to the teachers' terms above where they follow derivatives"]
     lines += ["", "## Metrics", "", "Held-out bits per byte, per domain and overall (best per column in bold):", ""]
-    lines += domain_table(b)
+    lines += domain_table({m: v.model_dump() for m, v in metrics.bpb.items()})
     lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
-    for t, s in metrics["tasks"].get("student", {}).items():
-        lines.append(f"| {t} | {s['acc']['value']:.3f} (n={s['acc']['n']}) | "
-                     f"{s['clean']['acc']['value']:.3f} (n={s['clean']['acc']['n']}) |")
+    for task, s in metrics.tasks.get("student", {}).items():
+        acc, clean = s.metric("acc"), (s.clean.model_extra or {}).get("acc")
+        if acc is not None and clean is not None:
+            lines.append(f"| {task} | {acc.value:.3f} (n={acc.n}) | {clean.value:.3f} (n={clean.n}) |")
     lines += ["", "## Contamination", "",
-              f"{con['n']}-gram and token-overlap check of every eval item against the training text: "
-              f"{len(con['items'])} contaminated items, overall rate {con['overall_rate']:.4f}.", "",
-              f"## Release gate: {'PASSED' if gate['passed'] else 'FAILED'}", ""]
-    lines += [f"- {c['name']}: {'pass' if c['passed'] else 'FAIL'} ({c['message']})" for c in gate["checks"]]
+              f"{con.n}-gram and token-overlap check of every eval item against the training text: "
+              f"{len(con.items)} contaminated items, overall rate {con.overall_rate:.4f}.", "",
+              f"## Release gate: {'PASSED' if gate.passed else 'FAILED'}", ""]
+    lines += [f"- {c.name}: {'pass' if c.passed else 'FAIL'} ({c.message})" for c in gate.checks]
     return "\n".join(lines) + "\n"
+
+
+def _checked_inputs(run_dir: Path, name: str, registry: Path) -> tuple[EvalMetrics, dict[str, Any]]:
+    """The run's metrics and student config, once every refusal has been ruled out."""
+    if not NAME_RE.match(name):
+        raise ReleaseError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    metrics = _load_metrics(run_dir)
+    if not metrics.gate.passed:
+        failed = [f"{c.name} ({c.message})" for c in metrics.gate.failed()]
+        raise ReleaseError(f"{run_dir.name}: release refused, the student failed its gate: " + "; ".join(failed))
+    student = run_dir / "student"
+    cfg_path = student / "config.json"
+    weights = weights_sha256(student)
+    if not cfg_path.is_file() or weights is None:
+        raise ReleaseError(f"{student}: no trained student (config.json and *.safetensors needed)")
+    if metrics.student_sha256 != weights:
+        # the verdict belongs to the weights it measured: a retrained student needs a new eval
+        raise ReleaseError(f"{student}: the student's weights are not the ones evaluated in "
+                           f"{run_dir / 'report' / 'metrics.json'}; run `avokit eval` again before releasing")
+    if (registry / name).exists():
+        raise ReleaseError(f"{registry / name}: a release named {name!r} already exists; choose another --name")
+    return metrics, json.loads(cfg_path.read_text(encoding="utf-8"))
+
+
+def _manifest(name: str, shipped: Path, config: dict[str, Any], metrics: EvalMetrics) -> ReleaseManifest:
+    """The release manifest of the files already copied into ``shipped``."""
+    names = sorted(f.name for f in shipped.iterdir() if f.is_file())
+    weights = digest_files(shipped, [n for n in names if n.endswith(".safetensors")])
+    student_acc = {t: s.metric("acc") for t, s in metrics.tasks.get("student", {}).items()}
+    return ReleaseManifest(
+        name=name,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        avokit_version=avokit.__version__,
+        context_length=int(config.get("max_position_embeddings", 0)),
+        license=metrics.release_license,
+        weights=weights,
+        weights_sha256=combined_weights_sha256(weights),
+        files=digest_files(shipped, [n for n in names if n not in weights]),
+        tokenizer=TokenizerInfo(kind=str(metrics.student_config.get("tokenizer", {}).get("kind", "unknown")),
+                                vocab_size=config.get("vocab_size"),
+                                files=[n for n in names if n in TOKENIZER_FILES]),
+        lineage=Lineage(recipe=metrics.recipe, eval_run=metrics.eval_run, teachers=metrics.teachers,
+                        data=metrics.data),
+        gate=metrics.gate,
+        eval=EvalSummary(bpb={m: v.bpb for m, v in metrics.bpb.items()},
+                         domain_bpb={m: {d: x.bpb for d, x in v.domains.items()} for m, v in metrics.bpb.items()},
+                         tasks={t: a.value for t, a in student_acc.items() if a is not None},
+                         contamination_rate=metrics.contamination.overall_rate),
+    )
 
 
 def release(run_dir: Path, name: str, registry: Path) -> Path:
@@ -106,49 +168,21 @@ def release(run_dir: Path, name: str, registry: Path) -> Path:
     failed threshold), and never overwrites an existing release of the same name.
     """
     run_dir, registry = Path(run_dir), Path(registry)
-    if not NAME_RE.match(name):
-        raise ReleaseError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
-    metrics = _load_metrics(run_dir)
-    gate = metrics.get("gate", {})
-    if not gate.get("passed", False):
-        failed = [f"{c['name']} ({c['message']})" for c in gate.get("checks", []) if not c["passed"]]
-        raise ReleaseError(f"{run_dir.name}: release refused, the student failed its gate: " + "; ".join(failed))
-    student = run_dir / "student"
-    cfg_path = student / "config.json"
-    weights = weights_sha256(student)
-    if not cfg_path.is_file() or weights is None:
-        raise ReleaseError(f"{student}: no trained student (config.json and *.safetensors needed)")
-    evaluated = metrics.get("student_sha256")
-    if evaluated != weights:
-        # the verdict belongs to the weights it measured: a retrained student needs a new eval
-        raise ReleaseError(f"{student}: the student's weights are not the ones evaluated in "
-                           f"{run_dir / 'report' / 'metrics.json'}; run `avokit eval` again before releasing")
-    dest = registry / name
-    if dest.exists():
-        raise ReleaseError(f"{dest}: a release named {name!r} already exists; choose another --name")
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    ctx = int(config.get("max_position_embeddings", 0))
+    metrics, config = _checked_inputs(run_dir, name, registry)
     tmp = registry / f".{name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for f in sorted(student.iterdir()):
+    for f in sorted((run_dir / "student").iterdir()):
         if f.is_file() and f.name not in NOT_SHIPPED:
             shutil.copy2(f, tmp / f.name)
+    ctx = int(config.get("max_position_embeddings", 0))
     (tmp / "MODEL_CARD.md").write_text(model_card(name, config, metrics, ctx), encoding="utf-8")
-    meta = {
-        "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "context_length": ctx,
-        "gate": gate,
-        "teachers": [{"name": t["name"], "license": t.get("license", "unknown")} for t in metrics["teachers"]],
-        "license": metrics.get("release_license"),
-        "weights_sha256": weights,
-        "metrics": {"bpb": {m: v["bpb"] for m, v in metrics["bpb"].items()},
-                    "tasks": {t: s["acc"]["value"] for t, s in metrics["tasks"].get("student", {}).items()},
-                    "contamination_rate": metrics["contamination"]["overall_rate"],
-                    "recipe": metrics["recipe"], "eval_run": metrics["eval_run"]},
-    }
-    (tmp / "release.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    tmp.rename(dest)  # atomic: the gateway never sees a half-written release
-    return dest
+    manifest = _manifest(name, tmp, config, metrics)
+    if manifest.weights_sha256 != metrics.student_sha256:
+        # copied bytes differ from the evaluated ones (disk full, concurrent retrain): never ship
+        shutil.rmtree(tmp)
+        raise ReleaseError(f"{tmp}: the copied weights are not the evaluated ones; release again")
+    manifest.write(tmp)
+    tmp.rename(registry / name)  # atomic: the gateway never sees a half-written release
+    return registry / name

@@ -4,7 +4,6 @@ the gate verdict; the report. Every call is appended to report/eval_log.jsonl.""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import time
@@ -16,11 +15,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from avokit.contracts.metrics import EVAL_SCHEMA_VERSION, EvalMetrics
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
 from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
 from avokit.evaluate.contamination import ContaminationReport, check_contamination
 from avokit.evaluate.gate import check_gate
+from avokit.evaluate.lineage import cached_teacher_fingerprint, data_lineage
 from avokit.evaluate.plots import read_train_log
 from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
@@ -178,7 +179,7 @@ def _model_info(teacher: Teacher) -> dict[str, Any]:
             "vocab_size": teacher.info.vocab_size,
             # tokens of context per scoring window (live scoring; the capture used the
             # teacher's own max_length too): part of what the BPB means
-            "window": getattr(teacher, "max_length", None)}
+            "window": getattr(teacher, "max_length", None), "fingerprint": teacher.info.fingerprint}
 
 
 def _score_all(
@@ -219,7 +220,10 @@ def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[d
     out = []
     for t in recipe.teachers:
         row: dict[str, Any] = {"name": t.name, "kind": t.kind,
-                               "license": infos.get(t.name, {}).get("license", "unknown")}
+                               "license": infos.get(t.name, {}).get("license", "unknown"),
+                               # the weights the student learnt from are the cache's teacher
+                               "fingerprint": cached_teacher_fingerprint(recipe.run_dir, t.name)
+                               or infos.get(t.name, {}).get("fingerprint")}
         entry = TEACHERS.get(t.registry_name) if t.kind == "registry" else None
         if entry is not None:
             row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
@@ -274,7 +278,7 @@ def run_eval(recipe: Recipe) -> Path:
         "gate_config": recipe.gate.model_dump(mode="json"), "eval_config": recipe.eval.model_dump(mode="json"),
     })
     metrics: dict[str, Any] = {
-        "recipe": recipe.name, "created": created, "eval_run": run_no,
+        "schema_version": EVAL_SCHEMA_VERSION, "recipe": recipe.name, "created": created, "eval_run": run_no,
         "hardware": hardware(), "wall_time_s": wall, "cost_per_hour": recipe.eval.cost_per_hour,
         "cost_usd": wall / 3600 * recipe.eval.cost_per_hour,
         "heldout": {"docs": len(texts), "bytes": sum(len(t.encode("utf-8")) for t in texts.values()),
@@ -293,12 +297,16 @@ def run_eval(recipe: Recipe) -> Path:
         # release refuses a student whose weights changed after this verdict was reached
         "student_sha256": weights_sha256(run_dir / "student"),
         "release_license": recipe.release.license,
+        "release_registry": str(recipe.resolve(recipe.release.registry)),
+        "release_name": recipe.release.name or recipe.name,
         "training": _training_summary(run_dir),
         "models": infos,
         "student_config": recipe.student.model_dump(mode="json"),
         "teachers": _teacher_lineage(recipe, infos),
+        "data": data_lineage(run_dir, [t.name for t in recipe.teachers]),
     }
+    typed = EvalMetrics.model_validate(metrics)  # the contract, checked before anything is written
     plots = write_plots(metrics, run_dir, report_dir)
-    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    typed.write(report_dir / "metrics.json")
     (report_dir / "report.md").write_text(render_markdown(metrics, read_log(log_path), plots), encoding="utf-8")
     return report_dir

@@ -9,6 +9,7 @@ handles documents with different teacher weights; a weight of 0 masks a boundary
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -16,7 +17,24 @@ from torch import Tensor
 from avokit.losses.bucketed import bucketed_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs
-from avokit.recipe.train import LossConfig
+
+
+class DivergenceSettings(Protocol):
+    """The settings :func:`kd_losses` reads. The recipe's ``train.loss`` section
+    (``avokit.recipe.train.LossConfig``) has them; a Protocol, so losses never import the
+    recipe layer above them."""
+
+    @property
+    def divergence(self) -> str: ...  # forward_kl | reverse_kl | jsd | tvd
+
+    @property
+    def jsd_beta(self) -> float: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def chunk_tau(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,7 @@ def kd_losses(
     student_logits: Tensor,
     input_ids: Tensor | None,
     batch: TeacherBatch,
-    cfg: LossConfig,
+    cfg: DivergenceSettings,
     student_logprobs: Tensor | None = None,
     *,
     targets: Tensor | None = None,

@@ -6,12 +6,13 @@ so metering counts the same tokens the engine sees) and stream :class:`TokenEven
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol
 
+from avokit.contracts.base import ContractError
+from avokit.contracts.release import read_release_manifest, verify_release_files
 from avokit.gateway.errors import ConfigError
 
 
@@ -26,7 +27,12 @@ class ServedModel:
 
 
 def scan_registry(registry: Path) -> dict[str, ServedModel]:
-    """Every ``REGISTRY/<name>/`` with a release.json whose ``gate.passed`` is true."""
+    """Every ``REGISTRY/<name>/`` with a release.json whose gate passed.
+
+    The manifest is read through :class:`avokit.contracts.ReleaseManifest` (the model the
+    release stage writes), and every file it lists must match its sha256: a release whose
+    weights changed after ``avokit release`` is refused with a ConfigError naming the file.
+    """
     if not registry.is_dir():
         raise ConfigError(f"model registry {registry} is not a directory")
     served: dict[str, ServedModel] = {}
@@ -35,16 +41,16 @@ def scan_registry(registry: Path) -> dict[str, ServedModel]:
         if not release.is_file():
             continue
         try:
-            meta = json.loads(release.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{release} is not valid JSON: {err}") from err
-        if not (meta.get("gate") or {}).get("passed") is True:
-            continue
-        name = str(meta.get("name") or child.name)
-        served[name] = ServedModel(
-            name=name,
+            meta = read_release_manifest(child)
+            if not meta.gate.passed:
+                continue
+            verify_release_files(child, meta)
+        except ContractError as err:
+            raise ConfigError(str(err)) from None
+        served[meta.name] = ServedModel(
+            name=meta.name,
             path=child,
-            context_length=int(meta.get("context_length") or 2048),
+            context_length=meta.context_length or 2048,
             created=int(os.path.getmtime(release)),
         )
     return served

@@ -1,0 +1,221 @@
+"""``runs/NAME/report/metrics.json``: what ``avokit eval`` measured, per model, per domain and
+per task. Written by :func:`avokit.evaluate.run_eval`; read by release, the CLI and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from avokit.contracts.base import Contract, read_versioned
+
+EVAL_SCHEMA_VERSION = 1
+REGENERATE = "run `avokit eval RECIPE` again"
+
+
+class DomainBpb(Contract):
+    """Bits per byte of one model on one domain of the held-out split."""
+
+    bpb: float
+    bytes: int
+    docs: int
+
+
+class ModelBpb(Contract):
+    """One model's held-out bits per byte, overall and per domain."""
+
+    bpb: float
+    nll_nats: float
+    bytes: int
+    tokens: int
+    docs: int
+    source: str  # "live" (scored now) or "cache" (a teacher's capture cache)
+    domains: dict[str, DomainBpb]
+    domain_mean: float  # every domain weighted the same, however many bytes it has
+
+
+class Score(Contract):
+    """A proportion with its 95% Wilson interval and the item count."""
+
+    value: float
+    ci95: tuple[float, float]
+    n: int
+
+
+class SplitScores(Contract):
+    """Scores over a subset of items (clean or contaminated); metric name -> score."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
+    __pydantic_extra__: dict[str, Score] = Field(init=False)
+
+
+class TaskScores(Contract):
+    """One model on one task: each metric (``acc``, ``acc_norm`` or ``exact_match``) over all
+    items, and the same over the clean and the contaminated items."""
+
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")
+    __pydantic_extra__: dict[str, Score] = Field(init=False)
+    clean: SplitScores
+    dirty: SplitScores
+
+    def metric(self, name: str) -> Score | None:
+        """The score named ``name`` over all items, or None where the task has no such metric."""
+        return (self.model_extra or {}).get(name)
+
+
+class TaskSubset(Contract):
+    """Which items of a task were evaluated."""
+
+    items: int
+    available: int
+    num_fewshot: int
+    selection: str
+
+
+class Heldout(Contract):
+    """The held-out documents scored for bits per byte."""
+
+    docs: int
+    bytes: int
+    domains: dict[str, int]  # domain -> documents
+
+
+class Hardware(Contract):
+    """The machine the evaluation ran on."""
+
+    cpu: str
+    cores: int | None
+    ram_gib: float
+    accelerator: str
+
+
+class DomainContamination(Contract):
+    """Evaluation items contaminated by one training domain's text alone."""
+
+    docs: int
+    contaminated_items: int
+    rate: float
+    per_task: dict[str, dict[str, float]]
+
+
+class ContaminatedItem(Contract):
+    """One evaluation item that overlaps the training text."""
+
+    task: str
+    item_id: str
+    ngram_hits: int
+    token_overlap: float
+    contaminated: bool
+
+
+class Contamination(Contract):
+    """The n-gram / token-overlap check of every evaluation item against the training text."""
+
+    n: int
+    min_span: int
+    dirty_fraction: float
+    corpus_docs: int
+    overall_rate: float
+    per_task: dict[str, dict[str, float]]  # task -> items, contaminated, rate
+    per_domain: dict[str, DomainContamination]
+    items: list[ContaminatedItem]
+
+
+class GateCheck(Contract):
+    """One release-gate threshold and whether it held."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    message: str
+
+
+class GateVerdict(Contract):
+    """Every gate check; passed only if all passed."""
+
+    passed: bool
+    checks: list[GateCheck]
+
+    def failed(self) -> list[GateCheck]:
+        """The checks that did not hold."""
+        return [c for c in self.checks if not c.passed]
+
+
+class TrainingSummary(Contract):
+    """What the training log of one trained model says."""
+
+    steps: int
+    tokens: int
+    final_loss: float | None
+    wall_time_s: float | None  # None for logs written before elapsed_s was logged
+
+
+class ModelInfo(Contract):
+    """One evaluated model (student, baseline or teacher)."""
+
+    license: str
+    params: int | None
+    backend: str
+    tokenizer: str
+    vocab_size: int
+    window: int | None  # tokens of context per scoring window
+    fingerprint: str | None = None  # weights hash (teachers: the one their caches were made with)
+
+
+class TeacherLineage(Contract):
+    """A teacher the student learnt from: its licence and where it comes from."""
+
+    name: str
+    kind: str  # recipe teacher kind: registry, hf, gguf, openai
+    license: str
+    upstream: str | None = None  # registry teachers: the upstream model name
+    provenance: str | None = None  # registry teachers: how avokit obtains its files
+    fingerprint: str | None = None  # weights hash or endpoint + model; None when not known
+
+
+class DataLineage(Contract):
+    """Fingerprints of what the student was trained on."""
+
+    corpus: str | None  # sha256 of corpus/manifest.json (it lists every corpus file's sha256)
+    caches: dict[str, str]  # teacher -> sha256 of cache/<teacher>/manifest.json
+
+
+class EvalMetrics(Contract):
+    """The whole of ``metrics.json``."""
+
+    schema_version: Literal[1] = EVAL_SCHEMA_VERSION
+    recipe: str
+    created: str
+    eval_run: int
+    hardware: Hardware
+    wall_time_s: float
+    cost_per_hour: float
+    cost_usd: float
+    heldout: Heldout
+    bpb: dict[str, ModelBpb]  # model -> held-out BPB
+    tasks: dict[str, dict[str, TaskScores]]  # model -> task -> scores
+    task_subset: dict[str, TaskSubset]
+    contamination: Contamination
+    gate: GateVerdict
+    student_sha256: str | None  # the weights the gate verdict belongs to
+    release_license: str | None
+    # the recipe's release section, resolved: where `avokit release RUN_DIR` puts the student
+    release_registry: str | None = None
+    release_name: str | None = None
+    training: dict[str, TrainingSummary]  # student, baseline
+    models: dict[str, ModelInfo]
+    student_config: dict[str, Any]  # the recipe's student section (the recipe owns its shape)
+    teachers: list[TeacherLineage]
+    data: DataLineage
+
+    def write(self, path: Path) -> None:
+        """Write as indented JSON."""
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def read_metrics(path: Path) -> EvalMetrics:
+    """Read ``metrics.json``; :class:`~avokit.contracts.ContractError` names the file and says
+    to run ``avokit eval`` again where it is missing, old or invalid."""
+    return read_versioned(path, EvalMetrics, EVAL_SCHEMA_VERSION, REGENERATE)
