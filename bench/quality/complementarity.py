@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the sibling modules, when run 
 
 from complementarity_io import load_documents, machine_info, open_caches  # noqa: E402
 from complementarity_math import DocScore, score_spans, simplex_grid, span_logprobs  # noqa: E402
-from complementarity_report import render_markdown  # noqa: E402
+from complementarity_report import readme_row, render_markdown  # noqa: E402
 from complementarity_stats import (  # noqa: E402
     DomainTable,
     bootstrap_gains,
@@ -161,6 +161,7 @@ def main() -> None:
     md = render_markdown(result)
     (args.out / "complementarity.md").write_text(md, encoding="utf-8")
     print(md)
+    print("README row:", readme_row(result))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,20 @@ def render_markdown(result: dict) -> str:
             "probability of a span is that of its own tokenization of the bytes (not summed over "
             "other tokenizations), as in the capture cache.", ""]
     return "\n".join(out)
+
+
+def readme_row(result: dict) -> str:
+    """A suggested row for ``bench/README.md``'s table (printed; pasted by hand)."""
+    bpb, ci = result["bpb"], result["gain_interval_95"]
+    # rows that fit nothing on the scored documents (fixed-share's rate and the best fixed
+    # weights are chosen on them, so they stay out of "best real mixture")
+    real = ["uniform_span", "bayes_document", "fusion_bpb_softmax", "fixed_weights_cv"]
+    cells = []
+    for d in _columns(result)[:-2]:
+        best = min(real, key=lambda r: bpb[r][d])
+        pct = 100.0 * (bpb["best_single"][d] - bpb[best][d]) / bpb["best_single"][d]
+        cells.append(f"{d}: best single {bpb['best_single'][d]:.3f}, oracle doc/span "
+                     f"{bpb['oracle_document'][d]:.3f}/{bpb['oracle_span'][d]:.3f}, {best} "
+                     f"{bpb[best][d]:.3f} ({pct:+.1f}%, 95% CI {ci[best][d]['lo_pct']:+.1f} to "
+                     f"{ci[best][d]['hi_pct']:+.1f})")
+    return "; ".join(cells)
