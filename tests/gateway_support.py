@@ -109,3 +109,70 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class InProcess:
+    """The real app (``create_app``, its lifespan, the real engine) served in this event loop.
+
+    ``async with InProcess(settings) as gw:`` runs the lifespan and gives ``gw.http``, an
+    ``httpx.AsyncClient`` talking ASGI to the app; ``gw.key(...)`` creates a key in its database.
+    """
+
+    def __init__(self, settings: object, engine: object = None) -> None:
+        from avokit.gateway.app import create_app
+        from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+
+        run_migrations(settings.db_url)  # type: ignore[attr-defined]
+        self.settings = settings
+        self.app = create_app(settings, engine=engine)  # type: ignore[arg-type]
+        self.db = make_db_engine(settings.db_url)  # type: ignore[attr-defined]
+        self.sessions = session_factory(self.db)
+        self._lifespan: object = None
+        self.http: httpx.AsyncClient
+
+    async def __aenter__(self) -> "InProcess":
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()  # type: ignore[attr-defined]
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                                      base_url="http://gateway", timeout=120)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+        await self._lifespan.__aexit__(*exc)  # type: ignore[attr-defined]
+        self.db.dispose()
+
+    def key(self, **kw: object) -> tuple[str, object]:
+        """A new key (own account); ``prices`` defaults to a paid price for every model."""
+        from avokit.gateway.services import keys
+
+        kw.setdefault("name", "test")
+        kw.setdefault("prices", {"*": {"input": 1000, "output": 3000}})
+        with self.sessions.begin() as s:
+            return keys.create_key(s, SECRET, **kw)  # type: ignore[arg-type]
+
+    def account(self, account_id: int) -> tuple[int, int, int]:
+        """(credit, reserved, ledger sum) of an account."""
+        from avokit.gateway.db.models import Account
+        from avokit.gateway.services.metering import ledger_sum
+
+        with self.sessions() as s:
+            acc = s.get(Account, account_id)
+            assert acc is not None
+            return acc.credit_micros, acc.reserved_micros, ledger_sum(s, account_id)
+
+    def charges(self, account_id: int) -> list[object]:
+        """The account's charge rows, oldest first."""
+        from sqlalchemy import select
+
+        from avokit.gateway.db.models import LedgerEntry
+
+        with self.sessions() as s:
+            return list(s.scalars(select(LedgerEntry).where(
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "charge")
+                .order_by(LedgerEntry.id)))
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header of ``key``."""
+    return {"Authorization": f"Bearer {key}"}
