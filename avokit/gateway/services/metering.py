@@ -9,6 +9,7 @@
   (by id, for recovery): flip the reservation ``open -> settled`` with a conditional UPDATE
   (only one settler can win), charge the real cost and append one ledger row whose
   ``reservation_id`` is unique, all in one transaction.
+* ``release``: a request the engine failed is not billed; its hold is freed, no ledger row.
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
   process, billing what was delivered.
 
@@ -64,6 +65,14 @@ _NEW_LEDGER = FastStatement(insert(_LEDGER).values(
     kind="charge", amount_micros=bindparam("amount"), model=bindparam("model_name"),
     prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"),
     created_at=bindparam("now")))
+_RELEASE = FastStatement(
+    update(_RES)
+    .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
+    .values(status="released", updated_at=bindparam("now")))
+_UNHOLD = FastStatement(
+    update(_ACC)
+    .where(_ACC.c.id == bindparam("acc"))
+    .values(reserved_micros=_ACC.c.reserved_micros - bindparam("held")))
 _OPEN_RESERVATION = FastStatement(
     select(_RES.c.id, _RES.c.account_id, _RES.c.key_id, _RES.c.model, _RES.c.reserved_micros,
            _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens)
@@ -149,6 +158,19 @@ def settle_hold(db: Engine, hold: Hold, completion_tokens: int) -> int | None:
     """
     with fast_write(db) as cur:
         return _settle_in(cur, hold, completion_tokens, hold.prompt_tokens)
+
+
+def release(db: Engine, hold: Hold) -> bool:
+    """Free a failed request's reservation without charging anything (not even the prompt).
+
+    The same conditional ``open -> released`` flip as settling: if a reconciler already
+    settled it, nothing changes and False is returned.
+    """
+    with fast_write(db) as cur:
+        if cur.execute(_RELEASE, {"rid": hold.id, "now": utcnow()}) != 1:
+            return False
+        cur.execute(_UNHOLD, {"acc": hold.account_id, "held": hold.reserved_micros})
+        return True
 
 
 def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
