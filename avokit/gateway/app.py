@@ -9,12 +9,13 @@ from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from avokit.gateway.bodylimit import BodyLimit
 from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
 from avokit.gateway.services import metering
-from avokit.gateway.services.ratelimit import RateLimiter
+from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
 from avokit.gateway.settings import GatewaySettings, load_settings
@@ -34,6 +35,18 @@ def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> E
 
     return TransformersEngine(served, settings.device, settings.max_batch_size,
                               settings.batch_wait_ms)
+
+
+async def build_limiter(settings: GatewaySettings) -> Limiter:
+    """Per-process limits, or limits shared through Redis when ``redis_url`` is set."""
+    if not settings.redis_url:
+        return RateLimiter()
+    from avokit.gateway.services.shared_limits import RedisRateLimiter
+
+    limiter = RedisRateLimiter(settings.redis_url)
+    if await limiter.ping():
+        log.info("rate limits shared through Redis at %s", limiter.where)
+    return limiter
 
 
 def _load_tokenizers(engine: Engine, served: dict[str, ServedModel]) -> None:
@@ -65,7 +78,8 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         install_redaction()
         db = make_db_engine(settings.db_url)
         gen = engine or build_engine(settings, served)
-        app.state.gateway = Gateway(secret, db, gen, served, RateLimiter(),
+        limiter = await build_limiter(settings)
+        app.state.gateway = Gateway(secret, db, gen, served, limiter,
                                     settings.max_tokens_default)
         # tokenizers now, in a thread: loaded by the first request, they would block the event
         # loop (and every other request) for seconds
@@ -88,12 +102,15 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             for task in tasks:
                 task.cancel()
             await gen.aclose()
+            await limiter.aclose()
             db.dispose()
 
     # no docs or schema routes: the only keyless route is /health
     app = FastAPI(title="avokit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     install_error_handler(app)
+    # outermost: an oversized body is refused before anything reads or parses it
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)

@@ -6,6 +6,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.engines.base import Finished, PromptScores, TokenEvent
 from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -51,7 +52,8 @@ async def completions(body: CompletionRequest, request: Request,
                       key: KeyInfo = Depends(current_key)) -> Any:
     """Text completion; echo + logprobs for eval keys; streaming with usage."""
     gw = gateway(request)
-    prep = serving.prepare_completion(gw, key, body)
+    # tokenising is CPU work: in a thread, so one long prompt never stalls other requests
+    prep = await run_in_threadpool(serving.prepare_completion, gw, key, body)
     hold = await serving.admit(gw, prep)
     rid, created = serving.new_id("cmpl"), serving.now_s()
     n_prompt = len(prep.params.prompt_ids)
@@ -98,7 +100,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                            key: KeyInfo = Depends(current_key)) -> Any:
     """Chat completion rendered with the model's chat template; streaming with usage."""
     gw = gateway(request)
-    prep = serving.prepare_chat(gw, key, body)
+    prep = await run_in_threadpool(serving.prepare_chat, gw, key, body)
     hold = await serving.admit(gw, prep)
     rid, created = serving.new_id("chatcmpl"), serving.now_s()
     n_prompt = len(prep.params.prompt_ids)

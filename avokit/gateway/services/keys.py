@@ -43,12 +43,20 @@ class KeyInfo:
     revoked_at: datetime | None
 
     def may_use(self, model: str) -> bool:
-        """Whether the key lists this model (or ``*``)."""
-        return "*" in self.allowed_models or model in self.allowed_models
+        """Whether the key lists this model (or ``*``) and has a price for it.
 
-    def price(self, model: str) -> tuple[int, int]:
-        """(input, output) micro-units per 1M tokens for ``model``; ``*`` is the fallback."""
-        entry = self.prices.get(model, self.prices.get("*", {"input": 0, "output": 0}))
+        Pricing fails closed: a model the key has no price for (no entry, no ``*``) is not
+        served to it. A free model is one priced ``0:0`` on purpose.
+        """
+        listed = "*" in self.allowed_models or model in self.allowed_models
+        return listed and self.price(model) is not None
+
+    def price(self, model: str) -> tuple[int, int] | None:
+        """(input, output) micro-units per 1M tokens for ``model`` (``*`` is the fallback);
+        None when the key has no price for it."""
+        entry = self.prices.get(model, self.prices.get("*"))
+        if entry is None:
+            return None
         return int(entry["input"]), int(entry["output"])
 
 

@@ -14,23 +14,46 @@ def redact(text: str) -> str:
     return KEY_PATTERN.sub(REDACTED, text)
 
 
+UNLOGGABLE = "[avokit: a log message could not be formatted; dropped]"
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a broken format string or argument: fall back to the bare msg
+        pass
+    try:
+        return str(record.msg)
+    except Exception:  # msg itself cannot be turned into text
+        return UNLOGGABLE
+
+
 class RedactKeysFilter(logging.Filter):
-    """Rewrites the formatted message (args included) and any exception text."""
+    """Rewrites the formatted message (args included) and any exception text.
+
+    A filter that raises breaks the logging call, and so the request that logged: this one
+    never raises. What it cannot read is replaced by a fixed text, never passed on unredacted.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact in place; always keeps the record."""
         try:
-            message = record.getMessage()
-        except Exception:  # a broken format string must not break logging
-            message = str(record.msg)
-        if "sk-avo-" in message:
-            record.msg = redact(message)
-            record.args = None
+            self._redact(record)
+        except Exception:  # e.g. an exception whose __str__ raises
+            record.msg, record.args = UNLOGGABLE, None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    @staticmethod
+    def _redact(record: logging.LogRecord) -> None:
+        message = _message(record)
+        # the record is rewritten to its formatted text: handlers then format nothing that
+        # could raise again (or hold a key the check above did not see)
+        record.msg, record.args = redact(message), None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if "sk-avo-" in text:
-                record.exc_info = None
-                record.exc_text = redact(text)
-        return True
+            record.exc_info = None
+            record.exc_text = redact(text)
 
 
 def install_redaction() -> None:
