@@ -14,7 +14,7 @@ from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
-from avokit.gateway.services import metering
+from avokit.gateway.services import leases
 from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
@@ -79,20 +79,26 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         db = make_db_engine(settings.db_url)
         gen = engine or build_engine(settings, served)
         limiter = await build_limiter(settings)
+        lease = await asyncio.to_thread(leases.register, db)
         app.state.gateway = Gateway(secret, db, gen, served, limiter,
-                                    settings.max_tokens_default)
+                                    settings.max_tokens_default, owner=lease.id)
         # tokenizers now, in a thread: loaded by the first request, they would block the event
         # loop (and every other request) for seconds
         await asyncio.to_thread(_load_tokenizers, gen, served)
-        # reservations left open by a crashed process: bill what they delivered
-        settled = await asyncio.to_thread(metering.reconcile, db,
-                                          settings.reservation_stale_s)
+
+        def reclaim() -> int:
+            return leases.reclaim(db, settings.lease_s, settings.reservation_stale_s, lease)
+
+        # reservations of a process that died (on this host: known now, not after a delay)
+        settled = await asyncio.to_thread(reclaim)
         if settled:
             log.warning("settled %d reservations left open by a stopped process", settled)
 
-        tasks = [asyncio.create_task(_every(
-            settings.reconcile_interval_s, "reconcile reservations",
-            lambda: metering.reconcile(db, settings.reservation_stale_s)))]
+        tasks = [asyncio.create_task(_every(settings.lease_s / 3, "renew the process lease",
+                                            lambda: leases.heartbeat(db, lease))),
+                 asyncio.create_task(_every(settings.reconcile_interval_s,
+                                            "reclaim reservations of stopped processes",
+                                            reclaim))]
         if is_sqlite(db):
             tasks.append(asyncio.create_task(_every(
                 settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
@@ -103,6 +109,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
                 task.cancel()
             await gen.aclose()
             await limiter.aclose()
+            await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
 
     # no docs or schema routes: the only keyless route is /health

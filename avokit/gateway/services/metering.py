@@ -11,7 +11,7 @@
   ``reservation_id`` is unique, all in one transaction.
 * ``release``: a request the engine failed is not billed; its hold is freed, no ledger row.
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
-  process, billing what was delivered.
+  process (its lease, :mod:`avokit.gateway.services.leases`), billing what was delivered.
 
 The request path runs Core statements built once at import, compiled once per database and
 executed on the DBAPI cursor (:mod:`avokit.gateway.db.fast`): one transaction to reserve, one
@@ -45,7 +45,8 @@ _NEW_RESERVATION = FastStatement(insert(_RES).values(
     id=bindparam("rid"), account_id=bindparam("acc"), key_id=bindparam("key"),
     model=bindparam("model_name"), status="open", reserved_micros=bindparam("worst"),
     price_in=bindparam("p_in"), price_out=bindparam("p_out"), prompt_tokens=bindparam("prompt"),
-    delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now")))
+    delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now"),
+    owner=bindparam("owner")))
 _DELIVERED = FastStatement(
     update(_RES)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
@@ -110,6 +111,7 @@ def reserve(
     max_tokens: int,
     price_in: int,
     price_out: int,
+    owner: str | None = None,
 ) -> Hold:
     """Hold the worst-case cost or raise 402; the reservation row is committed on return."""
     worst = cost_micros(prompt_tokens, max_tokens, price_in, price_out)
@@ -125,7 +127,7 @@ def reserve(
         cur.execute(_NEW_RESERVATION, {
             "rid": hold.id, "acc": account_id, "key": key_id, "model_name": model,
             "worst": worst, "p_in": price_in, "p_out": price_out, "prompt": prompt_tokens,
-            "now": now})
+            "now": now, "owner": owner})
     return hold
 
 
@@ -190,12 +192,17 @@ def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
         return _settle_in(cur, hold, completion, prompt)
 
 
-def reconcile(db: Engine, stale_after_s: float) -> int:
-    """Settle open reservations untouched for ``stale_after_s``; returns how many."""
+def reconcile(db: Engine, stale_after_s: float, owners: list[str] | None = None) -> int:
+    """Settle open reservations of the given dead ``owners`` (see :mod:`.leases`), and
+    ownerless ones untouched for ``stale_after_s``; returns how many were settled."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    query = select(_RES.c.id).where(_RES.c.status == "open", _RES.c.owner.is_(None),
+                                    _RES.c.updated_at <= cutoff)
     with read_connection(db) as conn:
-        ids = list(conn.scalars(
-            select(_RES.c.id).where(_RES.c.status == "open", _RES.c.updated_at <= cutoff)))
+        ids = list(conn.scalars(query))
+        if owners:
+            ids += list(conn.scalars(select(_RES.c.id).where(_RES.c.status == "open",
+                                                             _RES.c.owner.in_(owners))))
     return sum(1 for hold_id in ids if settle(db, hold_id) is not None)
 
 

@@ -42,6 +42,7 @@ class Gateway:
     models: dict[str, ServedModel]
     limiter: Limiter
     max_tokens_default: int
+    owner: str | None = None  # this process's lease id: its reservations name it
 
     async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
         """Key from ``Authorization: Bearer``; any failure is the one 401."""
@@ -189,7 +190,7 @@ async def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
         lambda: metering.reserve(
             gw.db, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
             prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
-            price_in=price_in, price_out=price_out))
+            price_in=price_in, price_out=price_out, owner=gw.owner))
 
 
 async def _settle(gw: Gateway, hold: metering.Hold, completion: int) -> None:
