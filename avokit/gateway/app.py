@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from avokit.gateway.bodylimit import BodyLimit
 from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
@@ -121,7 +122,24 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)
+    app.openapi = _true_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _true_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema without the 422 it adds to every route: validation errors are
+    answered 400 in OpenAI's error shape (declared on each route), never 422."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    return openapi
 
 
 def app_from_env() -> FastAPI:

@@ -266,3 +266,36 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers: ``{"error": {...}}``."""
+
+    error: ErrorDetail
+
+
+# declared on every key-protected route, so the OpenAPI schema lists what can come back
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the response object; with stream=true, server-sent events of the "
+                         "chunk objects, ending with `data: [DONE]`"},
+} | {
+    status: {"model": ErrorResponse, "description": what} for status, what in [
+        (400, "invalid request: names the parameter (context_length_exceeded, ...)"),
+        (401, "missing, unknown, revoked or expired key"),
+        (402, "the credit does not cover this request's worst case"),
+        (403, "a parameter this key may not use"),
+        (404, "unknown model, or one this key may not use"),
+        (413, "request body over the limit"),
+        (429, "rate limit (Retry-After, x-ratelimit-*)"),
+        (502, "the generation engine failed (not billed)"),
+        (503, "the shared rate-limit store is unreachable"),
+    ]}

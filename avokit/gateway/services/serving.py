@@ -205,12 +205,6 @@ async def _release(gw: Gateway, hold: metering.Hold) -> None:
         await run_in_threadpool(metering.release, gw.db, hold)
 
 
-def usage_dict(prompt: int, completion: int) -> dict[str, int]:
-    """OpenAI usage object."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
 async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
                      ) -> tuple[list[TokenEvent], Finished, Any]:
     """Non-streaming: one engine call for the whole answer, then settle.
