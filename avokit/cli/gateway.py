@@ -152,10 +152,10 @@ def keys_topup(key_id: str = typer.Argument(...),
                amount: int = typer.Argument(..., help="micro-units"),
                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> int:
     """Add prepaid credit to the key's account."""
-    from avokit.gateway.services import keys
+    from avokit.gateway.services import metering
 
     with _sessions(_settings(db)).begin() as session:
-        balance = keys.topup(session, key_id, amount)
+        balance = metering.topup(session, key_id, amount)
     Console().print(f"{key_id}: balance {balance} micro-units")
     return balance
 

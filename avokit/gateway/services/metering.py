@@ -1,4 +1,5 @@
-"""Reserve the worst case before dispatch, settle real usage after, exactly once.
+"""Every write to an account's credit: top up, reserve the worst case before dispatch,
+settle real usage after (exactly once), release a failed request's hold.
 
 * ``reserve``: one conditional ``UPDATE accounts SET reserved = reserved + cost WHERE
   credit - reserved >= cost`` plus the reservation row, in one transaction. The database
@@ -27,11 +28,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from avokit.gateway.db.models import Account, LedgerEntry, Reservation
+from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
 from avokit.gateway.db.session import read_connection
-from avokit.gateway.errors import InsufficientCreditError
-from avokit.gateway.services.audit import utcnow
+from avokit.gateway.errors import ConfigError, InsufficientCreditError
+from avokit.gateway.services.audit import record, utcnow
 
 _ACC, _RES, _LEDGER = Account.__table__, Reservation.__table__, LedgerEntry.__table__
 
@@ -79,6 +80,24 @@ _OPEN_RESERVATION = FastStatement(
            _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
     .with_for_update())
+
+
+def topup(session: Session, key_id: str, amount_micros: int, actor: str = "cli") -> int:
+    """Add prepaid credit to the key's account (ledger row and audit entry in the caller's
+    transaction); returns the new balance."""
+    if amount_micros <= 0:
+        raise ConfigError("amount must be a positive number of micro-units")
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ConfigError(f"no key with id {key_id!r}")
+    account = session.get(Account, key.account_id, with_for_update=True)
+    assert account is not None  # a foreign key: every key has its account
+    account.credit_micros += amount_micros
+    session.add(LedgerEntry(account_id=account.id, key_id=key_id, kind="topup",
+                            amount_micros=amount_micros, created_at=utcnow()))
+    record(session, actor, "topup", key_id, amount_micros=amount_micros)
+    session.flush()
+    return account.credit_micros
 
 
 def cost_micros(prompt_tokens: int, completion_tokens: int, price_in: int, price_out: int) -> int:
