@@ -114,6 +114,7 @@ def test_prompt_over_the_context_is_context_length_exceeded(registry: Path, tmp_
         for path, body, param in [
                 ("/v1/completions", {**BODY, "prompt": "Hello " * 3000}, "prompt"),
                 ("/v1/completions", {**BODY, "prompt": "z" * 1_000_000}, "prompt"),
+                ("/v1/completions", {**BODY, "prompt": [5] * 300_000}, "prompt"),
                 ("/v1/chat/completions", {**CHAT, "messages": [
                     {"role": "user", "content": "tasty " * 3000}]}, "messages")]:
             err = _error(await gw.http.post(path, json=body, headers=auth(key)), 400)
@@ -202,6 +203,15 @@ def test_logging_and_redaction_never_raise(caplog: pytest.LogCaptureFixture) -> 
         assert "SECRETSECRET" not in caplog.text
     finally:
         log.filters.clear()
+    # an access-log record keeps its args' shape (uvicorn's formatter unpacks them)
+    from uvicorn.logging import AccessFormatter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', ("127.0.0.1:5", "GET",
+                               "/v1/models?api_key=sk-avo-SECRETSECRETSECRET", "1.1", 200), None)
+    assert RedactKeysFilter().filter(record)
+    line = AccessFormatter("%(message)s", use_colors=False).format(record)
+    assert "SECRETSECRET" not in line and "/v1/models?api_key=sk-avo-[REDACTED]" in line
 
 
 def test_chat_text_never_becomes_control_tokens(registry: Path, tmp_path: Path) -> None:

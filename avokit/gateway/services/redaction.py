@@ -17,22 +17,20 @@ def redact(text: str) -> str:
 UNLOGGABLE = "[avokit: a log message could not be formatted; dropped]"
 
 
-def _message(record: logging.LogRecord) -> str:
-    try:
-        return record.getMessage()
-    except Exception:  # a broken format string or argument: fall back to the bare msg
-        pass
-    try:
-        return str(record.msg)
-    except Exception:  # msg itself cannot be turned into text
-        return UNLOGGABLE
+def _redacted_args(args: object) -> object:
+    # keep the args' shape: formatters such as uvicorn's access log unpack them
+    if isinstance(args, tuple):
+        return tuple(redact(a) if isinstance(a, str) else a for a in args)
+    if isinstance(args, dict):
+        return {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+    return args
 
 
 class RedactKeysFilter(logging.Filter):
-    """Rewrites the formatted message (args included) and any exception text.
+    """Removes keys from the message, its args and any exception text.
 
     A filter that raises breaks the logging call, and so the request that logged: this one
-    never raises. What it cannot read is replaced by a fixed text, never passed on unredacted.
+    never raises. A record it cannot read is replaced by a fixed text, never passed on.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -46,14 +44,22 @@ class RedactKeysFilter(logging.Filter):
 
     @staticmethod
     def _redact(record: logging.LogRecord) -> None:
-        message = _message(record)
-        # the record is rewritten to its formatted text: handlers then format nothing that
-        # could raise again (or hold a key the check above did not see)
-        record.msg, record.args = redact(message), None
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string or argument: log the bare text
+            record.msg, record.args = redact(str(record.msg)), None
+            message = record.msg
+        if "sk-avo-" in message:
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+            record.args = _redacted_args(record.args)
+            if KEY_PATTERN.search(record.getMessage()):  # formed only by formatting: flatten
+                record.msg, record.args = redact(message), None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-            record.exc_text = redact(text)
+            if "sk-avo-" in text:
+                record.exc_info = None
+                record.exc_text = redact(text)
 
 
 def install_redaction() -> None:

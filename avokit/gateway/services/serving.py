@@ -119,6 +119,10 @@ def _prompt_ids(gw: Gateway, model: str, tok: Any, prompt: Any) -> tuple[list[in
         prompts.check_fits(tok, prompt, gw.models[model].context_length, "prompt")
         return prompts.encode_text(tok, prompt), prompt
     ids = [int(t) for t in prompt]
+    ctx = gw.models[model].context_length
+    if len(ids) >= ctx:  # before decoding them for echo: that would cost time for nothing
+        raise BadRequestError(f"prompt: {len(ids)} tokens is too long for {model!r} (context "
+                              f"length {ctx}).", param="prompt", code="context_length_exceeded")
     if any(t < 0 or t >= len(tok) for t in ids):
         raise BadRequestError("prompt: token id out of the vocabulary", param="prompt")
     return ids, tok.decode(ids)
