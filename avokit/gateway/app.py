@@ -15,7 +15,7 @@ from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
-from avokit.gateway.services import leases
+from avokit.gateway.services import leases, prompts
 from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
@@ -54,7 +54,8 @@ def _load_tokenizers(engine: Engine, served: dict[str, ServedModel]) -> None:
     """Load every served model's tokenizer; one that fails is logged and retried by its requests."""
     for name in served:
         try:
-            engine.tokenizer(name)
+            # and its literal copy for chat text (see services/prompts.py), built once here
+            prompts.max_token_bytes(engine.tokenizer(name))
         except Exception:  # one broken registry entry must not keep the others offline
             log.exception("could not load the tokenizer of %r", name)
 
