@@ -102,6 +102,9 @@ def keys_create(
             session, settings.require_secret(), name=name, scope=scope,  # type: ignore[arg-type]
             models=list(models), prices=parse_prices(list(prices)), rpm=rpm, tpm=tpm,
             credit_micros=credit, expires_at=expires)
+    if not prices:  # parse_prices made it free on purpose: say so, it is never implied silently
+        Console(stderr=True).print("no --price given: this key is free for every model "
+                                   "('*'=0:0)")
     Console(stderr=True).print(f"created {info.id} ({info.scope}); the key is shown only once:")
     print(plaintext)
     return plaintext
