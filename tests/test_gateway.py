@@ -193,10 +193,10 @@ def test_error_codes(env: Env, server: Server) -> None:
         bodies.append(r.content)
     assert len(set(bodies)) == 1
     h = {"Authorization": f"Bearer {good}"}
-    # 403 model not allowed (key limited to MODEL; ask for a model it may not use)
+    # 404 for a model the key may not use: the same body as for one that does not exist
     other, _ = env.key(credit_micros=10_000, models=["someone-else"])
     r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {other}"})
-    assert r.status_code == 403 and _err(r)["param"] == "model"
+    assert r.status_code == 404 and _err(r)["param"] == "model"
     # 403 model-stealing guards for customer keys
     for extra, param in [({"logit_bias": {"5": 10}}, "logit_bias"),
                          ({"echo": True, "logprobs": 1}, "echo"), ({"logprobs": 6}, "logprobs")]:

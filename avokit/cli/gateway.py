@@ -50,6 +50,11 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1),
     engine: Optional[str] = typer.Option(None, "--engine", help="transformers | vllm"),
     upstream: Optional[str] = typer.Option(None, "--upstream", help="vLLM server URL"),
+    redis: Optional[str] = typer.Option(
+        None, "--redis", help="Redis URL: rpm/tpm limits shared by every replica using it "
+        "(default AVOKIT_REDIS_URL; unset = per-process limits)"),
+    max_body_bytes: Optional[int] = typer.Option(
+        None, "--max-body-bytes", help="largest request body; larger ones get 413"),
     env_file: Optional[Path] = typer.Option(None, "--env-file", help="settings file"),
 ) -> None:
     """Run the OpenAI-compatible gateway (FastAPI + uvicorn)."""
@@ -61,7 +66,7 @@ def serve(
     from avokit.gateway.db.session import run_migrations
 
     settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
-                             upstream=upstream)
+                             upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
     if workers == 1:
@@ -97,6 +102,9 @@ def keys_create(
             session, settings.require_secret(), name=name, scope=scope,  # type: ignore[arg-type]
             models=list(models), prices=parse_prices(list(prices)), rpm=rpm, tpm=tpm,
             credit_micros=credit, expires_at=expires)
+    if not prices:  # parse_prices made it free on purpose: say so, it is never implied silently
+        Console(stderr=True).print("no --price given: this key is free for every model "
+                                   "('*'=0:0)")
     Console(stderr=True).print(f"created {info.id} ({info.scope}); the key is shown only once:")
     print(plaintext)
     return plaintext
@@ -147,10 +155,10 @@ def keys_topup(key_id: str = typer.Argument(...),
                amount: int = typer.Argument(..., help="micro-units"),
                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> int:
     """Add prepaid credit to the key's account."""
-    from avokit.gateway.services import keys
+    from avokit.gateway.services import metering
 
     with _sessions(_settings(db)).begin() as session:
-        balance = keys.topup(session, key_id, amount)
+        balance = metering.topup(session, key_id, amount)
     Console().print(f"{key_id}: balance {balance} micro-units")
     return balance
 

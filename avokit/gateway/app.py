@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
+from avokit.gateway.bodylimit import BodyLimit
 from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
-from avokit.gateway.services import metering
-from avokit.gateway.services.ratelimit import RateLimiter
+from avokit.gateway.services import leases, prompts
+from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
 from avokit.gateway.settings import GatewaySettings, load_settings
@@ -36,11 +38,24 @@ def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> E
                               settings.batch_wait_ms)
 
 
+async def build_limiter(settings: GatewaySettings) -> Limiter:
+    """Per-process limits, or limits shared through Redis when ``redis_url`` is set."""
+    if not settings.redis_url:
+        return RateLimiter()
+    from avokit.gateway.services.shared_limits import RedisRateLimiter
+
+    limiter = RedisRateLimiter(settings.redis_url)
+    if await limiter.ping():
+        log.info("rate limits shared through Redis at %s", limiter.where)
+    return limiter
+
+
 def _load_tokenizers(engine: Engine, served: dict[str, ServedModel]) -> None:
     """Load every served model's tokenizer; one that fails is logged and retried by its requests."""
     for name in served:
         try:
-            engine.tokenizer(name)
+            # and its literal copy for chat text (see services/prompts.py), built once here
+            prompts.max_token_bytes(engine.tokenizer(name))
         except Exception:  # one broken registry entry must not keep the others offline
             log.exception("could not load the tokenizer of %r", name)
 
@@ -65,20 +80,27 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         install_redaction()
         db = make_db_engine(settings.db_url)
         gen = engine or build_engine(settings, served)
-        app.state.gateway = Gateway(secret, db, gen, served, RateLimiter(),
-                                    settings.max_tokens_default)
+        limiter = await build_limiter(settings)
+        lease = await asyncio.to_thread(leases.register, db)
+        app.state.gateway = Gateway(secret, db, gen, served, limiter,
+                                    settings.max_tokens_default, owner=lease.id)
         # tokenizers now, in a thread: loaded by the first request, they would block the event
         # loop (and every other request) for seconds
         await asyncio.to_thread(_load_tokenizers, gen, served)
-        # reservations left open by a crashed process: bill what they delivered
-        settled = await asyncio.to_thread(metering.reconcile, db,
-                                          settings.reservation_stale_s)
+
+        def reclaim() -> int:
+            return leases.reclaim(db, settings.lease_s, settings.reservation_stale_s, lease)
+
+        # reservations of a process that died (on this host: known now, not after a delay)
+        settled = await asyncio.to_thread(reclaim)
         if settled:
             log.warning("settled %d reservations left open by a stopped process", settled)
 
-        tasks = [asyncio.create_task(_every(
-            settings.reconcile_interval_s, "reconcile reservations",
-            lambda: metering.reconcile(db, settings.reservation_stale_s)))]
+        tasks = [asyncio.create_task(_every(settings.lease_s / 3, "renew the process lease",
+                                            lambda: leases.heartbeat(db, lease))),
+                 asyncio.create_task(_every(settings.reconcile_interval_s,
+                                            "reclaim reservations of stopped processes",
+                                            reclaim))]
         if is_sqlite(db):
             tasks.append(asyncio.create_task(_every(
                 settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
@@ -88,16 +110,37 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             for task in tasks:
                 task.cancel()
             await gen.aclose()
+            await limiter.aclose()
+            await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
 
     # no docs or schema routes: the only keyless route is /health
     app = FastAPI(title="avokit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     install_error_handler(app)
+    # outermost: an oversized body is refused before anything reads or parses it
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)
+    app.openapi = _true_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _true_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema without the 422 it adds to every route: validation errors are
+    answered 400 in OpenAI's error shape (declared on each route), never 422."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+    return openapi
 
 
 def app_from_env() -> FastAPI:

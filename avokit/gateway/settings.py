@@ -24,9 +24,16 @@ class GatewaySettings(BaseSettings):
     device: str = "cpu"
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
-    # Open reservations untouched this long belong to a dead process and are settled.
+    # Each process holds a lease on its reservations, renewed every lease_s / 3: those of a
+    # process that stopped (found dead on this host at start-up, or whose lease ran out) are
+    # settled. Reservations without an owner (older rows) fall back to reservation_stale_s.
+    lease_s: float = Field(15.0, gt=0)
     reservation_stale_s: float = Field(60.0, ge=0)
     reconcile_interval_s: float = Field(30.0, gt=0)
+    # Largest request body accepted; a larger one is answered 413 before it is parsed.
+    max_body_bytes: int = Field(4 * 2**20, ge=1024)
+    # Shared rate limits across replicas (redis://host:port/db). None: per-process limits.
+    redis_url: str | None = Field(None, description="Redis URL for limits shared by replicas")
     # SQLite only: how often committed WAL pages are checkpointed (and synced to disk) from
     # a background thread, instead of inside a request's commit.
     checkpoint_interval_s: float = Field(1.0, gt=0)

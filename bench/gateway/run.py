@@ -3,7 +3,8 @@
 Starts (all on 127.0.0.1, same machine, same run): the mock upstream
 (bench/gateway/mock_upstream.py), avokit (`--engine vllm --upstream MOCK`, SQLite, a real
 key with metering) and LiteLLM's proxy (from a separate venv, master key only) pointing at
-the same upstream. Then, in ROUNDS interleaved rounds (direct, avokit, LiteLLM, direct, ...,
+the same upstream, plus a second avokit with its rate limits shared through a local
+redis-server (`--redis`, one Lua round trip per request). Then, in ROUNDS interleaved rounds (direct, avokit, LiteLLM, direct, ...,
 so that drifts in the load from other work on the machine are spread over every target; the
 per-round requests/s are reported so a skewed round shows), for each target including the
 upstream itself:
@@ -37,7 +38,14 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from gateway_support import SECRET, Server, build_registry, free_port  # noqa: E402
+from gateway_support import (  # noqa: E402
+    SECRET,
+    RedisServer,
+    Server,
+    build_registry,
+    free_port,
+    redis_server_binary,
+)
 
 # sized so that LiteLLM (the slowest target, ~5-100 req/s here) finishes a run in minutes
 # on a shared 2-core machine
@@ -115,7 +123,8 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="avokit-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    avo: Server | None = None
+    avos: list[Server] = []
+    redis: RedisServer | None = None
     try:
         up_port = free_port()
         upstream = f"http://127.0.0.1:{up_port}"
@@ -134,9 +143,17 @@ def main() -> None:
             avo_key, _ = keys.create_key(
                 s, SECRET, name="bench", rpm=10**8, tpm=10**12, credit_micros=10**15,
                 prices={"*": {"input": 100_000, "output": 300_000}})
-        avo = Server({"AVOKIT_REGISTRY": str(tmp / "registry"), "AVOKIT_DB_URL": db,
-                      "AVOKIT_SECRET": SECRET, "AVOKIT_ENGINE": "vllm",
-                      "AVOKIT_UPSTREAM": upstream}, tmp / "avokit.log").start()
+        avo_env = {"AVOKIT_REGISTRY": str(tmp / "registry"), "AVOKIT_DB_URL": db,
+                   "AVOKIT_SECRET": SECRET, "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream}
+        avo = Server(avo_env, tmp / "avokit.log").start()
+        avos.append(avo)
+        binary = redis_server_binary()
+        if binary is None:
+            raise SystemExit("no redis-server: run scripts/setup.sh --dev")
+        redis = RedisServer(binary, tmp / "redis").start()
+        avo_redis = Server({**avo_env, "AVOKIT_REDIS_URL": redis.url},
+                           tmp / "avokit-redis.log").start()
+        avos.append(avo_redis)
 
         lite_port = free_port()
         master = "sk-litellm-bench-0123456789"
@@ -154,7 +171,7 @@ def main() -> None:
         _wait(lite + "/health/liveliness", timeout=180)
 
         targets = {"direct": (upstream, "none"), "avokit": (avo.url, avo_key),
-                   "litellm": (lite, master)}
+                   "avokit-redis": (avo_redis.url, avo_key), "litellm": (lite, master)}
         load_start = _load1()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(ROUNDS):
@@ -163,31 +180,37 @@ def main() -> None:
         load_end = _load1()
         results = {name: _summary(rounds) for name, rounds in raw.items()}
     finally:
-        if avo is not None:
-            avo.stop()
+        for server in avos:
+            server.stop()
+        if redis is not None:
+            redis.stop()
         for p in procs:
             p.terminate()
             p.wait(20)
 
     d = results["direct"]
-    for name in ("avokit", "litellm"):
+    for name in ("avokit", "avokit-redis", "litellm"):
         r = results[name]
         r["added_p50_ms"] = r["p50_ms"] - d["p50_ms"]
         r["added_p99_ms"] = r["p99_ms"] - d["p99_ms"]
-    a, l = results["avokit"], results["litellm"]
-    verdict = {
-        "added_p50_ratio": a["added_p50_ms"] / l["added_p50_ms"],
-        "added_p99_ratio": a["added_p99_ms"] / l["added_p99_ms"],
-        "rps_ratio": a["rps"] / l["rps"],
-    }
-    verdict["target_met"] = (verdict["added_p50_ratio"] <= 1 / 3
-                             and verdict["added_p99_ratio"] <= 1 / 3
-                             and verdict["rps_ratio"] >= 3)
+    lite_row = results["litellm"]
+    verdicts = {}
+    for name in ("avokit", "avokit-redis"):
+        a = results[name]
+        v = {"added_p50_ratio": a["added_p50_ms"] / lite_row["added_p50_ms"],
+             "added_p99_ratio": a["added_p99_ms"] / lite_row["added_p99_ms"],
+             "rps_ratio": a["rps"] / lite_row["rps"]}
+        v["target_met"] = (v["added_p50_ratio"] <= 1 / 3 and v["added_p99_ratio"] <= 1 / 3
+                           and v["rps_ratio"] >= 3)
+        verdicts[name] = v
+    verdict = {**verdicts["avokit"], "redis": verdicts["avokit-redis"]}
     machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2)}
     out = {"machine": machine, "config": {"rounds": ROUNDS, "latency_requests": LAT_N,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "engine=vllm, 1 worker, SQLite WAL, real key: auth + rate limit + "
                      "reserve + settle in the database per request",
+           "avokit-redis": "the same, rate limits in a local redis-server (--redis): one "
+                           "atomic Lua script per request",
            "litellm": "litellm[proxy] " + _litellm_version(args.litellm)
            + ", 1 worker, master key only (no database: no per-request key lookup, "
              "budget or spend tracking)"}, "results": results, "verdict": verdict}
@@ -206,10 +229,13 @@ def main() -> None:
         lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r.get('added_p50_ms', 0):.2f} | {r.get('added_p99_ms', 0):.2f} | "
                      f"{r['rps']:.0f} | {', '.join(f'{x:.0f}' for x in r['rps_per_round'])} |")
-    lines += ["", f"avokit/LiteLLM added p50: {verdict['added_p50_ratio']:.2f}, added p99: "
-              f"{verdict['added_p99_ratio']:.2f}, requests/s: {verdict['rps_ratio']:.2f}x. "
-              f"Target (<= 1/3 latency, >= 3x rps) met: {verdict['target_met']}.",
-              f"Config: {out['config']['avokit']}; LiteLLM: {out['config']['litellm']}."]
+    lines.append("")
+    for name, v in verdicts.items():
+        lines.append(f"{name}/LiteLLM added p50: {v['added_p50_ratio']:.2f}, added p99: "
+                     f"{v['added_p99_ratio']:.2f}, requests/s: {v['rps_ratio']:.2f}x. "
+                     f"Target (<= 1/3 latency, >= 3x rps) met: {v['target_met']}.")
+    lines += [f"Config: {out['config']['avokit']}; avokit-redis: "
+              f"{out['config']['avokit-redis']}; LiteLLM: {out['config']['litellm']}."]
     (res_dir / "gateway.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

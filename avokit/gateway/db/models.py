@@ -64,6 +64,21 @@ class Reservation(Base):
     delivered_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # the serving process (Instance.id) that holds it; None for rows from before leases
+    owner: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+
+
+class Instance(Base):
+    """One running serving process: its lease on its reservations, renewed by heartbeats."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    host: Mapped[str] = mapped_column(String(300))  # hostname + boot id
+    pid: Mapped[int] = mapped_column(Integer)
+    proc_start: Mapped[str] = mapped_column(String(40))  # tells a reused pid apart
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class LedgerEntry(Base):

@@ -91,9 +91,9 @@ class _ModelWorker:
             try:
                 with self.lock, self.torch.inference_mode():
                     self._generate([j for j in batch if not j.cancelled.is_set()])
-            except Exception as err:  # surface to every waiting request, keep the worker alive
+            except Exception as err:  # the shared forward pass failed: keep the worker alive
                 for job in batch:
-                    job.emit(UpstreamError(f"generation failed: {type(err).__name__}: {err}"))
+                    job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
 
     def _generate(self, jobs: list[_Job]) -> None:
         torch = self.torch
@@ -107,7 +107,14 @@ class _ModelWorker:
             p = job.params.prompt_ids
             ids[i, width - len(p):] = torch.tensor(p)
             mask[i, width - len(p):] = 1
-        gens = [_generator(torch, j.params.seed) for j in jobs]
+        gens: list[Any] = []
+        for row in rows:
+            try:
+                gens.append(_generator(torch, row.job.params.seed))
+            except Exception as err:  # a seed torch refuses fails its own request only
+                gens.append(None)
+                row.done = True
+                row.job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         past = None
@@ -118,13 +125,18 @@ class _ModelWorker:
             past = out.past_key_values
             logits = out.logits[:, -1, :].float()
             logprobs = torch.log_softmax(logits, dim=-1)
-            next_ids = torch.empty(len(rows), dtype=torch.long)
+            next_ids = torch.full((len(rows),), self.pad_id, dtype=torch.long)
             for i, row in enumerate(rows):
                 if row.done:
-                    next_ids[i] = self.pad_id
                     continue
-                next_ids[i] = _sample(torch, logits[i], row.job.params, gens[i])
-                self._advance(row, int(next_ids[i]), logprobs[i], step)
+                try:
+                    token = _sample(torch, logits[i], row.job.params, gens[i])
+                    self._advance(row, token, logprobs[i], step)
+                except Exception as err:  # this sequence fails alone; the batch goes on
+                    row.done = True
+                    row.job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
+                    continue
+                next_ids[i] = token
             if all(r.done for r in rows):
                 return
             step_input = next_ids.view(-1, 1).to(self.device)
@@ -205,18 +217,32 @@ def _generator(torch: Any, seed: int | None) -> Any:
     if seed is None:
         return None
     gen = torch.Generator()
+    # torch takes a seed in [-2**63, 2**64); the API allows signed 64-bit ones, and raises
+    # for anything else: ``manual_seed`` then fails this sequence only (the caller's try)
     gen.manual_seed(seed)
     return gen
 
 
+# Below this temperature the scaled logits leave float range for any real logit spread:
+# sampling is greedy (the limit of softmax(logits / t) as t -> 0).
+MIN_TEMPERATURE = 1e-5
+
+
 def _sample(torch: Any, logits: Any, p: GenParams, gen: Any) -> int:
-    if p.temperature <= 0:
+    """One token: greedy at temperature ~0, else nucleus sampling that keeps >= 1 token."""
+    if p.temperature < MIN_TEMPERATURE:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / p.temperature, dim=-1)
-    if p.top_p < 1.0:  # nucleus: keep the smallest prefix of sorted probs reaching top_p
+    # in float64 and shifted by the max, so the top token's scaled logit is exactly 0 and
+    # softmax never sees inf - inf
+    scaled = (logits.double() - logits.max().double()) / p.temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if p.top_p < 1.0:  # nucleus: the smallest prefix of sorted probs reaching top_p
         sorted_p, order = torch.sort(probs, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < p.top_p
+        keep[0] = True  # a tiny top_p still keeps the most likely token
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+        return int(torch.argmax(logits))  # degenerate distribution: the greedy limit
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 
 

@@ -1,91 +1,204 @@
-"""POST /v1/completions and POST /v1/chat/completions."""
+"""POST /v1/completions and POST /v1/chat/completions: one generation path, two shapes.
+
+Both routes validate and tokenise (in a thread), then hand the prepared request and their
+:class:`_Shape` to :func:`_serve`, which admits it, runs it whole or streamed, and bills it.
+The shapes only turn engine events into the typed bodies of :mod:`avokit.gateway.protocol`,
+which are also the routes' declared ``response_model`` s: the OpenAPI schema is what is sent.
+"""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+import abc
+from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.engines.base import Finished, PromptScores, TokenEvent
-from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from avokit.gateway.protocol import (
+    ERROR_RESPONSES,
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from avokit.gateway.routes.deps import current_key, gateway
 from avokit.gateway.services import serving
 from avokit.gateway.services.keys import KeyInfo
+from avokit.gateway.services.serving import Gateway, Prepared
 
 router = APIRouter()
+Key = Annotated[KeyInfo, Depends(current_key)]
+
+
+def _usage(prep: Prepared, completion: int) -> Usage:
+    prompt = len(prep.params.prompt_ids)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion)
 
 
 def _legacy_logprobs(events: list[TokenEvent], scores: PromptScores | None, start: int
-                     ) -> dict[str, Any]:
-    tokens: list[str] = []
-    lps: list[float | None] = []
-    tops: list[dict[str, float] | None] = []
-    offsets: list[int] = []
+                     ) -> CompletionLogprobs:
+    out = CompletionLogprobs(top_logprobs=[])
+    assert out.top_logprobs is not None
     if scores is not None:
-        tokens += scores.tokens
-        lps += scores.logprobs
-        tops += scores.top_logprobs
-        offsets += scores.offsets
+        out.tokens += scores.tokens
+        out.token_logprobs += scores.logprobs
+        out.top_logprobs += scores.top_logprobs
+        out.text_offset += scores.offsets
     pos = start
     for ev in events:
         for tok, lp, top in zip(ev.token_strs, ev.logprobs, ev.top_logprobs):
-            tokens.append(tok)
-            lps.append(lp)
-            tops.append(top)
-            offsets.append(pos)
+            out.tokens.append(tok)
+            out.token_logprobs.append(lp)
+            out.top_logprobs.append(top)
+            out.text_offset.append(pos)
             pos += len(tok)
-    return {"text_offset": offsets, "token_logprobs": lps, "tokens": tokens, "top_logprobs": tops}
+    return out
 
 
-def _chat_logprobs(ev: TokenEvent) -> dict[str, Any]:
-    return {"content": [
-        {"token": t, "logprob": lp, "bytes": list(t.encode()),
-         "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())}
-                          for k, v in top.items()]}
-        for t, lp, top in zip(ev.token_strs, ev.logprobs, ev.top_logprobs)]}
+def _chat_logprobs(events: list[TokenEvent]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(content=[
+        TokenLogprob(token=t, logprob=lp, bytes=list(t.encode()), top_logprobs=[
+            TopLogprob(token=k, logprob=v, bytes=list(k.encode())) for k, v in top.items()])
+        for ev in events for t, lp, top in zip(ev.token_strs, ev.logprobs, ev.top_logprobs)])
 
 
-@router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request,
-                      key: KeyInfo = Depends(current_key)) -> Any:
-    """Text completion; echo + logprobs for eval keys; streaming with usage."""
-    gw = gateway(request)
-    prep = serving.prepare_completion(gw, key, body)
+class _Shape(abc.ABC):
+    """How one endpoint turns engine events into its response bodies."""
+
+    prefix = "cmpl"
+
+    def __init__(self, prep: Prepared) -> None:
+        self.prep = prep
+        self.id = serving.new_id(self.prefix)
+        self.created = serving.now_s()
+        self.want_logprobs = prep.params.top_logprobs is not None
+
+    @abc.abstractmethod
+    def whole(self, events: list[TokenEvent], fin: Finished, scores: PromptScores | None
+              ) -> BaseModel:
+        """The non-streamed response."""
+
+    def opening(self) -> list[BaseModel]:
+        """Chunks sent before the first token."""
+        return []
+
+    @abc.abstractmethod
+    def delta(self, ev: TokenEvent) -> BaseModel:
+        """The chunk of one engine event."""
+
+    @abc.abstractmethod
+    def closing(self, fin: Finished) -> BaseModel:
+        """The chunk with the finish reason."""
+
+    @abc.abstractmethod
+    def usage_chunk(self, fin: Finished) -> BaseModel:
+        """The final usage-only chunk (``stream_options.include_usage``)."""
+
+
+class _CompletionShape(_Shape):
+    prefix = "cmpl"
+
+    def _body(self, choices: list[CompletionChoice], usage: Usage | None = None
+              ) -> CompletionResponse:
+        return CompletionResponse(id=self.id, created=self.created, model=self.prep.model,
+                                  choices=choices, usage=usage)
+
+    def whole(self, events: list[TokenEvent], fin: Finished, scores: PromptScores | None
+              ) -> BaseModel:
+        echo = self.prep.echo_text
+        lp = _legacy_logprobs(events, scores, len(echo)) if self.want_logprobs else None
+        text = echo + "".join(e.text for e in events)
+        return self._body([CompletionChoice(text=text, logprobs=lp,
+                                            finish_reason=fin.finish_reason)],  # type: ignore
+                          _usage(self.prep, fin.completion_tokens))
+
+    def opening(self) -> list[BaseModel]:
+        if not self.prep.echo_text:
+            return []
+        return [self._body([CompletionChoice(text=self.prep.echo_text)])]
+
+    def delta(self, ev: TokenEvent) -> BaseModel:
+        lp = _legacy_logprobs([ev], None, 0) if self.want_logprobs else None
+        return self._body([CompletionChoice(text=ev.text, logprobs=lp)])
+
+    def closing(self, fin: Finished) -> BaseModel:
+        return self._body([CompletionChoice(text="", finish_reason=fin.finish_reason)])  # type: ignore
+
+    def usage_chunk(self, fin: Finished) -> BaseModel:
+        return self._body([], _usage(self.prep, fin.completion_tokens))
+
+
+class _ChatShape(_Shape):
+    prefix = "chatcmpl"
+
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None
+               ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self.id, created=self.created, model=self.prep.model,
+                                   choices=choices, usage=usage)
+
+    def whole(self, events: list[TokenEvent], fin: Finished, scores: PromptScores | None
+              ) -> BaseModel:
+        message = AssistantMessage(content="".join(e.text for e in events))
+        lp = _chat_logprobs(events) if self.want_logprobs else None
+        return ChatCompletionResponse(
+            id=self.id, created=self.created, model=self.prep.model,
+            choices=[ChatChoice(message=message, logprobs=lp,
+                                finish_reason=fin.finish_reason)],  # type: ignore[arg-type]
+            usage=_usage(self.prep, fin.completion_tokens))
+
+    def opening(self) -> list[BaseModel]:
+        return [self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])]
+
+    def delta(self, ev: TokenEvent) -> BaseModel:
+        lp = _chat_logprobs([ev]) if self.want_logprobs else None
+        return self._chunk([ChatChunkChoice(delta=ChatDelta(content=ev.text), logprobs=lp)])
+
+    def closing(self, fin: Finished) -> BaseModel:
+        return self._chunk([ChatChunkChoice(delta=ChatDelta(),
+                                            finish_reason=fin.finish_reason)])  # type: ignore
+
+    def usage_chunk(self, fin: Finished) -> BaseModel:
+        return self._chunk([], _usage(self.prep, fin.completion_tokens))
+
+
+def _sse(model: BaseModel) -> bytes:
+    return b"data: " + model.model_dump_json().encode() + b"\n\n"
+
+
+async def _serve(gw: Gateway, prep: Prepared, shape: _Shape) -> Response:
+    """Admit (rate limit, reserve), generate whole or streamed, settle: both endpoints."""
     hold = await serving.admit(gw, prep)
-    rid, created = serving.new_id("cmpl"), serving.now_s()
-    n_prompt = len(prep.params.prompt_ids)
-    want_lp = prep.params.top_logprobs is not None
-
     if not prep.stream:
         events, fin, scores = await serving.run_to_end(gw, prep, hold)
-        text = prep.echo_text + "".join(e.text for e in events)
-        choice = {"text": text, "index": 0,
-                  "logprobs": _legacy_logprobs(events, scores, len(prep.echo_text))
-                  if want_lp else None,
-                  "finish_reason": fin.finish_reason}
-        return JSONResponse({"id": rid, "object": "text_completion", "created": created,
-                             "model": prep.model, "choices": [choice],
-                             "usage": serving.usage_dict(n_prompt, fin.completion_tokens)},
-                            headers=prep.headers)
+        return Response(shape.whole(events, fin, scores).model_dump_json(),
+                        media_type="application/json", headers=prep.headers)
 
     async def body_iter() -> AsyncIterator[bytes]:
-        base = {"id": rid, "object": "text_completion", "created": created, "model": prep.model}
         try:
-            if prep.echo_text:
-                yield serving.sse({**base, "choices": [{"text": prep.echo_text, "index": 0,
-                                                        "logprobs": None, "finish_reason": None}]})
+            for chunk in shape.opening():
+                yield _sse(chunk)
             async for ev in serving.stream_events(gw, prep, hold):
                 if isinstance(ev, Finished):
-                    yield serving.sse({**base, "choices": [{"text": "", "index": 0,
-                                       "logprobs": None, "finish_reason": ev.finish_reason}]})
+                    yield _sse(shape.closing(ev))
                     if prep.include_usage:
-                        yield serving.sse({**base, "choices": [], "usage":
-                                           serving.usage_dict(n_prompt, ev.completion_tokens)})
+                        yield _sse(shape.usage_chunk(ev))
                     continue
-                lp = _legacy_logprobs([ev], None, 0) if want_lp else None
-                yield serving.sse({**base, "choices": [{"text": ev.text, "index": 0,
-                                                        "logprobs": lp, "finish_reason": None}]})
+                yield _sse(shape.delta(ev))
         except Exception as err:  # the status line is gone: report in-band
             yield serving.sse_error(err)
         yield b"data: [DONE]\n\n"
@@ -93,48 +206,19 @@ async def completions(body: CompletionRequest, request: Request,
     return StreamingResponse(body_iter(), media_type="text/event-stream", headers=prep.headers)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request,
-                           key: KeyInfo = Depends(current_key)) -> Any:
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
+async def completions(body: CompletionRequest, request: Request, key: Key) -> Response:
+    """Text completion; echo + logprobs for eval keys; streaming with usage."""
+    gw = gateway(request)
+    # tokenising is CPU work: in a thread, so one long prompt never stalls other requests
+    prep = await run_in_threadpool(serving.prepare_completion, gw, key, body)
+    return await _serve(gw, prep, _CompletionShape(prep))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+             responses=ERROR_RESPONSES)
+async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
     """Chat completion rendered with the model's chat template; streaming with usage."""
     gw = gateway(request)
-    prep = serving.prepare_chat(gw, key, body)
-    hold = await serving.admit(gw, prep)
-    rid, created = serving.new_id("chatcmpl"), serving.now_s()
-    n_prompt = len(prep.params.prompt_ids)
-    want_lp = prep.params.top_logprobs is not None
-
-    if not prep.stream:
-        events, fin, _ = await serving.run_to_end(gw, prep, hold)
-        logprobs = None
-        if want_lp:
-            logprobs = {"content": [c for e in events for c in _chat_logprobs(e)["content"]]}
-        return JSONResponse({
-            "id": rid, "object": "chat.completion", "created": created, "model": prep.model,
-            "choices": [{"index": 0, "message": {"role": "assistant",
-                                                 "content": "".join(e.text for e in events)},
-                         "logprobs": logprobs, "finish_reason": fin.finish_reason}],
-            "usage": serving.usage_dict(n_prompt, fin.completion_tokens)}, headers=prep.headers)
-
-    async def body_iter() -> AsyncIterator[bytes]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                "model": prep.model}
-        try:
-            yield serving.sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
-                               "content": ""}, "logprobs": None, "finish_reason": None}]})
-            async for ev in serving.stream_events(gw, prep, hold):
-                if isinstance(ev, Finished):
-                    yield serving.sse({**base, "choices": [{"index": 0, "delta": {},
-                                       "logprobs": None, "finish_reason": ev.finish_reason}]})
-                    if prep.include_usage:
-                        yield serving.sse({**base, "choices": [], "usage":
-                                           serving.usage_dict(n_prompt, ev.completion_tokens)})
-                    continue
-                yield serving.sse({**base, "choices": [{
-                    "index": 0, "delta": {"content": ev.text},
-                    "logprobs": _chat_logprobs(ev) if want_lp else None, "finish_reason": None}]})
-        except Exception as err:  # the status line is gone: report in-band
-            yield serving.sse_error(err)
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(body_iter(), media_type="text/event-stream", headers=prep.headers)
+    prep = await run_in_threadpool(serving.prepare_chat, gw, key, body)
+    return await _serve(gw, prep, _ChatShape(prep))

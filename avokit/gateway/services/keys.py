@@ -18,8 +18,9 @@ from sqlalchemy import Connection, Engine, Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from avokit.gateway.db.fast import FastStatement, fast_read
-from avokit.gateway.db.models import Account, ApiKey, LedgerEntry
+from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.errors import AuthenticationError, ConfigError
+from avokit.gateway.services import metering
 from avokit.gateway.services.audit import as_utc, record, utcnow
 
 KEY_PREFIX = "sk-avo-"
@@ -43,12 +44,20 @@ class KeyInfo:
     revoked_at: datetime | None
 
     def may_use(self, model: str) -> bool:
-        """Whether the key lists this model (or ``*``)."""
-        return "*" in self.allowed_models or model in self.allowed_models
+        """Whether the key lists this model (or ``*``) and has a price for it.
 
-    def price(self, model: str) -> tuple[int, int]:
-        """(input, output) micro-units per 1M tokens for ``model``; ``*`` is the fallback."""
-        entry = self.prices.get(model, self.prices.get("*", {"input": 0, "output": 0}))
+        Pricing fails closed: a model the key has no price for (no entry, no ``*``) is not
+        served to it. A free model is one priced ``0:0`` on purpose.
+        """
+        listed = "*" in self.allowed_models or model in self.allowed_models
+        return listed and self.price(model) is not None
+
+    def price(self, model: str) -> tuple[int, int] | None:
+        """(input, output) micro-units per 1M tokens for ``model`` (``*`` is the fallback);
+        None when the key has no price for it."""
+        entry = self.prices.get(model, self.prices.get("*"))
+        if entry is None:
+            return None
         return int(entry["input"]), int(entry["output"])
 
 
@@ -179,7 +188,7 @@ def create_key(
     record(session, actor, "create", row.id, name=name, scope=scope, models=models, prices=prices,
            rpm=rpm, tpm=tpm, expires_at=expires_at, account_id=account_id)
     if credit_micros:
-        topup(session, row.id, credit_micros, actor=actor)
+        metering.topup(session, row.id, credit_micros, actor=actor)
     return plaintext, _info(row)
 
 
@@ -215,21 +224,6 @@ def rotate(session: Session, secret: str, key_id: str, grace_s: float = 3600.0,
     old.rotated_to = info.id
     record(session, actor, "rotate", key_id, new_key=info.id, grace_s=grace_s)
     return plaintext, info
-
-
-def topup(session: Session, key_id: str, amount_micros: int, actor: str = "cli") -> int:
-    """Add prepaid credit to the key's account; returns the new balance."""
-    if amount_micros <= 0:
-        raise ConfigError("amount must be a positive number of micro-units")
-    row = get_key(session, key_id)
-    account = session.get(Account, row.account_id, with_for_update=True)
-    assert account is not None
-    account.credit_micros += amount_micros
-    session.add(LedgerEntry(account_id=account.id, key_id=key_id, kind="topup",
-                            amount_micros=amount_micros, created_at=utcnow()))
-    record(session, actor, "topup", key_id, amount_micros=amount_micros)
-    session.flush()
-    return account.credit_micros
 
 
 def list_keys(session: Session) -> list[tuple[ApiKey, Account]]:

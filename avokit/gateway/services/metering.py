@@ -1,4 +1,5 @@
-"""Reserve the worst case before dispatch, settle real usage after, exactly once.
+"""Every write to an account's credit: top up, reserve the worst case before dispatch,
+settle real usage after (exactly once), release a failed request's hold.
 
 * ``reserve``: one conditional ``UPDATE accounts SET reserved = reserved + cost WHERE
   credit - reserved >= cost`` plus the reservation row, in one transaction. The database
@@ -9,8 +10,9 @@
   (by id, for recovery): flip the reservation ``open -> settled`` with a conditional UPDATE
   (only one settler can win), charge the real cost and append one ledger row whose
   ``reservation_id`` is unique, all in one transaction.
+* ``release``: a request the engine failed is not billed; its hold is freed, no ledger row.
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
-  process, billing what was delivered.
+  process (its lease, :mod:`avokit.gateway.services.leases`), billing what was delivered.
 
 The request path runs Core statements built once at import, compiled once per database and
 executed on the DBAPI cursor (:mod:`avokit.gateway.db.fast`): one transaction to reserve, one
@@ -26,11 +28,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from avokit.gateway.db.models import Account, LedgerEntry, Reservation
+from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
 from avokit.gateway.db.session import read_connection
-from avokit.gateway.errors import InsufficientCreditError
-from avokit.gateway.services.audit import utcnow
+from avokit.gateway.errors import ConfigError, InsufficientCreditError
+from avokit.gateway.services.audit import record, utcnow
 
 _ACC, _RES, _LEDGER = Account.__table__, Reservation.__table__, LedgerEntry.__table__
 
@@ -44,7 +46,8 @@ _NEW_RESERVATION = FastStatement(insert(_RES).values(
     id=bindparam("rid"), account_id=bindparam("acc"), key_id=bindparam("key"),
     model=bindparam("model_name"), status="open", reserved_micros=bindparam("worst"),
     price_in=bindparam("p_in"), price_out=bindparam("p_out"), prompt_tokens=bindparam("prompt"),
-    delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now")))
+    delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now"),
+    owner=bindparam("owner")))
 _DELIVERED = FastStatement(
     update(_RES)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
@@ -64,11 +67,37 @@ _NEW_LEDGER = FastStatement(insert(_LEDGER).values(
     kind="charge", amount_micros=bindparam("amount"), model=bindparam("model_name"),
     prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"),
     created_at=bindparam("now")))
+_RELEASE = FastStatement(
+    update(_RES)
+    .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
+    .values(status="released", updated_at=bindparam("now")))
+_UNHOLD = FastStatement(
+    update(_ACC)
+    .where(_ACC.c.id == bindparam("acc"))
+    .values(reserved_micros=_ACC.c.reserved_micros - bindparam("held")))
 _OPEN_RESERVATION = FastStatement(
     select(_RES.c.id, _RES.c.account_id, _RES.c.key_id, _RES.c.model, _RES.c.reserved_micros,
            _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
     .with_for_update())
+
+
+def topup(session: Session, key_id: str, amount_micros: int, actor: str = "cli") -> int:
+    """Add prepaid credit to the key's account (ledger row and audit entry in the caller's
+    transaction); returns the new balance."""
+    if amount_micros <= 0:
+        raise ConfigError("amount must be a positive number of micro-units")
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ConfigError(f"no key with id {key_id!r}")
+    account = session.get(Account, key.account_id, with_for_update=True)
+    assert account is not None  # a foreign key: every key has its account
+    account.credit_micros += amount_micros
+    session.add(LedgerEntry(account_id=account.id, key_id=key_id, kind="topup",
+                            amount_micros=amount_micros, created_at=utcnow()))
+    record(session, actor, "topup", key_id, amount_micros=amount_micros)
+    session.flush()
+    return account.credit_micros
 
 
 def cost_micros(prompt_tokens: int, completion_tokens: int, price_in: int, price_out: int) -> int:
@@ -101,6 +130,7 @@ def reserve(
     max_tokens: int,
     price_in: int,
     price_out: int,
+    owner: str | None = None,
 ) -> Hold:
     """Hold the worst-case cost or raise 402; the reservation row is committed on return."""
     worst = cost_micros(prompt_tokens, max_tokens, price_in, price_out)
@@ -116,7 +146,7 @@ def reserve(
         cur.execute(_NEW_RESERVATION, {
             "rid": hold.id, "acc": account_id, "key": key_id, "model_name": model,
             "worst": worst, "p_in": price_in, "p_out": price_out, "prompt": prompt_tokens,
-            "now": now})
+            "now": now, "owner": owner})
     return hold
 
 
@@ -151,6 +181,19 @@ def settle_hold(db: Engine, hold: Hold, completion_tokens: int) -> int | None:
         return _settle_in(cur, hold, completion_tokens, hold.prompt_tokens)
 
 
+def release(db: Engine, hold: Hold) -> bool:
+    """Free a failed request's reservation without charging anything (not even the prompt).
+
+    The same conditional ``open -> released`` flip as settling: if a reconciler already
+    settled it, nothing changes and False is returned.
+    """
+    with fast_write(db) as cur:
+        if cur.execute(_RELEASE, {"rid": hold.id, "now": utcnow()}) != 1:
+            return False
+        cur.execute(_UNHOLD, {"acc": hold.account_id, "held": hold.reserved_micros})
+        return True
+
+
 def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
            prompt_tokens: int | None = None) -> int | None:
     """Charge real usage once; returns the charge, or None when already settled elsewhere.
@@ -168,12 +211,17 @@ def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
         return _settle_in(cur, hold, completion, prompt)
 
 
-def reconcile(db: Engine, stale_after_s: float) -> int:
-    """Settle open reservations untouched for ``stale_after_s``; returns how many."""
+def reconcile(db: Engine, stale_after_s: float, owners: list[str] | None = None) -> int:
+    """Settle open reservations of the given dead ``owners`` (see :mod:`.leases`), and
+    ownerless ones untouched for ``stale_after_s``; returns how many were settled."""
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    query = select(_RES.c.id).where(_RES.c.status == "open", _RES.c.owner.is_(None),
+                                    _RES.c.updated_at <= cutoff)
     with read_connection(db) as conn:
-        ids = list(conn.scalars(
-            select(_RES.c.id).where(_RES.c.status == "open", _RES.c.updated_at <= cutoff)))
+        ids = list(conn.scalars(query))
+        if owners:
+            ids += list(conn.scalars(select(_RES.c.id).where(_RES.c.status == "open",
+                                                             _RES.c.owner.in_(owners))))
     return sum(1 for hold_id in ids if settle(db, hold_id) is not None)
 
 

@@ -1,7 +1,13 @@
-"""Per-key requests/min and tokens/min limits: a sliding 60 s window per process.
+"""Per-key requests/min and tokens/min limits over a 60 s window.
 
-Each replica/worker enforces the key's limits on its own traffic; credit (money) is the
-cross-replica guarantee and lives in the database.
+Two implementations of one interface (``await limiter.admit(...)`` -> headers, or 429):
+
+* :class:`RateLimiter` (the default): an exact sliding window in this process. Each replica
+  or worker then grants a key its limits on its own traffic.
+* :class:`avokit.gateway.services.shared_limits.RedisRateLimiter` (``--redis URL``): one
+  atomic Lua script in Redis, so every replica on that Redis shares each key's limits.
+
+Credit (money) is always the cross-replica guarantee and lives in the database.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from avokit.gateway.errors import RateLimitError
 
@@ -24,8 +30,18 @@ class _Window:
     tokens: int = 0
 
 
+class Limiter(Protocol):
+    """What the request pipeline needs from a rate limiter."""
+
+    async def admit(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
+        """Count one request of ``tokens`` worst-case tokens; x-ratelimit-* headers or 429."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
 class RateLimiter:
-    """Thread-safe sliding-window limiter; ``check`` admits a request or raises 429."""
+    """Thread-safe sliding-window limiter of one process; ``check`` admits or raises 429."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -46,19 +62,30 @@ class RateLimiter:
                 oldest = win.events[0][0] if win.events else now
                 retry = max(1, math.ceil(oldest + WINDOW_S - now))
                 what = "requests" if requests_left <= 0 else "tokens"
-                raise RateLimitError(
-                    f"Rate limit reached for {what} per minute on this key; retry in {retry} s.",
-                    headers={
-                        "Retry-After": str(retry),
-                        **_headers(rpm, tpm, max(requests_left, 0), max(tokens_left, 0), retry),
-                    },
-                )
+                raise refuse(what, rpm, tpm, requests_left, tokens_left, retry)
             win.events.append((now, tokens))
             win.tokens += tokens
-            return _headers(rpm, tpm, requests_left - 1, tokens_left - tokens, WINDOW_S)
+            return headers(rpm, tpm, requests_left - 1, tokens_left - tokens, WINDOW_S)
 
 
-def _headers(rpm: int, tpm: int, req_left: int, tok_left: int, reset: float) -> dict[str, str]:
+    async def admit(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
+        """:meth:`check` (microseconds under a lock: no thread needed)."""
+        return self.check(key_id, rpm, tpm, tokens)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def refuse(what: str, rpm: int, tpm: int, requests_left: int, tokens_left: int,
+           retry: int) -> RateLimitError:
+    """The 429 for ``what`` ("requests" or "tokens"), with Retry-After and x-ratelimit-*."""
+    return RateLimitError(
+        f"Rate limit reached for {what} per minute on this key; retry in {retry} s.",
+        headers={"Retry-After": str(retry),
+                 **headers(rpm, tpm, max(requests_left, 0), max(tokens_left, 0), retry)})
+
+
+def headers(rpm: int, tpm: int, req_left: int, tok_left: int, reset: float) -> dict[str, str]:
     return {
         "x-ratelimit-limit-requests": str(rpm),
         "x-ratelimit-limit-tokens": str(tpm),

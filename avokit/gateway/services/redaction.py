@@ -14,23 +14,52 @@ def redact(text: str) -> str:
     return KEY_PATTERN.sub(REDACTED, text)
 
 
+UNLOGGABLE = "[avokit: a log message could not be formatted; dropped]"
+
+
+def _redacted_args(args: object) -> object:
+    # keep the args' shape: formatters such as uvicorn's access log unpack them
+    if isinstance(args, tuple):
+        return tuple(redact(a) if isinstance(a, str) else a for a in args)
+    if isinstance(args, dict):
+        return {k: redact(v) if isinstance(v, str) else v for k, v in args.items()}
+    return args
+
+
 class RedactKeysFilter(logging.Filter):
-    """Rewrites the formatted message (args included) and any exception text."""
+    """Removes keys from the message, its args and any exception text.
+
+    A filter that raises breaks the logging call, and so the request that logged: this one
+    never raises. A record it cannot read is replaced by a fixed text, never passed on.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact in place; always keeps the record."""
+        try:
+            self._redact(record)
+        except Exception:  # e.g. an exception whose __str__ raises
+            record.msg, record.args = UNLOGGABLE, None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    @staticmethod
+    def _redact(record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string must not break logging
-            message = str(record.msg)
+        except Exception:  # a broken format string or argument: log the bare text
+            record.msg, record.args = redact(str(record.msg)), None
+            message = record.msg
         if "sk-avo-" in message:
-            record.msg = redact(message)
-            record.args = None
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg)
+            record.args = _redacted_args(record.args)
+            if KEY_PATTERN.search(record.getMessage()):  # formed only by formatting: flatten
+                record.msg, record.args = redact(message), None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
             if "sk-avo-" in text:
                 record.exc_info = None
                 record.exc_text = redact(text)
-        return True
 
 
 def install_redaction() -> None:

@@ -21,12 +21,12 @@ from avokit.gateway.engines.base import Engine, Finished, GenParams, ServedModel
 from avokit.gateway.errors import (
     BadRequestError,
     GatewayError,
-    NotFoundError,
+    ModelNotFoundError,
     PermissionDeniedError,
 )
 from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from avokit.gateway.services import keys, metering
-from avokit.gateway.services.ratelimit import RateLimiter
+from avokit.gateway.services import keys, metering, prompts
+from avokit.gateway.services.ratelimit import Limiter
 
 # Customer keys may see at most this many alternatives per token (model-stealing guard).
 CUSTOMER_MAX_TOP_LOGPROBS = 5
@@ -40,8 +40,9 @@ class Gateway:
     db: Database
     engine: Engine
     models: dict[str, ServedModel]
-    limiter: RateLimiter
+    limiter: Limiter
     max_tokens_default: int
+    owner: str | None = None  # this process's lease id: its reservations name it
 
     async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
         """Key from ``Authorization: Bearer``; any failure is the one 401."""
@@ -69,19 +70,26 @@ class Prepared:
 
 
 def _check_model(gw: Gateway, key: keys.KeyInfo, model: str) -> None:
-    if model not in gw.models:
-        raise NotFoundError(f"The model {model!r} does not exist.", param="model")
-    if not key.may_use(model):
-        raise PermissionDeniedError(f"This key may not use the model {model!r}.", param="model")
+    # unknown, not allowed for this key, or without a price for it: one identical 404, so a
+    # key learns nothing about the models served to others, and nothing is served for free
+    if model not in gw.models or not key.may_use(model):
+        raise ModelNotFoundError(model)
+
+
+def _guard_logit_bias(key: keys.KeyInfo, logit_bias: dict[str, float] | None) -> None:
+    if not logit_bias:
+        return
+    if key.scope == "customer":
+        raise PermissionDeniedError("logit_bias is not available to this key.",
+                                    param="logit_bias")
+    # the engines do not apply it: refusing beats answering as if it had been applied
+    raise BadRequestError("logit_bias is not supported by this server.", param="logit_bias")
 
 
 def _stop_list(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    if len(stops) > 4:
-        raise BadRequestError("stop: at most 4 sequences", param="stop")
-    return stops
+    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _size(gw: Gateway, model: str, n_prompt: int, max_tokens: int | None, field_name: str,
@@ -97,39 +105,42 @@ def _size(gw: Gateway, model: str, n_prompt: int, max_tokens: int | None, field_
     if max_tokens > room:
         raise BadRequestError(
             f"{field_name}: {max_tokens} is too large; the prompt uses {n_prompt} of {ctx} "
-            f"tokens, so at most {room} can be generated.", param=field_name)
+            f"tokens, so at most {room} can be generated.", param=field_name,
+            code="context_length_exceeded")
     return max_tokens
 
 
+def _prompt_ids(gw: Gateway, model: str, tok: Any, prompt: Any) -> tuple[list[int], str]:
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise BadRequestError("prompt: send one prompt per request", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        prompts.check_fits(tok, prompt, gw.models[model].context_length, "prompt")
+        return prompts.encode_text(tok, prompt), prompt
+    ids = [int(t) for t in prompt]
+    ctx = gw.models[model].context_length
+    if len(ids) >= ctx:  # before decoding them for echo: that would cost time for nothing
+        raise BadRequestError(f"prompt: {len(ids)} tokens is too long for {model!r} (context "
+                              f"length {ctx}).", param="prompt", code="context_length_exceeded")
+    if any(t < 0 or t >= len(tok) for t in ids):
+        raise BadRequestError("prompt: token id out of the vocabulary", param="prompt")
+    return ids, tok.decode(ids)
+
+
 def prepare_completion(gw: Gateway, key: keys.KeyInfo, req: CompletionRequest) -> Prepared:
-    """Validate and tokenise a /v1/completions request."""
+    """Validate and tokenise a /v1/completions request (blocking: call it in a thread)."""
     _check_model(gw, key, req.model)
+    _guard_logit_bias(key, req.logit_bias)
     if key.scope == "customer":
-        if req.logit_bias:
-            raise PermissionDeniedError("logit_bias is not available to this key.",
-                                        param="logit_bias")
         if req.echo and req.logprobs is not None:
             raise PermissionDeniedError("echo with logprobs is available to eval keys only.",
                                         param="echo")
         if req.logprobs is not None and req.logprobs > CUSTOMER_MAX_TOP_LOGPROBS:
             raise PermissionDeniedError(
                 f"logprobs is capped at {CUSTOMER_MAX_TOP_LOGPROBS} for this key.", param="logprobs")
-    if req.suffix:
-        raise BadRequestError("suffix is not supported.", param="suffix")
     tok = gw.engine.tokenizer(req.model)
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        if len(prompt) != 1:
-            raise BadRequestError("prompt: send one prompt per request", param="prompt")
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        ids = list(tok(prompt).input_ids)
-        echo_text = prompt
-    else:
-        ids = [int(t) for t in prompt]
-        if any(t < 0 or t >= len(tok) for t in ids):
-            raise BadRequestError("prompt: token id out of the vocabulary", param="prompt")
-        echo_text = tok.decode(ids)
+    ids, echo_text = _prompt_ids(gw, req.model, tok, req.prompt)
     if not ids:
         raise BadRequestError("prompt: must not be empty", param="prompt")
     max_tokens = _size(gw, req.model, len(ids), req.max_tokens, "max_tokens", "prompt")
@@ -142,12 +153,10 @@ def prepare_completion(gw: Gateway, key: keys.KeyInfo, req: CompletionRequest) -
 
 
 def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> Prepared:
-    """Validate a chat request and render it with the model's own chat template."""
+    """Validate a chat request and render it with the model's own chat template (blocking)."""
     _check_model(gw, key, req.model)
+    _guard_logit_bias(key, req.logit_bias)
     if key.scope == "customer":
-        if req.logit_bias:
-            raise PermissionDeniedError("logit_bias is not available to this key.",
-                                        param="logit_bias")
         if req.top_logprobs is not None and req.top_logprobs > CUSTOMER_MAX_TOP_LOGPROBS:
             raise PermissionDeniedError(
                 f"top_logprobs is capped at {CUSTOMER_MAX_TOP_LOGPROBS} for this key.",
@@ -159,8 +168,9 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
         raise BadRequestError(f"model {req.model!r} has no chat template; use /v1/completions",
                               param="model")
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = list(tok(text, add_special_tokens=False).input_ids)
+    prompts.check_fits(tok, "".join(m["content"] for m in messages),
+                       gw.models[req.model].context_length, "messages")
+    ids = prompts.encode_chat(tok, messages)
     wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     field_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _size(gw, req.model, len(ids), wanted, field_name, "messages")
@@ -174,13 +184,17 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
 async def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
     """Rate limit, then reserve the worst case in the database (402 if it does not fit)."""
     worst_tokens = len(prep.params.prompt_ids) + prep.params.max_tokens
-    prep.headers = gw.limiter.check(prep.key.id, prep.key.rpm, prep.key.tpm, worst_tokens)
-    price_in, price_out = prep.key.price(prep.model)
+    prep.headers = await gw.limiter.admit(prep.key.id, prep.key.rpm, prep.key.tpm,
+                                          worst_tokens)
+    price = prep.key.price(prep.model)
+    if price is None:  # may_use() already refused it; never fall through to a free request
+        raise ModelNotFoundError(prep.model)
+    price_in, price_out = price
     return await run_in_threadpool(
         lambda: metering.reserve(
             gw.db, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
             prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
-            price_in=price_in, price_out=price_out))
+            price_in=price_in, price_out=price_out, owner=gw.owner))
 
 
 async def _settle(gw: Gateway, hold: metering.Hold, completion: int) -> None:
@@ -189,36 +203,44 @@ async def _settle(gw: Gateway, hold: metering.Hold, completion: int) -> None:
         await run_in_threadpool(metering.settle_hold, gw.db, hold, completion)
 
 
-def usage_dict(prompt: int, completion: int) -> dict[str, int]:
-    """OpenAI usage object."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+async def _release(gw: Gateway, hold: metering.Hold) -> None:
+    # the engine failed this request: the customer pays nothing for it
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(metering.release, gw.db, hold)
 
 
 async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
                      ) -> tuple[list[TokenEvent], Finished, Any]:
     """Non-streaming: one engine call for the whole answer, then settle.
 
-    Nothing reaches the client before the answer is complete, so a failed generation
-    is billed for its prompt only, no completion tokens.
+    Nothing reaches the client before the answer is complete, so a failed generation is
+    not billed at all: its reservation is released.
     """
-    completion = 0
     try:
         scores = None
         if prep.echo_scores:
             scores = await gw.engine.score_prompt(prep.model, prep.params.prompt_ids,
                                                   prep.params.top_logprobs or 0)
         events, finished = await gw.engine.complete(prep.model, prep.params)
-        completion = finished.completion_tokens
-        return events, finished, scores
-    finally:
-        await _settle(gw, hold, completion)
+    except Exception:
+        await _release(gw, hold)
+        raise
+    except BaseException:  # cancelled (client gone): nothing was delivered, bill the prompt
+        await _settle(gw, hold, 0)
+        raise
+    await _settle(gw, hold, finished.completion_tokens)
+    return events, finished, scores
 
 
 async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
                         ) -> AsyncIterator[TokenEvent | Finished]:
-    """Streaming: persist the delivered count after each event; settle whatever happens."""
+    """Streaming: persist the delivered count after each event; settle whatever happens.
+
+    An engine failure releases the reservation (a failed request is never billed); a client
+    that goes away is billed for what it was sent.
+    """
     delivered = 0
+    failed = False
     try:
         async for ev in gw.engine.generate(prep.model, prep.params):
             if isinstance(ev, Finished):
@@ -229,8 +251,11 @@ async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
             yield ev
             # after the client was handed the event: a crash now bills what it received
             await run_in_threadpool(metering.mark_delivered, gw.db, hold.id, delivered)
+    except Exception:
+        failed = True
+        raise
     finally:
-        await _settle(gw, hold, delivered)
+        await (_release(gw, hold) if failed else _settle(gw, hold, delivered))
 
 
 def sse(payload: dict[str, Any]) -> bytes:

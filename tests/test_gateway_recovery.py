@@ -1,0 +1,120 @@
+"""Reservations of a dead serving process are reclaimed when it is known dead (at the next
+start on the same host, or when its lease runs out), not after a fixed delay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gateway_support import SECRET, Server, build_registry, free_port  # noqa: E402
+
+from avokit.gateway.db.models import Instance, LedgerEntry, Reservation  # noqa: E402
+from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory  # noqa: E402
+from avokit.gateway.services import keys, leases, metering  # noqa: E402
+from avokit.gateway.services.audit import utcnow  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "avo-tiny"
+PRICE = {"*": {"input": 1000, "output": 3000}}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("upstream") / "upstream.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench/gateway/mock_upstream.py"),
+                             str(port)], env={**os.environ, "MOCK_TOKENS": "40",
+                                              "MOCK_DELAY_S": "0.05"}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(url + "/v1/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_restart_reclaims_a_killed_process_reservations_at_once(tmp_path: Path,
+                                                                upstream: str) -> None:
+    """kill -9 mid-stream, restart at once with hour-long stale and lease settings: the new
+    process settles its dead predecessor's reservation during start-up."""
+    root = tmp_path / "registry"
+    build_registry(root, MODEL)
+    db = f"sqlite:///{tmp_path}/g.db"
+    run_migrations(db)
+    engine = make_db_engine(db)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        key, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    env = {"AVOKIT_REGISTRY": str(root), "AVOKIT_DB_URL": db, "AVOKIT_SECRET": SECRET,
+           "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream,
+           "AVOKIT_RESERVATION_STALE_S": "3600", "AVOKIT_LEASE_S": "3600",
+           "AVOKIT_RECONCILE_INTERVAL_S": "3600"}
+    first = Server(env, tmp_path / "first.log").start()
+    client = openai.OpenAI(base_url=first.url + "/v1", api_key=key, max_retries=0)
+    got = 0
+    for chunk in client.completions.create(model=MODEL, prompt="Hello", max_tokens=40,
+                                           stream=True):
+        got += 1 if chunk.choices and chunk.choices[0].text else 0
+        if got == 6:
+            break
+    time.sleep(0.2)
+    first.kill9()
+    with sessions() as s:
+        (res,) = s.scalars(select(Reservation).where(Reservation.key_id == info.id))
+        assert res.status == "open" and res.delivered_tokens >= 6
+    second = Server(env, tmp_path / "second.log").start()  # returns once /health answers
+    try:
+        with sessions() as s:
+            done = s.get(Reservation, res.id)
+            assert done is not None and done.status == "settled"
+            charge = s.scalars(select(LedgerEntry).where(
+                LedgerEntry.reservation_id == res.id)).one()
+            assert charge.completion_tokens == done.delivered_tokens
+            assert [i.pid for i in s.scalars(select(Instance))] == [second.proc.pid]
+    finally:
+        second.stop()
+    with sessions() as s:  # a clean stop removes its own lease
+        assert list(s.scalars(select(Instance))) == []
+    engine.dispose()
+
+
+def test_expired_and_orphaned_leases_are_reclaimed_live_ones_kept(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/g.db"
+    run_migrations(db)
+    engine = make_db_engine(db)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+        now = utcnow()
+        for inst_id, beat in [("inst_elsewhere_dead", now - timedelta(seconds=120)),
+                              ("inst_elsewhere_live", now)]:
+            s.add(Instance(id=inst_id, host="another-host/boot", pid=1, proc_start="1",
+                           started_at=now, heartbeat_at=beat))
+    holds = {owner: metering.reserve(engine, account_id=info.account_id, key_id=info.id,
+                                     model=MODEL, prompt_tokens=5, max_tokens=5, price_in=1000,
+                                     price_out=3000, owner=owner)
+             for owner in ("inst_elsewhere_dead", "inst_elsewhere_live", "inst_gone")}
+    me = leases.register(engine)
+    assert leases.reclaim(engine, lease_s=30, stale_s=3600, me=me) == 2
+    with sessions() as s:
+        status = {o: s.get(Reservation, h.id).status for o, h in holds.items()}  # type: ignore
+        alive = {i.id for i in s.scalars(select(Instance))}
+    assert status == {"inst_elsewhere_dead": "settled", "inst_elsewhere_live": "open",
+                      "inst_gone": "settled"}
+    assert alive == {"inst_elsewhere_live", me.id}
+    engine.dispose()

