@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -234,3 +235,23 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def run_mock_upstream(log_dir: Path) -> Iterator[str]:
+    """Start bench/gateway/mock_upstream.py (an OpenAI-compatible fake of a vLLM server, 40
+    tokens per answer, 50 ms apart) on a free port; yield its URL once it answers, then stop it."""
+    port = free_port()
+    log = open(log_dir / "upstream.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "bench/gateway/mock_upstream.py"),
+                             str(port)], env={**os.environ, "MOCK_TOKENS": "40",
+                                              "MOCK_DELAY_S": "0.05"}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(url + "/v1/models", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)

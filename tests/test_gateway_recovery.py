@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, free_port  # noqa: E402
+from gateway_support import SECRET, Server, build_registry, free_port, run_mock_upstream  # noqa: E402
 
 from avokit.gateway.db.models import Instance, LedgerEntry, Reservation  # noqa: E402
 from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory  # noqa: E402
@@ -31,21 +31,7 @@ PRICE = {"*": {"input": 1000, "output": 3000}}
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("upstream") / "upstream.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench/gateway/mock_upstream.py"),
-                             str(port)], env={**os.environ, "MOCK_TOKENS": "40",
-                                              "MOCK_DELAY_S": "0.05"}, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url + "/v1/models", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    yield from run_mock_upstream(tmp_path_factory.mktemp("upstream"))
 
 
 def test_restart_reclaims_a_killed_process_reservations_at_once(tmp_path: Path,
