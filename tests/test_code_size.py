@@ -13,8 +13,6 @@ FUNCTION_LIMIT = 80
 
 # qualified name -> who splits it, and why it waits
 ALLOWED: dict[str, str] = {
-    "avokit.evaluate.report.render_markdown":
-        "evaluate owner (issue 14/15 work touches the report); split per report section",
     "avokit.train.loop.train_loop":
         "train owner (issue 14/15 work in train/); split setup, step and checkpoint phases",
 }

@@ -14,7 +14,7 @@ import torch
 from avokit.errors import AvokitError
 from avokit.evaluate.bpb import bpb_from_records, score_bpb
 from avokit.evaluate.gate import check_gate
-from avokit.evaluate.scoring import loglikelihoods, rolling_loglikelihood
+from avokit.evaluate.scoring import loglikelihoods, rolling_loglikelihood, score_token_pairs
 from avokit.evaluate.tasks import Task, TaskError, TaskItem, load_task, run_task, wilson
 from avokit.recipe.evaluation import GateConfig
 from avokit.records import TeacherRecords
@@ -88,6 +88,39 @@ def test_scoring_paths_agree(tiny_llama_dir: Path) -> None:
     one = [loglikelihoods(model, tok, [r], batch_size=1)[0].logprob for r in reqs]
     both = [r.logprob for r in loglikelihoods(model, tok, reqs, batch_size=2)]
     assert both == pytest.approx(one, rel=1e-4)
+
+
+class _FullLogits(torch.nn.Module):
+    """The same model behind a forward without ``logits_to_keep``: every position projected."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_kept_positions_score_like_full_logits(tiny_llama_dir: Path) -> None:
+    """Projecting only the continuation positions (``logits_to_keep``) is the full-logit
+    computation: same log-probs and greedy flags, rows of very different lengths in a batch."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randint(5, 400, (c,), generator=gen).tolist(), torch.randint(5, 400, (k,), generator=gen).tolist())
+             for c, k in [(0, 3), (7, 1), (30, 5), (2, 12), (19, 2), (40, 40), (1, 1)]]
+    # a greedy continuation, so the flag is tested both ways
+    with torch.no_grad():
+        nxt = int(model(torch.tensor([[1, 9, 17]])).logits[0, -1].argmax())
+    pairs.append(([9, 17], [nxt]))
+    for batch_size in (1, 3, 8):
+        fast = score_token_pairs(model, 1, pairs, max_length=48, batch_size=batch_size)
+        full = score_token_pairs(_FullLogits(model), 1, pairs, max_length=48, batch_size=batch_size)
+        assert [r.n_tokens for r in fast] == [r.n_tokens for r in full]
+        assert [r.is_greedy for r in fast] == [r.is_greedy for r in full]
+        assert [r.logprob for r in fast] == pytest.approx([r.logprob for r in full], rel=1e-5, abs=1e-5)
+    assert fast[-1].is_greedy
 
 
 def _write_task(tmp: Path, rows: list[dict[str, Any]], **spec: Any) -> Path:

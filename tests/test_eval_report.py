@@ -82,6 +82,7 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     m1 = json.loads((report / "metrics.json").read_text())
     gate1 = m1["gate"]
     assert m1["bpb"]["tiny-teacher"]["source"] == "live"
+    assert set(m1["tasks"]["tiny-teacher"]) == {"toy"}  # teachers are task-scored by default
     assert gate1["passed"] is False
     with pytest.raises(ReleaseError, match=r"max_bpb \(student held-out BPB .* > max_bpb 0.01\)") as err:
         release(run_dir, "tiny-bad", registry)
@@ -135,6 +136,7 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     log = [json.loads(x) for x in (report / "eval_log.jsonl").read_text().splitlines()]
     assert [(e["run"], e["gate_passed"]) for e in log] == [(1, False), (2, True)]
     md = (report / "report.md").read_text()
+    assert "not scored on tasks" not in md
     assert "Release gate: PASSED" in md and "| 1 |" in md and "| failed |" in md and items[0]["id"] in md
     for png in ("training_curves.png", "bpb.png", "task_accuracy.png"):
         assert (report / png).stat().st_size > 10_000
@@ -164,3 +166,12 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert "this student: apache-2.0" in card and meta["weights_sha256"] == m["student_sha256"]
     with pytest.raises(ReleaseError, match="already exists"):
         release(run_dir, "tiny-1", registry)
+
+    # Teachers on BPB only: the report says which models were not task-scored, nothing else moves.
+    rec = load_recipe(recipe_file)
+    rec.eval.teacher_tasks = False
+    m3 = json.loads((run_eval(rec) / "metrics.json").read_text())
+    assert m3["tasks"]["tiny-teacher"] == {} and set(m3["tasks"]["student"]) == {"toy"}
+    assert m3["bpb"]["tiny-teacher"]["bpb"] == m["bpb"]["tiny-teacher"]["bpb"]
+    assert "- not scored on tasks (`eval.teacher_tasks: false`, BPB only): tiny-teacher" in (
+        report / "report.md").read_text()

@@ -16,6 +16,7 @@ from avokit.recipe.teachers import TeacherConfig
 from avokit.teachers import HFTeacher, load_teacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import plan_windows, word_start_mask
+from gguf_support import write_gguf
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.\nIt was\ta naïve café — 東京 🍣!",
@@ -161,46 +162,6 @@ def test_cli_check_prints_perplexity_and_top_tokens(tiny_llama_dir: Path) -> Non
     assert len(rows) == 3, out  # one table row per token: repr(token) | probability
 
 
-def _write_gguf(model: Any, out: Path, arch: str) -> Path:
-    """Write a float32 Llama or Qwen3 as GGUF the way llama.cpp's converter does (Llama's q/k
-    rows permuted for its rope layout; Qwen3 as is, with its q/k norms)."""
-    gguf = pytest.importorskip("gguf")
-    c = model.config
-    gguf_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch]
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_context_length(c.max_position_embeddings)
-    writer.add_embedding_length(c.hidden_size)
-    writer.add_block_count(c.num_hidden_layers)
-    writer.add_feed_forward_length(c.intermediate_size)
-    writer.add_head_count(c.num_attention_heads)
-    writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    writer.add_rope_dimension_count(c.head_dim)
-    writer.add_vocab_size(c.vocab_size)
-    writer.add_file_type(0)  # all float32
-    names = gguf.get_tensor_name_map(gguf_arch, c.num_hidden_layers)
-
-    def permute(x: np.ndarray, n_head: int) -> np.ndarray:
-        return (x.reshape(n_head, 2, x.shape[0] // n_head // 2, *x.shape[1:])
-                .swapaxes(1, 2).reshape(x.shape))
-
-    for key, value in model.state_dict().items():
-        arr = value.float().numpy()
-        if arch == "llama" and key.endswith("q_proj.weight"):
-            arr = permute(arr, c.num_attention_heads)
-        if arch == "llama" and key.endswith("k_proj.weight"):
-            arr = permute(arr, c.num_key_value_heads)
-        gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        assert gguf_name is not None, key  # every tensor must land somewhere
-        writer.add_tensor(gguf_name, np.ascontiguousarray(arr))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_gguf_backend_equals_hf(arch: str, tiny_model_factory: Callable[..., Path],
                                 tmp_path: Path, smollm2_tokenizer: Any) -> None:
@@ -221,7 +182,7 @@ def test_gguf_backend_equals_hf(arch: str, tiny_model_factory: Callable[..., Pat
         model_dir = tmp_path / "hf"
         model.save_pretrained(model_dir)
         smollm2_tokenizer.save_pretrained(model_dir)
-    path = _write_gguf(model, tmp_path / "tiny.gguf", arch)
+    path = write_gguf(model, tmp_path / "tiny.gguf", arch)
     # the GGUF holds no tokenizer metadata: pass the tokenizer (as registry teachers do)
     teacher = HFTeacher.from_gguf(path, device="cpu", tokenizer=smollm2_tokenizer,
                                   max_length=MAX_LEN, batch_size=3, vocab_chunk=7)

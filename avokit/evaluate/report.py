@@ -89,9 +89,8 @@ def domain_table(bpb: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
-def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
-    """report.md from metrics.json and the whole evaluation log."""
-    hw, gate = metrics["hardware"], metrics["gate"]
+def _gate_section(metrics: dict[str, Any], log: list[dict[str, Any]]) -> list[str]:
+    gate = metrics["gate"]
     lines = [
         f"# Evaluation report: {metrics['recipe']}",
         "",
@@ -105,14 +104,18 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
     for c in gate["checks"]:
         lines.append(f"| {c['name']} | {_fmt(c['value'])} | {_fmt(c['threshold'])} | "
                      f"{'pass' if c['passed'] else '**FAIL**'}: {c['message']} |")
+    return lines
+
+
+def _bpb_section(metrics: dict[str, Any]) -> list[str]:
     ho = metrics["heldout"]
-    lines += ["", "## Held-out bits per byte", "",
-              f"{ho['docs']} held-out documents, {ho['bytes']} UTF-8 bytes. BPB = total NLL (nats) / "
-              "(ln 2 x bytes of exactly the scored text); every model scored through the same Teacher "
-              "interface from a start token, long documents in windows. `source` says whether the gold "
-              "log-probs were computed now (live) or read from the capture cache (exact stored values).", "",
-              "| model | BPB | tokens | tokens/byte | window (tokens) | source |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["", "## Held-out bits per byte", "",
+             f"{ho['docs']} held-out documents, {ho['bytes']} UTF-8 bytes. BPB = total NLL (nats) / "
+             "(ln 2 x bytes of exactly the scored text); every model scored through the same Teacher "
+             "interface from a start token, long documents in windows. `source` says whether the gold "
+             "log-probs were computed now (live) or read from the capture cache (exact stored values).", "",
+             "| model | BPB | tokens | tokens/byte | window (tokens) | source |",
+             "| --- | --- | --- | --- | --- | --- |"]
     models = metrics.get("models", {})
     for m, b in metrics["bpb"].items():
         window = _fmt(models.get(m, {}).get("window"))
@@ -123,26 +126,35 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
               "Bits per byte within each domain's held-out documents (" +
               ", ".join(f"{d}: {n} docs" for d, n in held_domains.items()) +
               "); overall weighs every byte the same, domain mean every domain. Best per column in bold.", ""]
-    lines += domain_table(metrics["bpb"])
-    lines += ["", "## Tasks", "",
-              "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
-              "`acc_norm` the highest log-prob per UTF-8 byte of the choice. 95% Wilson intervals. "
-              "Clean = items with no detected overlap with the training text.", ""]
+    return lines + domain_table(metrics["bpb"])
+
+
+def _task_section(metrics: dict[str, Any]) -> list[str]:
+    lines = ["", "## Tasks", "",
+             "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
+             "`acc_norm` the highest log-prob per UTF-8 byte of the choice. 95% Wilson intervals. "
+             "Clean = items with no detected overlap with the training text.", ""]
     for t, sub in metrics["task_subset"].items():
         lines.append(f"- {t}: {sub['items']} of {sub['available']} items ({sub['selection']}), "
                      f"{sub['num_fewshot']}-shot")
+    unscored = [m for m, t in metrics["tasks"].items() if not t]
+    if unscored and metrics["task_subset"]:
+        lines.append(f"- not scored on tasks (`eval.teacher_tasks: false`, BPB only): {', '.join(unscored)}")
     lines += ["", "| model | task | acc | acc_norm | acc (clean) | acc (dirty) |", "| --- | --- | --- | --- | --- | --- |"]
     for m, tasks in metrics["tasks"].items():
         for t, s in tasks.items():
             lines.append(f"| {m} | {t} | {_score(s['acc'])} | {_score(s.get('acc_norm'))} | "
                          f"{_score(s['clean']['acc'])} | {_score(s['dirty']['acc'])} |")
-    con = metrics["contamination"]
-    lines += ["", "## Contamination", "",
-              f"Training text ({con['corpus_docs']} documents: train split plus any teacher-generated text) "
-              f"against every evaluated item (prompt + gold answer): {con['n']}-gram overlap, and Llama-2 "
-              f"style token overlap (share of an item's words inside a shared span of >= {con['min_span']} "
-              f"words; dirty above {con['dirty_fraction']}). Overall contaminated rate: "
-              f"{con['overall_rate']:.4f}.", "", "| task | items | contaminated | rate |", "| --- | --- | --- | --- |"]
+    return lines
+
+
+def _contamination_section(con: dict[str, Any]) -> list[str]:
+    lines = ["", "## Contamination", "",
+             f"Training text ({con['corpus_docs']} documents: train split plus any teacher-generated text) "
+             f"against every evaluated item (prompt + gold answer): {con['n']}-gram overlap, and Llama-2 "
+             f"style token overlap (share of an item's words inside a shared span of >= {con['min_span']} "
+             f"words; dirty above {con['dirty_fraction']}). Overall contaminated rate: "
+             f"{con['overall_rate']:.4f}.", "", "| task | items | contaminated | rate |", "| --- | --- | --- | --- |"]
     for t, v in con["per_task"].items():
         lines.append(f"| {t} | {v['items']} | {v['contaminated']} | {v['rate']:.4f} |")
     if con.get("per_domain"):
@@ -156,10 +168,13 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
                   f"token overlap {i['token_overlap']:.2f}" for i in con["items"][:200]]
         if len(con["items"]) > 200:
             lines.append(f"- ... {len(con['items']) - 200} more in metrics.json")
-    tr = metrics["training"]
-    lines += ["", "## Training, hardware and cost", ""]
-    rate = metrics["cost_per_hour"]
-    for m, t in tr.items():
+    return lines
+
+
+def _cost_section(metrics: dict[str, Any], log: list[dict[str, Any]]) -> list[str]:
+    hw, rate = metrics["hardware"], metrics["cost_per_hour"]
+    lines = ["", "## Training, hardware and cost", ""]
+    for m, t in metrics["training"].items():
         wall = t.get("wall_time_s")
         when = (f", training wall time {wall:.1f} s (${wall / 3600 * rate:.4f} at ${rate}/hour)"
                 if wall is not None else ", training wall time not logged")
@@ -175,5 +190,12 @@ def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: l
     for e in log:
         lines.append(f"| {e['run']} | {e.get('created', '')} | {_fmt(e.get('student_bpb'))} | "
                      f"{_fmt(e.get('baseline_bpb'))} | {'passed' if e.get('gate_passed') else 'failed'} |")
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return lines
+
+
+def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
+    """report.md from metrics.json and the whole evaluation log."""
+    lines = (_gate_section(metrics, log) + _bpb_section(metrics) + _task_section(metrics)
+             + _contamination_section(metrics["contamination"]) + _cost_section(metrics, log)
+             + ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots])
     return "\n".join(lines) + "\n"

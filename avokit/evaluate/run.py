@@ -204,7 +204,8 @@ def _score_all(
         teacher = load()
         infos[name] = _model_info(teacher)
         try:
-            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, tasks, recipe, contamination,
+            scored = tasks if name in MODEL_DIRS or recipe.eval.teacher_tasks else []
+            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, scored, recipe, contamination,
                                                             use_cache=name not in MODEL_DIRS)
         finally:
             teacher.close()

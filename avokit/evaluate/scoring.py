@@ -8,6 +8,7 @@ Every sequence is conditioned on a start token (BOS, else EOS), like the teacher
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,11 @@ def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def _keeps_logits(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 @torch.no_grad()
 def score_token_pairs(
     model: Any, start_id: int, pairs: list[tuple[list[int], list[int]]], max_length: int, batch_size: int = 8
@@ -84,12 +90,19 @@ def score_token_pairs(
         for r, seq in enumerate(rows):
             inp[r, : len(seq) - 1] = torch.tensor(seq[:-1])
             att[r, : len(seq) - 1] = 1
-        logits = model(input_ids=inp.to(device), attention_mask=att.to(device)).logits.float()
-        logp = F.log_softmax(logits, dim=-1)
-        for r, (i, seq, n) in enumerate(zip(idx, rows, n_conts)):
+        # the output head is most of the cost for large vocabularies (Gemma's 262k): project
+        # only the positions some row's continuation needs
+        spans = [(len(seq) - 1 - n, len(seq) - 1) for seq, n in zip(rows, n_conts)]
+        keep = sorted({p for a, b in spans for p in range(a, b)})
+        column = {p: i for i, p in enumerate(keep)}
+        kwargs = {"logits_to_keep": torch.tensor(keep, device=device)} if _keeps_logits(model) else {}
+        logits = model(input_ids=inp.to(device), attention_mask=att.to(device), **kwargs).logits
+        if not kwargs:
+            column = {p: p for p in range(width)}
+        for r, (i, seq, n, (a, b)) in enumerate(zip(idx, rows, n_conts, spans)):
             tgt = torch.tensor(seq[-n:], device=device)
-            pos = torch.arange(len(seq) - 1 - n, len(seq) - 1, device=device)
-            lp = logp[r, pos]
+            cols = torch.tensor([column[p] for p in range(a, b)], device=device)
+            lp = F.log_softmax(logits[r, cols].float(), dim=-1)
             gold = lp.gather(1, tgt[:, None]).squeeze(1)
             greedy = bool((lp.argmax(dim=-1) == tgt).all())
             out[i] = LoglikResult(float(gold.double().sum()), greedy, n)

@@ -23,6 +23,9 @@ class EvalConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     max_length: int = Field(default=512, ge=16)  # tokens per scoring window
     include_teachers: bool = True
+    # score the teachers on the tasks too (each costs minutes per task on a CPU: thousands of
+    # choice continuations through a 262k-vocabulary head); false: teachers get BPB only
+    teacher_tasks: bool = True
     # teachers' held-out BPB: "auto" reads the capture cache when it covers every held-out
     # document (exact stored gold log-probs, same numbers), else scores live
     teacher_bpb: Literal["auto", "live", "cache"] = "auto"

@@ -81,13 +81,20 @@ class HFTeacher(Teacher):
         max_length: int = 512,
         batch_size: int = 8,
         vocab_chunk: int = 512,
+        fingerprint: str | None = None,
+        backend: str = "hf",
     ) -> HFTeacher:
-        """Load a Hugging Face model directory (config.json + weights + tokenizer files)."""
+        """Load a Hugging Face model directory (config.json + weights + tokenizer files).
+
+        ``fingerprint`` replaces the one computed from the weight files where the directory is
+        a converted copy of other weights (registry teachers: their GGUF is their identity).
+        """
         path = Path(path)
         if not (path / "config.json").is_file():
             raise AvokitError(f"{path} is not a Hugging Face model directory (no config.json)")
-        return cls._load(path, None, name or path.name, license, device, dtype, "hf",
-                         start_token, max_length, batch_size, vocab_chunk, tokenizer=None)
+        return cls._load(path, None, name or path.name, license, device, dtype, backend,
+                         start_token, max_length, batch_size, vocab_chunk, tokenizer=None,
+                         fingerprint=fingerprint)
 
     @classmethod
     def from_gguf(
@@ -118,7 +125,7 @@ class HFTeacher(Teacher):
     def _load(
         cls, folder: Path, gguf_file: str | None, name: str, license: str, device: str,
         dtype: str, backend: str, start_token: str | None, max_length: int, batch_size: int,
-        vocab_chunk: int, tokenizer: Any,
+        vocab_chunk: int, tokenizer: Any, fingerprint: str | None = None,
     ) -> HFTeacher:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -141,7 +148,7 @@ class HFTeacher(Teacher):
         target = folder / gguf_file if gguf_file else folder
         return cls(
             model, tokenizer, name=name, license=license, backend=backend,
-            fingerprint=weights_fingerprint(weight_files(target)),
+            fingerprint=fingerprint or weights_fingerprint(weight_files(target)),
             start_token_id=resolve_start_token_id(tokenizer, start_token),
             max_length=max_length, batch_size=batch_size, vocab_chunk=vocab_chunk,
             load_seconds=time.perf_counter() - started,

@@ -30,13 +30,16 @@ def load_teacher(
                               "vocab_chunk": cap.vocab_chunk}
     if config.kind == "registry":
         from avokit.catalog import teacher_entry
+        from avokit.teachers.materialize import float32_dir
         from avokit.teachers.registry import locate_teacher, registry_tokenizer
 
         entry = teacher_entry(config.registry_name)
-        return HFTeacher.from_gguf(
-            locate_teacher(entry.name), name=config.name, license=entry.license, device=config.device,
-            tokenizer=registry_tokenizer(entry.name),
-            start_token=config.start_token or entry.start_token, **common,
+        folder, fingerprint = float32_dir(entry.name, locate_teacher(entry.name),
+                                          lambda: registry_tokenizer(entry.name))
+        return HFTeacher.from_dir(
+            folder, name=config.name, license=entry.license, device=config.device, dtype="float32",
+            start_token=config.start_token or entry.start_token, fingerprint=fingerprint,
+            backend="gguf", **common,
         )
     if config.kind in ("hf", "gguf"):
         if config.path is None:
