@@ -11,3 +11,18 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("AVOKIT_CACHE", Path.home() / ".cache" / "avokit"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether another process with id ``pid`` runs; for temporary files named after the
+    process writing them. This process's own id counts as dead: a file named after it was
+    left by an earlier process that had the same id."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True

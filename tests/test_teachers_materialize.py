@@ -15,8 +15,7 @@ import pytest
 from gguf_support import write_gguf
 from transformers import AutoModelForCausalLM
 
-from avokit.teachers import HFTeacher
-from avokit.teachers import materialize
+from avokit.teachers import HFTeacher, materialize
 from avokit.teachers.fingerprint import weights_fingerprint
 from avokit.teachers.materialize import SOURCE_FILE, float32_dir
 

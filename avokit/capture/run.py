@@ -9,7 +9,6 @@ most the shard it was in, and the finished cache is byte-identical to an uninter
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from avokit.cache.manifest import PROGRESS_DIR, TOKENIZER_DIR, write_json_atomic
 from avokit.capture.plan import ShardPlan, mine, plan_hash, plan_shards
 from avokit.corpus import build_corpus, load_split
 from avokit.errors import AvokitError, CacheError
+from avokit.paths import pid_alive
 from avokit.recipe import Recipe, TeacherConfig
 from avokit.records import TeacherRecords
 from avokit.teachers.base import Teacher
@@ -112,18 +112,6 @@ def _save_tokenizer(cache_dir: Path, teacher: Teacher) -> None:
     tmp.replace(target)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a file named after this process was left by an earlier one (pid reuse)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_leftovers(cache_dir: Path) -> None:
     """Drop the temporary JSON files a kill -9 between write and rename leaves behind, so the
     finished cache holds exactly the files of an uninterrupted capture. Files of a live
@@ -132,7 +120,7 @@ def _remove_leftovers(cache_dir: Path) -> None:
     for folder in (cache_dir, cache_dir / PROGRESS_DIR):
         for tmp in folder.glob("*.json.tmp*"):
             pid = tmp.name.rsplit(".tmp", 1)[1]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
+            if not pid.isdigit() or not pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from avokit.errors import AvokitError
-from avokit.paths import cache_dir
+from avokit.paths import cache_dir, pid_alive
 from avokit.teachers.fingerprint import weights_fingerprint
 
 SOURCE_FILE = "avokit-source.json"
@@ -26,21 +26,11 @@ SOURCE_FILE = "avokit-source.json"
 LAYOUT_VERSION = 1
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _drop_stale_temps(target: Path) -> None:
     """Remove half-written conversions of ``target`` left by processes that no longer run."""
     for tmp in target.parent.glob(f"{target.name}.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[1]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

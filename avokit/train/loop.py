@@ -127,6 +127,97 @@ def _truncate_log(path: Path, step: int) -> float:
     return float(json.loads(kept[-1]).get("elapsed_s", 0.0)) if kept else 0.0
 
 
+def _optimizer(model: Any, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW without decay on biases and norms, and the warmup-cosine schedule."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup | None, loss_cfg: Any,
+                device: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Loss of one micro-batch, its detached parts (ce, kd, chunk) and each teacher's share."""
+    x, y = packed.row_tokens(rows)
+    xt = torch.from_numpy(x).to(device)
+    yt = torch.from_numpy(y).to(device)
+    logits = model(input_ids=xt).logits.float()
+    # one log_softmax over [B, T, V], shared by CE and every teacher's KD terms
+    logprobs = torch.log_softmax(logits, dim=-1)
+    ce = cross_entropy(logits, xt, torch.ones_like(yt, dtype=torch.bool), logprobs, targets=yt)
+    loss = loss_cfg.ce_weight * ce
+    kd_sum = torch.zeros((), device=logits.device)
+    ch_sum = torch.zeros((), device=logits.device)
+    per_teacher: dict[str, float] = {}
+    if kd is not None and kd.sources:
+        terms = _teacher_terms(logits, logprobs, yt, packed, rows, kd, device)
+        for source in kd.sources:
+            tt = terms[source.name]
+            kd_w = loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
+            ch_w = loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
+            part = kd_w * tt["kd"] + ch_w * tt["chunk"]
+            loss = loss + part
+            kd_sum = kd_sum + tt["kd"].detach()
+            ch_sum = ch_sum + tt["chunk"].detach()
+            per_teacher[source.name] = float(part.detach())
+    return loss, {"ce": ce.detach(), "kd": kd_sum, "chunk": ch_sum}, per_teacher
+
+
+class _RunLog:
+    """train_log.jsonl and TensorBoard scalars, written by the main process only."""
+
+    def __init__(self, out_dir: Path, start: int, main: bool) -> None:
+        self.path = out_dir / "train_log.jsonl"
+        self.main = main
+        self.elapsed_before = 0.0
+        self.writer: Any = None
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.elapsed_before = _truncate_log(self.path, start)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+
+    def write(self, record: dict[str, Any], per_teacher: dict[str, float]) -> None:
+        """Append ``record`` and its numbers as scalars at its step."""
+        if not self.main:
+            return
+        done = record["step"]
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        for key, val in record.items():
+            if isinstance(val, (int, float)) and key != "step":
+                self.writer.add_scalar(f"train/{key}", val, done)
+        for name, val in record.get("teacher_weights", {}).items():
+            self.writer.add_scalar(f"teacher_weight/{name}", val, done)
+        for name, val in per_teacher.items():
+            self.writer.add_scalar(f"teacher_loss/{name}", val, done)
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _save_final(accelerator: Any, model: Any, out_dir: Path) -> Any:
+    """Write the whole model to ``out_dir`` and return it unwrapped, on every process.
+
+    Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: every process
+    takes part in gathering the full state dict, and the main one writes the whole model."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
+    accelerator.wait_for_everyone()
+    return unwrapped
+
+
 def train_loop(
     model: Any,
     packed: PackedCorpus,
@@ -159,41 +250,27 @@ def train_loop(
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         model.config.use_cache = False
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
     # The scheduler is stepped by hand once per optimizer step (not through accelerate.prepare,
     # which would step it once per process) and checkpointed alongside the rest.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    optimizer, scheduler = _optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     ckpt_root = out_dir / "checkpoints"
-    log_path = out_dir / "train_log.jsonl"
     start = 0
     found = latest_checkpoint(ckpt_root)
     if found is not None:
         start = load_checkpoint(accelerator, found[0])
-    main = accelerator.is_main_process
-    elapsed_before = 0.0
-    writer = None
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        elapsed_before = _truncate_log(log_path, start)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+    log = _RunLog(out_dir, start, accelerator.is_main_process)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
     world, rank = accelerator.num_processes, accelerator.process_index
     model.train()
     bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not (main and progress))
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                   disable=not (accelerator.is_main_process and progress))
     task = bar.add_task("train", total=cfg.steps, completed=start, info="")
-    tokens_seen = start * cfg.batch_size * cfg.grad_accum * packed.seq_len
+    step_tokens = cfg.batch_size * cfg.grad_accum * packed.seq_len
+    tokens_seen = start * step_tokens
     t_last, tok_last = time.perf_counter(), 0
     t_begin = t_last
     with bar:
@@ -203,45 +280,24 @@ def train_loop(
             for micro in range(cfg.grad_accum):
                 rows = rank_slice(batch_rows(packed.n_rows, cfg.seed, step * cfg.grad_accum + micro,
                                              cfg.batch_size), rank, world)
-                x, y = packed.row_tokens(rows)
-                xt = torch.from_numpy(x).to(accelerator.device)
-                yt = torch.from_numpy(y).to(accelerator.device)
                 with accelerator.accumulate(model), accelerator.autocast():
-                    logits = model(input_ids=xt).logits.float()
-                    # one log_softmax over [B, T, V], shared by CE and every teacher's KD terms
-                    logprobs = torch.log_softmax(logits, dim=-1)
-                    ce = cross_entropy(logits, xt, torch.ones_like(yt, dtype=torch.bool), logprobs, targets=yt)
-                    loss = loss_cfg.ce_weight * ce
-                    kd_sum = torch.zeros((), device=logits.device)
-                    ch_sum = torch.zeros((), device=logits.device)
-                    if kd is not None and kd.sources:
-                        terms = _teacher_terms(logits, logprobs, yt, packed, rows, kd, accelerator.device)
-                        for source in kd.sources:
-                            tt = terms[source.name]
-                            kd_w = loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
-                            ch_w = loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
-                            part = kd_w * tt["kd"] + ch_w * tt["chunk"]
-                            loss = loss + part
-                            kd_sum = kd_sum + tt["kd"].detach()
-                            ch_sum = ch_sum + tt["chunk"].detach()
-                            per_teacher[source.name] = per_teacher.get(source.name, 0.0) + float(
-                                part.detach()) / cfg.grad_accum
+                    loss, parts, shares = _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                for key, val in (("loss", loss), ("ce", ce), ("kd", kd_sum), ("chunk", ch_sum)):
-                    sums[key] += float(val.detach()) / cfg.grad_accum
+                for key, val in (("loss", loss.detach()), *parts.items()):
+                    sums[key] += float(val) / cfg.grad_accum
+                for name, val in shares.items():
+                    per_teacher[name] = per_teacher.get(name, 0.0) + val / cfg.grad_accum
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             done = step + 1
-            step_tokens = cfg.batch_size * cfg.grad_accum * packed.seq_len
             tokens_seen += step_tokens
             tok_last += step_tokens
             is_eval = heldout is not None and (done % cfg.eval_every == 0 or done == cfg.steps)
-            is_log = done % cfg.log_every == 0 or done == cfg.steps or is_eval
-            if is_log:
+            if done % cfg.log_every == 0 or done == cfg.steps or is_eval:
                 stats = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "ce", "kd", "chunk")],
                                                         device=accelerator.device), reduction="mean")
                 now = time.perf_counter()
@@ -249,7 +305,7 @@ def train_loop(
                                           "ce": float(stats[1]), "kd": float(stats[2]),
                                           "chunk": float(stats[3]), "tokens": tokens_seen,
                                           "tokens_per_s": tok_last / max(now - t_last, 1e-9),
-                                          "elapsed_s": elapsed_before + now - t_begin}
+                                          "elapsed_s": log.elapsed_before + now - t_begin}
                 t_last, tok_last = now, 0
                 if is_eval:
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
@@ -258,32 +314,13 @@ def train_loop(
                 if kd is not None and kd.sources:
                     record["teacher_weights"] = {s.name: float(np.mean(kd.doc_weights[:, t]))
                                                  for t, s in enumerate(kd.sources)}
-                if main:
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                    for key, val in record.items():
-                        if isinstance(val, (int, float)) and key != "step":
-                            writer.add_scalar(f"train/{key}", val, done)
-                    for name, val in record.get("teacher_weights", {}).items():
-                        writer.add_scalar(f"teacher_weight/{name}", val, done)
-                    for name, val in per_teacher.items():
-                        writer.add_scalar(f"teacher_loss/{name}", val, done)
+                log.write(record, per_teacher)
                 bar.update(task, info=f"loss {record['loss']:.3f}")
             bar.update(task, completed=done)
             if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_checkpoint(accelerator, ckpt_root, done)
                 if stop_after is not None and stop_after(done):
-                    if writer is not None:
-                        writer.close()
+                    log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")
-    if writer is not None:
-        writer.close()
-    accelerator.wait_for_everyone()
-    # Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: every process
-    # takes part in gathering the full state dict, and the main one writes the whole model.
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
-    if main:
-        unwrapped.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
-    accelerator.wait_for_everyone()
-    return unwrapped
+    log.close()
+    return _save_final(accelerator, model, out_dir)
