@@ -137,6 +137,8 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert [(e["run"], e["gate_passed"]) for e in log] == [(1, False), (2, True)]
     md = (report / "report.md").read_text()
     assert "not scored on tasks" not in md
+    assert m["distillation"]["fusion_mode"] == "bpb_softmax" and m["distillation"]["targets"] == "boundary"
+    assert "- fusion of the teachers: `bpb_softmax` (temperature 0.1); mean teacher weight" in md
     assert "Release gate: PASSED" in md and "| 1 |" in md and "| failed |" in md and items[0]["id"] in md
     for png in ("training_curves.png", "bpb.png", "task_accuracy.png"):
         assert (report / png).stat().st_size > 10_000

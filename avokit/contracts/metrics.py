@@ -182,6 +182,20 @@ class DataLineage(Contract):
     caches: dict[str, str]  # teacher -> sha256 of cache/<teacher>/manifest.json
 
 
+class Distillation(Contract):
+    """How the student learnt from its teachers: the recipe's loss and fusion settings and the
+    mean fusion weight each teacher had over the training documents (from the training log)."""
+
+    targets: str  # train.loss.targets: boundary or dense
+    fusion_mode: str  # train.fusion.mode
+    fusion_temperature: float
+    fusion_window: int  # spans either side (span_softmax only)
+    ce_weight: float
+    kd_weight: float
+    chunk_weight: float
+    teacher_weights: dict[str, float]  # teacher -> mean fusion weight; empty if not logged
+
+
 class EvalMetrics(Contract):
     """The whole of ``metrics.json``."""
 
@@ -209,6 +223,7 @@ class EvalMetrics(Contract):
     student_config: dict[str, Any]  # the recipe's student section (the recipe owns its shape)
     teachers: list[TeacherLineage]
     data: DataLineage
+    distillation: Distillation | None = None  # None in metrics written before it was recorded
 
     def write(self, path: Path) -> None:
         """Write as indented JSON."""

@@ -129,6 +129,19 @@ def _bpb_section(metrics: dict[str, Any]) -> list[str]:
     return lines + domain_table(metrics["bpb"])
 
 
+def _distillation_section(metrics: dict[str, Any]) -> list[str]:
+    d = metrics.get("distillation")
+    if not d:
+        return []
+    fusion = f"`{d['fusion_mode']}` (temperature {d['fusion_temperature']}"
+    fusion += f", window {d['fusion_window']} spans)" if d["fusion_mode"] == "span_softmax" else ")"
+    weights = ", ".join(f"{t} {w:.3f}" for t, w in d["teacher_weights"].items()) or "not logged"
+    return ["", "## Distillation", "",
+            f"- fusion of the teachers: {fusion}; mean teacher weight over the training documents: {weights}",
+            f"- targets: `{d['targets']}`; loss = {d['ce_weight']} x CE + {d['kd_weight']} x KD + "
+            f"{d['chunk_weight']} x chunk (per teacher, fusion-weighted)"]
+
+
 def _task_section(metrics: dict[str, Any]) -> list[str]:
     lines = ["", "## Tasks", "",
              "Multiple choice by log-likelihood: `acc` picks the highest log p(choice | prompt), "
@@ -195,7 +208,8 @@ def _cost_section(metrics: dict[str, Any], log: list[dict[str, Any]]) -> list[st
 
 def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
     """report.md from metrics.json and the whole evaluation log."""
-    lines = (_gate_section(metrics, log) + _bpb_section(metrics) + _task_section(metrics)
+    lines = (_gate_section(metrics, log) + _bpb_section(metrics) + _distillation_section(metrics)
+             + _task_section(metrics)
              + _contamination_section(metrics["contamination"]) + _cost_section(metrics, log)
              + ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots])
     return "\n".join(lines) + "\n"

@@ -214,6 +214,16 @@ def _score_all(
     return bpb, task_metrics, infos
 
 
+def _distillation(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's loss and fusion settings and the student's logged mean teacher weights."""
+    log = read_train_log(recipe.run_dir / "student" / "train_log.jsonl")
+    weights = next((e["teacher_weights"] for e in reversed(log) if e.get("teacher_weights")), {})
+    loss, fusion = recipe.train.loss, recipe.train.fusion
+    return {"targets": loss.targets, "fusion_mode": fusion.mode, "fusion_temperature": fusion.temperature,
+            "fusion_window": fusion.window, "ce_weight": loss.ce_weight, "kd_weight": loss.kd_weight,
+            "chunk_weight": loss.chunk_weight, "teacher_weights": {k: float(v) for k, v in weights.items()}}
+
+
 def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each teacher with its licence; registry teachers add their upstream name and provenance."""
     from avokit.catalog import TEACHERS
@@ -305,6 +315,7 @@ def run_eval(recipe: Recipe) -> Path:
         "student_config": recipe.student.model_dump(mode="json"),
         "teachers": _teacher_lineage(recipe, infos),
         "data": data_lineage(run_dir, [t.name for t in recipe.teachers]),
+        "distillation": _distillation(recipe),
     }
     typed = EvalMetrics.model_validate(metrics)  # the contract, checked before anything is written
     plots = write_plots(metrics, run_dir, report_dir)
