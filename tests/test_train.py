@@ -473,7 +473,7 @@ def test_span_softmax_weights_follow_the_locally_better_teacher(tmp_path: Path) 
 
 
 def test_in_training_evaluation_scores_the_validation_split_when_there_is_one(tmp_path: Path) -> None:
-    from avokit.corpus.build import _write_parquet
+    from avokit.corpus.build import write_documents
     from avokit.train import run_training
 
     run_dir = tmp_path / "runs" / "tiny"
@@ -482,7 +482,7 @@ def test_in_training_evaluation_scores_the_validation_split_when_there_is_one(tm
     out = run_training(recipe, baseline=True, progress=False)
     first = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["eval_split"] for r in first if "heldout_bpb" in r] == ["heldout"]
-    _write_parquet(make_docs(6, 9), run_dir / "corpus" / "validation.parquet")
+    write_documents(make_docs(6, 9), run_dir / "corpus" / "validation.parquet")
     shutil.rmtree(out)
     out = run_training(recipe, baseline=True, progress=False)
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]

@@ -17,7 +17,8 @@ def _run(root: Path, tok_dir: Path, **train: Any) -> tuple[dict[str, torch.Tenso
 
     from avokit.train import run_training
 
-    recipe = make_recipe(root, steps=3, eval_every=100, checkpoint_every=100, log_every=1, **train)
+    train = {"steps": 3, **train}
+    recipe = make_recipe(root, eval_every=100, checkpoint_every=100, log_every=1, **train)
     write_corpus(recipe.run_dir, n_train=24, n_heldout=2)
     shutil.copytree(tok_dir, recipe.run_dir / "tokenizer")  # one tokenizer for every run
     out = run_training(recipe, baseline=True, progress=False)
@@ -54,6 +55,36 @@ def test_grad_accumulation_and_checkpointing_learn_the_same_weights(tmp_path: Pa
     _close(full, ckpt, atol=1e-5)
     # and training did move the weights (the comparisons above are not between untouched inits)
     assert full_log[-1]["loss"] < full_log[0]["loss"] - 0.05
+
+
+def test_raising_steps_continues_a_finished_run(tmp_path: Path) -> None:
+    """A finished run whose train.steps is raised trains on from its last step; with a
+    constant schedule that is the run straight to the higher count (same data order)."""
+    from safetensors.torch import load_file
+
+    from avokit.student import train_student_tokenizer
+    from avokit.train import run_training
+    from avokit.train.data import read_split
+
+    seed_run = make_recipe(tmp_path / "tok")
+    write_corpus(seed_run.run_dir, n_train=24, n_heldout=2)
+    tok_dir = tmp_path / "student-tokenizer"
+    train_student_tokenizer([d.text for d in read_split(seed_run.run_dir, "train")], 512, tok_dir)
+    straight, straight_log = _run(tmp_path / "straight", tok_dir, steps=5, min_lr_ratio=1.0)
+
+    short = make_recipe(tmp_path / "extended", steps=3, eval_every=100, checkpoint_every=100, log_every=1,
+                        min_lr_ratio=1.0)
+    write_corpus(short.run_dir, n_train=24, n_heldout=2)
+    shutil.copytree(tok_dir, short.run_dir / "tokenizer")
+    out = run_training(short, baseline=True, progress=False)
+    assert json.loads((out / "training_done.json").read_text())["steps"] == 3
+    assert run_training(short, baseline=True, progress=False) == out  # finished: skipped
+    longer = short.model_copy(update={"train": short.train.model_copy(update={"steps": 5})})
+    run_training(longer, baseline=True, progress=False)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert [round(r["loss"], 5) for r in log] == [round(r["loss"], 5) for r in straight_log]
+    _close(straight, load_file(str(out / "model.safetensors")), atol=1e-5)
 
 
 def test_unreadable_corpus_split_is_one_error_naming_the_file(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ from avokit.corpus.build import (
     build_corpus,
     corpus_dir,
     load_split,
+    read_documents,
     split_documents,
+    write_documents,
 )
 from avokit.corpus.canary import AVOKIT_CANARY, CanaryError, refuse_canary
 from avokit.corpus.dedup import dedup, minhash_signature
@@ -27,5 +29,7 @@ __all__ = [
     "minhash_signature",
     "refuse_canary",
     "segment_text",
+    "read_documents",
     "split_documents",
+    "write_documents",
 ]

@@ -130,7 +130,8 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
     return docs, stats
 
 
-def _write_parquet(docs: list[Document], path: Path) -> None:
+def write_documents(docs: list[Document], path: Path) -> None:
+    """Write ``docs`` as one corpus Parquet file (what :func:`read_documents` reads), atomically."""
     table = pa.table({c: pa.array([getattr(d, c) for d in docs], pa.string()) for c in _COLUMNS})
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
@@ -204,7 +205,7 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
     files: dict[str, str] = {}
     for split in SPLITS:
         path = out / f"{split}.parquet"
-        _write_parquet(splits[split], path)
+        write_documents(splits[split], path)
         files[path.name] = file_sha256(path)
     manifest = CorpusManifest(
         format_version=CORPUS_FORMAT_VERSION,

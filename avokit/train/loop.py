@@ -317,9 +317,10 @@ def train_loop(
                 log.write(record, per_teacher)
                 bar.update(task, info=f"loss {record['loss']:.3f}")
             bar.update(task, completed=done)
-            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            # the last step is checkpointed too: raising train.steps later continues from it
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save_checkpoint(accelerator, ckpt_root, done)
-                if stop_after is not None and stop_after(done):
+                if done < cfg.steps and stop_after is not None and stop_after(done):
                     log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")
     log.close()

@@ -165,15 +165,21 @@ def run_training(recipe: Recipe, baseline: bool = False,
     Output: ``run_dir/student/`` or ``run_dir/baseline/`` with config.json, model.safetensors,
     tokenizer files, ``checkpoints/``, ``train_log.jsonl``, ``tensorboard/`` and, with teachers,
     ``fusion_weights.jsonl`` (each document's teacher weights). A finished run
-    is skipped; an interrupted one resumes from its newest complete checkpoint. The baseline
-    uses identical data, steps and seed.
+    is skipped unless ``train.steps`` was raised since, then it continues from its last step; an
+    interrupted one resumes from its newest complete checkpoint. The baseline uses identical
+    data, steps and seed.
     """
     from accelerate.utils import set_seed
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir = recipe.run_dir / ("baseline" if baseline else "student")
     if (out_dir / DONE).is_file() and (out_dir / "config.json").is_file():
-        return out_dir
+        finished = json.loads((out_dir / DONE).read_text()).get("steps", 0)
+        if finished >= recipe.train.steps:
+            return out_dir
+        # train.steps was raised: continue from the last step's checkpoint (the schedule is
+        # the new one from there on; a constant one, min_lr_ratio: 1, makes that seamless)
+        (out_dir / DONE).unlink()
     cfg = recipe.train
     if recipe.student.max_position_embeddings < cfg.seq_len and recipe.student.pretrained is None:
         raise AvokitError(f"train.seq_len={cfg.seq_len} exceeds student.max_position_embeddings="

@@ -31,20 +31,30 @@ def load_documents(recipe: Recipe) -> list[Document]:
     return [d for split in ("train", "heldout") for d in load_split(recipe, split)]
 
 
-def _partial_reader(cache_dir: Path) -> tuple[CacheReader, dict[str, object]]:
-    """A reader over the finished shards of an unfinished capture, and what it covers."""
+def snapshot_cache(cache_dir: Path, folder: Path) -> dict[str, object]:
+    """Make ``folder`` a complete cache of the finished shards of the (possibly unfinished)
+    capture in ``cache_dir``: shard links, the tokenizer and a manifest listing just them.
+    Returns what it covers."""
     state = json.loads((cache_dir / "capture.json").read_text(encoding="utf-8"))
     spec = CacheSpec.model_validate(state["spec"])
     files = sorted(p.name for p in cache_dir.glob("*.arrow"))
     infos = [i for i in (finished_shard(cache_dir, f) for f in files) if i is not None]
+    folder.mkdir(parents=True, exist_ok=True)
+    for info in infos:
+        (folder / info.file).symlink_to((cache_dir / info.file).resolve())
+    if (cache_dir / "tokenizer").is_dir():
+        (folder / "tokenizer").symlink_to((cache_dir / "tokenizer").resolve(), target_is_directory=True)
+    write_manifest(folder, spec, state["plan_hash"], infos)
+    return {"complete": (cache_dir / MANIFEST_NAME).is_file(), "finished_shards": len(infos),
+            "documents": sum(i.n_docs for i in infos)}
+
+
+def _partial_reader(cache_dir: Path) -> tuple[CacheReader, dict[str, object]]:
+    """A reader over the finished shards of an unfinished capture, and what it covers."""
     tmp = tempfile.TemporaryDirectory(prefix="complementarity-")
     _TMP.append(tmp)
-    folder = Path(tmp.name)
-    for info in infos:
-        (folder / info.file).symlink_to(cache_dir / info.file)
-    write_manifest(folder, spec, state["plan_hash"], infos)
-    return CacheReader(folder), {"complete": False, "finished_shards": len(infos),
-                                 "documents": sum(i.n_docs for i in infos)}
+    coverage = snapshot_cache(cache_dir, Path(tmp.name))
+    return CacheReader(Path(tmp.name)), coverage
 
 
 def open_caches(cache_root: Path, teachers: list[str]) -> tuple[dict[str, CacheReader], dict[str, object]]:

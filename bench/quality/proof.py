@@ -1,0 +1,253 @@
+"""The fusion proof: do three teachers with different strengths make a better student than the
+best one alone? (issue 15; statistics in proof_stats.py)
+
+Data: the complementarity benchmark's three-domain corpus and its three teacher captures
+(``bench/quality/complementarity.yaml``; run its capture first, it is resumable). Only the
+documents every teacher has captured are used, frozen once in ``RUNS/data`` so that every
+variant and seed sees the same documents even while the capture goes on. The corpus's
+held-out split is the test set; a hash-chosen share of its training documents (per domain) is
+the validation set; the rest is the training set.
+
+Variants (identical student, tokenizer, initial weights, data order and steps per seed):
+``a_ce`` CE only; ``b_<teacher>`` KD from one teacher; ``d_fused`` the three teachers with
+dense targets and span-level fusion; ablations ``d_boundary`` (boundary targets),
+``d_bpb`` (per-document fusion), ``d_uniform`` (equal fixed weights). Every run trains in
+segments of ``--segment-steps`` at a constant learning rate after warmup, and after each
+segment its student is scored on validation and test (BPB per domain, domain-balanced
+overall); the checkpoint is chosen on validation and reported on test.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py prepare
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py train --seeds 0 1 2 3 4 \\
+        --variants a_ce b_gemma3-270m        # one process per variant list; resumable
+    PYTHONPATH=. .venv/bin/python bench/quality/proof.py report   # writes --out .json / .md
+
+Runs go to ``runs/bench-proof/<variant>/s<seed>/`` (each segment's scores in
+``segments.json``), so several processes may train different variants at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from avokit.cache import CacheReader  # noqa: E402
+from avokit.corpus import Document, load_split, read_documents, write_documents  # noqa: E402
+from avokit.corpus.build import heldout_score  # noqa: E402
+from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb  # noqa: E402
+from avokit.recipe import Recipe, load_recipe  # noqa: E402
+from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
+from proof_render import render  # noqa: E402
+from proof_stats import OVERALL, build_proof, chosen_test_bpb  # noqa: E402
+
+SOURCE = Path(__file__).with_name("complementarity.yaml")
+TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]
+NEW = {"loss": {"targets": "dense"}, "fusion": {"mode": "span_softmax"}}
+# name -> (teachers, changes to the recipe's train section, what it tests)
+VARIANTS: dict[str, tuple[list[str], dict[str, Any], str]] = {
+    "a_ce": ([], {}, "CE only (the plain baseline)"),
+    **{f"b_{t}": ([t], {"loss": {"targets": "dense"}}, f"KD from {t} alone, dense targets") for t in TEACHERS},
+    "d_fused": (TEACHERS, NEW, "three teachers, dense targets, span-level fusion"),
+    "d_boundary": (TEACHERS, {"fusion": {"mode": "span_softmax"}}, "ablation: boundary targets"),
+    "d_bpb": (TEACHERS, {"loss": {"targets": "dense"}}, "ablation: per-document fusion (bpb_softmax)"),
+    "d_uniform": (TEACHERS, {"loss": {"targets": "dense"}, "fusion": {"mode": "fixed"}},
+                  "ablation: equal fixed teacher weights"),
+}
+SINGLES = [f"b_{t}" for t in TEACHERS]
+STUDENT = {"arch": "llama", "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
+           "num_kv_heads": 2, "tokenizer": {"kind": "train", "vocab_size": 4096}}
+
+
+def _domains(docs: list[Document]) -> dict[str, int]:
+    return {dom: sum(d.domain == dom for d in docs) for dom in sorted({d.domain for d in docs})}
+
+
+def prepare(source: Recipe, data: Path, val_fraction: float) -> dict[str, Any]:
+    """Freeze the documents every teacher has captured into ``data`` (corpus, cache snapshots,
+    the student tokenizer). Refuses to overwrite: delete ``data`` (and every run trained on it)
+    to take a larger snapshot."""
+    if (data / "data.json").is_file():
+        raise SystemExit(f"{data} exists: delete it and every run under {data.parent} to re-snapshot")
+    shutil.rmtree(data, ignore_errors=True)
+    coverage = {t: snapshot_cache(source.run_dir / "cache" / t, data / "cache" / t) for t in TEACHERS}
+    covered = set.intersection(*(set(CacheReader(data / "cache" / t).doc_ids()) for t in TEACHERS))
+    test = [d for d in load_split(source, "heldout") if d.doc_id in covered]
+    pool = [d for d in load_split(source, "train") if d.doc_id in covered]
+    val = [d for d in pool if heldout_score(d.doc_id, 1729) < val_fraction]
+    val_ids = {d.doc_id for d in val}
+    train = [d for d in pool if d.doc_id not in val_ids]
+    for split, docs in (("train", train), ("validation", val), ("heldout", test)):
+        if not docs:
+            raise SystemExit(f"no {split} documents are captured by every teacher yet; capture more first")
+        (data / "corpus").mkdir(parents=True, exist_ok=True)
+        write_documents(docs, data / "corpus" / f"{split}.parquet")
+    from avokit.student import train_student_tokenizer
+
+    tok = train_student_tokenizer([d.text for d in train], STUDENT["tokenizer"]["vocab_size"], data / "tokenizer")
+    tokens = {s: int(sum(len(tok(d.text)["input_ids"]) for d in docs))
+              for s, docs in (("train", train), ("validation", val), ("test", test))}
+    info = {"source": str(source.run_dir), "coverage": coverage, "docs": {"train": _domains(train),
+            "validation": _domains(val), "test": _domains(test)}, "student_tokens": tokens,
+            "val_fraction": val_fraction, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (data / "data.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def variant_recipe(runs: Path, variant: str, seed: int, args: argparse.Namespace) -> Recipe:
+    """The recipe of one (variant, seed) run, its run dir linked to the frozen data."""
+    teachers, train_changes, _ = VARIANTS[variant]
+    train = {"seed": seed, "steps": args.segment_steps, "batch_size": args.batch_size, "seq_len": 256,
+             "lr": args.lr, "warmup_steps": args.warmup, "min_lr_ratio": 1.0,
+             "checkpoint_every": args.segment_steps, "eval_every": 10**9, "log_every": 10}
+    for key, val in train_changes.items():
+        train[key] = {**train.get(key, {}), **val} if isinstance(val, dict) else val
+    data = {"name": f"s{seed}", "runs_dir": str((runs / variant).resolve()),
+            "corpus": {"sources": [{"kind": "jsonl", "path": "unused.jsonl"}]},
+            "teachers": [{"name": t, "kind": "registry"} for t in (teachers or TEACHERS[:1])],
+            "student": STUDENT, "train": train}
+    rec = Recipe.model_validate({**data, "base_dir": Path.cwd()})
+    for part in ("corpus", "tokenizer"):
+        _link(runs / "data" / part, rec.run_dir / part)
+    for t in teachers:
+        _link(runs / "data" / "cache" / t, rec.run_dir / "cache" / t)
+    return rec
+
+
+def _split_texts(runs: Path, split: str) -> tuple[dict[str, str], dict[str, str]]:
+    docs = read_documents(runs / "data" / "corpus" / f"{split}.parquet")
+    return {d.doc_id: d.text for d in docs}, {d.doc_id: d.domain for d in docs}
+
+
+def score(model_dir: Path, texts: dict[str, str], domains: dict[str, str]) -> dict[str, float]:
+    """Test or validation BPB of a trained model: per domain and domain-balanced overall."""
+    from avokit.teachers.hf import HFTeacher
+
+    model = HFTeacher.from_dir(model_dir, device="cpu", max_length=256)
+    try:
+        per = domain_bpb(score_bpb(model, texts, batch_size=8, name=model_dir.name), texts, domains)
+    finally:
+        model.close()
+    out = {dom: v["bpb"] for dom, v in per.items()}
+    return {OVERALL: float(np.mean(list(out.values()))), **out}
+
+
+def train_variant(runs: Path, variant: str, seed: int, args: argparse.Namespace) -> None:
+    """Train one (variant, seed) in segments, scoring each; resumes where it stopped."""
+    from avokit.train import run_training
+
+    rec = variant_recipe(runs, variant, seed, args)
+    log_path = rec.run_dir / "segments.json"
+    segments = json.loads(log_path.read_text()) if log_path.is_file() else []
+    val, test = _split_texts(runs, "validation"), _split_texts(runs, "heldout")
+    for k in range(len(segments) + 1, args.segments + 1):
+        steps = k * args.segment_steps
+        step_rec = rec.model_copy(update={"train": rec.train.model_copy(update={"steps": steps})})
+        t0 = time.perf_counter()
+        out = run_training(step_rec, baseline=variant == "a_ce", progress=False)
+        wall = time.perf_counter() - t0
+        segments.append({"step": steps, "train_wall_s": round(wall, 1), "validation": score(out, *val),
+                         "test": score(out, *test), "load": os.getloadavg()[0]})
+        log_path.write_text(json.dumps(segments, indent=1) + "\n")
+        print(f"[proof] {variant} seed {seed} step {steps}: val {segments[-1]['validation'][OVERALL]:.4f} "
+              f"({wall:.0f} s)", flush=True)
+
+
+def teacher_test_bpb(runs: Path) -> dict[str, dict[str, float]]:
+    """Each teacher's test BPB (per domain and domain-balanced) from its capture."""
+    texts, domains = _split_texts(runs, "heldout")
+    out = {}
+    for t in TEACHERS:
+        reader = CacheReader(runs / "data" / "cache" / t)
+        per = domain_bpb(bpb_from_records(t, [reader[d] for d in texts], texts, source="cache"), texts, domains)
+        vals = {dom: v["bpb"] for dom, v in per.items()}
+        out[t] = {OVERALL: float(np.mean(list(vals.values()))), **vals}
+    return out
+
+
+def lock_settings(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings every run of ``runs`` shares (paired runs differ only by variant):
+    recorded by the first ``train``; a later one with other settings is refused."""
+    mine = {"segment_steps": args.segment_steps, "batch_size": args.batch_size, "lr": args.lr,
+            "warmup": args.warmup, "seq_len": 256}
+    path = runs / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
+        if diff:
+            raise SystemExit(f"{path}: these runs were trained with other settings (saved, given): {diff}")
+        return saved
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mine, indent=1) + "\n")
+    return mine
+
+
+def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Collect every finished segment, choose checkpoints on validation, write JSON + Markdown."""
+    results: dict[str, dict[int, Any]] = {}
+    for variant in VARIANTS:
+        for seg_file in sorted((runs / variant).glob("s*/segments.json")):
+            seed = int(seg_file.parent.name[1:])
+            results.setdefault(variant, {})[seed] = {"segments": json.loads(seg_file.read_text())}
+    test = chosen_test_bpb(results)
+    teachers = teacher_test_bpb(runs)
+    result: dict[str, Any] = {
+        "data": json.loads((runs / "data" / "data.json").read_text()),
+        "student": STUDENT, "variants": {v: {"teachers": t, "train": c, "what": w} for v, (t, c, w) in VARIANTS.items()},
+        "settings": json.loads((runs / "settings.json").read_text()),
+        "teachers": teachers, "runs": results, "chosen_test": test,
+    }
+    try:
+        result["proof"] = build_proof(test, SINGLES, "d_fused", "a_ce", teachers)
+    except ValueError as err:  # not enough paired seeds yet: say so instead of a proof
+        result["proof"] = None
+        result["proof_pending"] = str(err)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    out.with_suffix(".md").write_text(render(result))
+    return result
+
+
+def main() -> None:
+    """prepare | train | report."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["prepare", "train", "report"])
+    ap.add_argument("--runs", type=Path, default=Path("runs/bench-proof"))
+    ap.add_argument("--source", type=Path, default=SOURCE)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--segment-steps", type=int, default=25)
+    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/quality-proof"))
+    args = ap.parse_args()
+    if args.command == "prepare":
+        print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))
+    elif args.command == "train":
+        lock_settings(args.runs, args)
+        for seed in args.seeds:  # seed-major: paired results accumulate seed by seed
+            for variant in args.variants:
+                train_variant(args.runs, variant, seed, args)
+    else:
+        res = report(args.runs, args.out, args)
+        print(json.dumps(res["proof"] or res["proof_pending"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""bench/results/quality-proof.md from the proof's JSON (bench/quality/proof.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proof_stats import OVERALL
+
+
+def _ci(x: dict[str, Any] | None, mean: str = "mean", ci: str = "ci95") -> str:
+    if not x:
+        return "-"
+    lo, hi = x[ci]
+    return f"{x[mean]:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def render(result: dict[str, Any]) -> str:
+    """Markdown: data, the proof verdict, test BPB per variant and domain, every run."""
+    data, proof = result["data"], result.get("proof")
+    test = result["chosen_test"]
+    domains = sorted({k for runs in test.values() for r in runs.values() for k in r if k != OVERALL})
+    lines = ["# Fusion proof: three teachers against the best single teacher", "",
+             f"Data (frozen snapshot of the complementarity captures, {data['created']}): documents "
+             f"{data['docs']}; student tokens {data['student_tokens']}. Student {result['student']}. "
+             f"Settings: {result['settings']}.", ""]
+    if proof:
+        lines += [f"**Verdict over {proof['seeds']} paired seeds: fused minus best single "
+                  f"({proof['best_single']}) = {_ci(proof['fused_minus_best_single'])} BPB "
+                  f"(domain-balanced test); {'holds' if proof['holds'] else 'does NOT hold'}.**", "",
+                  "| domain | best single | fused minus best single [95% CI] | gap closure |",
+                  "| --- | --- | ---: | ---: |"]
+        gc = proof["gap_closure"]
+        for dom, p in proof["per_domain"].items():
+            g = gc.get(dom)
+            lines.append(f"| {dom} | {p['best_single']} | {_ci(p, 'diff_mean', 'diff_ci95')} | "
+                         f"{'-' if g is None else f'{g:.3f}'} |")
+        g = gc.get(OVERALL)
+        lines += [f"| overall (domain-balanced) | {proof['best_single']} | {_ci(proof['fused_minus_best_single'])} | "
+                  f"{'-' if g is None else f'{g:.3f}'} |", ""]
+    else:
+        lines += [f"No verdict yet: {result.get('proof_pending')}", ""]
+    cols = [OVERALL, *domains]
+    lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds (n seeds):", "",
+              "| variant | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
+    for v, runs in test.items():
+        if runs:
+            means = [sum(r[c] for r in runs.values()) / len(runs) for c in cols]
+            lines.append(f"| {v} | " + " | ".join(f"{m:.4f}" for m in means) +
+                         f" | {len(runs)} | {result['variants'][v]['what']} |")
+    for t, vals in result["teachers"].items():
+        lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
+    return "\n".join(lines) + "\n"
