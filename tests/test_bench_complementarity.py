@@ -171,3 +171,7 @@ def test_balanced_order_keeps_domains_level() -> None:
               Counter(code=10), Counter(code=10), Counter(chinese=30)]
     # next shard: the first of the domain with the fewest bytes so far (ties: corpus order)
     assert balanced_order(shards) == [0, 3, 5, 1, 4, 2]
+    # with splits: within a domain, the split with the smallest share done goes next, so the
+    # held-out shards are not all left to the end
+    eng = [Counter(english=10)] * 4 + [Counter(english=10)]
+    assert balanced_order(eng, ["train"] * 4 + ["heldout"]) == [0, 4, 1, 2, 3]

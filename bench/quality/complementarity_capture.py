@@ -42,17 +42,26 @@ class _KeepOpen:
         """Kept open on purpose: the next shard reuses the model."""
 
 
-def balanced_order(shard_domain_bytes: list[Counter]) -> list[int]:
+def balanced_order(shard_domain_bytes: list[Counter], splits: list[str] | None = None) -> list[int]:
     """Shard indices so that the captured bytes per domain stay level: each next shard is one
-    whose main domain has the fewest bytes so far (ties: corpus order)."""
+    whose main domain has the fewest bytes so far; within that domain, one of the split
+    (``splits[i]``: train, heldout) that has the smallest share of its bytes done, so held-out
+    documents (the proof's test set) arrive as early as training ones; ties: corpus order."""
+    split_of = splits or [""] * len(shard_domain_bytes)
+    main = [c.most_common(1)[0][0] for c in shard_domain_bytes]
+    total: Counter = Counter()
+    for i, c in enumerate(shard_domain_bytes):
+        total[(split_of[i], main[i])] += sum(c.values())
     left = list(range(len(shard_domain_bytes)))
     done: Counter = Counter({d: 0 for c in shard_domain_bytes for d in c})
+    done_split: Counter = Counter()
     order: list[int] = []
     while left:
-        j = min(left, key=lambda i: (done[shard_domain_bytes[i].most_common(1)[0][0]], i))
+        j = min(left, key=lambda i: (done[main[i]], done_split[(split_of[i], main[i])] / total[(split_of[i], main[i])], i))
         left.remove(j)
         order.append(j)
         done.update(shard_domain_bytes[j])
+        done_split[(split_of[j], main[j])] += sum(shard_domain_bytes[j].values())
     return order
 
 
@@ -82,7 +91,7 @@ def main() -> None:
         for d in p.docs:
             c[d.domain] += len(d.text.encode("utf-8"))
         shard_bytes.append(c)
-    order = balanced_order(shard_bytes)
+    order = balanced_order(shard_bytes, [p.split for p in plans])
     deadline = None
     if args.until:
         hh, mm = (int(x) for x in args.until.split(":"))
