@@ -34,19 +34,22 @@ from avokit.teachers.base import Teacher
 MODEL_DIRS = ("student", "baseline")
 
 
-def hardware() -> dict[str, Any]:
-    """CPU model, cores, RAM and accelerator of this machine, for the report."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """CPU model, cores, RAM and accelerator of this machine, for the report."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 0.0
     acc = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "accelerator": acc}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gib": round(ram, 1), "accelerator": acc}
 
 
 def load_tasks(recipe: Recipe) -> list[Task]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from typing import Any
+
 from avokit.align.bytes import TokenBytes
+from avokit.align.offsets import tokenize_batch_with_offsets
 from avokit.records import TeacherRecords, TokenizedDoc
 
 
@@ -54,3 +57,26 @@ class Teacher(ABC):
 
     def close(self) -> None:
         """Release model memory or connections (default: nothing to do)."""
+
+
+class TokenizerTeacher(Teacher):
+    """A teacher that tokenizes locally with a ``transformers`` tokenizer: subclasses set
+    ``tokenizer``, ``_tb`` (its byte table) and ``_info`` and implement ``score``."""
+
+    tokenizer: Any
+    _tb: TokenBytes
+    _info: TeacherInfo
+
+    @property
+    def info(self) -> TeacherInfo:
+        """Name, backend, sizes, licence and fingerprints."""
+        return self._info
+
+    @property
+    def token_bytes(self) -> TokenBytes:
+        """The tokenizer's id -> bytes table."""
+        return self._tb
+
+    def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
+        """Token ids with UTF-8 byte end offsets, no special tokens."""
+        return tokenize_batch_with_offsets(self.tokenizer, texts, self._tb)

@@ -9,11 +9,10 @@ from typing import Any
 
 import torch
 
-from avokit.align.bytes import TokenBytes, byteify, drop_unicode_normalizer
-from avokit.align.offsets import tokenize_batch_with_offsets
+from avokit.align.bytes import byteify, drop_unicode_normalizer
 from avokit.errors import AvokitError
-from avokit.records import TeacherRecords, TokenizedDoc
-from avokit.teachers.base import Teacher, TeacherInfo
+from avokit.records import TeacherRecords
+from avokit.teachers.base import TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
 
@@ -27,7 +26,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class HFTeacher(Teacher):
+class HFTeacher(TokenizerTeacher):
     """Any ``AutoModelForCausalLM`` as a teacher. ``model`` is in eval mode on one device."""
 
     def __init__(
@@ -153,20 +152,6 @@ class HFTeacher(Teacher):
             max_length=max_length, batch_size=batch_size, vocab_chunk=vocab_chunk,
             load_seconds=time.perf_counter() - started,
         )
-
-    @property
-    def info(self) -> TeacherInfo:
-        """Name, backend, sizes, licence and fingerprints."""
-        return self._info
-
-    @property
-    def token_bytes(self) -> TokenBytes:
-        """The tokenizer's id -> bytes table."""
-        return self._tb
-
-    def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
-        """Token ids with UTF-8 byte end offsets, no special tokens."""
-        return tokenize_batch_with_offsets(self.tokenizer, texts, self._tb)
 
     def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
         """Records for each document; long documents are scored in rolling windows."""

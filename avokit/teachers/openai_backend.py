@@ -19,11 +19,10 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 
-from avokit.align.bytes import TokenBytes, byteify
-from avokit.align.offsets import tokenize_batch_with_offsets
+from avokit.align.bytes import byteify
 from avokit.errors import AvokitError
-from avokit.records import TeacherRecords, TokenizedDoc
-from avokit.teachers.base import Teacher, TeacherInfo
+from avokit.records import TeacherRecords
+from avokit.teachers.base import TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import endpoint_fingerprint, tokenizer_fingerprint
 from avokit.teachers.scoring import (
     Window,
@@ -49,7 +48,7 @@ def load_local_tokenizer(path: Path) -> Any:
     raise AvokitError(f"tokenizer {path} is neither a tokenizer directory nor a tokenizer.json")
 
 
-class OpenAITeacher(Teacher):
+class OpenAITeacher(TokenizerTeacher):
     """A teacher behind an OpenAI-compatible ``/v1/completions`` endpoint."""
 
     def __init__(
@@ -91,20 +90,6 @@ class OpenAITeacher(Teacher):
             fingerprint=endpoint_fingerprint(self.base_url, model, self._tb),
             tokenizer_fingerprint=tokenizer_fingerprint(self._tb), boundary_mass="topk",
         )
-
-    @property
-    def info(self) -> TeacherInfo:
-        """Name, backend, sizes, licence and fingerprints (boundary mass: top-k)."""
-        return self._info
-
-    @property
-    def token_bytes(self) -> TokenBytes:
-        """The local tokenizer's id -> bytes table."""
-        return self._tb
-
-    def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
-        """Token ids with UTF-8 byte end offsets, no special tokens."""
-        return tokenize_batch_with_offsets(self.tokenizer, texts, self._tb)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

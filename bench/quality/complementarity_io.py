@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from avokit.cache import CacheReader, CacheSpec, finished_shard, write_manifest
 from avokit.cache.manifest import MANIFEST_NAME
 from avokit.corpus import load_split
 from avokit.corpus.document import Document
+from avokit.evaluate.run import cpu_model
 from avokit.recipe import Recipe
 
 _TMP: list[tempfile.TemporaryDirectory] = []  # kept alive while the readers are in use
@@ -71,16 +71,6 @@ def open_caches(cache_root: Path, teachers: list[str]) -> tuple[dict[str, CacheR
     return readers, coverage
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info(recipe_path: Path) -> dict[str, object]:
     """CPU, cores, memory, load now, and the capture timings the capture script recorded."""
     from avokit.recipe import load_recipe
@@ -90,7 +80,7 @@ def machine_info(recipe_path: Path) -> dict[str, object]:
     mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
                 if ln.startswith("MemTotal")), "0")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": round(int(mem) / 2**20, 1),
         "uptime_at_analysis": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
