@@ -218,6 +218,48 @@ def _save_final(accelerator: Any, model: Any, out_dir: Path) -> Any:
     return unwrapped
 
 
+def _prepare(model: Any, cfg: TrainConfig, out_dir: Path) -> tuple[Any, Any, Any, Any, int]:
+    """Accelerator, prepared model and optimizer, the scheduler, and the step to start from
+    (the newest complete checkpoint's, else 0)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    set_seed(cfg.seed)
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed the switch; keep working on both spellings
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+        model.config.use_cache = False
+    # The scheduler is stepped by hand once per optimizer step (not through accelerate.prepare,
+    # which would step it once per process) and checkpointed alongside the rest.
+    optimizer, scheduler = _optimizer(model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    found = latest_checkpoint(out_dir / "checkpoints")
+    start = load_checkpoint(accelerator, found[0]) if found is not None else 0
+    return accelerator, model, optimizer, scheduler, start
+
+
+def _log_record(accelerator: Any, sums: dict[str, float], done: int, lr: float, tokens: int,
+                tokens_per_s: float, elapsed: float) -> dict[str, Any]:
+    """One train_log.jsonl line: losses averaged over processes, throughput, wall time."""
+    stats = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "ce", "kd", "chunk")],
+                                            device=accelerator.device), reduction="mean")
+    return {"step": done, "loss": float(stats[0]), "lr": lr, "ce": float(stats[1]), "kd": float(stats[2]),
+            "chunk": float(stats[3]), "tokens": tokens, "tokens_per_s": tokens_per_s, "elapsed_s": elapsed}
+
+
+def _progress_bar(total: int, start: int, enabled: bool) -> tuple[Any, Any]:
+    """A rich progress bar over the optimizer steps (hidden when not ``enabled``) and its task."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled)
+    return bar, bar.add_task("train", total=total, completed=start, info="")
+
+
 def train_loop(
     model: Any,
     packed: PackedCorpus,
@@ -238,37 +280,12 @@ def train_loop(
     right after a checkpoint is saved raises :class:`TrainingInterrupted` (tests use it to
     simulate a kill at a known point).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum)
-    set_seed(cfg.seed)
-    if cfg.gradient_checkpointing:
-        # transformers 5 renamed the switch; keep working on both spellings
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
-        model.config.use_cache = False
-    # The scheduler is stepped by hand once per optimizer step (not through accelerate.prepare,
-    # which would step it once per process) and checkpointed alongside the rest.
-    optimizer, scheduler = _optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    ckpt_root = out_dir / "checkpoints"
-    start = 0
-    found = latest_checkpoint(ckpt_root)
-    if found is not None:
-        start = load_checkpoint(accelerator, found[0])
+    accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
     log = _RunLog(out_dir, start, accelerator.is_main_process)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
     world, rank = accelerator.num_processes, accelerator.process_index
     model.train()
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                   disable=not (accelerator.is_main_process and progress))
-    task = bar.add_task("train", total=cfg.steps, completed=start, info="")
+    bar, task = _progress_bar(cfg.steps, start, enabled=accelerator.is_main_process and progress)
     step_tokens = cfg.batch_size * cfg.grad_accum * packed.seq_len
     tokens_seen = start * step_tokens
     t_last, tok_last = time.perf_counter(), 0
@@ -298,14 +315,9 @@ def train_loop(
             tok_last += step_tokens
             is_eval = heldout is not None and (done % cfg.eval_every == 0 or done == cfg.steps)
             if done % cfg.log_every == 0 or done == cfg.steps or is_eval:
-                stats = accelerator.reduce(torch.tensor([sums[k] for k in ("loss", "ce", "kd", "chunk")],
-                                                        device=accelerator.device), reduction="mean")
                 now = time.perf_counter()
-                record: dict[str, Any] = {"step": done, "loss": float(stats[0]), "lr": lr_now,
-                                          "ce": float(stats[1]), "kd": float(stats[2]),
-                                          "chunk": float(stats[3]), "tokens": tokens_seen,
-                                          "tokens_per_s": tok_last / max(now - t_last, 1e-9),
-                                          "elapsed_s": log.elapsed_before + now - t_begin}
+                record = _log_record(accelerator, sums, done, lr_now, tokens_seen,
+                                     tok_last / max(now - t_last, 1e-9), log.elapsed_before + now - t_begin)
                 t_last, tok_last = now, 0
                 if is_eval:
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
@@ -319,7 +331,7 @@ def train_loop(
             bar.update(task, completed=done)
             # the last step is checkpointed too: raising train.steps later continues from it
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(accelerator, ckpt_root, done)
+                save_checkpoint(accelerator, out_dir / "checkpoints", done)
                 if done < cfg.steps and stop_after is not None and stop_after(done):
                     log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")
