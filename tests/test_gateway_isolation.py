@@ -58,6 +58,39 @@ def test_engine_one_bad_sequence_fails_alone(registry: Path) -> None:
     asyncio.run(run())
 
 
+def test_engine_no_head_of_line_blocking(registry: Path) -> None:
+    """Continuous batching: requests that arrive while a long generation runs join it at the
+    next step and finish long before it, each with exactly the output it has alone."""
+    engine = TransformersEngine(scan_registry(registry), max_batch_size=4, batch_wait_ms=0)
+
+    async def run() -> None:
+        tok = engine.tokenizer(MODEL)
+        prompts = ["Hello world", "Avocados are green and", "A", "The quick brown fox jumps over"]
+        solo = []
+        for p in prompts:
+            events, _ = await engine.complete(MODEL, GenParams(list(tok(p).input_ids), 10, temperature=0.0))
+            solo.append("".join(e.text for e in events))
+        finished: list[str] = []
+
+        async def ask(name: str, prompt: str, n: int, delay: float) -> str:
+            await asyncio.sleep(delay)
+            events, fin = await engine.complete(MODEL, GenParams(list(tok(prompt).input_ids), n, temperature=0.0))
+            finished.append(name)
+            assert fin.completion_tokens == n
+            return "".join(e.text for e in events)
+
+        long = asyncio.create_task(ask("long", prompts[1], 600, 0.0))
+        await asyncio.sleep(0.05)  # the long generation is running
+        short = await asyncio.gather(*(ask(f"s{i}", p, 10, 0.01 * i) for i, p in enumerate(prompts)))
+        assert short == solo  # joining a running batch (left-padded, merged cache) changes nothing
+        assert not long.done() and "long" not in finished
+        await long
+        assert finished[-1] == "long"
+        await engine.aclose()
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("temperature,top_p", [(1e-300, 1.0), (5e-324, 1.0), (1e-30, 1.0),
                                                (1.0, 5e-324), (2.0, 1e-300)])
 def test_engine_numeric_edges_are_greedy(registry: Path, temperature: float, top_p: float

@@ -1,8 +1,10 @@
-"""In-process transformers generation with request batching (the CPU-friendly default).
+"""In-process transformers generation with continuous batching (the CPU-friendly default).
 
-One worker thread per model gathers requests that arrive within ``batch_wait_ms`` (up to
-``max_batch_size``), left-pads them into one batch and decodes step by step with a KV
-cache; each request's tokens are pushed to its own asyncio queue as they are sampled, so
+One worker thread per model decodes a running batch step by step with a KV cache
+(:mod:`avokit.gateway.engines.kv_batch`). Between two steps, finished rows leave and requests
+that have arrived join (prefilled on their own, up to ``max_batch_size`` rows; an idle worker
+first waits ``batch_wait_ms`` for company), so a request never waits for another's whole
+generation. Each request's tokens are pushed to its own asyncio queue as they are sampled, so
 batched requests still stream independently. A cancelled request (client gone) stops
 receiving events and leaves the batch at the next step.
 """
@@ -25,6 +27,7 @@ from avokit.gateway.engines.base import (
     collect,
     load_tokenizer,
 )
+from avokit.gateway.engines.kv_batch import DecodeBatch, decode_step, merge, prefill
 from avokit.gateway.errors import NotFoundError, UpstreamError
 
 
@@ -46,6 +49,7 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     done: bool = False
+    gen: Any = None  # the request's torch.Generator (seeded requests)
 
 
 class _ModelWorker:
@@ -72,79 +76,83 @@ class _ModelWorker:
                                        daemon=True)
         self.thread.start()
 
+    def _take(self, wait: bool, limit: int) -> list[_Job] | None:
+        """Up to ``limit`` new jobs: when ``wait`` (nothing running) block for the first, then
+        gather those arriving within the batch window; else only those already queued.
+        None: shut down."""
+        jobs: list[_Job] = []
+        try:
+            if wait:
+                first = self.jobs.get()
+                if first is None:
+                    return None
+                jobs.append(first)
+            while len(jobs) < limit:
+                nxt = self.jobs.get(timeout=self.wait_s) if wait and self.wait_s else self.jobs.get_nowait()
+                if nxt is None:
+                    self.jobs.put(None)  # seen again once the running rows are served
+                    break
+                jobs.append(nxt)
+        except queue.Empty:
+            pass
+        return [j for j in jobs if not j.cancelled.is_set()]
+
     def _run(self) -> None:
+        """Continuous batching: between two decode steps finished rows leave and queued
+        requests are prefilled and join, so nobody waits for another's whole generation."""
+        batch: DecodeBatch | None = None
         while True:
-            first = self.jobs.get()
-            if first is None:
+            room = self.max_batch - (len(batch.rows) if batch else 0)
+            jobs = self._take(batch is None, room) if room > 0 and (batch is None or batch.mergeable) else []
+            if jobs is None:
                 return
-            batch = [first]
-            try:
-                # Requests arriving within the wait window share the batch.
-                while len(batch) < self.max_batch:
-                    nxt = self.jobs.get(timeout=self.wait_s) if self.wait_s else self.jobs.get_nowait()
-                    if nxt is None:
-                        self.jobs.put(None)
-                        break
-                    batch.append(nxt)
-            except queue.Empty:
-                pass
             try:
                 with self.lock, self.torch.inference_mode():
-                    self._generate([j for j in batch if not j.cancelled.is_set()])
+                    if jobs:
+                        joined = self._prefill(jobs)
+                        batch = joined if batch is None else (merge(batch, joined) if joined else batch)
+                    if batch is not None:
+                        batch = decode_step(self.model, batch, self._sampler(batch.rows))
             except Exception as err:  # the shared forward pass failed: keep the worker alive
-                for job in batch:
+                running = [r.job for r in batch.rows] if batch else []
+                joining = [j for j in (jobs or []) if all(j is not r for r in running)]
+                for job in running + joining:
                     job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
+                batch = None
 
-    def _generate(self, jobs: list[_Job]) -> None:
-        torch = self.torch
-        if not jobs:
-            return
-        rows = [_Row(j) for j in jobs]
-        width = max(len(j.params.prompt_ids) for j in jobs)
-        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):  # left padding: every row's last token is aligned
-            p = job.params.prompt_ids
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        gens: list[Any] = []
-        for row in rows:
+    def _prefill(self, jobs: list[_Job]) -> DecodeBatch | None:
+        rows = []
+        for job in jobs:
+            row = _Row(job)
             try:
-                gens.append(_generator(torch, row.job.params.seed))
+                row.gen = _generator(self.torch, job.params.seed)
             except Exception as err:  # a seed torch refuses fails its own request only
-                gens.append(None)
+                job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
+                continue
+            rows.append(row)
+        if not rows:
+            return None
+        return prefill(self.model, rows, [r.job.params.prompt_ids for r in rows], self.pad_id,
+                       self.device, self._sampler(rows))[0]
+
+    def _sampler(self, rows: list[_Row]) -> Any:
+        """``sample(i, logits)``: row i's next token, or None once the row is finished."""
+
+        def sample(i: int, logits: Any) -> int | None:
+            row = rows[i]
+            if row.done:
+                return None
+            try:
+                token = _sample(self.torch, logits, row.job.params, row.gen)
+                self._advance(row, token, logits)
+            except Exception as err:  # this sequence fails alone; the batch goes on
                 row.done = True
                 row.job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        past = None
-        step_input = ids
-        for step in range(max(j.params.max_tokens for j in jobs)):
-            out = self.model(input_ids=step_input, attention_mask=mask, position_ids=positions,
-                             past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            next_ids = torch.full((len(rows),), self.pad_id, dtype=torch.long)
-            for i, row in enumerate(rows):
-                if row.done:
-                    continue
-                try:
-                    token = _sample(torch, logits[i], row.job.params, gens[i])
-                    self._advance(row, token, logprobs[i], step)
-                except Exception as err:  # this sequence fails alone; the batch goes on
-                    row.done = True
-                    row.job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
-                    continue
-                next_ids[i] = token
-            if all(r.done for r in rows):
-                return
-            step_input = next_ids.view(-1, 1).to(self.device)
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype,
-                                               device=self.device)], dim=1)
-            positions = positions[:, -1:] + 1
+            return None if row.done else token
 
-    def _advance(self, row: _Row, token: int, logprobs: Any, step: int) -> None:
+        return sample
+
+    def _advance(self, row: _Row, token: int, logits: Any) -> None:
         p = row.job.params
         if row.job.cancelled.is_set():
             row.done = True
@@ -167,6 +175,7 @@ class _ModelWorker:
         delta = full[len(row.text):] if (finish or not full.endswith("\ufffd")) else ""
         event = TokenEvent(text=delta, tokens=1)
         if p.top_logprobs is not None:
+            logprobs = self.torch.log_softmax(logits, dim=-1)
             event.token_strs = [self.tokenizer.decode([token])]
             event.logprobs = [float(logprobs[token])]
             event.top_logprobs = [self._top(logprobs, p.top_logprobs)]
