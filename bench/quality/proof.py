@@ -94,7 +94,11 @@ def prepare(source: Recipe, data: Path, val_fraction: float) -> dict[str, Any]:
     tok = train_student_tokenizer([d.text for d in train], STUDENT["tokenizer"]["vocab_size"], data / "tokenizer")
     tokens = {s: int(sum(len(tok(d.text)["input_ids"]) for d in docs))
               for s, docs in (("train", train), ("validation", val), ("test", test))}
-    info = {"source": str(source.run_dir), "coverage": coverage, "docs": {"train": _domains(train),
+    from avokit.recipe.student import StudentConfig
+    from avokit.student import build_student
+
+    params = sum(p.numel() for p in build_student(StudentConfig.model_validate(STUDENT), tok).parameters())
+    info = {"source": str(source.run_dir), "coverage": coverage, "student_params": params, "docs": {"train": _domains(train),
             "validation": _domains(val), "test": _domains(test)}, "student_tokens": tokens,
             "val_fraction": val_fraction, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (data / "data.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -210,6 +214,10 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "settings": json.loads((runs / "settings.json").read_text()),
         "teachers": teachers, "runs": results, "chosen_test": test,
     }
+    settings, data = result["settings"], result["data"]
+    trained = settings["segment_steps"] * args.segments * settings["batch_size"] * settings["seq_len"]
+    result["budget"] = {"tokens_per_run": trained, "epochs": trained / data["student_tokens"]["train"],
+                        "train_tokens_per_param": data["student_tokens"]["train"] / data["student_params"]}
     try:
         result["proof"] = build_proof(test, SINGLES, "d_fused", "a_ce", teachers)
     except ValueError as err:  # not enough paired seeds yet: say so instead of a proof
@@ -231,7 +239,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--segment-steps", type=int, default=25)
-    ap.add_argument("--segments", type=int, default=8)
+    ap.add_argument("--segments", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)

@@ -21,8 +21,10 @@ def render(result: dict[str, Any]) -> str:
     domains = sorted({k for runs in test.values() for r in runs.values() for k in r if k != OVERALL})
     lines = ["# Fusion proof: three teachers against the best single teacher", "",
              f"Data (frozen snapshot of the complementarity captures, {data['created']}): documents "
-             f"{data['docs']}; student tokens {data['student_tokens']}. Student {result['student']}. "
-             f"Settings: {result['settings']}.", ""]
+             f"{data['docs']}; student tokens {data['student_tokens']}. Student {result['student']}, "
+             f"{data['student_params']:,} parameters. Settings: {result['settings']}; each run trains on "
+             f"{result['budget']['tokens_per_run']:,} tokens = {result['budget']['epochs']:.2f} epochs of the "
+             f"training split ({result['budget']['train_tokens_per_param']:.3f} training tokens per parameter).", ""]
     if proof:
         lines += [f"**Verdict over {proof['seeds']} paired seeds: fused minus best single "
                   f"({proof['best_single']}) = {_ci(proof['fused_minus_best_single'])} BPB "
