@@ -71,6 +71,27 @@ def test_every_source_kind(tmp_path: Path) -> None:
     assert (recipe.run_dir / "corpus" / "train.parquet").stat().st_mtime_ns == stamp
 
 
+def test_corpus_behind_teacher_caches_is_never_replaced(tmp_path: Path) -> None:
+    """Changing the corpus section rebuilds the corpus, unless teacher caches were captured
+    from the current one: then the error names them and the old corpus stays as it was."""
+    texts = [passage(i) for i in range(12)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    first = recipe_for(tmp_path, [{"kind": "jsonl", "path": "a.jsonl", "max_docs": 10}])
+    build_corpus(first)
+    smaller = recipe_for(tmp_path, [{"kind": "jsonl", "path": "a.jsonl", "max_docs": 8}])
+    assert sum(build_corpus(smaller).documents.values()) == 8  # no caches: rebuilt
+    manifest = (smaller.run_dir / "corpus" / "manifest.json").read_text()
+    cache = smaller.run_dir / "cache" / "gemma3-270m"
+    cache.mkdir(parents=True)
+    (cache / "capture.json").write_text("{}")
+    with pytest.raises(AvokitError, match=r"caches gemma3-270m in .*cache were captured from the corpus"):
+        build_corpus(first)
+    assert (smaller.run_dir / "corpus" / "manifest.json").read_text() == manifest
+    # the same corpus again (a damaged file) is rebuilt even with caches
+    (smaller.run_dir / "corpus" / "train.parquet").write_bytes(b"damaged")
+    assert sum(build_corpus(smaller).documents.values()) == 8
+
+
 def test_builtin_source_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = recipe_for(tmp_path, [{"kind": "builtin", "name": "qasper-papers", "max_docs": 30}],
                         min_chars=200, max_chars=1500)

@@ -154,6 +154,25 @@ def _existing_manifest(out: Path, expected_hash: str) -> CorpusManifest | None:
     return manifest
 
 
+def _refuse_orphaning_caches(recipe: Recipe, out: Path, expected: str) -> None:
+    """A corpus that teacher caches were captured from is never replaced by another one: the
+    captures (hours of teacher time) would no longer match it, and the old corpus would be
+    gone. Rebuilding the same corpus (a damaged file) is allowed."""
+    try:
+        old = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("config_hash")
+    except (OSError, ValueError):
+        return
+    if old in (None, expected):
+        return
+    caches = sorted(p.parent.name for p in (recipe.run_dir / "cache").glob("*/capture.json"))
+    if caches:
+        raise AvokitError(
+            f"{out}: the corpus section of the recipe (or avokit's corpus format) changed, but the "
+            f"teacher caches {', '.join(caches)} in {recipe.run_dir / 'cache'} were captured from the "
+            f"corpus there now; give the recipe a new name (a new run folder), or move those caches "
+            f"away to capture again from the new corpus")
+
+
 def _bytes(docs: list[Document]) -> int:
     return sum(len(d.text.encode("utf-8")) for d in docs)
 
@@ -189,6 +208,7 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
     done = _existing_manifest(out, expected)
     if done is not None:
         return done
+    _refuse_orphaning_caches(recipe, out, expected)
     docs, stats = collect_documents(recipe)
     for s in stats:
         if s.documents == 0:
