@@ -103,6 +103,12 @@ def main() -> None:
     stats = {t: {"teacher": t, "process_start_unix": time.time(), "load_s": 0.0, "capture_s": 0.0,
                  "shards": 0, "documents": 0, "loadavg_samples": [], "threads": 1,
                  "shards_planned": len(plans), "note": "capture_s includes load_s"} for t in args.teachers}
+    for t in args.teachers:  # a resumed capture adds to what the earlier processes recorded
+        if (out / f"{t}.json").is_file():
+            before = json.loads((out / f"{t}.json").read_text(encoding="utf-8"))
+            stats[t].update({k: before[k] for k in ("process_start_unix", "load_s", "capture_s", "shards",
+                                                    "documents", "loadavg_samples") if k in before})
+            stats[t]["processes"] = int(before.get("processes", 1)) + 1
 
     def loader_for(name: str):  # noqa: ANN202 - the TeacherLoader signature
         def load(config, base_dir):  # noqa: ANN001, ANN202
