@@ -76,6 +76,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # the machine is shared: one thread per capture process
+    from avokit.cache import finished_shard
     from avokit.capture import run_capture
     from avokit.capture.plan import plan_shards
     from avokit.corpus import build_corpus, load_split
@@ -124,6 +125,8 @@ def main() -> None:
             print(f"deadline {args.until} UTC passed; stopping before shard {j}", flush=True)
             break
         for t in args.teachers:
+            if finished_shard(recipe.run_dir / "cache" / t, plans[j].file) is not None:
+                continue  # captured by an earlier process: counted there
             t0 = time.perf_counter()
             run_capture(recipe, teacher=t, shard=(j, len(plans)), teacher_loader=loader_for(t))
             s = stats[t]
