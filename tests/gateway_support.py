@@ -255,3 +255,24 @@ def run_mock_upstream(log_dir: Path) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def fresh_db(kind: str, tmp: Path) -> str:
+    """A database URL for one test: a new SQLite file under ``tmp``, or the CI PostgreSQL
+    (``AVOKIT_TEST_PG_URL``) with its public schema emptied; skips where PostgreSQL is absent."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/gateway.db"
+    import pytest
+    from sqlalchemy import text
+
+    from avokit.gateway.db.session import make_db_engine
+
+    url = os.environ.get("AVOKIT_TEST_PG_URL")
+    if not url:
+        pytest.skip("AVOKIT_TEST_PG_URL is not set (run .ci/postgres.sh)")
+    engine = make_db_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

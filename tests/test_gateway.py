@@ -4,8 +4,6 @@ SQLite and PostgreSQL (PostgreSQL skipped only without AVOKIT_TEST_PG_URL)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,14 +12,14 @@ from typing import Any, Iterator
 import httpx
 import openai
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from avokit.gateway.db.models import Account, LedgerEntry, Reservation
 from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
 from avokit.gateway.services import keys
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, free_port, run_mock_upstream  # noqa: E402
+from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "avo-tiny"
@@ -34,20 +32,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_registry(root, MODEL)
     build_registry(root, "not-released", passed=False)  # gate failed: must never be served
     return root
-
-
-def _fresh_db(kind: str, tmp: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp}/gateway.db"
-    url = os.environ.get("AVOKIT_TEST_PG_URL")
-    if not url:
-        pytest.skip("AVOKIT_TEST_PG_URL is not set (run .ci/postgres.sh)")
-    engine = make_db_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
 
 
 class Env:
@@ -101,7 +85,7 @@ class Env:
 def env(request: pytest.FixtureRequest, registry: Path,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp(f"gw-{request.param}")
-    e = Env(_fresh_db(request.param, tmp), registry, tmp)
+    e = Env(fresh_db(request.param, tmp), registry, tmp)
     yield e
     e.close()
     # a key in any log line of any server fails the run

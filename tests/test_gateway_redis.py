@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_support import (  # noqa: E402
@@ -27,6 +25,7 @@ from gateway_support import (  # noqa: E402
     auth,
     build_registry,
     free_port,
+    fresh_db,
     redis_server_binary,
 )
 
@@ -132,20 +131,6 @@ def test_redis_going_down_fails_closed(tmp_path: Path) -> None:
         own.stop()
 
 
-def _fresh_pg() -> str:
-    url = os.environ.get("AVOKIT_TEST_PG_URL")
-    if not url:
-        pytest.skip("AVOKIT_TEST_PG_URL is not set (run .ci/postgres.sh)")
-    from avokit.gateway.db.session import make_db_engine
-
-    engine = make_db_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    return url
-
-
 async def _burst(urls: list[str], key: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=120) as c:
         async def one(i: int) -> int:
@@ -159,7 +144,7 @@ def test_two_replicas_share_rpm_through_redis(registry: Path, redis_server: Redi
                                               tmp_path: Path) -> None:
     """Two `avokit serve` replicas on one PostgreSQL and one Redis grant a key its rpm once
     (each would grant it in full with per-process limits)."""
-    url = _fresh_pg()
+    url = fresh_db("postgres", Path())
     from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
     from avokit.gateway.services import keys
 
