@@ -74,6 +74,7 @@ def score_token_pairs(
     out: list[LoglikResult | None] = [None] * len(pairs)
     # Longest first: fewer pad tokens per batch and OOM shows up on the first batch.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    keeps_logits = _keeps_logits(model)
     for b0 in range(0, len(order), batch_size):
         idx = order[b0 : b0 + batch_size]
         rows, n_conts = [], []
@@ -95,7 +96,7 @@ def score_token_pairs(
         spans = [(len(seq) - 1 - n, len(seq) - 1) for seq, n in zip(rows, n_conts)]
         keep = sorted({p for a, b in spans for p in range(a, b)})
         column = {p: i for i, p in enumerate(keep)}
-        kwargs = {"logits_to_keep": torch.tensor(keep, device=device)} if _keeps_logits(model) else {}
+        kwargs = {"logits_to_keep": torch.tensor(keep, device=device)} if keeps_logits else {}
         logits = model(input_ids=inp.to(device), attention_mask=att.to(device), **kwargs).logits
         if not kwargs:
             column = {p: p for p in range(width)}

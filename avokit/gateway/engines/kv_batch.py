@@ -10,6 +10,8 @@ so a long request never holds the others back and a short one never pays for a l
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,10 +97,13 @@ Sampler = Callable[[int, torch.Tensor], int | None]
 
 def _cache_arg(model: Any) -> str:
     """The forward's name for the KV cache: ``cache`` (transformers 5.2x), else the older
-    ``past_key_values``."""
-    import inspect
+    ``past_key_values``. Looked up once per model class: this runs on every decode step."""
+    return _cache_arg_of(type(model))
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def prefill(model: Any, rows: list[Any], prompts: list[list[int]], pad_id: int, device: str,
