@@ -394,10 +394,11 @@ def test_dense_targets_cover_every_student_position_and_train(tmp_path: Path) ->
         hit = (tb_d.topk_student_ids == gold[:, None]).any(axis=1)
         assert hit.mean() > 0.5, hit.mean()
     assert any(fewer)  # Gemma's SentencePiece splits "東京" / "café" unlike the student: no boundary there
-    recipe = make_recipe(tmp_path, steps=8, eval_every=8, checkpoint_every=8, loss={"targets": "dense"})
+    recipe = make_recipe(tmp_path, steps=8, eval_every=8, checkpoint_every=8,
+                         loss={"targets": "dense", "chunk_debias": True})
     out = run_training(recipe, progress=False)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert all(r["kd"] > 0 and np.isfinite(r["loss"]) for r in log)
+    assert all(r["kd"] > 0 and r["chunk"] > 0 and np.isfinite(r["loss"]) for r in log)
 
 
 def test_per_token_fusion_weights_split_like_per_document_ones(tmp_path: Path) -> None:

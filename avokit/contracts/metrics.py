@@ -187,6 +187,7 @@ class Distillation(Contract):
     mean fusion weight each teacher had over the training documents (from the training log)."""
 
     targets: str  # train.loss.targets: boundary or dense
+    chunk_debias: bool = False  # train.loss.chunk_debias
     fusion_mode: str  # train.fusion.mode
     fusion_temperature: float
     fusion_window: int  # spans either side (span_softmax only)

@@ -139,7 +139,8 @@ def _distillation_section(metrics: dict[str, Any]) -> list[str]:
     return ["", "## Distillation", "",
             f"- fusion of the teachers: {fusion}; mean teacher weight over the training documents: {weights}",
             f"- targets: `{d['targets']}`; loss = {d['ce_weight']} x CE + {d['kd_weight']} x KD + "
-            f"{d['chunk_weight']} x chunk (per teacher, fusion-weighted)"]
+            f"{d['chunk_weight']} x chunk{' (debiased)' if d.get('chunk_debias') else ''} "
+            "(per teacher, fusion-weighted)"]
 
 
 def _task_section(metrics: dict[str, Any]) -> list[str]:

@@ -8,6 +8,16 @@ chunk is *binarised*: the event "the model produces exactly this chunk" has prob
 ``a = exp(log p_chunk)``, and its complement ``1 - a``; a divergence between the teacher's
 and the student's Bernoulli distributions is the loss.
 
+Debiasing (``train.loss.chunk_debias``, ALM's treatment of tokenization bias): the product
+of a model's token probabilities over a chunk is the probability of *that tokenization* of
+the bytes, which depends on the tokenizer: a model that may still extend the chunk's last
+token ("hello" -> "hellos") has part of the chunk's mass elsewhere, differently for each
+vocabulary. Where the text starts a new word right after the chunk, the event "the chunk,
+then a token that starts a word" is spelled the same way by every pre-tokenizing tokenizer;
+its probability is the chunk likelihood times the model's total mass on word-starting tokens
+at the next position. Both sides get that factor (the teacher's was captured as
+``boundary_logmass``; the student's comes from its own logits, :func:`word_start_logmass`).
+
 Temperature ``tau`` divides both chunk log-likelihoods before binarising
 (``a_tau = p_chunk^(1/tau)``). Long chunks have tiny probabilities whose Bernoulli
 divergence (and gradient) vanishes; ``tau > 1`` lifts them back into a range where the term
@@ -45,6 +55,15 @@ def student_chunk_logprobs(gold: Tensor, chunk_ids: Tensor, n_chunks: int) -> tu
         0, chunk_ids, torch.ones_like(chunk_ids)
     )
     return sums, counts
+
+
+def word_start_logmass(logprobs: Tensor, starts_word: Tensor) -> Tensor:
+    """log of the total probability on word-starting tokens: float [N, V], bool [V] -> [N].
+
+    ``-inf`` only when no id starts a word (then the chunk term cannot be debiased)."""
+    if starts_word.shape != logprobs.shape[-1:]:
+        raise ValueError(f"starts_word {tuple(starts_word.shape)} must be [V={logprobs.shape[-1]}]")
+    return torch.logsumexp(logprobs.masked_fill(~starts_word, float("-inf")), dim=-1)
 
 
 def binarize(logprob: Tensor, tau: float) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from avokit.losses.bucketed import bucketed_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
-from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs
+from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
 
 
 class DivergenceSettings(Protocol):
@@ -54,6 +54,10 @@ class TeacherBatch:
       the chunk id of token ``p+1``, or -1 (padding, prompt, chunk not wholly in the window);
       the last column must be -1 unless ``kd_losses`` gets explicit ``targets``
     - chunk_weight: float [C], fusion weight of the chunk's document (0 masks it)
+    - chunk_next: long [C] or None, for a debiased chunk the flat index ``b * T + p`` of the
+      logit position predicting the student token right after it (a word start), else -1;
+      the teacher's ``chunk_teacher_logprob`` of such a chunk already includes its word-start
+      mass (see :mod:`avokit.losses.chunk`). None: no chunk is debiased
     """
 
     b_idx: Tensor
@@ -64,6 +68,7 @@ class TeacherBatch:
     chunk_teacher_logprob: Tensor
     chunk_of_target: Tensor
     chunk_weight: Tensor
+    chunk_next: Tensor | None = None
 
     @property
     def n_boundaries(self) -> int:
@@ -77,7 +82,8 @@ class TeacherBatch:
 
     def to(self, device: torch.device | str) -> TeacherBatch:
         """A copy with every tensor on ``device``."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if getattr(self, f.name) is not None})
 
     @classmethod
     def empty(
@@ -127,6 +133,11 @@ class TeacherBatch:
             )
         if self.chunk_of_target.numel() and int(self.chunk_of_target.max()) >= c:
             raise ValueError(f"TeacherBatch.chunk_of_target holds chunk id >= C={c}")
+        if self.chunk_next is not None:
+            if self.chunk_next.shape != (c,):
+                raise ValueError(f"TeacherBatch.chunk_next must be [C={c}], got {tuple(self.chunk_next.shape)}")
+            if c and int(self.chunk_next.max()) >= batch_size * seq_len:
+                raise ValueError(f"TeacherBatch.chunk_next outside [-1, B*T={batch_size * seq_len})")
 
 
 def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -160,6 +171,7 @@ def kd_losses(
     student_logprobs: Tensor | None = None,
     *,
     targets: Tensor | None = None,
+    starts_word: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Distillation terms of one teacher for one batch.
 
@@ -169,6 +181,8 @@ def kd_losses(
     The chunk term needs the student's gold tokens: ``targets[b, p] = input_ids[b, p+1]``, or
     pass ``targets`` long [B, T] (labels per logit position) and ``input_ids=None`` when the
     packing keeps the token after each row (then the last position may belong to a chunk).
+    Debiased chunks (``batch.chunk_next``) need ``starts_word`` bool [V]: the student ids
+    that start a word (space/newline/tab first, or special).
 
     Returns ``{"kd": weighted mean over informative boundaries of the bucketed divergence
     (cfg.divergence, cfg.temperature, cfg.jsd_beta), "chunk": weighted mean over chunks of
@@ -209,6 +223,18 @@ def kd_losses(
     student_chunk, n_tokens = student_chunk_logprobs(
         gold, batch.chunk_of_target[select], batch.n_chunks
     )
+    if batch.chunk_next is not None:
+        if starts_word is None:
+            raise ValueError("kd_losses: TeacherBatch.chunk_next (debiased chunks) needs starts_word")
+        debiased = batch.chunk_next >= 0
+        flat = batch.chunk_next.clamp(min=0)
+        if student_logprobs is not None:
+            next_rows = student_logprobs.reshape(bsz * seq_len, -1)[flat]
+        else:
+            next_rows = torch.log_softmax(student_logits.reshape(bsz * seq_len, -1)[flat].float(), dim=-1)
+        mass = word_start_logmass(next_rows, starts_word.to(next_rows.device))
+        student_chunk = student_chunk + torch.where(debiased, mass.to(student_chunk.dtype),
+                                                    torch.zeros_like(student_chunk))
     chunk_values = chunk_divergence(
         student_chunk,
         batch.chunk_teacher_logprob,

@@ -28,6 +28,10 @@ class LossConfig(Section):
     # distribution conditioned on the bytes already emitted (avokit.align.conditional); dense
     # maps candidates to their longest student prefix, so vocab_map does not apply to it
     targets: Literal["boundary", "dense"] = "boundary"
+    # the chunk term compares "this chunk, then a new word" where the text starts a word after
+    # the chunk (both models' word-start mass at the next position; ALM's debiasing), instead
+    # of the tokenizer-dependent likelihood of the chunk's own tokens (avokit.losses.chunk)
+    chunk_debias: bool = False
 
 
 class FusionConfig(Section):

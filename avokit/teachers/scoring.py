@@ -37,6 +37,12 @@ def word_start_mask(tb: TokenBytes, width: int) -> np.ndarray:
     return mask
 
 
+def text_word_starts(tb: TokenBytes) -> np.ndarray:
+    """bool [V]: ids whose bytes begin a new word of the text (space/newline/tab first; never
+    a special token, which spells no text)."""
+    return np.array([piece[:1] in WORD_START_BYTES for piece in tb.table], dtype=bool) & ~tb.special
+
+
 def resolve_start_token_id(tokenizer: Any, explicit: str | None = None) -> int:
     """The id a teacher conditions every document on (see :mod:`avokit.records`).
 

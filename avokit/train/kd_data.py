@@ -34,6 +34,9 @@ class DocKD:
     - bpb: the teacher's bits per byte on the bytes it covers (inf when it covers none)
     - dense: token-level targets at every student position (``train.loss.targets: dense``,
       see :mod:`avokit.align.conditional`), replacing the boundary rows above; None otherwise
+    - chunk_next_logmass: float32 [m], the teacher's log-probability that a new word starts
+      right after chunk ``j`` (``train.loss.chunk_debias``), NaN where the text does not
+      start a word there or the teacher's records end; None without debiasing
     """
 
     first: np.ndarray
@@ -44,6 +47,7 @@ class DocKD:
     chunk_logprob: np.ndarray
     bpb: float
     dense: DenseRows | None = None
+    chunk_next_logmass: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,32 @@ class DenseSpec:
     index: PrefixIndex
 
 
+def chunk_word_logmass(records: TeacherRecords, chunk_end_token: np.ndarray, starts_word: np.ndarray) -> np.ndarray:
+    """The teacher's log-probability that a new word follows each chunk: float32 [m].
+
+    ``chunk_end_token`` int64 [m]: index of each chunk's last teacher token; ``starts_word``
+    bool [V_teacher]: ids whose bytes begin a word in the text (space/newline/tab first, not
+    special). Where the teacher's next token starts a word, the chunk is followed by a word
+    start in the text, and the record of that next position holds the teacher's total mass on
+    word-starting tokens (``boundary_logmass``); NaN elsewhere and past the records' end.
+    """
+    nxt = np.asarray(chunk_end_token, dtype=np.int64) + 1
+    n = records.n_positions
+    ids = np.asarray(records.token_ids, dtype=np.int64)[np.minimum(nxt, n - 1)] if n else nxt
+    ok = (nxt < n) & (ids >= 0) & (ids < starts_word.shape[0])
+    ok[ok] = starts_word[ids[ok]]
+    mass = np.asarray(records.boundary_logmass, dtype=np.float32)[np.minimum(nxt, n - 1)] if n else nxt
+    return np.where(ok, mass, np.nan).astype(np.float32)
+
+
 def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student: np.ndarray,
-           dense: DenseSpec | None = None) -> DocKD:
+           dense: DenseSpec | None = None, starts_word: np.ndarray | None = None) -> DocKD:
     """Align one teacher's records for a document to the student's tokens of that document.
 
     A teacher may cover only a prefix of the document (its ``max_length``): both tokenizations
     are cut at the last byte where both end a token, and student tokens past it get no chunk.
+    ``starts_word`` (bool [V_teacher], see :func:`chunk_word_logmass`) asks for the chunks'
+    debiasing masses.
     """
     t_ends = np.asarray(records.byte_ends, dtype=np.int64)
     s_ends = np.asarray(student_ends, dtype=np.int64)
@@ -104,6 +128,10 @@ def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student
         starts = np.concatenate([[0], s_ends[:-1]]).astype(np.int64)
         ct = conditional_targets(records, dense.teacher, starts, dense.index)
         rows = DenseRows(ct.student_pos, ct.student_ids, ct.logprobs)
+    next_mass = None
+    if starts_word is not None:
+        chunk_end = np.concatenate([al.teacher_pos[1:], [n_t]]).astype(np.int64) - 1
+        next_mass = chunk_word_logmass(records, chunk_end, starts_word)
     return DocKD(
         first=first,
         last=last,
@@ -113,6 +141,7 @@ def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student
         chunk_logprob=chunk_lp,
         bpb=bpb,
         dense=rows,
+        chunk_next_logmass=next_mass,
     )
 
 
@@ -128,12 +157,14 @@ class TeacherBatchArrays:
     chunk_teacher_logprob: np.ndarray
     chunk_of_target: np.ndarray
     chunk_weight: np.ndarray
+    chunk_next: np.ndarray | None  # None when the source does not debias chunks
 
     def to_torch(self, device: Any) -> dict[str, Any]:
-        """Tensors on ``device`` keyed by TeacherBatch field name."""
+        """Tensors on ``device`` keyed by TeacherBatch field name (None stays None)."""
         import torch
 
-        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(device)
+        return {name: None if getattr(self, name) is None
+                else torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(device)
                 for name in self.__dataclass_fields__}
 
 
@@ -148,6 +179,9 @@ class TeacherSource:
     kd_weight: float | None = None  # this teacher's term weights; None = the recipe's train.loss
     chunk_weight: float | None = None
     dense: DenseSpec | None = None  # token targets at every student position, not only boundaries
+    # bool [V_teacher], ids that start a word in the text: set, chunk likelihoods are debiased
+    # ("this chunk, then a new word"), see avokit.losses.chunk
+    starts_word: np.ndarray | None = None
     memo: dict[str, DocKD] = field(default_factory=dict)
     row_memo: dict[int, RowKD] = field(default_factory=dict)  # per packed row, see build_teacher_batch
 
@@ -159,7 +193,7 @@ class TeacherSource:
                 rec = self.records[doc_id]
             except KeyError:
                 return None
-            hit = doc_kd(rec, student_ends, self.teacher_to_student, self.dense)
+            hit = doc_kd(rec, student_ends, self.teacher_to_student, self.dense, self.starts_word)
             self.memo[doc_id] = hit
         return hit
 
@@ -176,6 +210,7 @@ class RowKD:
     chunk_logprob: np.ndarray  # float32 [c]
     chunk_of_target: np.ndarray  # int64 [T], local chunk id or -1
     chunk_weight: np.ndarray  # float32 [c]
+    chunk_next: np.ndarray  # int64 [c], logit position predicting the token after a debiased chunk, or -1
 
 
 def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
@@ -214,7 +249,16 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
                            at(kd.first[sel])))
         if sel.size == 0:
             continue
-        chunks.append((kd.chunk_logprob[sel], at(kd.first[sel])))
+        logprob, nxt = kd.chunk_logprob[sel], np.full(sel.size, -1, np.int64)
+        if kd.chunk_next_logmass is not None:
+            # debiased only where the student's next token is a target of this row from the same
+            # document: both sides then add the mass of "a new word starts here"
+            after = kd.last[sel] + 1
+            mass = kd.chunk_next_logmass[sel]
+            ok = np.isfinite(mass) & (after < e) & (offset + after < T)
+            logprob = np.where(ok, logprob + np.where(ok, mass, 0.0), logprob).astype(np.float32)
+            nxt = np.where(ok, offset + after, -1)
+        chunks.append((logprob, at(kd.first[sel]), nxt))
         # local chunk id -> row chunk id (or -1 for chunks cut by the row edge; -1 hits the spare slot)
         lookup = np.full(kd.first.size + 1, -1, dtype=np.int64)
         lookup[sel] = n + np.arange(sel.size)
@@ -222,8 +266,9 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
         n += sel.size
     s_pos, ids, lps, weight = _columns(tokens, [np.zeros(0, np.int64), np.zeros((0, k), np.int64),
                                                 np.zeros((0, k), np.float32), np.zeros(0, np.float32)])
-    chunk_lp, chunk_w = _columns(chunks, [np.zeros(0, np.float32), np.zeros(0, np.float32)])
-    return RowKD(s_pos, ids, lps, weight, chunk_lp, chunk_of_target, chunk_w)
+    chunk_lp, chunk_w, chunk_next = _columns(chunks, [np.zeros(0, np.float32), np.zeros(0, np.float32),
+                                                      np.zeros(0, np.int64)])
+    return RowKD(s_pos, ids, lps, weight, chunk_lp, chunk_of_target, chunk_w, chunk_next)
 
 
 def _columns(parts: list[tuple[np.ndarray, ...]], empty: list[np.ndarray]) -> list[np.ndarray]:
@@ -264,4 +309,8 @@ def build_teacher_batch(
         chunk_teacher_logprob=np.concatenate([r.chunk_logprob for r in per_row]).astype(np.float32),
         chunk_of_target=chunk_of_target,
         chunk_weight=np.concatenate([r.chunk_weight for r in per_row]).astype(np.float32),
+        # flat index b * T + p into the batch's logit rows
+        chunk_next=None if source.starts_word is None else np.concatenate(
+            [np.where(r.chunk_next >= 0, r.chunk_next + b * packed.seq_len, -1) for b, r in enumerate(per_row)]
+        ).astype(np.int64),
     )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avokit.align import TokenBytes
 from avokit.losses.ce import cross_entropy
 from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -45,6 +46,18 @@ class KDSetup:
     loss_cfg: Any = None  # avokit.recipe.train.LossConfig
     extra: dict[str, Any] = field(default_factory=dict)
     token_weights: list[np.ndarray] | None = None
+    student_bytes: TokenBytes | None = None  # set: debiased chunk terms (train.loss.chunk_debias)
+
+    def starts_word(self, width: int, device: Any) -> torch.Tensor | None:
+        """bool [width] on ``device``: the student ids that start a word (None: not debiasing)."""
+        if self.student_bytes is None:
+            return None
+        key = ("starts_word", width, str(device))
+        if key not in self.extra:
+            from avokit.teachers.scoring import word_start_mask
+
+            self.extra[key] = torch.from_numpy(word_start_mask(self.student_bytes, width)).to(device)
+        return self.extra[key]
 
     def weight_of(self, t: int) -> Callable[[int], float | np.ndarray]:
         """Teacher ``t``'s fusion weight of document ``d``: per token where span-level."""
@@ -110,7 +123,8 @@ def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.
     for t, source in enumerate(kd.sources):
         arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t))
         batch = TeacherBatch(**arrays.to_torch(device))
-        terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets)
+        terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets,
+                          starts_word=kd.starts_word(logits.shape[-1], logits.device))
         out[source.name] = {"kd": terms["kd"] * terms["kd_share"],
                             "chunk": terms["chunk"] * terms["chunk_share"]}
     return out

@@ -14,7 +14,7 @@ import numpy as np
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
-from avokit.teachers.scoring import resolve_start_token_id
+from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
 from avokit.train.data import PackedCorpus, pack_documents, read_split
 from avokit.train.kd_data import DenseSpec, TeacherSource
 from avokit.train.loop import KDSetup, train_loop
@@ -64,21 +64,20 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             raise AvokitError(f"{cache_dir}: teacher cache missing; run `avokit capture` first")
         reader = CacheReader(cache_dir)
         t_tok = load_cache_tokenizer(cache_dir)
+        teacher_tb = byteify(t_tok, name=t.name)
         if shares_vocabulary(t_tok.get_vocab(), student_vocab):
             # same tokenizer: the identity map makes the bucketed term the exact top-k + tail KD
             # objective (losses.same_vocab); a byte map would merge byte-fallback twins
             t2s = np.arange(len(t_tok), dtype=np.int64)
         else:
-            teacher_tb = byteify(t_tok, name=t.name)
             vmap = build_vocab_map(teacher_tb, student_tb, t_tok, tokenizer)
             t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
             if recipe.train.loss.vocab_map == "first_token":
                 t2s = first_token_map(t2s, teacher_tb, student_tb, tokenizer)
-        dense = None
-        if recipe.train.loss.targets == "dense":
-            dense = DenseSpec(byteify(t_tok, name=t.name), index)
-        sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64),
-                                     kd_weight=t.kd_weight, chunk_weight=t.chunk_weight, dense=dense))
+        dense = DenseSpec(teacher_tb, index) if recipe.train.loss.targets == "dense" else None
+        starts_word = text_word_starts(teacher_tb) if recipe.train.loss.chunk_debias else None
+        sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64), kd_weight=t.kd_weight,
+                                     chunk_weight=t.chunk_weight, dense=dense, starts_word=starts_word))
     return sources
 
 
@@ -201,11 +200,14 @@ def run_training(recipe: Recipe, baseline: bool = False,
         heldout = None  # a held-out split shorter than one row cannot be scored; train without eval
     kd = None
     if not baseline:
+        from avokit.align import byteify
+
         sources = teacher_sources(recipe, tokenizer)
         doc_w = fusion_weights(recipe, packed, sources)
         token_w = (span_fusion_weights(recipe, packed, sources, doc_w)
                    if cfg.fusion.mode == "span_softmax" else None)
-        kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=cfg.loss, token_weights=token_w)
+        kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=cfg.loss, token_weights=token_w,
+                     student_bytes=byteify(tokenizer, name="student") if cfg.loss.chunk_debias else None)
         write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
     student_cfg = recipe.student

@@ -10,8 +10,9 @@ the validation set; the rest is the training set.
 
 Variants (identical student, tokenizer, initial weights, data order and steps per seed):
 ``a_ce`` CE only; ``b_<teacher>`` KD from one teacher; ``d_fused`` the three teachers with
-dense targets and span-level fusion; ablations ``d_boundary`` (boundary targets),
-``d_bpb`` (per-document fusion), ``d_uniform`` (equal fixed weights). Every run trains in
+the new targets (byte-conditional dense targets with prefix buckets, debiased chunk term) and
+span-level fusion; ablations take one new target away (``d_boundary``, ``d_prefix``,
+``d_raw_chunk``) or change the fusion mode (``d_bpb`` per document, ``d_uniform`` equal). Every run trains in
 segments of ``--segment-steps`` at a constant learning rate after warmup, and after each
 segment its student is scored on validation and test (BPB per domain, domain-balanced
 overall); the checkpoint is chosen on validation and reported on test.
@@ -50,16 +51,25 @@ from proof_stats import OVERALL, build_proof, chosen_test_bpb  # noqa: E402
 
 SOURCE = Path(__file__).with_name("complementarity.yaml")
 TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]
-NEW = {"loss": {"targets": "dense"}, "fusion": {"mode": "span_softmax"}}
+# the new targets: byte-conditional dense targets (prefix buckets included) + debiased chunks
+TARGETS = {"targets": "dense", "chunk_debias": True}
+NEW = {"loss": TARGETS, "fusion": {"mode": "span_softmax"}}
 # name -> (teachers, changes to the recipe's train section, what it tests)
 VARIANTS: dict[str, tuple[list[str], dict[str, Any], str]] = {
     "a_ce": ([], {}, "CE only (the plain baseline)"),
-    **{f"b_{t}": ([t], {"loss": {"targets": "dense"}}, f"KD from {t} alone, dense targets") for t in TEACHERS},
-    "d_fused": (TEACHERS, NEW, "three teachers, dense targets, span-level fusion"),
-    "d_boundary": (TEACHERS, {"fusion": {"mode": "span_softmax"}}, "ablation: boundary targets"),
-    "d_bpb": (TEACHERS, {"loss": {"targets": "dense"}}, "ablation: per-document fusion (bpb_softmax)"),
-    "d_uniform": (TEACHERS, {"loss": {"targets": "dense"}, "fusion": {"mode": "fixed"}},
-                  "ablation: equal fixed teacher weights"),
+    **{f"b_{t}": ([t], {"loss": TARGETS}, f"KD from {t} alone, new targets") for t in TEACHERS},
+    "d_fused": (TEACHERS, NEW, "three teachers, new targets, span-level fusion"),
+    # each new target taken away in turn (fusion stays span-level)
+    "d_boundary": (TEACHERS, {"loss": {"chunk_debias": True}, "fusion": {"mode": "span_softmax"}},
+                   "ablation: boundary targets, exact vocabulary map (no byte-conditional, no prefix buckets)"),
+    "d_prefix": (TEACHERS, {"loss": {"chunk_debias": True, "vocab_map": "first_token"},
+                            "fusion": {"mode": "span_softmax"}},
+                 "ablation: boundary targets with prefix buckets (no byte-conditional targets)"),
+    "d_raw_chunk": (TEACHERS, {"loss": {"targets": "dense"}, "fusion": {"mode": "span_softmax"}},
+                    "ablation: chunk term not debiased"),
+    # each fusion mode in place of span-level weights
+    "d_bpb": (TEACHERS, {"loss": TARGETS}, "ablation: per-document fusion (bpb_softmax)"),
+    "d_uniform": (TEACHERS, {"loss": TARGETS, "fusion": {"mode": "fixed"}}, "ablation: equal fixed teacher weights"),
 }
 SINGLES = [f"b_{t}" for t in TEACHERS]
 STUDENT = {"arch": "llama", "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
@@ -185,8 +195,8 @@ def teacher_test_bpb(runs: Path) -> dict[str, dict[str, float]]:
 def lock_settings(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The training settings every run of ``runs`` shares (paired runs differ only by variant):
     recorded by the first ``train``; a later one with other settings is refused."""
-    mine = {"segment_steps": args.segment_steps, "batch_size": args.batch_size, "lr": args.lr,
-            "warmup": args.warmup, "seq_len": 256}
+    mine = {"segment_steps": args.segment_steps, "segments": args.segments, "batch_size": args.batch_size,
+            "lr": args.lr, "warmup": args.warmup, "seq_len": 256}
     path = runs / "settings.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -201,21 +211,26 @@ def lock_settings(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Collect every finished segment, choose checkpoints on validation, write JSON + Markdown."""
+    settings = json.loads((runs / "settings.json").read_text())
     results: dict[str, dict[int, Any]] = {}
+    unfinished: list[str] = []  # a run still training would be chosen among fewer checkpoints
     for variant in VARIANTS:
         for seg_file in sorted((runs / variant).glob("s*/segments.json")):
-            seed = int(seg_file.parent.name[1:])
-            results.setdefault(variant, {})[seed] = {"segments": json.loads(seg_file.read_text())}
+            segments = json.loads(seg_file.read_text())
+            if len(segments) < settings["segments"]:
+                unfinished.append(f"{variant}/{seg_file.parent.name}")
+                continue
+            results.setdefault(variant, {})[int(seg_file.parent.name[1:])] = {"segments": segments}
     test = chosen_test_bpb(results)
     teachers = teacher_test_bpb(runs)
     result: dict[str, Any] = {
         "data": json.loads((runs / "data" / "data.json").read_text()),
         "student": STUDENT, "variants": {v: {"teachers": t, "train": c, "what": w} for v, (t, c, w) in VARIANTS.items()},
-        "settings": json.loads((runs / "settings.json").read_text()),
-        "teachers": teachers, "runs": results, "chosen_test": test,
+        "settings": settings, "teachers": teachers, "runs": results, "unfinished": unfinished,
+        "chosen_test": test,
     }
-    settings, data = result["settings"], result["data"]
-    trained = settings["segment_steps"] * args.segments * settings["batch_size"] * settings["seq_len"]
+    data = result["data"]
+    trained = settings["segment_steps"] * settings["segments"] * settings["batch_size"] * settings["seq_len"]
     result["budget"] = {"tokens_per_run": trained, "epochs": trained / data["student_tokens"]["train"],
                         "train_tokens_per_param": data["student_tokens"]["train"] / data["student_params"]}
     try:
@@ -239,7 +254,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--segment-steps", type=int, default=25)
-    ap.add_argument("--segments", type=int, default=5)
+    ap.add_argument("--segments", type=int, default=4)  # 4 x 25 x 8 x 256 tokens: < 2 epochs
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
