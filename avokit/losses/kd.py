@@ -214,6 +214,27 @@ def kd_losses(
     kd = weighted_mean(values, batch.boundary_weight * informative)
     kd_share = weight_share(batch.boundary_weight, informative)
 
+    student_chunk, n_tokens = _student_chunks(student_logits, input_ids, batch, student_logprobs, targets,
+                                              starts_word)
+    chunk_values = chunk_divergence(
+        student_chunk,
+        batch.chunk_teacher_logprob,
+        kind=cfg.divergence,
+        beta=cfg.jsd_beta,
+        tau=cfg.chunk_tau,
+    )
+    # a chunk none of whose tokens is in the window has no student likelihood to compare
+    chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
+    return {"kd": kd, "chunk": chunk, "kd_share": kd_share,
+            "chunk_share": weight_share(batch.chunk_weight, n_tokens > 0)}
+
+
+def _student_chunks(student_logits: Tensor, input_ids: Tensor | None, batch: TeacherBatch,
+                    student_logprobs: Tensor | None, targets: Tensor | None,
+                    starts_word: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The student's log-likelihood of every chunk [C] (debiased ones with its word-start mass
+    at the next position) and the number of its tokens in the window [C]."""
+    bsz, seq_len, _ = student_logits.shape
     select = batch.chunk_of_target >= 0
     if targets is None:
         if input_ids is None:
@@ -235,14 +256,4 @@ def kd_losses(
         mass = word_start_logmass(next_rows, starts_word.to(next_rows.device))
         student_chunk = student_chunk + torch.where(debiased, mass.to(student_chunk.dtype),
                                                     torch.zeros_like(student_chunk))
-    chunk_values = chunk_divergence(
-        student_chunk,
-        batch.chunk_teacher_logprob,
-        kind=cfg.divergence,
-        beta=cfg.jsd_beta,
-        tau=cfg.chunk_tau,
-    )
-    # a chunk none of whose tokens is in the window has no student likelihood to compare
-    chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
-    return {"kd": kd, "chunk": chunk, "kd_share": kd_share,
-            "chunk_share": weight_share(batch.chunk_weight, n_tokens > 0)}
+    return student_chunk, n_tokens
