@@ -17,8 +17,8 @@ def _run(root: Path, tok_dir: Path, **train: Any) -> tuple[dict[str, torch.Tenso
 
     from avokit.train import run_training
 
-    train = {"steps": 3, **train}
-    recipe = make_recipe(root, eval_every=100, checkpoint_every=100, log_every=1, **train)
+    train = {"steps": 3, "eval_every": 100, "checkpoint_every": 100, "log_every": 1, **train}
+    recipe = make_recipe(root, **train)
     write_corpus(recipe.run_dir, n_train=24, n_heldout=2)
     shutil.copytree(tok_dir, recipe.run_dir / "tokenizer")  # one tokenizer for every run
     out = run_training(recipe, baseline=True, progress=False)
@@ -85,6 +85,37 @@ def test_raising_steps_continues_a_finished_run(tmp_path: Path) -> None:
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
     assert [round(r["loss"], 5) for r in log] == [round(r["loss"], 5) for r in straight_log]
     _close(straight, load_file(str(out / "model.safetensors")), atol=1e-5)
+
+
+def test_on_checkpoint_sees_each_checkpoint_and_changes_nothing(tmp_path: Path) -> None:
+    """The hook gets the model at every checkpoint (it may score it in eval mode); training
+    then goes on exactly as without a hook."""
+    from safetensors.torch import load_file
+
+    from avokit.student import train_student_tokenizer
+    from avokit.train import run_training
+    from avokit.train.data import read_split
+
+    seed_run = make_recipe(tmp_path / "tok")
+    write_corpus(seed_run.run_dir, n_train=24, n_heldout=2)
+    tok_dir = tmp_path / "student-tokenizer"
+    train_student_tokenizer([d.text for d in read_split(seed_run.run_dir, "train")], 512, tok_dir)
+    plain, _ = _run(tmp_path / "plain", tok_dir, steps=5, checkpoint_every=2)
+    hooked = make_recipe(tmp_path / "hooked", steps=5, eval_every=100, checkpoint_every=2, log_every=1)
+    write_corpus(hooked.run_dir, n_train=24, n_heldout=2)
+    shutil.copytree(tok_dir, hooked.run_dir / "tokenizer")
+    seen: list[tuple[int, float]] = []
+
+    def hook(step: int, model: Any) -> None:
+        assert model.training  # the previous call's eval() was undone
+        model.eval()  # as a scorer does; the loop must put it back in training mode
+        with torch.no_grad():
+            seen.append((step, float(model.get_input_embeddings().weight.sum())))
+
+    out = run_training(hooked, baseline=True, progress=False, on_checkpoint=hook)
+    assert [s for s, _ in seen] == [2, 4, 5]
+    assert len({w for _, w in seen}) == 3  # a different model each time: the live weights
+    _close(plain, load_file(str(out / "model.safetensors")), atol=0)
 
 
 def test_unreadable_corpus_split_is_one_error_naming_the_file(tmp_path: Path) -> None:

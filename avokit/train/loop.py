@@ -285,6 +285,7 @@ def train_loop(
     stop_after: Callable[[int], bool] | None = None,
     progress: bool = True,
     eval_split: str = "heldout",
+    on_checkpoint: Callable[[int, Any], None] | None = None,
 ) -> Any:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``out_dir/checkpoints``.
 
@@ -292,7 +293,9 @@ def train_loop(
     whole even when sharded (FSDP, ZeRO-3), and returns the unwrapped trained model (on every
     process). ``stop_after(step)`` returning True
     right after a checkpoint is saved raises :class:`TrainingInterrupted` (tests use it to
-    simulate a kill at a known point).
+    simulate a kill at a known point). ``on_checkpoint(step, model)`` runs on the main process
+    after each checkpoint with the unwrapped model (benchmarks score checkpoints with it); the
+    model is put back in training mode after it.
     """
     accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
     log = _RunLog(out_dir, start, accelerator.is_main_process)
@@ -346,6 +349,11 @@ def train_loop(
             # the last step is checkpointed too: raising train.steps later continues from it
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save_checkpoint(accelerator, out_dir / "checkpoints", done)
+                if on_checkpoint is not None:
+                    if accelerator.is_main_process:
+                        on_checkpoint(done, accelerator.unwrap_model(model))
+                        model.train()
+                    accelerator.wait_for_everyone()
                 if done < cfg.steps and stop_after is not None and stop_after(done):
                     log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")

@@ -158,7 +158,8 @@ def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: K
 
 
 def run_training(recipe: Recipe, baseline: bool = False,
-                 stop_after: Callable[[int], bool] | None = None, progress: bool = True) -> Path:
+                 stop_after: Callable[[int], bool] | None = None, progress: bool = True,
+                 on_checkpoint: Callable[[int, Any], None] | None = None) -> Path:
     """Train the student (``baseline=False``, CE + KD) or the CE-only baseline; returns its model dir.
 
     Output: ``run_dir/student/`` or ``run_dir/baseline/`` with config.json, model.safetensors,
@@ -166,7 +167,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
     ``fusion_weights.jsonl`` (each document's teacher weights). A finished run
     is skipped unless ``train.steps`` was raised since, then it continues from its last step; an
     interrupted one resumes from its newest complete checkpoint. The baseline uses identical
-    data, steps and seed.
+    data, steps and seed. ``on_checkpoint``: see :func:`avokit.train.loop.train_loop`.
     """
     from accelerate.utils import set_seed
 
@@ -217,7 +218,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
     model = build_student(student_cfg, tokenizer)
     model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
                        eval_split=eval_split,
-                       stop_after=stop_after, progress=progress)
+                       stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

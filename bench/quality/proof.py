@@ -15,7 +15,8 @@ span-level fusion; ablations take one new target away (``d_boundary``, ``d_prefi
 ``d_raw_chunk``) or change the fusion mode (``d_bpb`` per document, ``d_uniform`` equal). Every run trains in
 segments of ``--segment-steps`` at a constant learning rate after warmup, and after each
 segment its student is scored on validation and test (BPB per domain, domain-balanced
-overall); the checkpoint is chosen on validation and reported on test.
+overall); the checkpoint is chosen on validation and reported on test. One training run per
+(variant, seed), scored in memory at each checkpoint.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py prepare
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py train --seeds 0 1 2 3 4 \\
@@ -146,38 +147,53 @@ def _split_texts(runs: Path, split: str) -> tuple[dict[str, str], dict[str, str]
     return {d.doc_id: d.text for d in docs}, {d.doc_id: d.domain for d in docs}
 
 
-def score(model_dir: Path, texts: dict[str, str], domains: dict[str, str]) -> dict[str, float]:
-    """Test or validation BPB of a trained model: per domain and domain-balanced overall."""
+def score(model: Any, tokenizer: Any, texts: dict[str, str], domains: dict[str, str]) -> dict[str, float]:
+    """Test or validation BPB of a student in memory: per domain and domain-balanced overall."""
     from avokit.teachers.hf import HFTeacher
+    from avokit.teachers.scoring import resolve_start_token_id
 
-    model = HFTeacher.from_dir(model_dir, device="cpu", max_length=256)
-    try:
-        per = domain_bpb(score_bpb(model, texts, batch_size=8, name=model_dir.name), texts, domains)
-    finally:
-        model.close()
+    scorer = HFTeacher(model, tokenizer, name="student", fingerprint="in-training",
+                       start_token_id=resolve_start_token_id(tokenizer), max_length=256)
+    per = domain_bpb(score_bpb(scorer, texts, batch_size=8, name="student"), texts, domains)
     out = {dom: v["bpb"] for dom, v in per.items()}
     return {OVERALL: float(np.mean(list(out.values()))), **out}
 
 
+def _drop_unscored_checkpoints(ckpt_root: Path, last_scored: int) -> None:
+    """A run killed between saving a checkpoint and scoring it resumes from the last scored
+    one (training is deterministic, so the step is redone identically and then scored)."""
+    for path in ckpt_root.glob("step-*"):
+        if int(path.name.split("-")[1].split(".")[0]) > last_scored:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def train_variant(runs: Path, variant: str, seed: int, args: argparse.Namespace) -> None:
-    """Train one (variant, seed) in segments, scoring each; resumes where it stopped."""
+    """Train one (variant, seed), scoring the checkpoint after every segment; resumable."""
+    from avokit.student import load_student_tokenizer
     from avokit.train import run_training
 
     rec = variant_recipe(runs, variant, seed, args)
+    rec = rec.model_copy(update={"train": rec.train.model_copy(update={"steps": args.segments * args.segment_steps})})
     log_path = rec.run_dir / "segments.json"
     segments = json.loads(log_path.read_text()) if log_path.is_file() else []
+    if len(segments) >= args.segments:
+        return
+    _drop_unscored_checkpoints(rec.run_dir / ("baseline" if variant == "a_ce" else "student") / "checkpoints",
+                               segments[-1]["step"] if segments else 0)
     val, test = _split_texts(runs, "validation"), _split_texts(runs, "heldout")
-    for k in range(len(segments) + 1, args.segments + 1):
-        steps = k * args.segment_steps
-        step_rec = rec.model_copy(update={"train": rec.train.model_copy(update={"steps": steps})})
-        t0 = time.perf_counter()
-        out = run_training(step_rec, baseline=variant == "a_ce", progress=False)
-        wall = time.perf_counter() - t0
-        segments.append({"step": steps, "train_wall_s": round(wall, 1), "validation": score(out, *val),
-                         "test": score(out, *test), "load": os.getloadavg()[0]})
+    tokenizer = load_student_tokenizer(runs / "data" / "tokenizer")
+    clock = [time.perf_counter()]
+
+    def on_checkpoint(step: int, model: Any) -> None:
+        wall = time.perf_counter() - clock[0]  # the first segment's includes the run's setup
+        segments.append({"step": step, "train_wall_s": round(wall, 1), "validation": score(model, tokenizer, *val),
+                         "test": score(model, tokenizer, *test), "load": os.getloadavg()[0]})
         log_path.write_text(json.dumps(segments, indent=1) + "\n")
-        print(f"[proof] {variant} seed {seed} step {steps}: val {segments[-1]['validation'][OVERALL]:.4f} "
+        print(f"[proof] {variant} seed {seed} step {step}: val {segments[-1]['validation'][OVERALL]:.4f} "
               f"({wall:.0f} s)", flush=True)
+        clock[0] = time.perf_counter()
+
+    run_training(rec, baseline=variant == "a_ce", progress=False, on_checkpoint=on_checkpoint)
 
 
 def teacher_test_bpb(runs: Path) -> dict[str, dict[str, float]]:
