@@ -39,8 +39,25 @@ class FakeVLLM:
     fail_next: int = 0  # answer this many requests with 503 first
     auth: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    tokenizer: Any = None  # for generation requests
+    generations: list[dict[str, Any]] = field(default_factory=list)  # their bodies
+
+    def generate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A sampling request, answered like vLLM would: the model samples with the seed."""
+        self.generations.append(body)
+        ids = torch.tensor([body["prompt"]])
+        with self.lock, torch.no_grad():
+            torch.manual_seed(body["seed"])
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                      temperature=body["temperature"], top_p=body["top_p"],
+                                      max_new_tokens=body["max_tokens"], num_return_sequences=body["n"],
+                                      pad_token_id=self.tokenizer.eos_token_id)
+        return 200, {"choices": [{"text": self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True,
+                                                                clean_up_tokenization_spaces=False)} for row in out]}
 
     def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "n" in body:
+            return self.generate(body)
         prompt: list[int] = body["prompt"]
         with self.lock, torch.no_grad():
             if self.fail_next > 0:
@@ -80,7 +97,7 @@ def hf_teacher(tiny_llama_dir: Path) -> HFTeacher:
 
 @pytest.fixture()
 def server(hf_teacher: HFTeacher) -> Iterator[tuple[str, FakeVLLM]]:
-    fake = FakeVLLM(model=hf_teacher.model)
+    fake = FakeVLLM(model=hf_teacher.model, tokenizer=hf_teacher.tokenizer)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -205,3 +222,22 @@ def test_base_url_from_environment(server: tuple[str, FakeVLLM], tiny_llama_dir:
     # a base_url in the recipe wins over the environment
     monkeypatch.setenv("TINY_BASE_URL", "http://127.0.0.1:9/v1")
     assert cfg.model_copy(update={"base_url": url}).endpoint_url() == url
+
+
+def test_endpoint_generation_equals_the_same_model_in_process(server: tuple[str, FakeVLLM],
+                                                              hf_teacher: HFTeacher) -> None:
+    """``generate`` sends the prompt as the teacher's token ids (its chat template when asked),
+    with n, seed and sampling settings, and returns the choices' text."""
+    from avokit.teachers.base import Sampling
+
+    url, fake = server
+    api = make_teacher(url, hf_teacher)
+    sampling = Sampling(max_new_tokens=6, temperature=0.8, top_p=0.9)
+    for chat in (False, True):
+        got = api.generate("Tell me about cats.", sampling, n=3, seed=11, chat=chat)
+        assert got == hf_teacher.generate("Tell me about cats.", sampling, n=3, seed=11, chat=chat)
+        body = fake.generations[-1]
+        assert body["prompt"] == hf_teacher.prompt_ids("Tell me about cats.", chat)
+        assert (body["n"], body["seed"], body["max_tokens"], body["temperature"], body["top_p"]) == (3, 11, 6, 0.8, 0.9)
+    assert fake.generations[0]["prompt"][0] == api.start_token_id  # plain prompts start like scoring windows
+    assert len(set(got)) > 1  # sampled, not n copies

@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "avokit.cli.teachers",
     "avokit.cli.corpus",
+    "avokit.cli.generate",
     "avokit.cli.capture",
     "avokit.cli.align",
     "avokit.cli.train",

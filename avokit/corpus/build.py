@@ -247,14 +247,22 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
     return manifest
 
 
-def load_split(recipe: Recipe, split: Split) -> list[Document]:
-    """The documents of ``split`` (``train``, ``validation`` or ``heldout``) in corpus order."""
+def load_split(recipe: Recipe, split: Split, generated: bool = True) -> list[Document]:
+    """The documents of ``split`` (``train``, ``validation`` or ``heldout``) in corpus order.
+
+    With a ``generate`` section in the recipe, the training split ends with the teachers'
+    generated documents (``generated=False``: the corpus's own documents only)."""
     if split not in SPLITS:
         raise AvokitError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = corpus_dir(recipe) / f"{split}.parquet"
     if not path.is_file():
         raise AvokitError(f"{path}: corpus not built; run `avokit corpus {recipe.name}` first")
-    return read_documents(path)
+    docs = read_documents(path)
+    if split == "train" and generated and recipe.generate is not None:
+        from avokit.corpus.generated import generated_documents_path
+
+        docs += read_documents(generated_documents_path(recipe.run_dir, recipe.name))
+    return docs
 
 
 def read_documents(path: Path) -> list[Document]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from avokit.corpus.document import Document
 from avokit.corpus.words import words as _words
+
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 

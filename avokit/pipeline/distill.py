@@ -1,4 +1,6 @@
-"""`avokit distill`: corpus -> capture -> train (student, baseline) -> eval -> release.
+"""`avokit distill`: corpus -> generate -> capture -> train (student, baseline) -> eval -> release.
+
+``generate`` runs only for recipes with a ``generate`` section.
 
 Each stage function already skips finished work and resumes partial work, so running
 ``distill`` again after a kill continues where it stopped and loses nothing.
@@ -14,7 +16,7 @@ from typing import Callable
 
 from avokit.recipe import Recipe
 
-STAGES = ("corpus", "capture", "train", "baseline", "eval", "release")
+STAGES = ("corpus", "generate", "capture", "train", "baseline", "eval", "release")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ def _stage_functions(recipe: Recipe, registry: Path | None) -> dict[str, Callabl
     from avokit.capture import run_capture
     from avokit.corpus import build_corpus
     from avokit.evaluate import release, run_eval
+    from avokit.generate import run_generate
     from avokit.train import run_training
 
     reg = registry or recipe.resolve(recipe.release.registry)
@@ -52,12 +55,16 @@ def _stage_functions(recipe: Recipe, registry: Path | None) -> dict[str, Callabl
         build_corpus(recipe)
         return recipe.run_dir / "corpus"
 
+    def generate() -> Path:
+        return run_generate(recipe) if recipe.generate is not None else recipe.run_dir / "generated"
+
     def capture() -> Path:
         run_capture(recipe)
         return recipe.run_dir / "cache"
 
     return {
         "corpus": corpus,
+        "generate": generate,
         "capture": capture,
         "train": lambda: run_training(recipe, baseline=False),
         "baseline": lambda: run_training(recipe, baseline=True),

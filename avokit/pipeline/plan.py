@@ -158,6 +158,18 @@ def make_plan(recipe: Recipe) -> Plan:
     run = recipe.run_dir
     stages = [StagePlan("corpus", f"{len(recipe.corpus.sources)} source(s), dedup, split", corpus_tokens, 0.0,
                         (run / "corpus" / "manifest.json").is_file())]
+    gen = recipe.generate
+    for name in recipe.generating_teachers:
+        assert gen is not None
+        # prompts: a source's max_prompts, else one per training document (corpus prefixes)
+        # or an unknown file length (counted as max_prompts would)
+        n_prompts = sum(src.max_prompts or (int(corpus_bytes * (1 - recipe.corpus.heldout_fraction)
+                                                / recipe.corpus.max_chars) if src.kind == "corpus" else 0)
+                        for src in gen.prompts)
+        tokens = n_prompts * gen.samples_per_prompt * gen.max_new_tokens
+        stages.append(StagePlan(f"generate:{name}", f"{n_prompts} prompts x {gen.samples_per_prompt} samples",
+                                tokens, 2.0 * (teacher_params[name] or 0) * tokens,
+                                (run / "generated" / "manifest.json").is_file()))
     for t in recipe.teachers:
         n = teacher_params[t.name]
         stages.append(StagePlan(

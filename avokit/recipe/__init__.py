@@ -3,6 +3,7 @@
 from avokit.recipe.capture import CaptureConfig
 from avokit.recipe.corpus import CorpusConfig, CorpusSource
 from avokit.recipe.evaluation import EvalConfig, GateConfig, ReleaseConfig
+from avokit.recipe.generate import GenerateConfig, PromptSource
 from avokit.recipe.load import BUILTIN_RECIPES, load_recipe, recipe_from_dict
 from avokit.recipe.recipe import Recipe
 from avokit.recipe.student import StudentConfig, StudentTokenizerConfig
@@ -17,7 +18,9 @@ __all__ = [
     "EvalConfig",
     "FusionConfig",
     "GateConfig",
+    "GenerateConfig",
     "LossConfig",
+    "PromptSource",
     "Recipe",
     "ReleaseConfig",
     "StudentConfig",

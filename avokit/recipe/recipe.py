@@ -10,6 +10,7 @@ from avokit.recipe.base import Section
 from avokit.recipe.capture import CaptureConfig
 from avokit.recipe.corpus import CorpusConfig
 from avokit.recipe.evaluation import EvalConfig, GateConfig, ReleaseConfig
+from avokit.recipe.generate import GenerateConfig
 from avokit.recipe.student import StudentConfig
 from avokit.recipe.teachers import TeacherConfig
 from avokit.recipe.train import TrainConfig
@@ -22,6 +23,7 @@ class Recipe(Section):
     runs_dir: Path = Path("runs")
     corpus: CorpusConfig
     teachers: list[TeacherConfig] = Field(min_length=1)
+    generate: GenerateConfig | None = None  # teacher-written training text; None: none
     student: StudentConfig = StudentConfig()
     capture: CaptureConfig = CaptureConfig()
     train: TrainConfig = TrainConfig()
@@ -37,7 +39,18 @@ class Recipe(Section):
             if t.name in seen:
                 raise ValueError(f"teacher name {t.name!r} is used twice")
             seen.add(t.name)
+        if self.generate is not None:
+            unknown = [n for n in self.generate.teachers if n not in seen]
+            if unknown:
+                raise ValueError(f"generate.teachers: unknown teacher(s) {unknown} (teachers: {sorted(seen)})")
         return self
+
+    @property
+    def generating_teachers(self) -> list[str]:
+        """The teachers the generate stage runs (all of them when the section lists none)."""
+        if self.generate is None:
+            return []
+        return self.generate.teachers or [t.name for t in self.teachers]
 
     @property
     def run_dir(self) -> Path:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-
 from typing import Any
 
 from avokit.align.bytes import TokenBytes
 from avokit.align.offsets import tokenize_batch_with_offsets
+from avokit.errors import AvokitError
 from avokit.records import TeacherRecords, TokenizedDoc
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a teacher samples text (the recipe's ``generate`` section); temperature 0 = greedy."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,11 @@ class Teacher(ABC):
     def close(self) -> None:
         """Release model memory or connections (default: nothing to do)."""
 
+    def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:
+        """``n`` continuations of ``prompt`` (the new text only), reproducible for a ``seed``;
+        ``chat`` wraps the prompt in the teacher's own chat template."""
+        raise AvokitError(f"teacher {self.info.name!r}: the {self.info.backend} backend cannot write text")
+
 
 class TokenizerTeacher(Teacher):
     """A teacher that tokenizes locally with a ``transformers`` tokenizer: subclasses set
@@ -80,3 +94,21 @@ class TokenizerTeacher(Teacher):
     def tokenize(self, texts: list[str]) -> list[TokenizedDoc]:
         """Token ids with UTF-8 byte end offsets, no special tokens."""
         return tokenize_batch_with_offsets(self.tokenizer, texts, self._tb)
+
+    def prompt_ids(self, prompt: str, chat: bool) -> list[int]:
+        """The prompt as the model sees it: the teacher's own chat template (with the
+        assistant turn opened), or its start token followed by the text's tokens."""
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise AvokitError(f"teacher {self.info.name!r} has no chat template; use `chat: false` "
+                                  "for its prompts (plain continuation)")
+            # the template's text carries its own special tokens (BOS, turn markers)
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                      add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        start = getattr(self, "start_token_id")
+        return [int(start)] + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    def decode_new(self, ids: list[int]) -> str:
+        """Generated token ids -> text, special tokens dropped, spaces exactly as generated."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -12,7 +12,7 @@ import torch
 from avokit.align.bytes import byteify, drop_unicode_normalizer
 from avokit.errors import AvokitError
 from avokit.records import TeacherRecords
-from avokit.teachers.base import TeacherInfo, TokenizerTeacher
+from avokit.teachers.base import Sampling, TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
 
@@ -160,6 +160,21 @@ class HFTeacher(TokenizerTeacher):
         docs = self.tokenize(texts)
         return score_tokenized(self.model, docs, doc_ids, self.start_token_id, self._spec,
                                top_k, self.max_length, self.batch_size, self.vocab_chunk)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:
+        """``n`` samples from the model (KV cache), seeded: the same seed gives the same text."""
+        ids = torch.tensor([self.prompt_ids(prompt, chat)], device=self.model.device)
+        torch.manual_seed(seed)
+        greedy = sampling.temperature == 0.0
+        extra: dict[str, Any] = {} if greedy else {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                                                   "top_k": 0}
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=not greedy,
+                                  max_new_tokens=sampling.max_new_tokens, num_return_sequences=1 if greedy else n,
+                                  pad_token_id=pad, **extra)
+        texts = [self.decode_new(row[ids.shape[1]:].tolist()) for row in out]
+        return texts * n if greedy else texts  # greedy: n identical answers
 
     def close(self) -> None:
         """Drop the model so its memory can be freed."""

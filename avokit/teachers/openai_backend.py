@@ -22,7 +22,7 @@ import numpy as np
 from avokit.align.bytes import byteify
 from avokit.errors import AvokitError
 from avokit.records import TeacherRecords
-from avokit.teachers.base import TeacherInfo, TokenizerTeacher
+from avokit.teachers.base import Sampling, TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import endpoint_fingerprint, tokenizer_fingerprint
 from avokit.teachers.scoring import (
     Window,
@@ -138,6 +138,22 @@ class OpenAITeacher(TokenizerTeacher):
                               f"{resp.status_code}): {resp.text[:300]}")
         self.mode = "echo"
         return _parse_echo(_first_choice(resp, url), len(prompt), url)
+
+    def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:
+        """``n`` samples from the endpoint (``/completions`` with token-id prompts and a seed)."""
+        url = f"{self.base_url}/completions"
+        resp = self._post({"model": self.model, "prompt": self.prompt_ids(prompt, chat), "n": n, "seed": seed,
+                           "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                           "top_p": sampling.top_p})
+        if resp.status_code >= 400:
+            raise AvokitError(f"{url} rejected the generation request (HTTP {resp.status_code}): {resp.text[:300]}")
+        try:
+            texts = [str(c["text"]) for c in resp.json()["choices"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise AvokitError(f"{url}: a completion without choices[].text ({err})") from None
+        if len(texts) != n:
+            raise AvokitError(f"{url}: asked for {n} completions, got {len(texts)}")
+        return texts
 
     # -- scoring ----------------------------------------------------------------------
 

@@ -274,6 +274,18 @@ def _progress_bar(total: int, start: int, enabled: bool) -> tuple[Any, Any]:
     return bar, bar.add_task("train", total=total, completed=start, info="")
 
 
+def _checkpoint(accelerator: Any, model: Any, out_dir: Path, done: int,
+                on_checkpoint: Callable[[int, Any], None] | None) -> None:
+    """Save the training state after ``done`` steps, then hand the model to ``on_checkpoint``
+    (main process) and put it back in training mode."""
+    save_checkpoint(accelerator, out_dir / "checkpoints", done)
+    if on_checkpoint is not None:
+        if accelerator.is_main_process:
+            on_checkpoint(done, accelerator.unwrap_model(model))
+            model.train()
+        accelerator.wait_for_everyone()
+
+
 def train_loop(
     model: Any,
     packed: PackedCorpus,
@@ -348,12 +360,7 @@ def train_loop(
             bar.update(task, completed=done)
             # the last step is checkpointed too: raising train.steps later continues from it
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(accelerator, out_dir / "checkpoints", done)
-                if on_checkpoint is not None:
-                    if accelerator.is_main_process:
-                        on_checkpoint(done, accelerator.unwrap_model(model))
-                        model.train()
-                    accelerator.wait_for_everyone()
+                _checkpoint(accelerator, model, out_dir, done, on_checkpoint)
                 if done < cfg.steps and stop_after is not None and stop_after(done):
                     log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from avokit.corpus import load_split
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
@@ -37,7 +38,7 @@ def ensure_student_tokenizer(recipe: Recipe) -> Any:
         tok = load_student_tokenizer(recipe.resolve(cfg.path))
         tok.save_pretrained(str(tok_dir))
         return tok
-    texts = [d.text for d in read_split(recipe.run_dir, "train")]
+    texts = [d.text for d in load_split(recipe, "train")]
     return train_student_tokenizer(texts, cfg.vocab_size, tok_dir)
 
 
@@ -188,7 +189,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
     sep = tokenizer.eos_token_id
     # evaluation scores every model from this token (BOS, else EOS): train the student on it too
     start = resolve_start_token_id(tokenizer)
-    packed = pack_documents(read_split(recipe.run_dir, "train"), tokenizer, cfg.seq_len, sep, start_id=start)
+    packed = pack_documents(load_split(recipe, "train"), tokenizer, cfg.seq_len, sep, start_id=start)
     # in-training evaluation (curves, checkpoint choice) scores the validation split when the
     # corpus has one, so the held-out split stays a test set nothing was chosen on
     eval_split = "validation" if (recipe.run_dir / "corpus" / "validation.parquet").is_file() else "heldout"
