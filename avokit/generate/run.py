@@ -193,8 +193,14 @@ def run_generate(recipe: Recipe, teacher_loader: Callable[[TeacherConfig], Teach
             changed |= generate_teacher(teacher, prompts, path, recipe, stop_after) > 0
         finally:
             teacher.close()
-    manifest_path = out / MANIFEST
-    if changed or not manifest_path.is_file() or not (out / DOCUMENTS).is_file() or \
-            GeneratedManifest.model_validate_json(manifest_path.read_text()).settings_hash != digest:
+    if changed or not _finished(out, digest, recipe.generating_teachers):
         _finalize(recipe, out, digest, recipe.generating_teachers)
     return out
+
+
+def _finished(out: Path, digest: str, teachers: list[str]) -> bool:
+    """The documents were written from these settings and exactly these teachers."""
+    if not (out / MANIFEST).is_file() or not (out / DOCUMENTS).is_file():
+        return False
+    manifest = GeneratedManifest.model_validate_json((out / MANIFEST).read_text(encoding="utf-8"))
+    return manifest.settings_hash == digest and sorted(manifest.teachers) == sorted(teachers)
