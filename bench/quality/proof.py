@@ -48,7 +48,7 @@ from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb  # noqa:
 from avokit.recipe import Recipe, load_recipe  # noqa: E402
 from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
 from proof_render import render  # noqa: E402
-from proof_stats import OVERALL, build_proof, chosen_test_bpb  # noqa: E402
+from proof_stats import OVERALL, build_proof, chosen_test_bpb, paired_differences  # noqa: E402
 
 SOURCE = Path(__file__).with_name("complementarity.yaml")
 TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -247,6 +247,8 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
     data = result["data"]
     trained = settings["segment_steps"] * settings["segments"] * settings["batch_size"] * settings["seq_len"]
+    result["paired"] = {ref: {v: paired_differences(test, v, ref) for v in VARIANTS if v != ref}
+                        for ref in ("d_fused", "a_ce")}
     result["budget"] = {"tokens_per_run": trained, "epochs": trained / data["student_tokens"]["train"],
                         "train_tokens_per_param": data["student_tokens"]["train"] / data["student_params"]}
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proof_stats import OVERALL
+from proof_stats import OVERALL, chosen
 
 
 def _ci(x: dict[str, Any] | None, mean: str = "mean", ci: str = "ci95") -> str:
@@ -51,4 +51,35 @@ def render(result: dict[str, Any]) -> str:
                          f" | {len(runs)} | {result['variants'][v]['what']} |")
     for t, vals in result["teachers"].items():
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
+    lines += _comparisons(result, cols) + _runs(result)
     return "\n".join(lines) + "\n"
+
+
+def _comparisons(result: dict[str, Any], cols: list[str]) -> list[str]:
+    """Every variant against the fused student and against CE, paired by seed."""
+    rows = []
+    for ref in ("d_fused", "a_ce"):
+        for v, diff in result.get("paired", {}).get(ref, {}).items():
+            if diff:
+                rows.append(f"| {v} minus {ref} | " + " | ".join(_ci(diff.get(c)) for c in cols) +
+                            f" | {len(diff['seeds'])} |")
+    if not rows:
+        return []
+    return ["", "Paired differences in test BPB (mean [95% t interval]; negative = the first is better):", "",
+            "| comparison | " + " | ".join(cols) + " | seeds |", "| --- |" + " ---: |" * (len(cols) + 1), *rows]
+
+
+def _runs(result: dict[str, Any]) -> list[str]:
+    """Each run's chosen checkpoint (on validation) and its wall time."""
+    lines = ["", "Every finished run: checkpoint chosen on validation (step), its validation and test BPB "
+             "(domain-balanced), training wall time and the machine's load at the end:", "",
+             "| variant | seed | step | validation | test | wall s | load |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for v, runs in result["runs"].items():
+        for seed, run in sorted(runs.items()):
+            c = chosen(run["segments"])
+            wall = sum(s["train_wall_s"] for s in run["segments"])
+            lines.append(f"| {v} | {seed} | {c['step']} | {c['validation'][OVERALL]:.4f} | {c['test'][OVERALL]:.4f} | "
+                         f"{wall:.0f} | {run['segments'][-1]['load']:.1f} |")
+    if result.get("unfinished"):
+        lines += ["", f"Still training (not counted): {', '.join(result['unfinished'])}."]
+    return lines

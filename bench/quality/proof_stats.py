@@ -46,6 +46,18 @@ def chosen_test_bpb(results: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> d
             for v, runs in results.items()}
 
 
+def paired_differences(test: Mapping[str, Mapping[int, Mapping[str, float]]], variant: str,
+                       reference: str) -> dict[str, Any] | None:
+    """``variant`` minus ``reference`` per key (overall and each domain) over the seeds both
+    finished, with t intervals; None with fewer than 2 shared seeds."""
+    seeds = sorted(set(test.get(variant, {})) & set(test.get(reference, {})))
+    if len(seeds) < 2:
+        return None
+    keys = list(test[reference][seeds[0]])
+    return {"seeds": seeds, **{k: paired_interval([test[variant][s][k] - test[reference][s][k] for s in seeds])
+                               for k in keys}}
+
+
 def build_proof(test: Mapping[str, Mapping[int, Mapping[str, float]]], singles: Sequence[str], fused: str,
                 baseline: str, teachers: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """The ``proof`` object of bench/results/quality.json.
