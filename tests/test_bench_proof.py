@@ -67,3 +67,14 @@ def test_proof_pairs_seeds_and_picks_best_single_per_domain() -> None:
     assert proof["per_domain"]["code"]["diff_ci95"][0] > 0 and proof["holds"] is False
     with pytest.raises(ValueError, match="need at least 2"):
         build_proof({**test, "b_y": {0: _run(3.2, 3.0, 3.4)}}, ["b_x", "b_y"], "d", "a_ce", teachers)
+
+
+def test_paired_differences_use_shared_seeds_only() -> None:
+    from proof_stats import paired_differences
+
+    test = {"a": {0: {"overall": 1.0, "x": 2.0}, 1: {"overall": 2.0, "x": 2.0}, 2: {"overall": 9.0, "x": 9.0}},
+            "b": {0: {"overall": 0.5, "x": 1.0}, 1: {"overall": 1.0, "x": 1.0}}}
+    d = paired_differences(test, "a", "b")
+    assert d is not None and d["seeds"] == [0, 1]
+    assert d["overall"]["mean"] == 0.75 and d["x"]["mean"] == 1.0 and d["x"]["ci95"] == [1.0, 1.0]
+    assert paired_differences({"a": test["a"], "b": {0: test["b"][0]}}, "a", "b") is None
