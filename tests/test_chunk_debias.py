@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import make_docs, write_cache
+from test_train import _one_cached_teacher
 
 from avokit.align import byteify
 from avokit.losses.chunk import chunk_divergence, word_start_logmass
@@ -123,24 +123,14 @@ def test_debiased_batch_on_real_packed_rows(tmp_path: Path) -> None:
     """Every debiased chunk's next logit position predicts the student token right after the
     chunk, in the same document, and that token starts a word; the teacher's chunk log-prob is
     the raw one plus the recorded word-start mass."""
-    from avokit.cache import CacheReader, load_cache_tokenizer
-    from avokit.student import train_student_tokenizer
-    from avokit.teachers.registry import registry_tokenizer
-    from avokit.teachers.scoring import WORD_START_BYTES, text_word_starts
-    from avokit.train.data import pack_documents
-    from avokit.train.kd_data import TeacherSource, build_teacher_batch
+    from avokit.student import load_student_tokenizer
+    from avokit.teachers.scoring import WORD_START_BYTES
+    from avokit.train.kd_data import build_teacher_batch
 
-    docs = make_docs(6, 4)
-    student = train_student_tokenizer([d.text for d in docs], 400, tmp_path / "stok")
-    write_cache(tmp_path / "cache", "smol", registry_tokenizer("smollm2-135m"), docs)
-    t_tb, s_tb = byteify(load_cache_tokenizer(tmp_path / "cache")), byteify(student)
-    t2s = np.array([s_tb.preferred.get(b, -1) if b else -1 for b in t_tb.table], dtype=np.int64)
-    packed = pack_documents(docs, student, 48, student.eos_token_id)
-    rows = np.arange(packed.n_rows)
-    plain = build_teacher_batch(packed, rows, TeacherSource("smol", 1.0, CacheReader(tmp_path / "cache"), t2s),
-                                lambda d: 1.0)
-    source = TeacherSource("smol", 1.0, CacheReader(tmp_path / "cache"), t2s, starts_word=text_word_starts(t_tb))
-    tb = build_teacher_batch(packed, rows, source, lambda d: 1.0)
+    _, packed, rows, _, _, _, source = _one_cached_teacher(tmp_path, 4)
+    s_tb = byteify(load_student_tokenizer(tmp_path / "stok"))
+    plain = build_teacher_batch(packed, rows, source("smol"), lambda d: 1.0)
+    tb = build_teacher_batch(packed, rows, source("smol", debias=True), lambda d: 1.0)
     assert plain.chunk_next is None and tb.chunk_next is not None
     _, y = packed.row_tokens(rows)
     debiased = np.nonzero(tb.chunk_next >= 0)[0]

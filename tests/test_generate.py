@@ -125,7 +125,7 @@ def test_bad_generate_input_names_the_field_or_line(tmp_path: Path, teacher_dir:
         _recipe(tmp_path, teacher_dir, [])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "ok"}) + "\nnot json\n")
-    with pytest.raises(AvokitError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(AvokitError, match=r"bad.jsonl:2: not valid JSON"):
         run_generate(_recipe(tmp_path, teacher_dir, [{"kind": "jsonl", "path": str(bad)}]))
     bad.write_text(json.dumps({"prompt": "  "}) + "\n")
     with pytest.raises(AvokitError, match=r"bad.jsonl:1: `prompt` must be a non-empty string"):

@@ -240,7 +240,7 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
 def _one_cached_teacher(tmp_path: Path, seed: int, dense: bool = False) -> tuple:
     """A student tokenizer, one tiny teacher's real cache over seeded documents, the packed
     rows, random student logits, and a factory of sources over that cache (copies of one
-    teacher under other names)."""
+    teacher under other names; ``debias=True``: with debiased chunks)."""
     from avokit.align.conditional import PrefixIndex
     from avokit.cache import CacheReader, load_cache_tokenizer
     from avokit.student import train_student_tokenizer
@@ -259,8 +259,11 @@ def _one_cached_teacher(tmp_path: Path, seed: int, dense: bool = False) -> tuple
     logits = torch.randn(len(rows), packed.seq_len, len(student))
     spec = DenseSpec(t_tb, PrefixIndex(s_tb)) if dense else None
 
-    def source(name: str) -> TeacherSource:
-        return TeacherSource(name, 1.0, CacheReader(tmp_path / "cache"), t2s, dense=spec)
+    def source(name: str, debias: bool = False) -> TeacherSource:
+        from avokit.teachers.scoring import text_word_starts
+
+        return TeacherSource(name, 1.0, CacheReader(tmp_path / "cache"), t2s, dense=spec,
+                             starts_word=text_word_starts(t_tb) if debias else None)
 
     return t2s, packed, rows, targets, logits, torch.log_softmax(logits, -1), source
 

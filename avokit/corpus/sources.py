@@ -29,7 +29,9 @@ def source_labels(sources: list[CorpusSource]) -> list[str]:
     return [lab if labels.count(lab) == 1 else f"{lab}#{i}" for i, lab in enumerate(labels)]
 
 
-def _jsonl(path: Path, field: str) -> Iterator[SourceText]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a
+    JSON object is an error naming ``path:line``."""
     with path.open("r", encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -38,9 +40,16 @@ def _jsonl(path: Path, field: str) -> Iterator[SourceText]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise CorpusSourceError(f"{path}:{line_no}: not valid JSON: {err.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                raise CorpusSourceError(f"{path}:{line_no}: no string field {field!r}")
-            yield SourceText(row[field], f"{path.name}:{line_no}")
+            if not isinstance(row, dict):
+                raise CorpusSourceError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _jsonl(path: Path, field: str) -> Iterator[SourceText]:
+    for line_no, row in jsonl_objects(path):
+        if not isinstance(row.get(field), str):
+            raise CorpusSourceError(f"{path}:{line_no}: no string field {field!r}")
+        yield SourceText(row[field], f"{path.name}:{line_no}")
 
 
 def _table_texts(table: pa.Table, field: str, where: Path) -> Iterator[SourceText]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from avokit.corpus import Document
+from avokit.corpus.sources import jsonl_objects
 from avokit.errors import AvokitError
 from avokit.recipe.generate import PromptSource
 
@@ -52,15 +52,7 @@ def jsonl_prompts(source: PromptSource, path: Path, label: str) -> list[Prompt]:
         raise AvokitError(f"generate.prompts ({label}): prompt file {path} not found")
     out: list[Prompt] = []
     seen: set[str] = set()
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise AvokitError(f"{path}:{no}: not a JSON object ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise AvokitError(f"{path}:{no}: expected a JSON object with `prompt`, got {type(row).__name__}")
+    for no, row in jsonl_objects(path):
         text = row.get("prompt")
         if not isinstance(text, str) or not text.strip():
             raise AvokitError(f"{path}:{no}: `prompt` must be a non-empty string")
