@@ -273,7 +273,7 @@ def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
     weights): the fused KD and chunk terms must equal that teacher's terms alone. A teacher
     that guides few documents must not count more per boundary than one that guides many."""
     from avokit.recipe.train import LossConfig
-    from avokit.train.loop import KDSetup, _teacher_terms
+    from avokit.train.kd_terms import KDSetup, teacher_terms
 
     t2s, packed, rows, targets, logits, logprobs, source = _one_cached_teacher(tmp_path, 5)
     cfg = LossConfig()
@@ -282,9 +282,9 @@ def test_fused_identical_teachers_equal_one_teacher(tmp_path: Path) -> None:
     one = np.zeros((n_docs, 2), dtype=np.float32)
     one[:-1, 0] = 1.0  # teacher a guides all documents but the last one,
     one[-1, 1] = 1.0  # teacher b only the last one
-    fused = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+    fused = teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
                            KDSetup([source("a"), source("b")], one, cfg), "cpu")
-    alone = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+    alone = teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
                            KDSetup([source("a")], np.ones((n_docs, 1), np.float32), cfg), "cpu")
     for term in ("kd", "chunk"):
         total = fused["a"][term] + fused["b"][term]
@@ -409,7 +409,7 @@ def test_per_token_fusion_weights_split_like_per_document_ones(tmp_path: Path) -
     teacher that split every document's tokens between them (one-hot, alternating by position,
     dense targets) must give that teacher's terms alone."""
     from avokit.recipe.train import LossConfig
-    from avokit.train.loop import KDSetup, _teacher_terms
+    from avokit.train.kd_terms import KDSetup, teacher_terms
 
     t2s, packed, rows, targets, logits, logprobs, source = _one_cached_teacher(tmp_path, 6, dense=True)
     cfg = LossConfig(targets="dense")
@@ -422,9 +422,9 @@ def test_per_token_fusion_weights_split_like_per_document_ones(tmp_path: Path) -
         w[1::2, 1] = 1.0
         tokens.append(w)
     doc = np.full((n_docs, 2), 0.5, dtype=np.float32)
-    fused = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+    fused = teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
                            KDSetup([source("a"), source("b")], doc, cfg, token_weights=tokens), "cpu")
-    alone = _teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
+    alone = teacher_terms(logits, logprobs, torch.from_numpy(targets), packed, rows,
                            KDSetup([source("a")], np.ones((n_docs, 1), np.float32), cfg), "cpu")
     for term in ("kd", "chunk"):
         total = fused["a"][term] + fused["b"][term]

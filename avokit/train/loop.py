@@ -13,7 +13,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avokit.align import TokenBytes
 from avokit.losses.ce import cross_entropy
 from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
-from avokit.train.kd_data import TeacherSource, build_teacher_batch
+from avokit.train.kd_terms import KDSetup, teacher_terms
 from avokit.train.schedule import lr_factor
 
 LN2 = math.log(2.0)
@@ -34,36 +32,6 @@ LN2 = math.log(2.0)
 
 class TrainingInterrupted(Exception):
     """Raised by a ``stop_after`` hook: the run stopped early and can be resumed."""
-
-
-@dataclass
-class KDSetup:
-    """Teachers for KD: their sources and per-document fusion weights float32 [D, n_teachers];
-    with span-level fusion also per student token, ``token_weights[d]`` float32 [n_d, n_teachers]."""
-
-    sources: list[TeacherSource]
-    doc_weights: np.ndarray
-    loss_cfg: Any = None  # avokit.recipe.train.LossConfig
-    extra: dict[str, Any] = field(default_factory=dict)
-    token_weights: list[np.ndarray] | None = None
-    student_bytes: TokenBytes | None = None  # set: debiased chunk terms (train.loss.chunk_debias)
-
-    def starts_word(self, width: int, device: Any) -> torch.Tensor | None:
-        """bool [width] on ``device``: the student ids that start a word (None: not debiasing)."""
-        if self.student_bytes is None:
-            return None
-        key = ("starts_word", width, str(device))
-        if key not in self.extra:
-            from avokit.teachers.scoring import word_start_mask
-
-            self.extra[key] = torch.from_numpy(word_start_mask(self.student_bytes, width)).to(device)
-        return self.extra[key]
-
-    def weight_of(self, t: int) -> Callable[[int], float | np.ndarray]:
-        """Teacher ``t``'s fusion weight of document ``d``: per token where span-level."""
-        if self.token_weights is not None:
-            return lambda d: self.token_weights[d][:, t]
-        return lambda d: float(self.doc_weights[d, t])
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -105,31 +73,6 @@ def heldout_bpb(model: Any, packed: PackedCorpus, accelerator: Any, max_rows: in
     return float(nll / (LN2 * nbytes)) if float(nbytes) > 0 else float("nan")
 
 
-def _teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor,
-                   packed: PackedCorpus, rows: np.ndarray, kd: KDSetup,
-                   device: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """kd/chunk loss terms of every teacher for this micro-batch, already fusion-scaled.
-
-    ``kd_losses`` returns means *normalised* by the fusion weights, which would cancel the
-    weights between teachers. Each term is therefore scaled by the teacher's mean fusion weight
-    over the batch's informative boundaries (chunks), its ``kd_share``/``chunk_share``, so
-    that the sum over teachers is ``sum_t sum_m w_tm * d_tm / M_t``: per document, the
-    fusion-weighted average of teachers (the recipe's teacher weights are already inside
-    ``w`` through ``document_weights``).
-    """
-    from avokit.losses.kd import TeacherBatch, kd_losses
-
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for t, source in enumerate(kd.sources):
-        arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t))
-        batch = TeacherBatch(**arrays.to_torch(device))
-        terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets,
-                          starts_word=kd.starts_word(logits.shape[-1], logits.device))
-        out[source.name] = {"kd": terms["kd"] * terms["kd_share"],
-                            "chunk": terms["chunk"] * terms["chunk_share"]}
-    return out
-
-
 def _truncate_log(path: Path, step: int) -> float:
     """Drop log lines written after the checkpoint we resume from (they will be redone).
 
@@ -169,7 +112,7 @@ def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup 
     ch_sum = torch.zeros((), device=logits.device)
     per_teacher: dict[str, float] = {}
     if kd is not None and kd.sources:
-        terms = _teacher_terms(logits, logprobs, yt, packed, rows, kd, device)
+        terms = teacher_terms(logits, logprobs, yt, packed, rows, kd, device)
         for source in kd.sources:
             tt = terms[source.name]
             kd_w = loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight

@@ -18,7 +18,8 @@ from avokit.student import build_student, load_student_tokenizer, train_student_
 from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
 from avokit.train.data import PackedCorpus, pack_documents, read_split
 from avokit.train.kd_data import DenseSpec, TeacherSource
-from avokit.train.loop import KDSetup, train_loop
+from avokit.train.kd_terms import KDSetup
+from avokit.train.loop import train_loop
 
 DONE = "training_done.json"
 FUSION_LOG = "fusion_weights.jsonl"
