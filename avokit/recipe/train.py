@@ -45,6 +45,22 @@ class FusionConfig(Section):
     window: int = Field(default=2, ge=0)
 
 
+class OnPolicyConfig(Section):
+    """On-policy distillation (GKD): a share ``mix`` of the micro-batches is written by the
+    student itself, continuing prefixes of training documents, and every teacher (loaded once
+    for the run) scores those bytes live; the student learns from the teachers' targets on its
+    own tokens (no CE on its own text), with ``divergence`` (reverse KL by default: mode-seeking,
+    as in GKD / on-policy distillation) and the run's fusion."""
+
+    mix: float = Field(default=0.5, ge=0.0, le=1.0)  # lambda: share of on-policy micro-batches
+    prompt_tokens: int = Field(default=32, ge=1)  # student tokens of each document's prefix
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "tvd"] = "reverse_kl"
+    jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
+    top_k: int = Field(default=20, ge=1)  # teacher top-k scored live
+
+
 class TrainConfig(Section):
     """Optimiser, schedule, batching and checkpoints."""
 
@@ -66,3 +82,4 @@ class TrainConfig(Section):
     eval_max_rows: int = Field(default=64, ge=1)  # held-out rows scored per evaluation
     loss: LossConfig = LossConfig()
     fusion: FusionConfig = FusionConfig()
+    on_policy: OnPolicyConfig | None = None

@@ -25,6 +25,7 @@ from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
 from avokit.train.kd_terms import KDSetup, teacher_terms
+from avokit.train.on_policy import OnPolicy, on_policy_loss
 from avokit.train.schedule import lr_factor
 
 LN2 = math.log(2.0)
@@ -123,6 +124,17 @@ def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup 
             ch_sum = ch_sum + tt["chunk"].detach()
             per_teacher[source.name] = float(part.detach())
     return loss, {"ce": ce.detach(), "kd": kd_sum, "chunk": ch_sum}, per_teacher
+
+
+def _step_loss(accelerator: Any, model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup | None,
+               loss_cfg: Any, on_policy: OnPolicy | None, step: int,
+               micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """The micro-batch's loss: on the student's own samples where on-policy takes it, else on
+    the packed corpus rows."""
+    if on_policy is not None and on_policy.takes(step, micro):
+        return on_policy_loss(model, accelerator.unwrap_model(model), on_policy, step, micro, len(rows),
+                              accelerator.device)
+    return _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
 
 
 class _RunLog:
@@ -229,6 +241,31 @@ def _checkpoint(accelerator: Any, model: Any, out_dir: Path, done: int,
         accelerator.wait_for_everyone()
 
 
+def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorpus, kd: KDSetup | None,
+                loss_cfg: Any, on_policy: OnPolicy | None, cfg: TrainConfig,
+                step: int) -> tuple[dict[str, float], dict[str, float]]:
+    """One optimizer step over ``grad_accum`` micro-batches; the mean loss parts and each
+    teacher's share."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
+    per_teacher: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        rows = rank_slice(batch_rows(packed.n_rows, cfg.seed, step * cfg.grad_accum + micro, cfg.batch_size),
+                          rank, world)
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss, parts, shares = _step_loss(accelerator, model, packed, rows, kd, loss_cfg, on_policy, step, micro)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key, val in (("loss", loss.detach()), *parts.items()):
+            sums[key] += float(val) / cfg.grad_accum
+        for name, val in shares.items():
+            per_teacher[name] = per_teacher.get(name, 0.0) + val / cfg.grad_accum
+    return sums, per_teacher
+
+
 def train_loop(
     model: Any,
     packed: PackedCorpus,
@@ -241,6 +278,7 @@ def train_loop(
     progress: bool = True,
     eval_split: str = "heldout",
     on_checkpoint: Callable[[int, Any], None] | None = None,
+    on_policy: OnPolicy | None = None,
 ) -> Any:
     """Train ``model`` for ``cfg.steps`` optimizer steps, resuming from ``out_dir/checkpoints``.
 
@@ -250,12 +288,12 @@ def train_loop(
     right after a checkpoint is saved raises :class:`TrainingInterrupted` (tests use it to
     simulate a kill at a known point). ``on_checkpoint(step, model)`` runs on the main process
     after each checkpoint with the unwrapped model (benchmarks score checkpoints with it); the
-    model is put back in training mode after it.
+    model is put back in training mode after it. ``on_policy``: a share of the micro-batches
+    is written by the student and scored live by the teachers (:mod:`avokit.train.on_policy`).
     """
     accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
     log = _RunLog(out_dir, start, accelerator.is_main_process)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
-    world, rank = accelerator.num_processes, accelerator.process_index
     model.train()
     bar, task = _progress_bar(cfg.steps, start, enabled=accelerator.is_main_process and progress)
     step_tokens = cfg.batch_size * cfg.grad_accum * packed.seq_len
@@ -264,22 +302,8 @@ def train_loop(
     t_begin = t_last
     with bar:
         for step in range(start, cfg.steps):
-            sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
-            per_teacher: dict[str, float] = {}
-            for micro in range(cfg.grad_accum):
-                rows = rank_slice(batch_rows(packed.n_rows, cfg.seed, step * cfg.grad_accum + micro,
-                                             cfg.batch_size), rank, world)
-                with accelerator.accumulate(model), accelerator.autocast():
-                    loss, parts, shares = _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for key, val in (("loss", loss.detach()), *parts.items()):
-                    sums[key] += float(val) / cfg.grad_accum
-                for name, val in shares.items():
-                    per_teacher[name] = per_teacher.get(name, 0.0) + val / cfg.grad_accum
+            sums, per_teacher = _train_step(accelerator, model, optimizer, packed, kd, loss_cfg, on_policy,
+                                            cfg, step)
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             done = step + 1

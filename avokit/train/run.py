@@ -20,6 +20,7 @@ from avokit.train.data import PackedCorpus, pack_documents, read_split
 from avokit.train.kd_data import DenseSpec, TeacherSource
 from avokit.train.kd_terms import KDSetup
 from avokit.train.loop import train_loop
+from avokit.train.on_policy import OnPolicy
 
 DONE = "training_done.json"
 FUSION_LOG = "fusion_weights.jsonl"
@@ -159,6 +160,29 @@ def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: K
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KDSetup) -> OnPolicy:
+    """Load every teacher once for live scoring and take each training document's first
+    ``train.on_policy.prompt_tokens`` tokens (after its separator) as a prompt."""
+    from avokit.align import byteify
+    from avokit.teachers.load import load_teacher
+
+    cfg = recipe.train
+    assert cfg.on_policy is not None
+    teachers = [load_teacher(t, recipe.base_dir, recipe.capture) for t in recipe.teachers]
+    sep, start = tokenizer.eos_token_id, resolve_start_token_id(tokenizer)
+    n_prefix = 1 if start == sep else 2  # the separator (and start token) before each document
+    prompts = [packed.stream[max(int(s) - n_prefix, 0): int(s) + min(int(n), cfg.on_policy.prompt_tokens)]
+               for s, n in zip(packed.doc_start, packed.doc_len)]
+
+    def fuse(p: PackedCorpus, sources: list[TeacherSource]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        doc_w = fusion_weights(recipe, p, sources)
+        return doc_w, span_fusion_weights(recipe, p, sources, doc_w) if cfg.fusion.mode == "span_softmax" else None
+
+    loss_cfg = cfg.loss.model_copy(update={"divergence": cfg.on_policy.divergence, "jsd_beta": cfg.on_policy.jsd_beta})
+    return OnPolicy(cfg.on_policy, teachers, kd.sources, tokenizer, byteify(tokenizer, name="student"), prompts,
+                    sep, start, cfg.seed, fuse, loss_cfg)
+
+
 def run_training(recipe: Recipe, baseline: bool = False,
                  stop_after: Callable[[int], bool] | None = None, progress: bool = True,
                  on_checkpoint: Callable[[int, Any], None] | None = None) -> Path:
@@ -218,9 +242,14 @@ def run_training(recipe: Recipe, baseline: bool = False,
         # the recipe checked this path against its own folder; load it from there, not the cwd
         student_cfg = student_cfg.model_copy(update={"pretrained": recipe.resolve(student_cfg.pretrained)})
     model = build_student(student_cfg, tokenizer)
-    model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
-                       eval_split=eval_split,
-                       stop_after=stop_after, progress=progress, on_checkpoint=on_checkpoint)
+    onp = on_policy_setup(recipe, tokenizer, packed, kd) if kd is not None and cfg.on_policy else None
+    try:
+        model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,
+                           eval_split=eval_split, stop_after=stop_after, progress=progress,
+                           on_checkpoint=on_checkpoint, on_policy=onp)
+    finally:
+        for teacher in onp.teachers if onp is not None else []:
+            teacher.close()
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -1,0 +1,172 @@
+"""On-policy distillation from several teachers with different tokenizers (GKD-style).
+
+For an on-policy micro-batch the student continues prefixes of training documents (sampling
+with its KV cache, batched), the bytes it wrote are scored live by every teacher through the
+same scoring code as capture, and the byte alignment maps each teacher's targets onto the
+student's tokens of that text, exactly as for cached documents. Only the tokens the student
+wrote are targets (the prompt's are masked); there is no CE term on the student's own text.
+Teachers are loaded once for the run and kept (:class:`OnPolicy` holds them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from avokit.align import TokenBytes
+from avokit.corpus import Document
+from avokit.errors import RoundTripError
+from avokit.recipe.train import OnPolicyConfig
+from avokit.records import TeacherRecords
+from avokit.teachers.base import Teacher
+from avokit.train.data import PackedCorpus, pack_documents
+from avokit.train.kd_data import TeacherSource
+from avokit.train.kd_terms import KDSetup, teacher_terms
+
+# (packed, sources) -> (per-document weights [D, n], per-token weights or None): the run's fusion
+Fuse = Callable[[PackedCorpus, list[TeacherSource]], tuple[np.ndarray, list[np.ndarray] | None]]
+
+
+@dataclass
+class OnPolicy:
+    """What on-policy micro-batches need, built once per run.
+
+    ``teachers[i]`` scores live for ``sources[i]`` (its vocabulary map, dense/debias specs;
+    its records are replaced per batch); ``prompts``: student token ids of each training
+    document's prefix; ``separator``/``start_id`` as in the run's packing.
+    """
+
+    cfg: OnPolicyConfig
+    teachers: list[Teacher]
+    sources: list[TeacherSource]
+    tokenizer: Any
+    student_bytes: TokenBytes
+    prompts: list[np.ndarray]
+    separator: int
+    start_id: int | None
+    seed: int
+    fuse: Fuse
+    loss_cfg: Any  # the run's train.loss with the on-policy divergence
+
+    def takes(self, step: int, micro: int) -> bool:
+        """Whether micro-batch ``micro`` of ``step`` is on-policy: a fixed share ``mix`` of
+        them, decided by a hash (the same on resume and on every process)."""
+        return _uniform(self.seed, "mix", step, micro) < self.cfg.mix
+
+
+def _uniform(seed: int, *key: Any) -> float:
+    h = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def student_text(ids: np.ndarray, tb: TokenBytes) -> str:
+    """The text of student tokens: their exact bytes, special tokens dropped; bytes that do
+    not form UTF-8 (a sample cut inside a character) and control characters other than
+    newline and tab (which teachers' tokenizers may drop, so they could not spell the text
+    back) are left out."""
+    raw = b"".join(tb.table[int(i)] for i in ids if 0 <= int(i) < tb.size and not tb.special[int(i)])
+    text = raw.decode("utf-8", errors="ignore")
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
+def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: int) -> dict[str, TeacherRecords]:
+    """The teacher's records of the samples; a sample its tokenizer cannot spell back exactly
+    is left out for this teacher (it then guides that sample with weight 0)."""
+    try:
+        return {r.doc_id: r for r in teacher.score(texts, doc_ids, top_k)}
+    except RoundTripError:
+        out = {}
+        for text, doc_id in zip(texts, doc_ids):
+            try:
+                out.update({r.doc_id: r for r in teacher.score([text], [doc_id], top_k)})
+            except RoundTripError:
+                continue
+        return out
+
+
+@torch.no_grad()
+def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
+           device: Any) -> list[tuple[str, int]]:
+    """``batch_size`` continuations by the student: ``(text, prompt_chars)`` each, where the
+    first ``prompt_chars`` characters are the document prefix it was given."""
+    rng = np.random.default_rng([onp.seed, step, micro])
+    picks = rng.choice(len(onp.prompts), size=batch_size, replace=len(onp.prompts) < batch_size)
+    prompts = [onp.prompts[i] for i in picks]
+    width = max(len(p) for p in prompts)
+    pad = onp.separator
+    ids = torch.full((batch_size, width), pad, dtype=torch.long)
+    mask = torch.zeros((batch_size, width), dtype=torch.long)
+    for r, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
+        ids[r, width - len(p):] = torch.from_numpy(p)
+        mask[r, width - len(p):] = 1
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(int(_uniform(onp.seed, "sample", step, micro) * 2**31))
+    out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
+                         temperature=onp.cfg.temperature, max_new_tokens=onp.cfg.max_new_tokens,
+                         pad_token_id=pad, eos_token_id=onp.separator)
+    model.train(was_training)
+    samples = []
+    for r, p in enumerate(prompts):
+        new = out[r, width:].cpu().numpy()
+        stop = np.nonzero(new == onp.separator)[0]
+        new = new[: stop[0]] if stop.size else new
+        prompt = student_text(p, onp.student_bytes)
+        samples.append((prompt + student_text(new, onp.student_bytes), len(prompt)))
+    return samples
+
+
+def _generated_only(packed: PackedCorpus, prompt_bytes: list[int]) -> list[np.ndarray]:
+    """Per document, float32 [n_d]: 1 for tokens that start at or after the prompt's end."""
+    out = []
+    for d, ends in enumerate(packed.byte_ends):
+        starts = np.concatenate([[0], ends[:-1]])
+        out.append((starts >= prompt_bytes[d]).astype(np.float32))
+    return out
+
+
+def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
+                   device: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Loss of one on-policy micro-batch, its detached parts (ce = 0, kd, chunk) and each
+    teacher's share. ``generator``: the unwrapped model that samples; ``model`` computes the
+    logits that get gradients (the same weights)."""
+    samples = sample(generator, onp, step, micro, batch_size, device)
+    docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy") for i, (text, _) in enumerate(samples)]
+    texts = [d.text for d in docs]
+    packed = pack_documents(docs, onp.tokenizer, 1, onp.separator, require_row=False, start_id=onp.start_id)
+    # every sample in one row: the sequences differ in length, and no token is dropped
+    packed = replace(packed, seq_len=int(packed.stream.shape[0]) - 1)
+    sources = []
+    for teacher, template in zip(onp.teachers, onp.sources):
+        records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k)
+        sources.append(replace(template, records=records, memo={}, row_memo={}))
+    doc_w, token_w = onp.fuse(packed, sources)
+    keep = _generated_only(packed, [len(t[: n].encode("utf-8")) for t, n in samples])
+    per_token = [(token_w[d] if token_w is not None else np.broadcast_to(doc_w[d], (k.size, doc_w.shape[1])))
+                 * k[:, None] for d, k in enumerate(keep)]
+    kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=onp.loss_cfg, token_weights=per_token,
+                 student_bytes=onp.student_bytes if onp.loss_cfg.chunk_debias else None)
+    rows = np.zeros(1, dtype=np.int64)
+    x, y = packed.row_tokens(rows)
+    logits = model(input_ids=torch.from_numpy(x).to(device)).logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    terms = teacher_terms(logits, logprobs, torch.from_numpy(y).to(device), packed, rows, kd, device)
+    loss = torch.zeros((), device=logits.device)
+    kd_sum = torch.zeros((), device=logits.device)
+    ch_sum = torch.zeros((), device=logits.device)
+    shares: dict[str, float] = {}
+    for source in sources:
+        tt = terms[source.name]
+        kd_w = onp.loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
+        ch_w = onp.loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
+        part = kd_w * tt["kd"] + ch_w * tt["chunk"]
+        loss = loss + part
+        kd_sum, ch_sum = kd_sum + tt["kd"].detach(), ch_sum + tt["chunk"].detach()
+        shares[source.name] = float(part.detach())
+    return loss, {"ce": torch.zeros((), device=logits.device), "kd": kd_sum, "chunk": ch_sum}, shares
