@@ -33,7 +33,8 @@ def machine() -> dict:
                if ln.startswith("MemTotal"))
     import torch
 
-    return {"nproc": int(subprocess.check_output(["nproc"]).decode()), "cpu": cpu,
+    # os.cpu_count, not `nproc`: nproc reports OMP_NUM_THREADS when it is set
+    return {"nproc": os.cpu_count(), "cpu": cpu,
             "ram_gib": round(mem / 2**20, 1), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_avg_at_start": os.getloadavg()}
