@@ -156,3 +156,19 @@ def test_generate_capture_train_end_to_end(tmp_path: Path, teacher_dir: Path) ->
     assert generated and {d.doc_id for d in generated} <= captured
     log = [json.loads(x) for x in (recipe.run_dir / "student" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and log[-1]["kd"] > 0
+
+
+def test_a_longer_floor_drops_short_generations_without_generating_again(tmp_path: Path,
+                                                                        teacher_dir: Path) -> None:
+    from avokit.generate.run import GeneratedManifest
+
+    prompts = [{"kind": "corpus", "max_prompts": 2}]
+    out = run_generate(_recipe(tmp_path, teacher_dir, prompts))
+    lines = (out / "smol.jsonl").read_text()
+    run_generate(_recipe(tmp_path, teacher_dir, prompts, min_chars=10_000))
+    assert (out / "smol.jsonl").read_text() == lines  # nothing generated again
+    stats = GeneratedManifest.model_validate_json((out / "manifest.json").read_text()).teachers["smol"]
+    assert stats.too_short == stats.samples == 4 and stats.kept == 0
+    assert read_documents(out / "documents.parquet") == []
+    with pytest.raises(AvokitError, match="other generate settings"):
+        run_generate(_recipe(tmp_path, teacher_dir, prompts, temperature=0.5))

@@ -44,6 +44,7 @@ class GeneratedManifest(BaseModel):
     """``generated/manifest.json``."""
 
     settings_hash: str
+    min_chars: int
     teachers: dict[str, TeacherGenerations]
     documents: int
     domains: dict[str, int]
@@ -53,7 +54,8 @@ class GeneratedManifest(BaseModel):
 def _settings(recipe: Recipe, prompts: list[Prompt]) -> dict[str, Any]:
     assert recipe.generate is not None
     ids = hashlib.sha256("\n".join(p.prompt_id + "\t" + p.text for p in prompts).encode()).hexdigest()
-    return {"generate": recipe.generate.model_dump(mode="json", exclude={"teachers"}), "prompts": ids}
+    # what the text depends on; teachers and min_chars only change which documents are kept
+    return {"generate": recipe.generate.model_dump(mode="json", exclude={"teachers", "min_chars"}), "prompts": ids}
 
 
 def seed_for(seed: int, teacher: str, prompt_id: str) -> int:
@@ -140,10 +142,9 @@ def _finalize(recipe: Recipe, out: Path, digest: str, teachers: list[str]) -> Ge
     candidates: list[Document] = []
     for name in teachers:
         rows = read_generations(out / f"{name}.jsonl")
-        docs = [d for row in rows for d in generation_documents(row)]
-        long = [d for d, row_text in zip(docs, [t for row in rows for t in row["samples"]])
-                if len(row_text.strip()) >= cfg.min_chars]
-        stats[name] = {"prompts": len(rows), "samples": len(docs), "too_short": len(docs) - len(long)}
+        pairs = [(doc, sample) for row in rows for doc, sample in zip(generation_documents(row), row["samples"])]
+        long = [doc for doc, sample in pairs if len(sample.strip()) >= cfg.min_chars]
+        stats[name] = {"prompts": len(rows), "samples": len(pairs), "too_short": len(pairs) - len(long)}
         candidates.extend(long)
     refuse_canary(candidates)
     kept_ids = {d.doc_id for d in dedup(corpus + candidates, threshold=recipe.corpus.near_dup_threshold)[0]}
@@ -154,7 +155,7 @@ def _finalize(recipe: Recipe, out: Path, digest: str, teachers: list[str]) -> Ge
         s["kept"] = mine
     write_documents(kept, out / DOCUMENTS)
     manifest = GeneratedManifest(
-        settings_hash=digest, teachers={k: TeacherGenerations(**v) for k, v in stats.items()},
+        settings_hash=digest, min_chars=cfg.min_chars, teachers={k: TeacherGenerations(**v) for k, v in stats.items()},
         documents=len(kept), domains={dom: sum(d.domain == dom for d in kept) for dom in sorted({d.domain for d in kept})},
         files={DOCUMENTS: file_sha256(out / DOCUMENTS)})
     tmp = out / (MANIFEST + ".tmp")
@@ -193,14 +194,15 @@ def run_generate(recipe: Recipe, teacher_loader: Callable[[TeacherConfig], Teach
             changed |= generate_teacher(teacher, prompts, path, recipe, stop_after) > 0
         finally:
             teacher.close()
-    if changed or not _finished(out, digest, recipe.generating_teachers):
+    if changed or not _finished(out, digest, recipe.generating_teachers, recipe.generate.min_chars):
         _finalize(recipe, out, digest, recipe.generating_teachers)
     return out
 
 
-def _finished(out: Path, digest: str, teachers: list[str]) -> bool:
-    """The documents were written from these settings and exactly these teachers."""
+def _finished(out: Path, digest: str, teachers: list[str], min_chars: int) -> bool:
+    """The documents were written from these settings, teachers and length floor."""
     if not (out / MANIFEST).is_file() or not (out / DOCUMENTS).is_file():
         return False
     manifest = GeneratedManifest.model_validate_json((out / MANIFEST).read_text(encoding="utf-8"))
-    return manifest.settings_hash == digest and sorted(manifest.teachers) == sorted(teachers)
+    return (manifest.settings_hash == digest and sorted(manifest.teachers) == sorted(teachers)
+            and manifest.min_chars == min_chars)
