@@ -172,3 +172,11 @@ def test_a_longer_floor_drops_short_generations_without_generating_again(tmp_pat
     assert read_documents(out / "documents.parquet") == []
     with pytest.raises(AvokitError, match="other generate settings"):
         run_generate(_recipe(tmp_path, teacher_dir, prompts, temperature=0.5))
+
+
+def test_the_plan_lists_a_generate_stage_per_teacher(tmp_path: Path, teacher_dir: Path) -> None:
+    from avokit.pipeline import make_plan
+
+    recipe = _recipe(tmp_path, teacher_dir, [{"kind": "corpus", "max_prompts": 7}], max_new_tokens=50)
+    gen = [s for s in make_plan(recipe).stages if s.stage.startswith("generate:")]
+    assert [s.stage for s in gen] == ["generate:smol"] and gen[0].tokens == 7 * 2 * 50
