@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality-ablation"))
     ap.add_argument("--note", default="")
-    ap.add_argument("--seed0", type=Path, default=Path("bench/results/quality.json"),
+    ap.add_argument("--seed0", type=Path, default=Path("bench/results/quality-two-teachers.json"),
                     help="run.py's results: seed 0 of the variants not retrained here")
     args = ap.parse_args()
     base = base_recipe(args.runs.resolve(), args.docs, args.steps, items=1)

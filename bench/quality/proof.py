@@ -276,7 +276,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/quality-proof"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
     args = ap.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))

@@ -1,4 +1,4 @@
-"""bench/results/quality-proof.md from the proof's JSON (bench/quality/proof.py)."""
+"""bench/results/quality.md from the proof's JSON (bench/quality/proof.py)."""
 
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-quality"))
-    ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/quality-two-teachers"))
     ap.add_argument("--note", default="", help="free text written into the results (e.g. machine load)")
     args = ap.parse_args()
 
