@@ -21,6 +21,7 @@ overall); the checkpoint is chosen on validation and reported on test. One train
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py prepare
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py train --seeds 0 1 2 3 4 \\
         --variants a_ce b_gemma3-270m        # one process per variant list; resumable
+    PYTHONPATH=. .venv/bin/python bench/quality/proof.py weights  # how each fusion mode weighs the teachers
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py report   # writes --out .json / .md
 
 Runs go to ``runs/bench-proof/<variant>/s<seed>/`` (each segment's scores in
@@ -208,6 +209,33 @@ def teacher_test_bpb(runs: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def fusion_diagnostics(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """How each fusion mode weighs the teachers on the training split, per domain: the mean
+    weight per student token, and the share of tokens where one teacher has >= 0.9 of it."""
+    from avokit.corpus import load_split as corpus_split
+    from avokit.student import load_student_tokenizer
+    from avokit.teachers.scoring import resolve_start_token_id
+    from avokit.train.data import pack_documents
+    from avokit.train.run import fusion_weights, span_fusion_weights, teacher_sources
+
+    rec = variant_recipe(runs, "d_fused", 0, args)
+    tok = load_student_tokenizer(runs / "data" / "tokenizer")
+    docs = corpus_split(rec, "train")
+    packed = pack_documents(docs, tok, 256, tok.eos_token_id, start_id=resolve_start_token_id(tok))
+    sources = teacher_sources(rec, tok)
+    doc_w = fusion_weights(rec, packed, sources)
+    span_w = span_fusion_weights(rec, packed, sources, doc_w)
+    out: dict[str, Any] = {}
+    for mode, per_doc in (("bpb_softmax", [np.repeat(doc_w[d][None], int(n), 0) for d, n in enumerate(packed.doc_len)]),
+                          ("span_softmax", span_w)):
+        for dom in sorted({d.domain for d in docs}):
+            w = np.concatenate([per_doc[i] for i, d in enumerate(docs) if d.domain == dom])
+            out.setdefault(mode, {})[dom] = {"mean": {s.name: float(w[:, t].mean()) for t, s in enumerate(sources)},
+                                             "one_teacher_share": float((w.max(axis=1) >= 0.9).mean())}
+    (runs / "fusion_weights.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def lock_settings(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The training settings every run of ``runs`` shares (paired runs differ only by variant):
     recorded by the first ``train``; a later one with other settings is refused."""
@@ -243,6 +271,8 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "data": json.loads((runs / "data" / "data.json").read_text()),
         "student": STUDENT, "variants": {v: {"teachers": t, "train": c, "what": w} for v, (t, c, w) in VARIANTS.items()},
         "settings": settings, "teachers": teachers, "runs": results, "unfinished": unfinished,
+        "fusion_weights": json.loads((runs / "fusion_weights.json").read_text())
+        if (runs / "fusion_weights.json").is_file() else None,
         "chosen_test": test,
     }
     data = result["data"]
@@ -263,9 +293,9 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    """prepare | train | report."""
+    """prepare | train | weights | report."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["prepare", "train", "report"])
+    ap.add_argument("command", choices=["prepare", "train", "weights", "report"])
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-proof"))
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--val-fraction", type=float, default=0.15)
@@ -280,6 +310,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))
+    elif args.command == "weights":
+        print(json.dumps(fusion_diagnostics(args.runs, args), indent=1))
     elif args.command == "train":
         lock_settings(args.runs, args)
         for seed in args.seeds:  # seed-major: paired results accumulate seed by seed

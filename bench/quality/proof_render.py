@@ -51,7 +51,7 @@ def render(result: dict[str, Any]) -> str:
                          f" | {len(runs)} | {result['variants'][v]['what']} |")
     for t, vals in result["teachers"].items():
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
-    lines += _comparisons(result, cols) + _runs(result)
+    lines += _comparisons(result, cols) + _weights(result) + _runs(result)
     return "\n".join(lines) + "\n"
 
 
@@ -67,6 +67,21 @@ def _comparisons(result: dict[str, Any], cols: list[str]) -> list[str]:
         return []
     return ["", "Paired differences in test BPB (mean [95% t interval]; negative = the first is better):", "",
             "| comparison | " + " | ".join(cols) + " | seeds |", "| --- |" + " ---: |" * (len(cols) + 1), *rows]
+
+
+def _weights(result: dict[str, Any]) -> list[str]:
+    """Mean teacher weight per student token of the training split, per fusion mode and domain."""
+    fw = result.get("fusion_weights")
+    if not fw:
+        return []
+    lines = ["", "How the fusion modes weigh the teachers on the training split (mean weight per student "
+             "token; share of tokens where one teacher has >= 0.9):", "",
+             "| mode | domain | weights | one teacher >= 0.9 |", "| --- | --- | --- | ---: |"]
+    for mode, doms in fw.items():
+        for dom, v in doms.items():
+            lines.append(f"| {mode} | {dom} | " + ", ".join(f"{t} {w:.2f}" for t, w in v["mean"].items()) +
+                         f" | {v['one_teacher_share']:.2f} |")
+    return lines
 
 
 def _runs(result: dict[str, Any]) -> list[str]:
