@@ -62,19 +62,56 @@ def test_a_student_equal_to_its_teacher_has_zero_on_policy_loss(tiny_model_facto
     assert all(text[:n] in DOCS[0] + DOCS[1] and len(text) > n for text, n in a)
 
 
+def test_on_policy_loss_by_hand_for_a_uniform_student(tiny_model_factory: Any, smollm2_tokenizer: Any) -> None:
+    """A student whose head is zero predicts 1/V for every token; with one teacher over the same
+    vocabulary the on-policy terms are then, by hand from the teacher's own records of the
+    sample: reverse KL of the buckets {top-k ids, rest}, and the reverse binary KL of each
+    one-token chunk, averaged over the tokens the student wrote (never the prompt's)."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from avokit.train.on_policy import on_policy_loss, sample
+
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama")
+    k = 4
+    onp = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(max_new_tokens=10, top_k=k), DOCS)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir).train()
+    with torch.no_grad():
+        student.get_output_embeddings().weight.zero_()
+    V = student.config.vocab_size
+    _, parts, _ = on_policy_loss(student, student, onp, step=5, micro=0, batch_size=1, device="cpu")
+    ((text, n_prompt),) = sample(student, onp, 5, 0, 1, "cpu")
+    rec = onp.teachers[0].score([text], ["x"], k)[0]
+    starts = np.concatenate([[0], rec.byte_ends[:-1]])
+    mine = np.nonzero(starts >= len(text[:n_prompt].encode()))[0]
+    assert mine.size > 0
+    kd, chunk = [], []
+    for i in mine:
+        p = [math.exp(x) for x in rec.topk_logprobs[i]]
+        q = [1 / V] * k
+        p.append(1 - sum(p))
+        q.append(1 - k / V)
+        kd.append(sum(qi * math.log(qi / pi) for qi, pi in zip(q, p)))
+        a_t, a_s = math.exp(min(float(rec.gold_logprob[i]), -1e-6)), 1 / V
+        chunk.append(a_s * math.log(a_s / a_t) + (1 - a_s) * math.log((1 - a_s) / (1 - a_t)))
+    assert float(parts["kd"]) == pytest.approx(sum(kd) / len(kd), rel=1e-4)
+    assert float(parts["chunk"]) == pytest.approx(sum(chunk) / len(chunk), rel=1e-4)
+
+
 def test_only_the_students_own_tokens_are_targets() -> None:
     from avokit.corpus import Document
     from avokit.student import train_student_tokenizer
     from avokit.train.data import pack_documents
-    from avokit.train.on_policy import _generated_only
+    from avokit.train.on_policy import prompt_token_counts
 
     tok = train_student_tokenizer(DOCS * 4, 300, Path("/tmp/avokit-test-onpolicy-tok"))
     packed = pack_documents([Document("a", "Hello world, again.", "t"), Document("b", "xy", "t")], tok, 1,
                             tok.eos_token_id, require_row=False)
-    keep = _generated_only(packed, [len(b"Hello world"), 0])
+    context = prompt_token_counts(packed, [len(b"Hello world"), 0])
     starts = np.concatenate([[0], packed.byte_ends[0][:-1]])
-    assert np.array_equal(keep[0], (starts >= 11).astype(np.float32)) and 0 < keep[0].sum() < keep[0].size
-    assert keep[1].all()
+    assert context[0] == (starts < 11).sum() and 0 < context[0] < packed.doc_len[0]
+    assert context[1] == 0
 
 
 def test_mix_is_a_fixed_share_of_micro_batches() -> None:

@@ -214,9 +214,11 @@ class RowKD:
 
 
 def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
-           doc_weight: Callable[[int], float | np.ndarray]) -> RowKD:
+           doc_weight: Callable[[int], float | np.ndarray], context: Callable[[int], int] | None = None) -> RowKD:
     """The targets of ``row``: boundaries (or, with dense targets, every covered student
-    position) whose token is a target of the row, and chunks wholly inside it (memoised per row)."""
+    position) whose token is a target of the row, and chunks wholly inside it (memoised per row).
+    ``context(d)``: how many leading tokens of document ``d`` are context only (an on-policy
+    prompt): no token row and no chunk starts there, and they are not counted."""
     T = packed.seq_len
     lo = row * T + 1  # stream index predicted by logit position 0
     tokens: list[tuple[np.ndarray, ...]] = []
@@ -239,9 +241,10 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
             return np.asarray(w, dtype=np.float32)[pos] if np.ndim(w) else np.full(pos.size, w, np.float32)
 
         offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i
-        sel = np.nonzero((kd.first >= a) & (kd.last < e))[0]
+        first = max(a, context(d)) if context is not None else a
+        sel = np.nonzero((kd.first >= first) & (kd.last < e))[0]
         if kd.dense is not None:
-            tok = kd.dense.pos[(kd.dense.pos >= a) & (kd.dense.pos < e)]
+            tok = kd.dense.pos[(kd.dense.pos >= first) & (kd.dense.pos < e)]
             hit = np.searchsorted(kd.dense.pos, tok)
             tokens.append((tok + offset, kd.dense.ids[hit], kd.dense.logprobs[hit], at(tok)))
         elif sel.size:
@@ -281,17 +284,19 @@ def build_teacher_batch(
     rows: np.ndarray,
     source: TeacherSource,
     doc_weight: Callable[[int], float | np.ndarray],
+    context: Callable[[int], int] | None = None,
 ) -> TeacherBatchArrays:
     """Index arrays for one teacher over the batch made of packed ``rows``.
 
     ``doc_weight(d)`` is the fusion weight of document ``d`` for this teacher (0 masks it out);
     it must not change during a run, since each row's arrays are memoised on ``source``.
+    ``context``: see :func:`row_kd`.
     """
     per_row = []
     for row in rows.tolist():
         hit = source.row_memo.get(row)
         if hit is None:
-            hit = row_kd(packed, row, source, doc_weight)
+            hit = row_kd(packed, row, source, doc_weight, context)
             source.row_memo[row] = hit
         per_row.append(hit)
     counts = np.array([r.s_pos.shape[0] for r in per_row], dtype=np.int64)

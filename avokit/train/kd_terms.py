@@ -26,6 +26,8 @@ class KDSetup:
     extra: dict[str, Any] = field(default_factory=dict)
     token_weights: list[np.ndarray] | None = None
     student_bytes: TokenBytes | None = None  # set: debiased chunk terms (train.loss.chunk_debias)
+    # int64 [D]: leading tokens of each document that are context only (on-policy prompts)
+    context_tokens: np.ndarray | None = None
 
     def starts_word(self, width: int, device: Any) -> torch.Tensor | None:
         """bool [width] on ``device``: the student ids that start a word (None: not debiasing)."""
@@ -61,7 +63,8 @@ def teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     for t, source in enumerate(kd.sources):
-        arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t))
+        context = None if kd.context_tokens is None else (lambda d: int(kd.context_tokens[d]))
+        arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t), context)
         batch = TeacherBatch(**arrays.to_torch(device))
         terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets,
                           starts_word=kd.starts_word(logits.shape[-1], logits.device))

@@ -122,12 +122,14 @@ def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
     return samples
 
 
-def _generated_only(packed: PackedCorpus, prompt_bytes: list[int]) -> list[np.ndarray]:
-    """Per document, float32 [n_d]: 1 for tokens that start at or after the prompt's end."""
-    out = []
+def prompt_token_counts(packed: PackedCorpus, prompt_bytes: list[int]) -> np.ndarray:
+    """int64 [D]: how many leading student tokens of each sample start inside its prompt
+    (context only: the targets are the tokens the student wrote; a token that re-tokenizing
+    merged across the prompt's end counts as prompt)."""
+    out = np.zeros(len(packed.byte_ends), dtype=np.int64)
     for d, ends in enumerate(packed.byte_ends):
         starts = np.concatenate([[0], ends[:-1]])
-        out.append((starts >= prompt_bytes[d]).astype(np.float32))
+        out[d] = int((starts < prompt_bytes[d]).sum())
     return out
 
 
@@ -147,11 +149,9 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
         records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k)
         sources.append(replace(template, records=records, memo={}, row_memo={}))
     doc_w, token_w = onp.fuse(packed, sources)
-    keep = _generated_only(packed, [len(t[: n].encode("utf-8")) for t, n in samples])
-    per_token = [(token_w[d] if token_w is not None else np.broadcast_to(doc_w[d], (k.size, doc_w.shape[1])))
-                 * k[:, None] for d, k in enumerate(keep)]
-    kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=onp.loss_cfg, token_weights=per_token,
-                 student_bytes=onp.student_bytes if onp.loss_cfg.chunk_debias else None)
+    context = prompt_token_counts(packed, [len(t[:n].encode("utf-8")) for t, n in samples])
+    kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=onp.loss_cfg, token_weights=token_w,
+                 student_bytes=onp.student_bytes if onp.loss_cfg.chunk_debias else None, context_tokens=context)
     rows = np.zeros(1, dtype=np.int64)
     x, y = packed.row_tokens(rows)
     logits = model(input_ids=torch.from_numpy(x).to(device)).logits.float()
