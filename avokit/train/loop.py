@@ -133,7 +133,7 @@ def _step_loss(accelerator: Any, model: Any, packed: PackedCorpus, rows: np.ndar
     the packed corpus rows."""
     if on_policy is not None and on_policy.takes(step, micro):
         return on_policy_loss(model, accelerator.unwrap_model(model), on_policy, step, micro, len(rows),
-                              accelerator.device)
+                              accelerator.device, accelerator.process_index)
     return _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
 
 

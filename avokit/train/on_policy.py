@@ -92,10 +92,11 @@ def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: 
 
 @torch.no_grad()
 def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
-           device: Any) -> list[tuple[str, int]]:
+           device: Any, rank: int = 0) -> list[tuple[str, int]]:
     """``batch_size`` continuations by the student: ``(text, prompt_chars)`` each, where the
-    first ``prompt_chars`` characters are the document prefix it was given."""
-    rng = np.random.default_rng([onp.seed, step, micro])
+    first ``prompt_chars`` characters are the document prefix it was given. Each process
+    (``rank``) samples its own prompts and text."""
+    rng = np.random.default_rng([onp.seed, step, micro, rank])
     picks = rng.choice(len(onp.prompts), size=batch_size, replace=len(onp.prompts) < batch_size)
     prompts = [onp.prompts[i] for i in picks]
     width = max(len(p) for p in prompts)
@@ -107,7 +108,7 @@ def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
         mask[r, width - len(p):] = 1
     was_training = model.training
     model.eval()
-    torch.manual_seed(int(_uniform(onp.seed, "sample", step, micro) * 2**31))
+    torch.manual_seed(int(_uniform(onp.seed, "sample", step, micro, rank) * 2**31))
     out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
                          temperature=onp.cfg.temperature, max_new_tokens=onp.cfg.max_new_tokens,
                          pad_token_id=pad, eos_token_id=onp.separator)
@@ -134,11 +135,11 @@ def prompt_token_counts(packed: PackedCorpus, prompt_bytes: list[int]) -> np.nda
 
 
 def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
-                   device: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+                   device: Any, rank: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Loss of one on-policy micro-batch, its detached parts (ce = 0, kd, chunk) and each
     teacher's share. ``generator``: the unwrapped model that samples; ``model`` computes the
     logits that get gradients (the same weights)."""
-    samples = sample(generator, onp, step, micro, batch_size, device)
+    samples = sample(generator, onp, step, micro, batch_size, device, rank)
     docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy") for i, (text, _) in enumerate(samples)]
     texts = [d.text for d in docs]
     packed = pack_documents(docs, onp.tokenizer, 1, onp.separator, require_row=False, start_id=onp.start_id)
