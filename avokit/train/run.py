@@ -67,18 +67,23 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
             raise AvokitError(f"{cache_dir}: teacher cache missing; run `avokit capture` first")
         reader = CacheReader(cache_dir)
         t_tok = load_cache_tokenizer(cache_dir)
-        teacher_tb = byteify(t_tok, name=t.name)
-        if shares_vocabulary(t_tok.get_vocab(), student_vocab):
+        shared = shares_vocabulary(t_tok.get_vocab(), student_vocab)
+        loss = recipe.train.loss
+        # byteifying a 262k vocabulary takes seconds: only when a map or a target needs it
+        teacher_tb = (byteify(t_tok, name=t.name)
+                      if not shared or loss.targets == "dense" or loss.chunk_debias else None)
+        if shared:
             # same tokenizer: the identity map makes the bucketed term the exact top-k + tail KD
             # objective (losses.same_vocab); a byte map would merge byte-fallback twins
             t2s = np.arange(len(t_tok), dtype=np.int64)
         else:
+            assert teacher_tb is not None
             vmap = build_vocab_map(teacher_tb, student_tb, t_tok, tokenizer)
             t2s = np.asarray(vmap.teacher_to_student, dtype=np.int64)
             if recipe.train.loss.vocab_map == "first_token":
                 t2s = first_token_map(t2s, teacher_tb, student_tb, tokenizer)
-        dense = DenseSpec(teacher_tb, index) if recipe.train.loss.targets == "dense" else None
-        starts_word = text_word_starts(teacher_tb) if recipe.train.loss.chunk_debias else None
+        dense = DenseSpec(teacher_tb, index) if teacher_tb is not None and loss.targets == "dense" else None
+        starts_word = text_word_starts(teacher_tb) if teacher_tb is not None and loss.chunk_debias else None
         sources.append(TeacherSource(t.name, t.weight, reader, t2s.astype(np.int64), kd_weight=t.kd_weight,
                                      chunk_weight=t.chunk_weight, dense=dense, starts_word=starts_word))
     return sources
