@@ -50,7 +50,7 @@ def distill_command(
     stages: Annotated[Optional[str], typer.Option(help=f"comma-separated subset of {','.join(STAGES)}")] = None,
     registry: Annotated[Optional[Path], typer.Option(help="model registry directory for release")] = None,
 ) -> None:
-    """Run corpus -> capture -> train -> baseline -> eval -> release, skipping finished stages."""
+    """Run corpus -> (generate) -> capture -> train -> baseline -> eval -> release; skips done work."""
     console = Console()
     rec = load_recipe(recipe, check_paths=not dry_run)
     if dry_run:
