@@ -180,3 +180,12 @@ def test_the_plan_lists_a_generate_stage_per_teacher(tmp_path: Path, teacher_dir
     recipe = _recipe(tmp_path, teacher_dir, [{"kind": "corpus", "max_prompts": 7}], max_new_tokens=50)
     gen = [s for s in make_plan(recipe).stages if s.stage.startswith("generate:")]
     assert [s.stage for s in gen] == ["generate:smol"] and gen[0].tokens == 7 * 2 * 50
+
+
+def test_cli_generate_without_a_generate_section_is_one_clear_error(capsys: Any) -> None:
+    from avokit.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "avocado-mini"])
+    assert exit_info.value.code == 2
+    assert "recipe 'avocado-mini' has no `generate` section" in capsys.readouterr().err
