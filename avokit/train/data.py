@@ -82,6 +82,12 @@ class PackedCorpus:
         return spans
 
 
+def separator_prefix(sep_id: int, start_id: int | None) -> list[int]:
+    """The tokens before every packed document: the separator, then the start token when it
+    is another token."""
+    return [sep_id] if start_id is None or start_id == sep_id else [sep_id, start_id]
+
+
 def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: int,
                    require_row: bool = True, start_id: int | None = None) -> PackedCorpus:
     """Tokenise ``docs`` with exact byte offsets and pack them (see the module docstring).
@@ -90,7 +96,7 @@ def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: i
     when it differs from ``sep_id``; both count as separators (no bytes, never scored).
     Raises :class:`AvokitError` when ``require_row`` and the documents do not fill one row.
     """
-    prefix = [sep_id] if start_id is None or start_id == sep_id else [sep_id, start_id]
+    prefix = separator_prefix(sep_id, start_id)
     tb = byteify(tokenizer)
     tokenized = tokenize_batch_with_offsets(tokenizer, [d.text for d in docs], tb) if docs else []
     pieces: list[np.ndarray] = []

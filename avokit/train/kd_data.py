@@ -82,12 +82,13 @@ def chunk_word_logmass(records: TeacherRecords, chunk_end_token: np.ndarray, sta
     word-starting tokens (``boundary_logmass``); NaN elsewhere and past the records' end.
     """
     nxt = np.asarray(chunk_end_token, dtype=np.int64) + 1
-    n = records.n_positions
-    ids = np.asarray(records.token_ids, dtype=np.int64)[np.minimum(nxt, n - 1)] if n else nxt
-    ok = (nxt < n) & (ids >= 0) & (ids < starts_word.shape[0])
+    out = np.full(nxt.shape, np.nan, dtype=np.float32)
+    inside = np.nonzero(nxt < records.n_positions)[0]
+    ids = np.asarray(records.token_ids, dtype=np.int64)[nxt[inside]]
+    ok = (ids >= 0) & (ids < starts_word.shape[0])
     ok[ok] = starts_word[ids[ok]]
-    mass = np.asarray(records.boundary_logmass, dtype=np.float32)[np.minimum(nxt, n - 1)] if n else nxt
-    return np.where(ok, mass, np.nan).astype(np.float32)
+    out[inside[ok]] = np.asarray(records.boundary_logmass, dtype=np.float32)[nxt[inside[ok]]]
+    return out
 
 
 def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student: np.ndarray,
@@ -259,7 +260,7 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
             after = kd.last[sel] + 1
             mass = kd.chunk_next_logmass[sel]
             ok = np.isfinite(mass) & (after < e) & (offset + after < T)
-            logprob = np.where(ok, logprob + np.where(ok, mass, 0.0), logprob).astype(np.float32)
+            logprob = (logprob + np.where(ok, mass, 0.0)).astype(np.float32)
             nxt = np.where(ok, offset + after, -1)
         chunks.append((logprob, at(kd.first[sel]), nxt))
         # local chunk id -> row chunk id (or -1 for chunks cut by the row edge; -1 hits the spare slot)

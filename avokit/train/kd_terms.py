@@ -71,3 +71,24 @@ def teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
         out[source.name] = {"kd": terms["kd"] * terms["kd_share"],
                             "chunk": terms["chunk"] * terms["chunk_share"]}
     return out
+
+
+def teacher_loss(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor, packed: PackedCorpus,
+                 rows: np.ndarray, kd: KDSetup,
+                 device: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """The teachers' part of a micro-batch's loss: the sum over teachers of ``kd_weight * kd +
+    chunk_weight * chunk`` (a teacher's own weights where it sets them, else ``kd.loss_cfg``'s),
+    the detached kd and chunk sums, and each teacher's part."""
+    terms = teacher_terms(logits, logprobs, targets, packed, rows, kd, device)
+    loss = kd_sum = ch_sum = torch.zeros((), device=logits.device)
+    per_teacher: dict[str, float] = {}
+    for source in kd.sources:
+        tt = terms[source.name]
+        kd_w = kd.loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
+        ch_w = kd.loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
+        part = kd_w * tt["kd"] + ch_w * tt["chunk"]
+        loss = loss + part
+        kd_sum = kd_sum + tt["kd"].detach()
+        ch_sum = ch_sum + tt["chunk"].detach()
+        per_teacher[source.name] = float(part.detach())
+    return loss, {"kd": kd_sum, "chunk": ch_sum}, per_teacher

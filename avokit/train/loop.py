@@ -24,7 +24,7 @@ from avokit.losses.ce import cross_entropy
 from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
-from avokit.train.kd_terms import KDSetup, teacher_terms
+from avokit.train.kd_terms import KDSetup, teacher_loss
 from avokit.train.on_policy import OnPolicy, on_policy_loss
 from avokit.train.schedule import lr_factor
 
@@ -109,21 +109,11 @@ def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup 
     logprobs = torch.log_softmax(logits, dim=-1)
     ce = cross_entropy(logits, xt, torch.ones_like(yt, dtype=torch.bool), logprobs, targets=yt)
     loss = loss_cfg.ce_weight * ce
-    kd_sum = torch.zeros((), device=logits.device)
-    ch_sum = torch.zeros((), device=logits.device)
-    per_teacher: dict[str, float] = {}
-    if kd is not None and kd.sources:
-        terms = teacher_terms(logits, logprobs, yt, packed, rows, kd, device)
-        for source in kd.sources:
-            tt = terms[source.name]
-            kd_w = loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
-            ch_w = loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
-            part = kd_w * tt["kd"] + ch_w * tt["chunk"]
-            loss = loss + part
-            kd_sum = kd_sum + tt["kd"].detach()
-            ch_sum = ch_sum + tt["chunk"].detach()
-            per_teacher[source.name] = float(part.detach())
-    return loss, {"ce": ce.detach(), "kd": kd_sum, "chunk": ch_sum}, per_teacher
+    if kd is None or not kd.sources:
+        zero = torch.zeros((), device=logits.device)
+        return loss, {"ce": ce.detach(), "kd": zero, "chunk": zero}, {}
+    teachers, parts, per_teacher = teacher_loss(logits, logprobs, yt, packed, rows, kd, device)
+    return loss + teachers, {"ce": ce.detach(), **parts}, per_teacher
 
 
 def _step_loss(accelerator: Any, model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup | None,

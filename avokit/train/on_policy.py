@@ -10,7 +10,6 @@ Teachers are loaded once for the run and kept (:class:`OnPolicy` holds them).
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,13 +20,14 @@ import torch
 
 from avokit.align import TokenBytes
 from avokit.corpus import Document
+from avokit.corpus.build import heldout_score
 from avokit.errors import RoundTripError
 from avokit.recipe.train import OnPolicyConfig
 from avokit.records import TeacherRecords
 from avokit.teachers.base import Teacher
 from avokit.train.data import PackedCorpus, pack_documents
 from avokit.train.kd_data import TeacherSource
-from avokit.train.kd_terms import KDSetup, teacher_terms
+from avokit.train.kd_terms import KDSetup, teacher_loss
 
 # (packed, sources) -> (per-document weights [D, n], per-token weights or None): the run's fusion
 Fuse = Callable[[PackedCorpus, list[TeacherSource]], tuple[np.ndarray, list[np.ndarray] | None]]
@@ -57,12 +57,8 @@ class OnPolicy:
     def takes(self, step: int, micro: int) -> bool:
         """Whether micro-batch ``micro`` of ``step`` is on-policy: a fixed share ``mix`` of
         them, decided by a hash (the same on resume and on every process)."""
-        return _uniform(self.seed, "mix", step, micro) < self.cfg.mix
-
-
-def _uniform(seed: int, *key: Any) -> float:
-    h = hashlib.sha256(":".join(map(str, (seed, *key))).encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2.0**64
+        # the corpus split's seeded uniform number, keyed by the micro-batch instead of a document
+        return heldout_score(f"mix:{step}:{micro}", self.seed) < self.cfg.mix
 
 
 def student_text(ids: np.ndarray, tb: TokenBytes) -> str:
@@ -108,7 +104,7 @@ def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
         mask[r, width - len(p):] = 1
     was_training = model.training
     model.eval()
-    torch.manual_seed(int(_uniform(onp.seed, "sample", step, micro, rank) * 2**31))
+    torch.manual_seed(int(heldout_score(f"sample:{step}:{micro}:{rank}", onp.seed) * 2**31))
     out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
                          temperature=onp.cfg.temperature, max_new_tokens=onp.cfg.max_new_tokens,
                          pad_token_id=pad, eos_token_id=onp.separator)
@@ -157,17 +153,5 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     x, y = packed.row_tokens(rows)
     logits = model(input_ids=torch.from_numpy(x).to(device)).logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    terms = teacher_terms(logits, logprobs, torch.from_numpy(y).to(device), packed, rows, kd, device)
-    loss = torch.zeros((), device=logits.device)
-    kd_sum = torch.zeros((), device=logits.device)
-    ch_sum = torch.zeros((), device=logits.device)
-    shares: dict[str, float] = {}
-    for source in sources:
-        tt = terms[source.name]
-        kd_w = onp.loss_cfg.kd_weight if source.kd_weight is None else source.kd_weight
-        ch_w = onp.loss_cfg.chunk_weight if source.chunk_weight is None else source.chunk_weight
-        part = kd_w * tt["kd"] + ch_w * tt["chunk"]
-        loss = loss + part
-        kd_sum, ch_sum = kd_sum + tt["kd"].detach(), ch_sum + tt["chunk"].detach()
-        shares[source.name] = float(part.detach())
-    return loss, {"ce": torch.zeros((), device=logits.device), "kd": kd_sum, "chunk": ch_sum}, shares
+    loss, parts, shares = teacher_loss(logits, logprobs, torch.from_numpy(y).to(device), packed, rows, kd, device)
+    return loss, {"ce": torch.zeros((), device=logits.device), **parts}, shares

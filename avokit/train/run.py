@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
 from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
-from avokit.train.data import PackedCorpus, pack_documents, read_split
+from avokit.train.data import PackedCorpus, pack_documents, read_split, separator_prefix
 from avokit.train.kd_data import DenseSpec, TeacherSource
 from avokit.train.kd_terms import KDSetup
 from avokit.train.loop import train_loop
@@ -142,6 +143,14 @@ def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[Teac
     return out
 
 
+def fusion(recipe: Recipe, packed: PackedCorpus,
+           sources: list[TeacherSource]) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """The run's teacher weights: per document, and per student token with span-level fusion."""
+    doc_w = fusion_weights(recipe, packed, sources)
+    span = recipe.train.fusion.mode == "span_softmax"
+    return doc_w, span_fusion_weights(recipe, packed, sources, doc_w) if span else None
+
+
 def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: KDSetup) -> None:
     """Every training document's teacher weights and BPBs, one JSON line each (main process only).
 
@@ -175,17 +184,13 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
     assert cfg.on_policy is not None
     teachers = [load_teacher(t, recipe.base_dir, recipe.capture) for t in recipe.teachers]
     sep, start = tokenizer.eos_token_id, resolve_start_token_id(tokenizer)
-    n_prefix = 1 if start == sep else 2  # the separator (and start token) before each document
+    n_prefix = len(separator_prefix(sep, start))  # each prompt starts as its document does in training
     prompts = [packed.stream[max(int(s) - n_prefix, 0): int(s) + min(int(n), cfg.on_policy.prompt_tokens)]
                for s, n in zip(packed.doc_start, packed.doc_len)]
 
-    def fuse(p: PackedCorpus, sources: list[TeacherSource]) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        doc_w = fusion_weights(recipe, p, sources)
-        return doc_w, span_fusion_weights(recipe, p, sources, doc_w) if cfg.fusion.mode == "span_softmax" else None
-
     loss_cfg = cfg.loss.model_copy(update={"divergence": cfg.on_policy.divergence, "jsd_beta": cfg.on_policy.jsd_beta})
     return OnPolicy(cfg.on_policy, teachers, kd.sources, tokenizer, byteify(tokenizer, name="student"), prompts,
-                    sep, start, cfg.seed, fuse, loss_cfg)
+                    sep, start, cfg.seed, functools.partial(fusion, recipe), loss_cfg)
 
 
 def run_training(recipe: Recipe, baseline: bool = False,
@@ -235,9 +240,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
         from avokit.align import byteify
 
         sources = teacher_sources(recipe, tokenizer)
-        doc_w = fusion_weights(recipe, packed, sources)
-        token_w = (span_fusion_weights(recipe, packed, sources, doc_w)
-                   if cfg.fusion.mode == "span_softmax" else None)
+        doc_w, token_w = fusion(recipe, packed, sources)
         kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=cfg.loss, token_weights=token_w,
                      student_bytes=byteify(tokenizer, name="student") if cfg.loss.chunk_debias else None)
         write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
