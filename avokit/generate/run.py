@@ -94,19 +94,15 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> str:
 
 
 def generate_teacher(teacher: Teacher, prompts: list[Prompt], path: Path, recipe: Recipe,
-                     stop_after: Callable[[int], bool] | None = None) -> int:
-    """Append ``teacher``'s samples for every prompt not yet in ``path``; returns how many
-    prompts it did now."""
+                     stop_after: Callable[[int], bool] | None = None) -> None:
+    """Append ``teacher``'s samples for ``prompts`` (those not yet in ``path``) to ``path``."""
     cfg = recipe.generate
     assert cfg is not None
-    done = {row["prompt_id"] for row in read_generations(path)}
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     info = teacher.info
     n = 0
     with path.open("a", encoding="utf-8") as f:
         for p in prompts:
-            if p.prompt_id in done:
-                continue
             seed = seed_for(cfg.seed, info.name, p.prompt_id)
             texts = teacher.generate(p.text, sampling, n=cfg.samples_per_prompt, seed=seed, chat=p.chat)
             row = {"prompt_id": p.prompt_id, "source": p.source, "domain": p.domain, "chat": p.chat,
@@ -118,7 +114,6 @@ def generate_teacher(teacher: Teacher, prompts: list[Prompt], path: Path, recipe
             n += 1
             if stop_after is not None and stop_after(n):
                 raise GenerationInterrupted(f"stopped after {n} prompts")
-    return n
 
 
 def generation_documents(row: dict[str, Any]) -> list[Document]:
@@ -187,11 +182,13 @@ def run_generate(recipe: Recipe, teacher_loader: Callable[[TeacherConfig], Teach
     for name in recipe.generating_teachers:
         path = out / f"{name}.jsonl"
         done = {row["prompt_id"] for row in read_generations(path)}
-        if all(p.prompt_id in done for p in prompts):
+        todo = [p for p in prompts if p.prompt_id not in done]
+        if not todo:
             continue
         teacher = teacher_loader(recipe.teacher(name))
+        changed = True
         try:
-            changed |= generate_teacher(teacher, prompts, path, recipe, stop_after) > 0
+            generate_teacher(teacher, todo, path, recipe, stop_after)
         finally:
             teacher.close()
     if changed or not _finished(out, digest, recipe.generating_teachers, recipe.generate.min_chars):

@@ -45,6 +45,7 @@ def _stage_functions(recipe: Recipe, registry: Path | None) -> dict[str, Callabl
     # Imported here so `avokit --help` and the dry-run plan stay fast.
     from avokit.capture import run_capture
     from avokit.corpus import build_corpus
+    from avokit.corpus.generated import generated_dir
     from avokit.evaluate import release, run_eval
     from avokit.generate import run_generate
     from avokit.train import run_training
@@ -56,7 +57,7 @@ def _stage_functions(recipe: Recipe, registry: Path | None) -> dict[str, Callabl
         return recipe.run_dir / "corpus"
 
     def generate() -> Path:
-        return run_generate(recipe) if recipe.generate is not None else recipe.run_dir / "generated"
+        return run_generate(recipe) if recipe.generate is not None else generated_dir(recipe.run_dir)
 
     def capture() -> Path:
         run_capture(recipe)
