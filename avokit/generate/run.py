@@ -160,14 +160,17 @@ def _finalize(recipe: Recipe, out: Path, digest: str, teachers: list[str]) -> Ge
 
 
 def run_generate(recipe: Recipe, teacher_loader: Callable[[TeacherConfig], Teacher] | None = None,
-                 stop_after: Callable[[int], bool] | None = None) -> Path:
+                 stop_after: Callable[[int], bool] | None = None, build: bool = True) -> Path:
     """Run the generate stage (resumable); returns ``run_dir/generated``.
 
     Teachers are loaded one at a time and only when they still have prompts to answer.
+    ``build=False`` takes the corpus already in ``run_dir/corpus`` as it is (a frozen
+    benchmark snapshot) instead of building it from the recipe's sources.
     """
     if recipe.generate is None:
         raise AvokitError(f"recipe {recipe.name!r} has no `generate` section")
-    build_corpus(recipe)
+    if build:
+        build_corpus(recipe)
     prompts = collect_prompts(recipe.generate.prompts, load_split(recipe, "train", generated=False),
                               recipe.base_dir)
     out = generated_dir(recipe.run_dir)
