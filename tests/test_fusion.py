@@ -123,3 +123,16 @@ def test_local_bpb_pools_the_window_like_a_brute_force_sum() -> None:
         assert torch.allclose(got[i], want)
     with pytest.raises(ValueError, match="window"):
         local_bpb(lp, nb, -1)
+
+
+def test_per_document_priors_equal_row_by_row_fusion() -> None:
+    """A [D, n] prior (e.g. per-domain weights) gives each row what that row's own [n] prior gives."""
+    bpb = torch.tensor([[1.0, 2.0, 0.5], [1.5, math.inf, 1.0], [0.7, 0.8, 0.9]], dtype=torch.float64)
+    priors = torch.tensor([[1.0, 0.0, 0.0], [0.2, 1.0, 3.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    for mode in ("fixed", "bpb_softmax", "min_ce"):
+        whole = document_weights(bpb, mode, 0.3, priors)
+        for r in range(3):
+            assert torch.allclose(whole[r], document_weights(bpb[r:r + 1], mode, 0.3, priors[r])[0])
+    assert document_weights(bpb, "bpb_softmax", 0.3, priors)[0].tolist() == [1.0, 0.0, 0.0]  # routed
+    with pytest.raises(ValueError, match=r"fixed weights must be \[3\] or \[3, 3\]"):
+        document_weights(bpb, "fixed", 1.0, torch.ones(2, 3))

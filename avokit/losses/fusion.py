@@ -44,12 +44,13 @@ def document_weights(
     """Per-document teacher weights.
 
     Shapes: ``bpb`` float [D, n_teachers]; ``fixed`` float [n_teachers] tensor or sequence (the
-    recipe's per-teacher weights, non-negative; None = all 1). Non-finite BPB (``inf``/NaN)
+    recipe's per-teacher weights, non-negative; None = all 1), or [D, n_teachers] (a prior per
+    document, e.g. per-domain weights). Non-finite BPB (``inf``/NaN)
     marks a teacher that has no record of the document. Returns float [D, n_teachers], rows
     summing to 1 (or all 0 for a document that no teacher with positive fixed weight and
     finite BPB covers).
 
-    - ``fixed``: ``fixed`` normalised, the same for every document
+    - ``fixed``: ``fixed`` normalised (the same for every document unless given per document)
     - ``bpb_softmax``: ``softmax(log fixed - bpb / temperature)`` per row
     - ``min_ce``: one-hot on the lowest BPB per row (ties split equally)
     """
@@ -61,8 +62,9 @@ def document_weights(
     if fixed is None:
         fixed = torch.ones(n_teachers, dtype=bpb.dtype, device=bpb.device)
     fixed = torch.as_tensor(fixed, dtype=bpb.dtype, device=bpb.device)
-    if fixed.shape != (n_teachers,):
-        raise ValueError(f"fixed weights must be [{n_teachers}], got {tuple(fixed.shape)}")
+    if fixed.shape not in ((n_teachers,), tuple(bpb.shape)):
+        raise ValueError(f"fixed weights must be [{n_teachers}] or {list(bpb.shape)}, got {tuple(fixed.shape)}")
+    fixed = fixed.expand_as(bpb)
     if bool((fixed < 0).any()) or not bool(torch.isfinite(fixed).all()):
         raise ValueError(
             f"fixed teacher weights must be finite and non-negative, got {fixed.tolist()}"
@@ -70,11 +72,11 @@ def document_weights(
     if temperature <= 0.0:
         raise ValueError(f"fusion temperature must be positive, got {temperature}")
 
-    usable = torch.isfinite(bpb) & (fixed > 0).unsqueeze(0)
+    usable = torch.isfinite(bpb) & (fixed > 0)
     zero = torch.zeros_like(bpb)
     minus_inf = torch.full_like(bpb, -math.inf)
     if mode == "fixed":
-        scores = torch.where(usable, fixed.log().expand_as(bpb), minus_inf)
+        scores = torch.where(usable, fixed.log(), minus_inf)
     elif mode == "bpb_softmax":
         scores = torch.where(usable, fixed.log() - bpb / temperature, minus_inf)
     elif mode == "min_ce":

@@ -39,6 +39,11 @@ class Recipe(Section):
             if t.name in seen:
                 raise ValueError(f"teacher name {t.name!r} is used twice")
             seen.add(t.name)
+        for domain, weights in self.train.fusion.domain_weights.items():
+            unknown = [n for n in weights if n not in seen]
+            if unknown:
+                raise ValueError(f"train.fusion.domain_weights[{domain!r}]: unknown teacher(s) {unknown} "
+                                 f"(teachers: {sorted(seen)})")
         if self.generate is not None:
             unknown = [n for n in self.generate.teachers if n not in seen]
             if unknown:

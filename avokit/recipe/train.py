@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from avokit.recipe.base import Section
 
@@ -43,6 +44,22 @@ class FusionConfig(Section):
     mode: Literal["fixed", "bpb_softmax", "min_ce", "span_softmax"] = "bpb_softmax"
     temperature: float = Field(default=0.1, gt=0.0)
     window: int = Field(default=2, ge=0)
+    # domain -> teacher -> weight: replaces the teachers' own `weight` (the prior of every mode)
+    # for documents of that domain; a teacher not named there gets 0. Domains not listed keep
+    # the teachers' weights. E.g. route each domain to the teacher whose single-teacher student
+    # is best on it on validation.
+    domain_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("domain_weights")
+    @classmethod
+    def _domain_weights_usable(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for domain, weights in value.items():
+            bad = {t: w for t, w in weights.items() if not math.isfinite(w) or w < 0}
+            if bad:
+                raise ValueError(f"domain_weights[{domain!r}]: weights must be finite and >= 0, got {bad}")
+            if not any(w > 0 for w in weights.values()):
+                raise ValueError(f"domain_weights[{domain!r}]: give at least one teacher a positive weight")
+        return value
 
 
 class OnPolicyConfig(Section):

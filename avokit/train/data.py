@@ -15,7 +15,7 @@ is what makes resume-after-kill reproduce an uninterrupted run bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class PackedCorpus:
     - token_bytes: int64 [L] UTF-8 bytes of every stream token (0 for separators)
     - is_sep: bool [L] True where the stream holds a separator (or the start token after it)
     - byte_ends: per document, int64 [n_d] byte end offset of each student token
+    - domains: each document's domain (fusion can weigh teachers per domain)
     """
 
     doc_ids: list[str]
@@ -52,6 +53,7 @@ class PackedCorpus:
     is_sep: np.ndarray
     byte_ends: list[np.ndarray]
     seq_len: int
+    domains: list[str] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -127,6 +129,7 @@ def pack_documents(docs: list[Document], tokenizer: Any, seq_len: int, sep_id: i
         is_sep=is_sep,
         byte_ends=[t.byte_ends.astype(np.int64) for t in tokenized],
         seq_len=seq_len,
+        domains=[d.domain for d in docs],
     )
     if require_row and packed.n_rows == 0:
         raise AvokitError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ class OnPolicy:
     seed: int
     fuse: Fuse
     loss_cfg: Any  # the run's train.loss with the on-policy divergence
+    prompt_domains: list[str] = field(default_factory=list)  # each prompt's document's domain
 
     def takes(self, step: int, micro: int) -> bool:
         """Whether micro-batch ``micro`` of ``step`` is on-policy: a fixed share ``mix`` of
@@ -86,15 +87,19 @@ def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: 
         return out
 
 
+def prompt_picks(onp: OnPolicy, step: int, micro: int, batch_size: int, rank: int = 0) -> np.ndarray:
+    """The prompts (indices) micro-batch ``micro`` of ``step`` continues on process ``rank``."""
+    rng = np.random.default_rng([onp.seed, step, micro, rank])
+    return rng.choice(len(onp.prompts), size=batch_size, replace=len(onp.prompts) < batch_size)
+
+
 @torch.no_grad()
 def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
            device: Any, rank: int = 0) -> list[tuple[str, int]]:
     """``batch_size`` continuations by the student: ``(text, prompt_chars)`` each, where the
     first ``prompt_chars`` characters are the document prefix it was given. Each process
     (``rank``) samples its own prompts and text."""
-    rng = np.random.default_rng([onp.seed, step, micro, rank])
-    picks = rng.choice(len(onp.prompts), size=batch_size, replace=len(onp.prompts) < batch_size)
-    prompts = [onp.prompts[i] for i in picks]
+    prompts = [onp.prompts[i] for i in prompt_picks(onp, step, micro, batch_size, rank)]
     width = max(len(p) for p in prompts)
     pad = onp.separator
     ids = torch.full((batch_size, width), pad, dtype=torch.long)
@@ -136,7 +141,11 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     teacher's share. ``generator``: the unwrapped model that samples; ``model`` computes the
     logits that get gradients (the same weights)."""
     samples = sample(generator, onp, step, micro, batch_size, device, rank)
-    docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy") for i, (text, _) in enumerate(samples)]
+    # a sample belongs to its prompt's domain (per-domain fusion weighs it like its document)
+    domains = ([onp.prompt_domains[i] for i in prompt_picks(onp, step, micro, batch_size, rank)]
+               if onp.prompt_domains else ["on-policy"] * len(samples))
+    docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy", domain=dom)
+            for i, ((text, _), dom) in enumerate(zip(samples, domains))]
     texts = [d.text for d in docs]
     packed = pack_documents(docs, onp.tokenizer, 1, onp.separator, require_row=False, start_id=onp.start_id)
     # every sample in one row: the sequences differ in length, and no token is dropped

@@ -110,8 +110,20 @@ def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
     mode = "bpb_softmax" if fcfg.mode == "span_softmax" else fcfg.mode
     # inf BPB marks a document the teacher's cache lacks: document_weights gives it weight 0.
     weights = document_weights(torch.tensor(bpb, dtype=torch.float64), mode, fcfg.temperature,
-                               [s.weight for s in sources])
+                               torch.from_numpy(teacher_priors(recipe, packed, sources)))
     return weights.numpy().astype(np.float32)
+
+
+def teacher_priors(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource]) -> np.ndarray:
+    """float64 [D, n_teachers]: each teacher's ``weight``, replaced for the documents of a
+    domain listed in ``train.fusion.domain_weights`` by that domain's weights (0 when unnamed)."""
+    own = np.array([s.weight for s in sources], dtype=np.float64)
+    prior = np.repeat(own[None, :], len(packed.doc_ids), axis=0)
+    routed = recipe.train.fusion.domain_weights
+    for d, domain in enumerate(packed.domains):
+        if domain in routed:
+            prior[d] = [routed[domain].get(s.name, 0.0) for s in sources]
+    return prior
 
 
 def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource],
@@ -126,7 +138,7 @@ def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[Teac
     from avokit.losses.fusion import document_weights, local_bpb
 
     fcfg = recipe.train.fusion
-    prior = np.array([s.weight for s in sources], dtype=np.float64)
+    priors = teacher_priors(recipe, packed, sources)
     out = []
     for d, doc_id in enumerate(packed.doc_ids):
         w = np.repeat(doc_weights[d][None, :], int(packed.doc_len[d]), axis=0)
@@ -136,7 +148,7 @@ def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[Teac
         if spans.n_spans and have:
             bpb = local_bpb(torch.from_numpy(spans.logprob), torch.from_numpy(spans.n_bytes), fcfg.window)
             per_span = np.zeros((spans.n_spans, len(sources)))
-            per_span[:, have] = document_weights(bpb, "bpb_softmax", fcfg.temperature, prior[have]).numpy()
+            per_span[:, have] = document_weights(bpb, "bpb_softmax", fcfg.temperature, priors[d][have]).numpy()
             inside = spans.span_of_student >= 0
             w[inside] = per_span[spans.span_of_student[inside]]
         out.append(w.astype(np.float32))
@@ -190,7 +202,7 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
 
     loss_cfg = cfg.loss.model_copy(update={"divergence": cfg.on_policy.divergence, "jsd_beta": cfg.on_policy.jsd_beta})
     return OnPolicy(cfg.on_policy, teachers, kd.sources, tokenizer, byteify(tokenizer, name="student"), prompts,
-                    sep, start, cfg.seed, functools.partial(fusion, recipe), loss_cfg)
+                    sep, start, cfg.seed, functools.partial(fusion, recipe), loss_cfg, prompt_domains=list(packed.domains))
 
 
 def run_training(recipe: Recipe, baseline: bool = False,

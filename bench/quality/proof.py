@@ -12,7 +12,9 @@ Variants (identical student, tokenizer, initial weights, data order and steps pe
 ``a_ce`` CE only; ``b_<teacher>`` KD from one teacher; ``d_fused`` the three teachers with
 the new targets (byte-conditional dense targets with prefix buckets, debiased chunk term) and
 span-level fusion; ablations take one new target away (``d_boundary``, ``d_prefix``,
-``d_raw_chunk``) or change the fusion mode (``d_bpb`` per document, ``d_uniform`` equal). Every run trains in
+``d_raw_chunk``) or change the fusion mode (``d_bpb`` per document, ``d_uniform`` equal);
+``d_routed`` routes each domain to the teacher whose single-teacher student is best there on
+validation (chosen by ``route`` after the ``b_*`` runs). Every run trains in
 segments of ``--segment-steps`` at a constant learning rate after warmup, and after each
 segment its student is scored on validation and test (BPB per domain, domain-balanced
 overall); the checkpoint is chosen on validation and reported on test. One training run per
@@ -21,6 +23,7 @@ overall); the checkpoint is chosen on validation and reported on test. One train
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py prepare
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/proof.py train --seeds 0 1 2 3 4 \\
         --variants a_ce b_gemma3-270m        # one process per variant list; resumable
+    PYTHONPATH=. .venv/bin/python bench/quality/proof.py route    # d_routed's routing, from validation only
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py weights  # how each fusion mode weighs the teachers
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py report   # writes --out .json / .md
 
@@ -49,7 +52,7 @@ from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb  # noqa:
 from avokit.recipe import Recipe, load_recipe  # noqa: E402
 from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
 from proof_render import render  # noqa: E402
-from proof_stats import OVERALL, build_proof, chosen_test_bpb, paired_differences  # noqa: E402
+from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences  # noqa: E402
 
 SOURCE = Path(__file__).with_name("complementarity.yaml")
 TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -72,7 +75,12 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any], str]] = {
     # each fusion mode in place of span-level weights
     "d_bpb": (TEACHERS, {"loss": TARGETS}, "ablation: per-document fusion (bpb_softmax)"),
     "d_uniform": (TEACHERS, {"loss": TARGETS, "fusion": {"mode": "fixed"}}, "ablation: equal fixed teacher weights"),
+    # each domain's documents to the teacher whose single-teacher student is best on that domain's
+    # *validation* BPB (``route``; fusion.domain_weights), then span fusion among those named
+    "d_routed": (TEACHERS, NEW, "three teachers, new targets, each domain routed to the teacher whose "
+                 "single-teacher student is best there on validation"),
 }
+ROUTING = "routing.json"
 SINGLES = [f"b_{t}" for t in TEACHERS]
 STUDENT = {"arch": "llama", "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
            "num_kv_heads": 2, "tokenizer": {"kind": "train", "vocab_size": 4096}}
@@ -131,6 +139,8 @@ def variant_recipe(runs: Path, variant: str, seed: int, args: argparse.Namespace
              "checkpoint_every": args.segment_steps, "eval_every": 10**9, "log_every": 10}
     for key, val in train_changes.items():
         train[key] = {**train.get(key, {}), **val} if isinstance(val, dict) else val
+    if variant == "d_routed":
+        train["fusion"] = {**train["fusion"], "domain_weights": read_routing(runs)["domain_weights"]}
     data = {"name": f"s{seed}", "runs_dir": str((runs / variant).resolve()),
             "corpus": {"sources": [{"kind": "jsonl", "path": "unused.jsonl"}]},
             "teachers": [{"name": t, "kind": "registry"} for t in (teachers or TEACHERS[:1])],
@@ -141,6 +151,40 @@ def variant_recipe(runs: Path, variant: str, seed: int, args: argparse.Namespace
     for t in teachers:
         _link(runs / "data" / "cache" / t, rec.run_dir / "cache" / t)
     return rec
+
+
+def route(runs: Path) -> dict[str, Any]:
+    """Per domain, the single-teacher variant with the lowest mean *validation* BPB at its chosen
+    checkpoint over the seeds every single finished (the test split plays no part); written
+    to ``RUNS/routing.json`` once, so every d_routed seed trains with the same routing."""
+    path = runs / ROUTING
+    if path.is_file():
+        return json.loads(path.read_text())
+    settings = json.loads((runs / "settings.json").read_text())
+    val: dict[str, dict[int, dict[str, float]]] = {}
+    for variant in SINGLES:
+        for seg_file in sorted((runs / variant).glob("s*/segments.json")):
+            segments = json.loads(seg_file.read_text())
+            if len(segments) >= settings["segments"]:
+                val.setdefault(variant, {})[int(seg_file.parent.name[1:])] = dict(chosen(segments)["validation"])
+    seeds = sorted(set.intersection(*(set(val.get(v, {})) for v in SINGLES)))
+    if len(seeds) < 2:
+        raise SystemExit("route: train the single-teacher variants (b_*) on at least 2 seeds first")
+    domains = sorted(k for k in val[SINGLES[0]][seeds[0]] if k != OVERALL)
+    means = {v: {dom: float(np.mean([val[v][s][dom] for s in seeds])) for dom in domains} for v in SINGLES}
+    best = {dom: min(SINGLES, key=lambda v: means[v][dom]) for dom in domains}
+    out = {"seeds": seeds, "validation_bpb": means, "best_single": best,
+           "domain_weights": {dom: {best[dom][2:]: 1.0} for dom in domains}}
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def read_routing(runs: Path) -> dict[str, Any]:
+    """The routing ``route`` chose; a clear error when it has not run."""
+    path = runs / ROUTING
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: run `proof.py route` (after the b_* variants) before d_routed")
+    return json.loads(path.read_text())
 
 
 def _split_texts(runs: Path, split: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -286,6 +330,12 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as err:  # not enough paired seeds yet: say so instead of a proof
         result["proof"] = None
         result["proof_pending"] = str(err)
+    # the same test for the domain-routed student (its routing was chosen on validation)
+    try:
+        result["proof_routed"] = {**build_proof(test, SINGLES, "d_routed", "a_ce", teachers),
+                                  "routing": read_routing(runs)}
+    except (ValueError, SystemExit):
+        result["proof_routed"] = None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     out.with_suffix(".md").write_text(render(result))
@@ -295,7 +345,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     """prepare | train | weights | report."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["prepare", "train", "weights", "report"])
+    ap.add_argument("command", choices=["prepare", "train", "route", "weights", "report"])
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-proof"))
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--val-fraction", type=float, default=0.15)
@@ -310,6 +360,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))
+    elif args.command == "route":
+        print(json.dumps(route(args.runs), indent=1))
     elif args.command == "weights":
         print(json.dumps(fusion_diagnostics(args.runs, args), indent=1))
     elif args.command == "train":
