@@ -391,9 +391,10 @@ def test_dense_targets_cover_every_student_position_and_train(tmp_path: Path) ->
         # chunks are the same in both modes; only token rows are added
         assert np.array_equal(tb_b.chunk_of_target, tb_d.chunk_of_target)
         assert np.array_equal(tb_b.chunk_teacher_logprob, tb_d.chunk_teacher_logprob)
-        # every row's candidate mass sums to 1 and the student's own next token gets mass
+        # every row's candidate mass is at most 1 (the rest is the tail the cache never saw) and
+        # the student's own next token gets mass
         mass = np.exp(tb_d.topk_logprobs.astype(np.float64)).sum(axis=1)
-        assert np.allclose(mass, 1.0, atol=1e-4)
+        assert (mass <= 1.0 + 1e-4).all() and (mass > 0).all()
         gold = targets[tb_d.b_idx, tb_d.s_pos]
         hit = (tb_d.topk_student_ids == gold[:, None]).any(axis=1)
         assert hit.mean() > 0.5, hit.mean()

@@ -7,20 +7,25 @@ also says how that token goes on once some of its bytes are out. For a student p
 starts at byte ``b`` with ``starts[i] <= b < byte_ends[i]`` (teacher token ``i`` holds byte
 ``b``), the emitted prefix is ``u = text[starts[i]:b]`` and
 
-    p(t | u) = p(t) / Z  for every candidate t whose bytes extend u  (Z: their total mass),
+    p(t | u) = p(t) / Z  for every candidate t whose bytes extend u,
 
 over the candidates the cache holds (the top-k and the gold token; the gold token always
-extends ``u``). Each candidate's *remainder* ``bytes(t)[len(u):]`` is what comes next; it
+extends ``u``), where ``Z = P(next token extends u)`` is their mass plus the tail the cache
+never saw (``1 -`` the candidates' mass): an upper bound, since only some of the tail extends
+``u``. What is not a candidate stays with OTHER in the bucketed divergence, so the teacher
+never puts exactly zero mass outside its candidates (a reverse KL would otherwise charge the
+student ~100 nats per unit of mass there, the log-prob floor). Each candidate's *remainder* ``bytes(t)[len(u):]`` is what comes next; it
 counts for the student token the student would write first: the longest student token that
 is a prefix of the remainder (:class:`PrefixIndex`). Several remainders can share one
 student token, so the result is a distribution over student buckets that the bucketed
 divergence (:mod:`avokit.losses.bucketed`) takes as it is — mapped ids and log-probs.
 
-At a common boundary ``u`` is empty: every candidate is kept and maps to its longest student
-prefix ("prefix buckets"): teacher mass on " walking" counts for the student's " walk"
-instead of being lost in OTHER. Approximations, stated: the teacher's tail beyond the
-cached top-k is assumed not to extend ``u`` (most tokens do not), and paths where the teacher
-would spell ``u`` with more than one token are not counted (the cache holds one step).
+At a common boundary ``u`` is empty and ``Z = 1``: the teacher's own distribution, every
+candidate mapped to its longest student prefix ("prefix buckets"): teacher mass on " walking"
+counts for the student's " walk" instead of being lost in OTHER. Approximations, stated:
+inside a token ``Z`` counts the whole tail as if it extended ``u`` (so the conditional slightly
+understates the candidates), and paths where the teacher would spell ``u`` with more than one
+token are not counted (the cache holds one step).
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class ConditionalTargets:
     - inside: bool [m], True where the position is strictly inside a teacher token
     - student_ids: int64 [m, c], student id each candidate's remainder maps to, -1 = none
       (a candidate that does not extend the prefix, or whose remainder no student token starts)
-    - logprobs: float32 [m, c], log p(candidate | prefix), -inf for dropped candidates
+    - logprobs: float32 [m, c], log p(candidate | prefix), -inf for dropped candidates; a row
+      sums to at most 1 (the rest is the tail's share)
     """
 
     student_pos: np.ndarray
@@ -104,6 +110,8 @@ def conditional_targets(
     pos = np.nonzero(s_starts < covered)[0]
     which = np.searchsorted(t_ends, s_starts[pos], side="right")  # teacher token holding b
     cand_ids, cand_lps = _candidates(records)
+    # what the cache never saw at each teacher position (quantised top-k may round past 1)
+    tail = np.clip(1.0 - np.exp(cand_lps).sum(axis=1), 0.0, 1.0)
     c = cand_ids.shape[1]
     out_ids = np.full((pos.size, c), -1, dtype=np.int64)
     out_lps = np.full((pos.size, c), -np.inf, dtype=np.float64)
@@ -119,9 +127,9 @@ def conditional_targets(
                 keep.append((j, index.longest_prefix(tok[len(u):]), lp))
         if not keep:
             continue
-        lps = np.array([k[2] for k in keep])
-        top = lps.max()
-        norm = top + np.log(np.exp(lps - top).sum())
+        kept_mass = float(np.exp(np.array([k[2] for k in keep])).sum())
+        # P(next token extends u): 1 at a boundary; inside, the kept mass plus the unseen tail
+        norm = np.log(max(kept_mass, 1.0) if not u else kept_mass + tail[i])
         for (j, sid, lp) in keep:
             out_ids[row, j] = sid
             out_lps[row, j] = lp - norm
@@ -165,5 +173,7 @@ def conditional_targets_reference(
             mass[sid] = mass.get(sid, 0.0) + float(np.exp(lp))
         total = sum(mass.values())
         if total > 0:
-            out[p] = {sid: m / total for sid, m in mass.items()}
+            unseen = max(0.0, 1.0 - sum(float(np.exp(lp)) for lp in cands.values()))
+            z = max(total, 1.0) if not u else total + unseen
+            out[p] = {sid: m / z for sid, m in mass.items()}
     return out
