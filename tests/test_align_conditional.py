@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from avokit.align import TokenBytes
-from avokit.align.conditional import PrefixIndex, conditional_targets, conditional_targets_reference
+from avokit.align.conditional import (
+    ConditionalTargets,
+    PrefixIndex,
+    conditional_targets,
+    conditional_targets_reference,
+)
 from avokit.records import TeacherRecords, TokenizedDoc
 
 
@@ -49,7 +54,6 @@ def test_hand_case_inside_a_word_and_at_a_boundary() -> None:
                    b" ", b"w", b"a", b"l", b"k", b"e", b"d", b"s", b"t"], "teacher")
     student = _tb([b" walk", b"ing", b"ed", b"s", b" ", b"w", b"a", b"l", b"k", b"i", b"n", b"g", b"e",
                    b"d", b"t", b" wa"], "student")
-    text = b" walking"
     t_doc = TokenizedDoc(np.array([0]), np.array([8]), 8)
     s_doc = TokenizedDoc(np.array([0, 1]), np.array([5, 8]), 8)
     p = {" walking": 0.5, " walked": 0.2, " walks": 0.1, " talk": 0.1}
@@ -72,13 +76,18 @@ def test_hand_case_inside_a_word_and_at_a_boundary() -> None:
     assert abs(row1[1] - 0.5 / 0.9) < 1e-6 and abs(row1[2] - 0.2 / 0.9) < 1e-6 and abs(row1[3] - 0.1 / 0.9) < 1e-6
 
 
-def test_gold_outside_the_top_k_is_a_candidate() -> None:
+def _ab_case() -> ConditionalTargets:
+    """Teacher spells "ab" as one token, top-1 "ax" (0.6), gold "ab" (0.3) outside the top-k."""
     teacher = _tb([b"ab", b"ax", b"a", b"b", b"x"], "t")
     student = _tb([b"a", b"b", b"x"], "s")
     t_doc = TokenizedDoc(np.array([0]), np.array([2]), 2)
     s_doc = TokenizedDoc(np.array([0, 1]), np.array([1, 2]), 2)
     rec = _records(t_doc, np.array([[1]]), np.log(np.array([[0.6]])), np.log(np.array([0.3])))
-    out = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+    return conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+
+
+def test_gold_outside_the_top_k_is_a_candidate() -> None:
+    out = _ab_case()
     # after "a": candidates "ax" (0.6) and the gold "ab" (0.3), unseen tail 0.1 -> x: 0.6, b: 0.3
     got = {int(s): math.exp(float(lp)) for s, lp in zip(out.student_ids[1], out.logprobs[1]) if lp > -np.inf}
     assert abs(got[2] - 0.6) < 1e-6 and abs(got[1] - 0.3) < 1e-6
@@ -91,12 +100,7 @@ def test_reverse_kl_on_a_dense_target_stays_finite_scale() -> None:
 
     from avokit.losses.bucketed import bucketed_divergence
 
-    teacher = _tb([b"ab", b"ax", b"a", b"b", b"x"], "t")
-    student = _tb([b"a", b"b", b"x"], "s")
-    t_doc = TokenizedDoc(np.array([0]), np.array([2]), 2)
-    s_doc = TokenizedDoc(np.array([0, 1]), np.array([1, 2]), 2)
-    rec = _records(t_doc, np.array([[1]]), np.log(np.array([[0.6]])), np.log(np.array([0.3])))
-    out = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
+    out = _ab_case()
     student_lp = torch.log(torch.tensor([[0.5, 0.2, 0.3]]))  # 0.5 on "a", outside the candidates
     loss, _ = bucketed_divergence(student_lp, torch.from_numpy(out.student_ids[1:]),
                                   torch.from_numpy(out.logprobs[1:]), kind="reverse_kl")

@@ -38,14 +38,15 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+
+from onpolicy_metrics import verdict  # noqa: E402  (beside this script)
+from onpolicy_report import render  # noqa: E402
+from proof import NEW, STUDENT, TEACHERS, _link, score  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 from avokit.corpus import read_documents  # noqa: E402
 from avokit.corpus.build import heldout_score  # noqa: E402
 from avokit.recipe import Recipe  # noqa: E402
-from onpolicy_metrics import verdict  # noqa: E402  (beside this script)
-from onpolicy_report import render  # noqa: E402
-from proof import NEW, STUDENT, TEACHERS, _link, score  # noqa: E402
 
 VARIANTS = {"offline": "KD on the corpus (cached targets)",
             "seq": "KD on the corpus + teacher-written text",
@@ -176,11 +177,11 @@ def _model_dirs(runs: Path, args: argparse.Namespace) -> list[tuple[str, int, Pa
 
 def evaluate(runs: Path, args: argparse.Namespace) -> int:
     """Evaluate every finished run not yet evaluated (teachers loaded once); returns how many."""
+    from onpolicy_eval import eval_prompts, evaluate_model
     from transformers import AutoModelForCausalLM
 
     from avokit.student import load_student_tokenizer
     from avokit.teachers.load import load_teacher
-    from onpolicy_eval import eval_prompts, evaluate_model
 
     todo = [m for m in _model_dirs(runs, args) if not m[3].is_file()]
     if not todo:
@@ -226,9 +227,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "command"},
               "generated": json.loads(seqdata.read_text()) if seqdata.is_file() else None,
               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    out.with_suffix(".md").write_text(render(result))
+    write_results(out, result, render(result))
     return result
 
 

@@ -44,15 +44,16 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
+from proof_render import render  # noqa: E402
+from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences  # noqa: E402
+from results_io import write_results  # noqa: E402
 
 from avokit.cache import CacheReader  # noqa: E402
 from avokit.corpus import Document, load_split, read_documents, write_documents  # noqa: E402
 from avokit.corpus.build import heldout_score  # noqa: E402
 from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb  # noqa: E402
 from avokit.recipe import Recipe, load_recipe  # noqa: E402
-from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
-from proof_render import render  # noqa: E402
-from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences  # noqa: E402
 
 SOURCE = Path(__file__).with_name("complementarity.yaml")
 TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]
@@ -336,9 +337,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
                                   "routing": read_routing(runs)}
     except (ValueError, SystemExit):
         result["proof_routed"] = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    out.with_suffix(".md").write_text(render(result))
+    write_results(out, result, render(result))
     return result
 
 

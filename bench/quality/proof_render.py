@@ -26,21 +26,14 @@ def render(result: dict[str, Any]) -> str:
              f"{result['budget']['tokens_per_run']:,} tokens = {result['budget']['epochs']:.2f} epochs of the "
              f"training split ({result['budget']['train_tokens_per_param']:.3f} training tokens per parameter).", ""]
     if proof:
-        lines += [f"**Verdict over {proof['seeds']} paired seeds: fused minus best single "
-                  f"({proof['best_single']}) = {_ci(proof['fused_minus_best_single'])} BPB "
-                  f"(domain-balanced test); {'holds' if proof['holds'] else 'does NOT hold'}.**", "",
-                  "| domain | best single | fused minus best single [95% CI] | gap closure |",
-                  "| --- | --- | ---: | ---: |"]
-        gc = proof["gap_closure"]
-        for dom, p in proof["per_domain"].items():
-            g = gc.get(dom)
-            lines.append(f"| {dom} | {p['best_single']} | {_ci(p, 'diff_mean', 'diff_ci95')} | "
-                         f"{'-' if g is None else f'{g:.3f}'} |")
-        g = gc.get(OVERALL)
-        lines += [f"| overall (domain-balanced) | {proof['best_single']} | {_ci(proof['fused_minus_best_single'])} | "
-                  f"{'-' if g is None else f'{g:.3f}'} |", ""]
+        lines += _verdict(proof, "fused (d_fused: span-level fusion of all three)")
     else:
         lines += [f"No verdict yet: {result.get('proof_pending')}", ""]
+    routed = result.get("proof_routed")
+    if routed:
+        chosen_on = ", ".join(f"{dom} -> {v}" for dom, v in routed["routing"]["best_single"].items())
+        lines += _verdict(routed, f"routed (d_routed: each domain to the teacher whose single-teacher student is "
+                                  f"best there on validation: {chosen_on})")
     cols = [OVERALL, *domains]
     lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds (n seeds):", "",
               "| variant | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
@@ -53,6 +46,23 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
     lines += _comparisons(result, cols) + _weights(result) + _runs(result)
     return "\n".join(lines) + "\n"
+
+
+def _verdict(proof: dict[str, Any], what: str) -> list[str]:
+    """The verdict line and per-domain table of one multi-teacher student against the best single."""
+    lines = [f"**Verdict over {proof['seeds']} paired seeds, {what}: minus best single "
+             f"({proof['best_single']}) = {_ci(proof['fused_minus_best_single'])} BPB "
+             f"(domain-balanced test); {'holds' if proof['holds'] else 'does NOT hold'}.**", "",
+             "| domain | best single | minus best single [95% CI] | gap closure |",
+             "| --- | --- | ---: | ---: |"]
+    gc = proof["gap_closure"]
+    for dom, p in proof["per_domain"].items():
+        g = gc.get(dom)
+        lines.append(f"| {dom} | {p['best_single']} | {_ci(p, 'diff_mean', 'diff_ci95')} | "
+                     f"{'-' if g is None else f'{g:.3f}'} |")
+    g = gc.get(OVERALL)
+    return lines + [f"| overall (domain-balanced) | {proof['best_single']} | {_ci(proof['fused_minus_best_single'])} | "
+                    f"{'-' if g is None else f'{g:.3f}'} |", ""]
 
 
 def _comparisons(result: dict[str, Any], cols: list[str]) -> list[str]:
