@@ -21,7 +21,7 @@ generations. ``report`` pairs the variants by seed and writes the ``verdict``.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/onpolicy.py prepare
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/onpolicy.py train --variants on --seeds 0 1 2
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/onpolicy.py evaluate
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/quality/onpolicy.py evaluate [--wait]
     PYTHONPATH=. .venv/bin/python bench/quality/onpolicy.py report   # bench/results/onpolicy.{json,md}
 
 Every command is resumable: a finished generation, capture, run or evaluation is skipped.
@@ -184,7 +184,7 @@ def evaluate(runs: Path, args: argparse.Namespace) -> int:
     from avokit.teachers.load import load_teacher
 
     todo = [m for m in _model_dirs(runs, args) if not m[3].is_file()]
-    if not todo:
+    if not todo and not args.wait:
         return 0
     rec = seq_recipe(runs, args)
     tok = load_student_tokenizer(args.proof / "data" / "tokenizer")
@@ -194,8 +194,17 @@ def evaluate(runs: Path, args: argparse.Namespace) -> int:
              for split, docs in (("test", test_docs),
                                  ("validation", read_documents(args.proof / "data" / "corpus" / "validation.parquet")))}
     teachers = {t: load_teacher(rec.teacher(t), rec.base_dir, rec.capture) for t in TEACHERS}
+    expected = len(args.seeds) * (len(VARIANTS) + 1)
+    done = 0
     try:
-        for variant, seed, model_dir, path in todo:
+        while True:  # with --wait: keep the teachers loaded and take each run as it finishes
+            todo = [m for m in _model_dirs(runs, args) if not m[3].is_file()]
+            if not todo:
+                if not args.wait or sum(m[3].is_file() for m in _model_dirs(runs, args)) >= expected:
+                    break
+                time.sleep(30)
+                continue
+            variant, seed, model_dir, path = todo[0]
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32").eval()
             t0 = time.perf_counter()
             result = evaluate_model(model, tok, prompts, teachers, new_tokens=64, sample_seed=args.sample_seed)
@@ -204,12 +213,13 @@ def evaluate(runs: Path, args: argparse.Namespace) -> int:
             result["eval_wall_s"] = round(time.perf_counter() - t0, 1)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1) + "\n")
+            done += 1
             print(f"[onpolicy] evaluated {variant} seed {seed}: teacher NLL {result['teacher_nll']:.4f} "
                   f"test BPB {result['test_bpb']['overall']:.4f} distinct-2 {result['distinct2']:.3f}", flush=True)
     finally:
         for t in teachers.values():
             t.close()
-    return len(todo)
+    return done
 
 
 def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -246,7 +256,8 @@ def main() -> None:
     ap.add_argument("--mix", type=float, default=0.5)
     ap.add_argument("--gen-prompts", type=int, default=8, help="teacher-written prompts per domain")
     ap.add_argument("--gen-tokens", type=int, default=96)
-    ap.add_argument("--eval-prompts", type=int, default=10, help="held-out prompts per domain")
+    ap.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts per domain")
+    ap.add_argument("--wait", action="store_true", help="evaluate: wait for every run of --seeds to finish")
     ap.add_argument("--sample-seed", type=int, default=1234)
     ap.add_argument("--out", type=Path, default=Path("bench/results/onpolicy"))
     args = ap.parse_args()
