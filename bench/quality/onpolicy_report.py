@@ -29,7 +29,9 @@ def render(res: dict[str, Any]) -> str:
              f"{res['created']}. Start: the fusion proof's CE-only student (`a_ce`, 100 steps) of each seed; "
              f"then {s['steps']} optimizer steps x {s['batch_size']} sequences (offline rows of 256 tokens; on-policy "
              f"micro-batches: 32 prompt tokens + up to 64 sampled, mix {s['mix']}), constant LR {s['lr']} after "
-             f"{s['warmup']} warmup steps, the proof's three teachers with new targets and span fusion. "
+             f"{s['warmup']} warmup steps, the proof's three teachers with its new targets (dense targets as corrected "
+             f"after the proof: OTHER keeps the teacher's unseen tail) and span fusion. Equal compute means equal "
+             f"optimizer steps of equal batch size; an on-policy step costs more wall time (train wall s below). "
              f"Evaluation: {s['eval_prompts']} held-out test prompts per domain (32 student tokens), 64 new tokens "
              f"at temperature 1, sampling seed {s['sample_seed']} for every run; each teacher's bits per byte of the "
              f"continuation; test BPB domain-balanced. The final checkpoint of each run is evaluated (equal steps).",
