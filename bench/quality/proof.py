@@ -331,6 +331,16 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as err:  # not enough paired seeds yet: say so instead of a proof
         result["proof"] = None
         result["proof_pending"] = str(err)
+    # the multi-teacher variant a user would pick: lowest mean *validation* BPB over the seeds every
+    # candidate finished (test plays no part in the choice), then the same test on its test BPB
+    result["proof_selected"] = None
+    cands = [v for v in VARIANTS if v.startswith("d_") and len(results.get(v, {})) >= 5]
+    shared = sorted(set.intersection(*(set(results[v]) for v in cands))) if cands else []
+    if len(shared) >= 5:
+        val = {v: float(np.mean([chosen(results[v][s]["segments"])["validation"][OVERALL] for s in shared]))
+               for v in cands}
+        pick = min(val, key=val.get)
+        result["proof_selected"] = {**build_proof(test, SINGLES, pick, "a_ce", teachers), "validation_bpb": val}
     # the same test for the domain-routed student (its routing was chosen on validation)
     try:
         result["proof_routed"] = {**build_proof(test, SINGLES, "d_routed", "a_ce", teachers),

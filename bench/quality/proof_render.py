@@ -29,6 +29,11 @@ def render(result: dict[str, Any]) -> str:
         lines += _verdict(proof, "fused (d_fused: span-level fusion of all three)")
     else:
         lines += [f"No verdict yet: {result.get('proof_pending')}", ""]
+    selected = result.get("proof_selected")
+    if selected:
+        val = ", ".join(f"{v} {b:.4f}" for v, b in sorted(selected["validation_bpb"].items(), key=lambda x: x[1]))
+        lines += _verdict(selected, f"the multi-teacher variant chosen on validation ({selected['fused']}; mean "
+                                    f"validation BPB {val})")
     routed = result.get("proof_routed")
     if routed:
         chosen_on = ", ".join(f"{dom} -> {v}" for dom, v in routed["routing"]["best_single"].items())
