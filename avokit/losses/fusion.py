@@ -64,11 +64,11 @@ def document_weights(
     fixed = torch.as_tensor(fixed, dtype=bpb.dtype, device=bpb.device)
     if fixed.shape not in ((n_teachers,), tuple(bpb.shape)):
         raise ValueError(f"fixed weights must be [{n_teachers}] or {list(bpb.shape)}, got {tuple(fixed.shape)}")
-    fixed = fixed.expand_as(bpb)
     if bool((fixed < 0).any()) or not bool(torch.isfinite(fixed).all()):
         raise ValueError(
             f"fixed teacher weights must be finite and non-negative, got {fixed.tolist()}"
         )
+    fixed = fixed.expand_as(bpb)  # checked before: an error names the weights as given, not D copies
     if temperature <= 0.0:
         raise ValueError(f"fusion temperature must be positive, got {temperature}")
 

@@ -94,31 +94,41 @@ def prompt_picks(onp: OnPolicy, step: int, micro: int, batch_size: int, rank: in
 
 
 @torch.no_grad()
+def continue_prompts(model: Any, prompts: list[np.ndarray], separator: int, max_new_tokens: int,
+                     temperature: float, device: Any) -> list[np.ndarray]:
+    """The token ids ``model`` samples after each prompt (one left-padded batch, full
+    distribution at ``temperature``), each cut at its first ``separator`` (the EOS). Seed the
+    torch RNG before calling it for a reproducible sample; the model's train/eval mode is kept."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), separator, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
+        ids[r, width - len(p):] = torch.from_numpy(p)
+        mask[r, width - len(p):] = 1
+    was_training = model.training
+    model.eval()
+    out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
+                         temperature=temperature, max_new_tokens=max_new_tokens,
+                         pad_token_id=separator, eos_token_id=separator)
+    model.train(was_training)
+    news = []
+    for r in range(len(prompts)):
+        new = out[r, width:].cpu().numpy()
+        stop = np.nonzero(new == separator)[0]
+        news.append(new[: stop[0]] if stop.size else new)
+    return news
+
+
 def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
            device: Any, rank: int = 0) -> list[tuple[str, int]]:
     """``batch_size`` continuations by the student: ``(text, prompt_chars)`` each, where the
     first ``prompt_chars`` characters are the document prefix it was given. Each process
     (``rank``) samples its own prompts and text."""
     prompts = [onp.prompts[i] for i in prompt_picks(onp, step, micro, batch_size, rank)]
-    width = max(len(p) for p in prompts)
-    pad = onp.separator
-    ids = torch.full((batch_size, width), pad, dtype=torch.long)
-    mask = torch.zeros((batch_size, width), dtype=torch.long)
-    for r, p in enumerate(prompts):  # left padding: every prompt ends where sampling starts
-        ids[r, width - len(p):] = torch.from_numpy(p)
-        mask[r, width - len(p):] = 1
-    was_training = model.training
-    model.eval()
     torch.manual_seed(int(heldout_score(f"sample:{step}:{micro}:{rank}", onp.seed) * 2**31))
-    out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=True, top_k=0,
-                         temperature=onp.cfg.temperature, max_new_tokens=onp.cfg.max_new_tokens,
-                         pad_token_id=pad, eos_token_id=onp.separator)
-    model.train(was_training)
+    news = continue_prompts(model, prompts, onp.separator, onp.cfg.max_new_tokens, onp.cfg.temperature, device)
     samples = []
-    for r, p in enumerate(prompts):
-        new = out[r, width:].cpu().numpy()
-        stop = np.nonzero(new == onp.separator)[0]
-        new = new[: stop[0]] if stop.size else new
+    for p, new in zip(prompts, news):
         prompt = student_text(p, onp.student_bytes)
         samples.append((prompt + student_text(new, onp.student_bytes), len(prompt)))
     return samples

@@ -16,7 +16,7 @@ from avokit.align import byteify
 from avokit.teachers.base import Teacher
 from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import separator_prefix
-from avokit.train.on_policy import live_records, student_text
+from avokit.train.on_policy import continue_prompts, live_records, student_text
 
 
 @dataclass(frozen=True)
@@ -35,27 +35,13 @@ def eval_prompts(docs: list[Any], tok: Any, n_tokens: int) -> list[EvalPrompt]:
             for d in docs]
 
 
-@torch.no_grad()
-def continue_prompts(model: Any, tok: Any, prompts: list[EvalPrompt], new_tokens: int, seed: int,
-                     batch: int = 16) -> list[np.ndarray]:
+def continue_eval_prompts(model: Any, tok: Any, prompts: list[EvalPrompt], new_tokens: int, seed: int,
+                          batch: int = 16) -> list[np.ndarray]:
     """The student's new token ids for each prompt, sampled at temperature 1 (stops at EOS)."""
-    sep = tok.eos_token_id
     torch.manual_seed(seed)
-    out = []
+    out: list[np.ndarray] = []
     for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        width = max(len(p.ids) for p in chunk)
-        ids = torch.full((len(chunk), width), sep, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, p in enumerate(chunk):  # left padding: every prompt ends where sampling starts
-            ids[r, width - len(p.ids):] = torch.from_numpy(p.ids)
-            mask[r, width - len(p.ids):] = 1
-        gen = model.generate(ids, attention_mask=mask, do_sample=True, top_k=0, temperature=1.0,
-                             max_new_tokens=new_tokens, pad_token_id=sep, eos_token_id=sep)
-        for r in range(len(chunk)):
-            new = gen[r, width:].numpy()
-            stop = np.nonzero(new == sep)[0]
-            out.append(new[: stop[0]] if stop.size else new)
+        out += continue_prompts(model, [p.ids for p in prompts[i:i + batch]], tok.eos_token_id, new_tokens, 1.0, "cpu")
     return out
 
 
@@ -64,7 +50,7 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
     """Teacher-judged bits per byte of the student's continuations (each teacher, per domain
     and over every prompt pooled; ``teacher_nll`` = the mean over teachers) and distinct-2/3."""
     tb = byteify(tok, name="student")
-    new = continue_prompts(model, tok, prompts, new_tokens, sample_seed)
+    new = continue_eval_prompts(model, tok, prompts, new_tokens, sample_seed)
     prompt_texts = [student_text(p.ids, tb) for p in prompts]
     texts = [pt + student_text(n, tb) for pt, n in zip(prompt_texts, new)]
     doc_ids = [f"eval:{p.doc_id}" for p in prompts]
