@@ -27,6 +27,9 @@ overall); the checkpoint is chosen on validation and reported on test. One train
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py weights  # how each fusion mode weighs the teachers
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py report   # writes --out .json / .md
 
+The confirmation on fresh seeds (PREREGISTERED.md) trains into ``--runs runs/bench-proof-confirm``
+and reports with ``--fused d_uniform --out bench/results/quality_confirm``.
+
 Runs go to ``runs/bench-proof/<variant>/s<seed>/`` (each segment's scores in
 ``segments.json``), so several processes may train different variants at once.
 """
@@ -323,11 +326,11 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     data = result["data"]
     trained = settings["segment_steps"] * settings["segments"] * settings["batch_size"] * settings["seq_len"]
     result["paired"] = {ref: {v: paired_differences(test, v, ref) for v in VARIANTS if v != ref}
-                        for ref in ("d_fused", "a_ce")}
+                        for ref in dict.fromkeys((args.fused, "a_ce"))}
     result["budget"] = {"tokens_per_run": trained, "epochs": trained / data["student_tokens"]["train"],
                         "train_tokens_per_param": data["student_tokens"]["train"] / data["student_params"]}
     try:
-        result["proof"] = build_proof(test, SINGLES, "d_fused", "a_ce", teachers)
+        result["proof"] = build_proof(test, SINGLES, args.fused, "a_ce", teachers)
     except ValueError as err:  # not enough paired seeds yet: say so instead of a proof
         result["proof"] = None
         result["proof_pending"] = str(err)
@@ -366,6 +369,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
+    ap.add_argument("--fused", default="d_fused", choices=[v for v in VARIANTS if v.startswith("d_")],
+                    help="the pre-registered multi-teacher variant the `proof` object tests (report)")
     args = ap.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))

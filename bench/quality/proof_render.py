@@ -26,7 +26,9 @@ def render(result: dict[str, Any]) -> str:
              f"{result['budget']['tokens_per_run']:,} tokens = {result['budget']['epochs']:.2f} epochs of the "
              f"training split ({result['budget']['train_tokens_per_param']:.3f} training tokens per parameter).", ""]
     if proof:
-        lines += _verdict(proof, "fused (d_fused: span-level fusion of all three)")
+        fused = proof["fused"]
+        lines += _verdict(proof, f"the pre-registered multi-teacher student ({fused}: "
+                                 f"{result['variants'][fused]['what']})")
     else:
         lines += [f"No verdict yet: {result.get('proof_pending')}", ""]
     selected = result.get("proof_selected")
@@ -73,8 +75,8 @@ def _verdict(proof: dict[str, Any], what: str) -> list[str]:
 def _comparisons(result: dict[str, Any], cols: list[str]) -> list[str]:
     """Every variant against the fused student and against CE, paired by seed."""
     rows = []
-    for ref in ("d_fused", "a_ce"):
-        for v, diff in result.get("paired", {}).get(ref, {}).items():
+    for ref, diffs in result.get("paired", {}).items():
+        for v, diff in diffs.items():
             if diff:
                 rows.append(f"| {v} minus {ref} | " + " | ".join(_ci(diff.get(c)) for c in cols) +
                             f" | {len(diff['seeds'])} |")
