@@ -177,3 +177,17 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert m3["bpb"]["tiny-teacher"]["bpb"] == m["bpb"]["tiny-teacher"]["bpb"]
     assert "- not scored on tasks (`eval.teacher_tasks: false`, BPB only): tiny-teacher" in (
         report / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("fixed", "- fusion of the teachers: `fixed` (each teacher's recipe weight, renormalised);"),
+    ("span_softmax", "- fusion of the teachers: `span_softmax` (temperature 0.1, window 2 spans);"),
+])
+def test_distillation_section_names_the_fusion_mode(mode: str, expected: str) -> None:
+    from avokit.evaluate.report import _distillation_section
+
+    d = {"fusion_mode": mode, "fusion_temperature": 0.1, "fusion_window": 2, "teacher_weights": {"a": 0.5, "b": 0.5},
+         "targets": "dense", "chunk_debias": True, "ce_weight": 1.0, "kd_weight": 1.0, "chunk_weight": 0.5}
+    lines = _distillation_section({"distillation": d})
+    assert any(line.startswith(expected) for line in lines), lines
+    assert any("x chunk (debiased)" in line and "`dense`" in line for line in lines)

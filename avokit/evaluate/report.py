@@ -133,8 +133,11 @@ def _distillation_section(metrics: dict[str, Any]) -> list[str]:
     d = metrics.get("distillation")
     if not d:
         return []
-    fusion = f"`{d['fusion_mode']}` (temperature {d['fusion_temperature']}"
-    fusion += f", window {d['fusion_window']} spans)" if d["fusion_mode"] == "span_softmax" else ")"
+    if d["fusion_mode"] == "fixed":  # the teachers' own weights: no temperature plays a part
+        fusion = "`fixed` (each teacher's recipe weight, renormalised)"
+    else:
+        fusion = f"`{d['fusion_mode']}` (temperature {d['fusion_temperature']}"
+        fusion += f", window {d['fusion_window']} spans)" if d["fusion_mode"] == "span_softmax" else ")"
     weights = ", ".join(f"{t} {w:.3f}" for t, w in d["teacher_weights"].items()) or "not logged"
     return ["", "## Distillation", "",
             f"- fusion of the teachers: {fusion}; mean teacher weight over the training documents: {weights}",
