@@ -8,7 +8,9 @@ bash scripts/setup.sh --dev
 eval "$(bash .ci/postgres.sh)"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
-.venv/bin/python -m pytest "$@"
+# one worker per core (test files stay on one worker: their fixtures are module-scoped);
+# pass -n 0 to run in one process
+.venv/bin/python -m pytest -n "${AVOKIT_TEST_WORKERS:-$(nproc)}" --dist loadfile "$@"
 rc=$?
 set -e
 if [[ $rc == 5 ]]; then

@@ -100,3 +100,14 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 def tiny_llama_dir(tiny_model_factory: Callable[..., Path], smollm2_tokenizer: Any) -> Path:
     """A tiny random Llama with the SmolLM2 tokenizer, saved as safetensors."""
     return tiny_model_factory(smollm2_tokenizer, "llama")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Captured output may hold lone UTF-16 surrogates (the gateway's invalid-Unicode tests log
+    what they send); escape them in the report, which pytest-xdist sends between processes as
+    UTF-8 and would otherwise fail on."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]

@@ -257,6 +257,27 @@ def run_mock_upstream(log_dir: Path) -> Iterator[str]:
     proc.wait(10)
 
 
+def _worker_database(url: str) -> str:
+    """Under pytest-xdist each worker gets its own database beside the CI one
+    (``avokit_test_gw0``, ...; created on first use), so emptying one worker's schema never
+    pulls tables from under another worker's test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    from sqlalchemy import create_engine, make_url, text
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar() is None:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def fresh_db(kind: str, tmp: Path) -> str:
     """A database URL for one test: a new SQLite file under ``tmp``, or the CI PostgreSQL
     (``AVOKIT_TEST_PG_URL``) with its public schema emptied; skips where PostgreSQL is absent."""
@@ -270,6 +291,7 @@ def fresh_db(kind: str, tmp: Path) -> str:
     url = os.environ.get("AVOKIT_TEST_PG_URL")
     if not url:
         pytest.skip("AVOKIT_TEST_PG_URL is not set (run .ci/postgres.sh)")
+    url = _worker_database(url)
     engine = make_db_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))

@@ -99,13 +99,13 @@ def test_on_policy_loss_by_hand_for_a_uniform_student(tiny_model_factory: Any, s
     assert float(parts["chunk"]) == pytest.approx(sum(chunk) / len(chunk), rel=1e-4)
 
 
-def test_only_the_students_own_tokens_are_targets() -> None:
+def test_only_the_students_own_tokens_are_targets(tmp_path: Path) -> None:
     from avokit.corpus import Document
     from avokit.student import train_student_tokenizer
     from avokit.train.data import pack_documents
     from avokit.train.on_policy import prompt_token_counts
 
-    tok = train_student_tokenizer(DOCS * 4, 300, Path("/tmp/avokit-test-onpolicy-tok"))
+    tok = train_student_tokenizer(DOCS * 4, 300, tmp_path / "tok")
     packed = pack_documents([Document("a", "Hello world, again.", "t"), Document("b", "xy", "t")], tok, 1,
                             tok.eos_token_id, require_row=False)
     context = prompt_token_counts(packed, [len(b"Hello world"), 0])

@@ -104,11 +104,11 @@ def make_recipe(tmp: Path, steps: int = 24, **train: Any) -> Any:
     return recipe_from_dict(data, tmp)
 
 
-def test_packing_covers_every_token_once() -> None:
+def test_packing_covers_every_token_once(tmp_path: Path) -> None:
     from avokit.student import train_student_tokenizer
 
     docs = make_docs(12, 3)
-    tok = train_student_tokenizer([d.text for d in docs], 400, Path("/tmp/avokit-test-tok"))
+    tok = train_student_tokenizer([d.text for d in docs], 400, tmp_path / "tok")
     packed = pack_documents(docs, tok, 32, tok.eos_token_id)
     x, y = packed.row_tokens(np.arange(packed.n_rows))
     assert x.shape == (packed.n_rows, 32)
