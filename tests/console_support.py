@@ -15,7 +15,8 @@ from gateway_support import SECRET, Server, build_registry  # noqa: E402
 
 ADMIN_NAME = "root"
 ADMIN_PASSWORD = "correct horse battery staple"
-PRICES = {"*": {"input": 1000, "output": 3000}}
+# micro-units per 1M tokens: 2 and 6 per token, so an answer costs a few hundred
+PRICES = {"*": {"input": 2_000_000, "output": 6_000_000}}
 
 
 def csrf_of(html: str) -> str:
@@ -23,6 +24,26 @@ def csrf_of(html: str) -> str:
     found = re.search(r'<meta name="csrf-token" content="([0-9a-f]*)"', html)
     assert found, html[:500]
     return found.group(1)
+
+
+def _with_evaluation(model_dir: Path) -> None:
+    """Give the test release a per-domain evaluation and two teachers, as a real release has
+    (release.json lists no checksum of itself, so the release stays servable)."""
+    from avokit.contracts.metrics import TeacherLineage
+    from avokit.contracts.release import read_release_manifest
+
+    manifest = read_release_manifest(model_dir)
+    teachers = [TeacherLineage(name="gemma-3-270m", kind="registry", license="Gemma",
+                               upstream="google/gemma-3-270m", fingerprint="a" * 64),
+                TeacherLineage(name="smollm2-135m", kind="registry", license="Apache-2.0",
+                               upstream="HuggingFaceTB/SmolLM2-135M", fingerprint="b" * 64)]
+    evaluation = manifest.eval.model_copy(update={
+        "bpb": {"student": 1.82, "baseline": 1.95},
+        "domain_bpb": {"student": {"code": 1.41, "english": 1.90, "german": 2.12},
+                       "baseline": {"code": 1.55, "english": 2.01, "german": 2.30}},
+        "tasks": {"toy": 0.5}})
+    lineage = manifest.lineage.model_copy(update={"teachers": teachers})
+    manifest.model_copy(update={"eval": evaluation, "lineage": lineage}).write(model_dir)
 
 
 class Console:
@@ -34,6 +55,7 @@ class Console:
         from typer.testing import CliRunner
 
         self.registry = build_registry(tmp / "registry").parent
+        _with_evaluation(self.registry / "avo-tiny")
         self.db_url = f"sqlite:///{tmp}/console.db"
         run_migrations(self.db_url)
         self.sessions = session_factory(make_db_engine(self.db_url))

@@ -24,7 +24,8 @@ def grouped_bars(categories: list[str], series: dict[str, list[float]], *, title
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((v for values in series.values() for v in values), default=0.0) or 1.0
     group_w = plot_w / max(len(categories), 1)
-    bar_w = max(2.0, (group_w * 0.8) / max(len(series), 1))
+    # bars at most 40 px wide, a group centred in its slot: one day is not one wall of colour
+    bar_w = min(40.0, max(2.0, (group_w * 0.8) / max(len(series), 1)))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
              f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
              f'<title>{escape(title)}</title>',
@@ -36,7 +37,7 @@ def grouped_bars(categories: list[str], series: dict[str, list[float]], *, title
              f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end">0</text>',
              f'<text x="8" y="{top + plot_h / 2}" font-size="11">{escape(unit)}</text>']
     for i, category in enumerate(categories):
-        x0 = left + i * group_w + group_w * 0.1
+        x0 = left + i * group_w + (group_w - bar_w * len(series)) / 2
         for j, (name, values) in enumerate(series.items()):
             value = values[i]
             h = plot_h * value / peak

@@ -77,11 +77,13 @@
         history.pop();
         return;
       }
+      let deltas = 0;
       await readEvents(response, (ev) => {
-        if (ev.type === "delta") { out.textContent += ev.text; }
+        if (ev.type === "delta") { out.textContent += ev.text; deltas += 1; }
         else if (ev.type === "error") { meta.textContent = "Error: " + ev.message; }
         else if (ev.type === "done") {
           history.push({ role: "assistant", content: out.textContent });
+          answer.dataset.deltas = deltas;
           answer.dataset.cost = ev.cost_micros;
           meta.textContent = ev.prompt_tokens + " prompt + " + ev.completion_tokens +
             " completion tokens · cost " + ev.cost_micros + " micro-units · " + ev.finish_reason;
