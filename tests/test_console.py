@@ -56,6 +56,7 @@ def test_the_key_becomes_a_signed_httponly_session(console: Console) -> None:
     for path in ["/console/playground", "/console/usage", "/console/keys", "/console/models"]:
         page = http.get(path)
         assert page.status_code == 200 and console.alice not in page.text, path
+    assert f"<code>{console.alice[:11]}…</code>" in http.get("/console/keys").text  # its prefix
     # a wrong key is refused with a message naming the field, and no session
     bad = console.client()
     page = bad.get("/console/signin")
@@ -209,3 +210,31 @@ def test_signin_attempts_are_rate_limited(console: Console) -> None:
     # the limit covers the admin sign-in too, and a right password does not get past it
     _, r = console.admin_signin()
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_admin_create_refuses_weak_or_taken_and_stores_only_a_hash(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from avokit.cli.main import build_app
+    from avokit.gateway.db.session import make_db_engine, session_factory
+    from avokit.gateway.services import admins
+
+    db = f"sqlite:///{tmp_path}/admins.db"
+    env = {"AVOKIT_SECRET": SECRET}
+
+    def create(name: str, password: str) -> object:
+        return CliRunner().invoke(build_app(), ["admin", "create", "--name", name, "--db", db],
+                                  input=f"{password}\n{password}\n", env=env)
+
+    ok = create("ops", "a long enough password")
+    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    short = create("ops2", "short")
+    assert short.exit_code != 0 and "password" in str(short.exception)  # type: ignore[attr-defined]
+    taken = create("ops", "another long password")
+    assert taken.exit_code != 0 and "already exists" in str(taken.exception)  # type: ignore[attr-defined]
+    with session_factory(make_db_engine(db))() as s:
+        (row,) = admins.list_admins(s)
+        assert "a long enough password" not in row.password_hash
+        assert admins.verify_admin(s, "ops", "a long enough password") is not None
+        assert admins.verify_admin(s, "ops", "a long enough passwore") is None
+        assert admins.verify_admin(s, "nobody", "a long enough password") is None

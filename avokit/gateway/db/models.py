@@ -45,6 +45,9 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     rotated_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # the key's first characters, to tell keys apart in lists (4 of its 43 random characters;
+    # None for keys made before the console)
+    prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Reservation(Base):

@@ -71,6 +71,11 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def display_prefix(key: str) -> str:
+    """What lists show of a key: ``sk-avo-`` and 4 of its 43 random characters."""
+    return key[:len(KEY_PREFIX) + 4]
+
+
 def _info(row: ApiKey | Row[Any] | SimpleNamespace) -> KeyInfo:
     return KeyInfo(
         id=row.id,
@@ -182,6 +187,7 @@ def create_key(
         tpm=tpm,
         created_at=now,
         expires_at=expires_at,
+        prefix=display_prefix(plaintext),
     )
     session.add(row)
     session.flush()

@@ -1,4 +1,4 @@
-"""Web console: administrators and signed-in sessions.
+"""Web console: administrators, signed-in sessions and each key's display prefix.
 
 Revision ID: 0003
 Revises: 0002
@@ -16,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add the admin_users and console_sessions tables."""
+    """Add the admin_users and console_sessions tables and api_keys.prefix."""
     tz = sa.DateTime(timezone=True)
     op.create_table(
         "admin_users",
@@ -38,10 +38,14 @@ def upgrade() -> None:
         sa.Column("ended_at", tz, nullable=True),
     )
     op.create_index("ix_console_sessions_expires_at", "console_sessions", ["expires_at"])
+    with op.batch_alter_table("api_keys") as batch:
+        batch.add_column(sa.Column("prefix", sa.String(16), nullable=True))
 
 
 def downgrade() -> None:
     """Drop them again."""
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("prefix")
     op.drop_index("ix_console_sessions_expires_at", "console_sessions")
     op.drop_table("console_sessions")
     op.drop_table("admin_users")
