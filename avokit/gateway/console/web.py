@@ -23,7 +23,6 @@ from avokit.gateway.console.auth import (
     Sessions,
     SignInRequired,
 )
-from avokit.gateway.errors import RateLimitError
 from avokit.gateway.services.ratelimit import RateLimiter
 from avokit.gateway.services.serving import Gateway
 
