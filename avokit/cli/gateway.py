@@ -1,12 +1,12 @@
-"""``avokit serve``, ``avokit keys ...`` and ``avokit usage``: thin views over the gateway services."""
+"""``avokit serve``, ``avokit keys ...``, ``avokit usage`` and ``avokit admin create``: thin views
+over the gateway services."""
 
 from __future__ import annotations
 
-import csv
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -168,30 +168,48 @@ def usage(
     since: Optional[datetime] = typer.Option(None, "--since", help="ISO date/time (UTC)"),
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout"),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    # Annotated, so a direct call (tests, scripts) that leaves it out gets None, not an Option
+    account: Annotated[Optional[int], typer.Option(
+        "--account", help="account id (every key of it)")] = None,
 ) -> None:
     """Billed usage from the ledger."""
     from avokit.gateway.services import metering
+    from avokit.gateway.services.usage import CSV_HEADER, usage_values, write_usage_csv
 
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
     with _sessions(_settings(db))() as session:
-        rows = metering.usage(session, key, since)
-    header = ["time", "key", "model", "prompt_tokens", "completion_tokens", "cost_micros"]
-    values = [[str(r.created_at)[:19], r.key_id or "", r.model or "", r.prompt_tokens,
-               r.completion_tokens, r.cost_micros] for r in rows]
-    if as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(header)
-        writer.writerows(values)
+        rows = metering.usage(session, key, since, account_id=account)
+    if as_csv:  # the same function as the web console's CSV download
+        write_usage_csv(rows, sys.stdout)
         return
     table = Table(title="usage")
-    for col in header:
+    for col in CSV_HEADER:
         table.add_column(col)
-    for row in values:
+    for row in usage_values(rows):
         table.add_row(*(str(v) for v in row))
     total = sum(r.cost_micros for r in rows)
     table.caption = f"{len(rows)} requests, {total} micro-units"
     Console().print(table)
+
+
+def admin_create(
+    name: str = typer.Option(..., "--name", help="administrator name for the web console"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="read the password from the first line of stdin "
+        "(scripts); otherwise it is prompted for, twice, without echo"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Create a web-console administrator (/console/admin); there is no default one."""
+    from avokit.gateway.services import admins
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with _sessions(_settings(db)).begin() as session:
+        admins.create_admin(session, name, password)
+    Console(stderr=True).print(f"created administrator {name!r}: sign in at /console/admin")
 
 
 def register(app: typer.Typer) -> None:
@@ -206,3 +224,6 @@ def register(app: typer.Typer) -> None:
     group.command("topup")(keys_topup)
     app.add_typer(group, name="keys")
     app.command("usage")(usage)
+    admin = typer.Typer(help="Web-console administrators.", no_args_is_help=True)
+    admin.command("create")(admin_create)
+    app.add_typer(admin, name="admin")

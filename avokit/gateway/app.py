@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from avokit.gateway.bodylimit import BodyLimit
+from avokit.gateway.console import install_console
 from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
@@ -114,15 +115,17 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
 
-    # no docs or schema routes: the only keyless route is /health
+    # no docs or schema routes: the only keyless API route is /health (the console's pages
+    # need a console session, but its sign-in pages and static files)
     app = FastAPI(title="avokit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     install_error_handler(app)
-    # outermost: an oversized body is refused before anything reads or parses it
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)
+    install_console(app, settings)
+    # added last, so outermost: an oversized body is refused before anything reads or parses it
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.openapi = _true_openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -38,6 +38,10 @@ class GatewaySettings(BaseSettings):
     # a background thread, instead of inside a request's commit.
     checkpoint_interval_s: float = Field(1.0, gt=0)
     max_tokens_default: int = Field(256, ge=1)
+    # Web console (/console): how long a signed-in session lasts, and how many sign-in
+    # attempts one client address may make per minute (customer and admin sign-ins together).
+    console_session_s: float = Field(8 * 3600.0, gt=0)
+    console_signins_per_minute: int = Field(10, ge=1)
 
     def require_secret(self) -> str:
         """The HMAC secret; refuses to run with an empty or short one."""

@@ -45,6 +45,9 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     rotated_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # the key's first characters, to tell keys apart in lists (4 of its 43 random characters;
+    # None for keys made before the console)
+    prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Reservation(Base):
@@ -110,3 +113,33 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     detail: Mapped[str] = mapped_column(Text)
+
+
+class AdminUser(Base):
+    """A web-console administrator (``avokit admin create``); never created by default."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))  # scrypt$n$r$p$salt$digest
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in web-console session: a customer's (one API key) or an admin's.
+
+    Only the sha256 of the session token is stored, so a database dump signs nobody in.
+    """
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token, hex
+    kind: Mapped[str] = mapped_column(String(8))  # customer | admin
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    admin_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -71,6 +71,11 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def display_prefix(key: str) -> str:
+    """What lists show of a key: ``sk-avo-`` and 4 of its 43 random characters."""
+    return key[:len(KEY_PREFIX) + 4]
+
+
 def _info(row: ApiKey | Row[Any] | SimpleNamespace) -> KeyInfo:
     return KeyInfo(
         id=row.id,
@@ -182,6 +187,7 @@ def create_key(
         tpm=tpm,
         created_at=now,
         expires_at=expires_at,
+        prefix=display_prefix(plaintext),
     )
     session.add(row)
     session.flush()
@@ -233,3 +239,58 @@ def list_keys(session: Session) -> list[tuple[ApiKey, Account]]:
         .order_by(ApiKey.created_at)
     )
     return [(k, a) for k, a in rows.tuples()]
+
+
+def account_keys(session: Session, account_id: int) -> list[ApiKey]:
+    """The keys of one account, oldest first."""
+    return list(session.scalars(select(ApiKey).where(ApiKey.account_id == account_id)
+                                .order_by(ApiKey.created_at)))
+
+
+def owned_key(session: Session, account_id: int, key_id: str) -> ApiKey:
+    """The key if it belongs to ``account_id``; another account's key reads as unknown, so a
+    customer learns nothing about keys outside its account."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.account_id != account_id:
+        raise ConfigError(f"no key with id {key_id!r}")
+    return row
+
+
+def derive_key(session: Session, secret: str, parent: KeyInfo, *, name: str, scope: str,
+               models: list[str], rpm: int, tpm: int, expires_at: datetime | None = None,
+               actor: str = "console") -> tuple[str, KeyInfo]:
+    """A new key on ``parent``'s account that can do no more than ``parent``: the same prices
+    (a customer never sets its own), a subset of its models, limits no higher than its own and
+    its scope or ``customer``; the error names the field that asks for more."""
+    if not name.strip():
+        raise ConfigError("name: give the new key a name")
+    if scope not in (parent.scope, "customer"):
+        raise ConfigError(f"scope: a {parent.scope} key may create {parent.scope} or customer "
+                          f"keys, not {scope!r}")
+    allowed = "*" in parent.allowed_models
+    outside = [m for m in models if not allowed and m not in parent.allowed_models]
+    if not models or outside:
+        raise ConfigError(f"models: choose among {', '.join(parent.allowed_models)}"
+                          + (f" ({', '.join(outside)} is not one)" if outside else ""))
+    if not 0 < rpm <= parent.rpm:
+        raise ConfigError(f"rpm: must be between 1 and {parent.rpm} (this key's own limit)")
+    if not 0 < tpm <= parent.tpm:
+        raise ConfigError(f"tpm: must be between 1 and {parent.tpm} (this key's own limit)")
+    if parent.expires_at is not None:
+        expires_at = parent.expires_at if expires_at is None else min(expires_at,
+                                                                      parent.expires_at)
+    return create_key(session, secret, name=name.strip(), scope=scope,  # type: ignore[arg-type]
+                      models=models, prices=dict(parent.prices), rpm=rpm, tpm=tpm,
+                      expires_at=expires_at, account_id=parent.account_id, actor=actor)
+
+
+def key_info(session: Session, key_id: str) -> KeyInfo | None:
+    """The key's info if it is live (not revoked, not expired), else None."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        return None
+    info = _info(row)
+    if info.revoked_at is not None or (info.expires_at is not None
+                                       and info.expires_at <= utcnow()):
+        return None
+    return info

@@ -85,17 +85,25 @@ _OPEN_RESERVATION = FastStatement(
 def topup(session: Session, key_id: str, amount_micros: int, actor: str = "cli") -> int:
     """Add prepaid credit to the key's account (ledger row and audit entry in the caller's
     transaction); returns the new balance."""
-    if amount_micros <= 0:
-        raise ConfigError("amount must be a positive number of micro-units")
     key = session.get(ApiKey, key_id)
     if key is None:
         raise ConfigError(f"no key with id {key_id!r}")
-    account = session.get(Account, key.account_id, with_for_update=True)
-    assert account is not None  # a foreign key: every key has its account
+    return topup_account(session, key.account_id, amount_micros, actor, key_id=key_id)
+
+
+def topup_account(session: Session, account_id: int, amount_micros: int, actor: str = "cli",
+                  key_id: str | None = None) -> int:
+    """Add prepaid credit to an account (the console's admin top-up has no key in mind);
+    returns the new balance."""
+    if amount_micros <= 0:
+        raise ConfigError("amount must be a positive number of micro-units")
+    account = session.get(Account, account_id, with_for_update=True)
+    if account is None:
+        raise ConfigError(f"account: no account with id {account_id}")
     account.credit_micros += amount_micros
     session.add(LedgerEntry(account_id=account.id, key_id=key_id, kind="topup",
                             amount_micros=amount_micros, created_at=utcnow()))
-    record(session, actor, "topup", key_id, amount_micros=amount_micros)
+    record(session, actor, "topup", key_id, amount_micros=amount_micros, account_id=account_id)
     session.flush()
     return account.credit_micros
 
@@ -235,17 +243,21 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     cost_micros: int
+    account_id: int | None = None
 
 
-def usage(session: Session, key_id: str | None = None, since: datetime | None = None) -> list[UsageRow]:
-    """Charges from the ledger, oldest first, filtered by key and start time."""
+def usage(session: Session, key_id: str | None = None, since: datetime | None = None,
+          account_id: int | None = None) -> list[UsageRow]:
+    """Charges from the ledger, oldest first, filtered by key, account and start time."""
     query = select(LedgerEntry).where(LedgerEntry.kind == "charge").order_by(LedgerEntry.id)
     if key_id is not None:
         query = query.where(LedgerEntry.key_id == key_id)
+    if account_id is not None:
+        query = query.where(LedgerEntry.account_id == account_id)
     if since is not None:
         query = query.where(LedgerEntry.created_at >= since)
     return [UsageRow(e.created_at, e.key_id, e.model, e.prompt_tokens, e.completion_tokens,
-                     -e.amount_micros) for e in session.scalars(query)]
+                     -e.amount_micros, e.account_id) for e in session.scalars(query)]
 
 
 def ledger_sum(session: Session, account_id: int) -> int:

@@ -1,0 +1,193 @@
+"""What every console page shares: its state on the app, the session dependencies, the CSRF
+check of posted forms, cookies, page rendering and the security headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from avokit.gateway.console.auth import (
+    COOKIE_PATHS,
+    COOKIES,
+    CsrfRefused,
+    Kind,
+    Principal,
+    Sessions,
+    SignInRequired,
+)
+from avokit.gateway.services.ratelimit import RateLimiter
+from avokit.gateway.services.serving import Gateway
+
+HERE = Path(__file__).resolve().parent
+SIGNIN_URLS: dict[str, str] = {"customer": "/console/signin", "admin": "/console/admin/signin"}
+# scripts only from /console/static (no inline script, no eval), no framing, forms post here only
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+       "object-src 'none'")
+
+
+@dataclass
+class ConsoleState:
+    """The console's process-wide state (built by ``create_app``, never at import)."""
+
+    sessions: Sessions
+    templates: Jinja2Templates
+    registry: Path
+    signin_limiter: RateLimiter
+    signins_per_minute: int
+
+
+def state(request: Request) -> ConsoleState:
+    """The console state of this app."""
+    return request.app.state.console
+
+
+def gw(request: Request) -> Gateway:
+    """The gateway state (database, models, engine, secret)."""
+    return request.app.state.gateway
+
+
+def _principal(request: Request, kind: Kind) -> Principal:
+    found = state(request).sessions.load(gw(request).db, request.cookies.get(COOKIES[kind]), kind)
+    if found is None:
+        raise SignInRequired(kind)
+    return found
+
+
+def customer(request: Request) -> Principal:
+    """The signed-in customer (sync: FastAPI runs it in a thread, it reads the database)."""
+    return _principal(request, "customer")
+
+
+def admin(request: Request) -> Principal:
+    """The signed-in administrator; a customer session is not one (its cookie is ignored)."""
+    return _principal(request, "admin")
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A state-changing form post whose session and CSRF token were checked."""
+
+    who: Principal
+    form: FormData
+
+    def text(self, name: str, default: str = "") -> str:
+        """A form field as text (stripped)."""
+        value = self.form.get(name, default)
+        return value.strip() if isinstance(value, str) else default
+
+
+async def _posted(request: Request, kind: Kind) -> Posted:
+    who = await run_in_threadpool(_principal, request, kind)
+    form = await request.form()
+    presented = form.get("csrf") or request.headers.get("x-csrf-token")
+    state(request).sessions.check_csrf(who.token, presented if isinstance(presented, str)
+                                       else None)
+    return Posted(who, form)
+
+
+async def customer_post(request: Request) -> Posted:
+    """A customer's form post (session and CSRF token checked)."""
+    return await _posted(request, "customer")
+
+
+async def admin_post(request: Request) -> Posted:
+    """An administrator's form post (session and CSRF token checked)."""
+    return await _posted(request, "admin")
+
+
+Customer = Annotated[Principal, Depends(customer)]
+Admin = Annotated[Principal, Depends(admin)]
+CustomerPost = Annotated[Posted, Depends(customer_post)]
+AdminPost = Annotated[Posted, Depends(admin_post)]
+
+
+def client_address(request: Request) -> str:
+    """The peer address sign-in attempts are counted against."""
+    return request.client.host if request.client else "unknown"
+
+
+def count_signin(request: Request) -> None:
+    """Count one sign-in attempt of this client; raises the 429 RateLimitError past the limit."""
+    st = state(request)
+    st.signin_limiter.check("signin:" + client_address(request), st.signins_per_minute,
+                            2**62, 1)
+
+
+def render(request: Request, template: str, who: Principal | None = None, status: int = 200,
+           **context: Any) -> HTMLResponse:
+    """A console page; never cached (pages show balances, and once, a new key)."""
+    context.update(request=request, who=who, csrf=who.csrf if who else context.get("csrf", ""))
+    response = state(request).templates.TemplateResponse(request, template, context,
+                                                         status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def set_session_cookie(request: Request, response: Response, kind: Kind, token: str) -> None:
+    """Hand the browser its signed session cookie (HttpOnly, SameSite=Strict, Secure on HTTPS)."""
+    st = state(request)
+    response.set_cookie(COOKIES[kind], st.sessions.signed(token), max_age=int(st.sessions.ttl_s),
+                        path=COOKIE_PATHS[kind], httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+
+
+def clear_session_cookie(response: Response, kind: Kind) -> None:
+    """Remove the session cookie of ``kind``."""
+    response.delete_cookie(COOKIES[kind], path=COOKIE_PATHS[kind], httponly=True,
+                           samesite="strict")
+
+
+def redirect(url: str) -> RedirectResponse:
+    """303 See Other: after a post, the browser loads ``url`` with GET."""
+    return RedirectResponse(url, status_code=303)
+
+
+async def _signin_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SignInRequired)
+    if request.method == "GET" and not request.url.path.startswith("/console/api/"):
+        response: Response = redirect(SIGNIN_URLS[exc.kind])
+    else:
+        response = JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error",
+                                           "param": None, "code": "signin_required"}}, 401)
+    clear_session_cookie(response, exc.kind)
+    return response
+
+
+async def _csrf_refused(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error",
+                                   "param": "csrf", "code": "csrf_refused"}}, 403)
+
+
+EXCEPTION_HANDLERS = {SignInRequired: _signin_required, CsrfRefused: _csrf_refused}
+
+
+class SecurityHeaders:
+    """Adds the Content-Security-Policy and related headers to every /console response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/console"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
