@@ -345,7 +345,9 @@ def test_kd_losses_empty_batch_is_zero_and_differentiable() -> None:
 
 
 def test_kd_losses_explicit_targets_allow_a_chunk_at_the_last_position() -> None:
-    logits = torch.randn(1, 4, 6)
+    # seeded: drawn from the global generator, some logits put the student's chunk probability
+    # so close to the teacher's that the float32 divergence (~1e-5) is mostly rounding
+    logits = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(7))
     targets = torch.tensor([[2, 3, 1, 5]])
     batch = TeacherBatch(
         b_idx=torch.zeros(0, dtype=torch.long),
@@ -362,7 +364,7 @@ def test_kd_losses_explicit_targets_allow_a_chunk_at_the_last_position() -> None
     s = math.exp(float(lp[0, 2, 1] + lp[0, 3, 5]))
     a = math.exp(-4.0)
     assert float(out["chunk"]) == pytest.approx(
-        ref_divergence("forward_kl", np.array([a, 1 - a]), np.array([s, 1 - s])), rel=1e-5
+        ref_divergence("forward_kl", np.array([a, 1 - a]), np.array([s, 1 - s])), rel=1e-5, abs=1e-7
     )
     with pytest.raises(ValueError, match="last position"):
         kd_losses(logits, torch.zeros(1, 4, dtype=torch.long), batch, LossConfig())
