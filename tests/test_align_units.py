@@ -1,0 +1,293 @@
+"""Unit tests for avokit.align helpers: exact values, dtypes, edge cases and error messages.
+
+Written against the mutants ``mutmut`` showed surviving (issue 18, item 5): each test checks a
+property a real bug would break (a byte offset off by one, an id 0 treated as unmapped, an
+int64 contract turned into float64, a tokenizer's first token overwritten by the fallback).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from avokit.align.boundaries import Alignment, align
+from avokit.align.bytes import TokenBytes
+from avokit.align.offsets import _char_to_byte, first_difference, offsets_from_mapping
+from avokit.align.spans import common_spans
+from avokit.align.vocab_map import VocabMap, first_token_map
+
+
+def _table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
+           special: frozenset[int] = frozenset(), name: str = "t") -> TokenBytes:
+    """A hand-made byte table: ``preferred`` picks the regular id over a byte-fallback twin."""
+    twins: dict[bytes, list[int]] = {}
+    for i, b in enumerate(pieces):
+        if i not in special:
+            twins.setdefault(b, []).append(i)
+    preferred = {b: min(ids, key=lambda i: (i in fallback, i)) for b, ids in twins.items()}
+    v = len(pieces)
+    return TokenBytes(name, "sentencepiece", pieces,
+                      np.array([i in special for i in range(v)], dtype=bool),
+                      np.array([i in fallback for i in range(v)], dtype=bool),
+                      {b: ids for b, ids in twins.items() if len(ids) > 1}, preferred)
+
+
+# ---------------------------------------------------------------- offsets
+
+
+def _first_difference_reference(got: bytes, want: bytes) -> int:
+    n = min(len(got), len(want))
+    return next((i for i in range(n) if got[i] != want[i]), n)
+
+
+def test_first_difference_matches_a_linear_scan_at_every_position() -> None:
+    """The binary search must land exactly on the first differing byte, for every position
+    and length: an off-by-one step (``lo = mid + 2``) skips the answer for some of them."""
+    base = bytes(range(97, 97 + 13))
+    for n in range(0, len(base) + 1):
+        want = base[:n]
+        for pos in range(n):
+            got = want[:pos] + b"#" + want[pos + 1:]
+            assert first_difference(got, want) == pos, (n, pos)
+        assert first_difference(want, want) == n
+        assert first_difference(want + b"x", want) == n  # equal prefix: the shorter length
+
+
+def test_char_to_byte_is_the_utf8_offset_of_every_character_index() -> None:
+    """int64 [len+1] with 0 first; widths switch at U+0080, U+0800 and U+10000 (the edges of
+    the 1-, 2-, 3- and 4-byte UTF-8 forms)."""
+    text = "a\x7f\x80\u07ff\u0800\uffff\U00010000\U0010ffffz"
+    c2b = _char_to_byte(text)
+    assert c2b.dtype == np.int64
+    assert c2b.tolist() == [len(text[:i].encode("utf-8")) for i in range(len(text) + 1)]
+    assert np.diff(c2b).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 1]
+    assert _char_to_byte("").tolist() == [0]
+
+
+def _mapping_table() -> TokenBytes:
+    # ids: 0 <bos> (special), 1 <|endoftext|> (special), regular pieces after
+    return _table([b"<bos>", b"<|endoftext|>", b"caf", b"\xc3\xa9", b" x", b""], special=frozenset({0, 1}))
+
+
+def test_offsets_from_mapping_converts_character_ends_to_utf8_byte_ends() -> None:
+    """Character ends become byte ends (é is 2 bytes), kept non-decreasing, the last one set
+    to the document's length even when the tokenizer's last span stops short of it."""
+    tb = _mapping_table()
+    text = "café x  "  # 8 characters, 9 bytes; the trailing spaces are in no token's span
+    doc = offsets_from_mapping([2, 3, 4], [(0, 3), (3, 4), (4, 6)], text, tb)
+    assert doc.ids.dtype == np.int64 and doc.byte_ends.dtype == np.int64
+    assert doc.ids.tolist() == [2, 3, 4]
+    assert doc.byte_ends.tolist() == [3, 5, 9]
+    assert doc.n_bytes == 9
+
+
+def test_offsets_from_mapping_drops_only_empty_span_specials() -> None:
+    """An added BOS (special, empty span) is dropped; a special token written in the text
+    (non-empty span) and a regular token with an empty span are kept, the latter with zero
+    width at its position."""
+    tb = _mapping_table()
+    text = "caf<|endoftext|>"
+    ids = [0, 5, 2, 1]
+    offs = [(0, 0), (0, 0), (0, 3), (3, 16)]
+    doc = offsets_from_mapping(ids, offs, text, tb)
+    assert doc.ids.tolist() == [5, 2, 1]
+    assert doc.byte_ends.tolist() == [0, 3, 16]  # the empty regular token ends at byte 0
+
+
+def test_offsets_from_mapping_clips_spans_into_the_text() -> None:
+    """Offsets outside ``[0, len(text)]`` (seen from buggy normalisers) are clipped instead of
+    indexing past the table or wrapping around to the end."""
+    tb = _mapping_table()
+    text = "café"
+    doc = offsets_from_mapping([2, 3, 4, 4], [(0, 3), (-2, -1), (3, 99), (3, 4)], text, tb)
+    assert doc.byte_ends.tolist() == [3, 3, 5, 5]
+    assert doc.n_bytes == 5
+
+
+def test_offsets_from_mapping_with_every_token_dropped_is_an_empty_int64_doc() -> None:
+    """Only added specials: no token is left, and the arrays keep their int64 dtype."""
+    tb = _mapping_table()
+    doc = offsets_from_mapping([0, 1], [(0, 0), (2, 2)], "ab", tb)
+    assert doc.ids.shape == (0,) and doc.ids.dtype == np.int64
+    assert doc.byte_ends.shape == (0,) and doc.byte_ends.dtype == np.int64
+    assert doc.n_bytes == 2
+
+
+# ---------------------------------------------------------------- spans
+
+
+def test_common_spans_are_int64_and_sum_each_teachers_tokens() -> None:
+    """bounds / n_bytes / span_of_student are int64 (they index arrays downstream); each
+    teacher's gold log-probs are summed over the tokens inside each common span."""
+    # bytes 0..6; student ends 1 3 4 6; teacher A ends 3 6; teacher B ends 1 2 3 5 6
+    student = [1, 3, 4, 6]
+    cs = common_spans([np.array([3, 6]), np.array([1, 2, 3, 5, 6])],
+                      [np.array([-1.0, -2.0]), np.array([-0.5, -0.25, -0.125, -4.0, -8.0])],
+                      np.array(student))
+    assert cs.bounds.dtype == np.int64 and cs.span_of_student.dtype == np.int64
+    assert cs.n_bytes.dtype == np.int64
+    assert cs.bounds.tolist() == [0, 3, 6]
+    assert cs.n_bytes.tolist() == [3, 3] and cs.n_spans == 2
+    assert cs.logprob.dtype == np.float64
+    np.testing.assert_array_equal(cs.logprob, [[-1.0, -0.875], [-2.0, -12.0]])
+    assert cs.span_of_student.tolist() == [0, 0, 1, 1]
+
+
+def test_common_spans_teacher_covering_only_a_prefix_with_no_common_byte() -> None:
+    """A teacher whose tokens end before the first common byte (it stopped at max_length)
+    leaves no span: empty arrays, and every student token is past the last span (-1)."""
+    cs = common_spans([np.array([1])], [np.array([-3.0])], np.array([2, 4]))
+    assert cs.n_spans == 0 and cs.bounds.tolist() == [0]
+    assert cs.logprob.shape == (0, 1)
+    assert cs.span_of_student.tolist() == [-1, -1]
+
+
+# ---------------------------------------------------------------- boundaries
+
+
+def test_teacher_chunk_sum_has_one_entry_per_chunk_even_for_an_empty_last_chunk() -> None:
+    """The result is [m] as documented, also when the last chunk has no teacher token in
+    ``teacher_chunk`` (a hand-built or truncated alignment): missing chunks sum to 0."""
+    al = Alignment(boundaries=np.array([0, 2, 4]), teacher_pos=np.array([0, 1]),
+                   student_pos=np.array([0, 1]), teacher_chunk=np.array([0, 0]),
+                   student_chunk=np.array([0, 0]))
+    assert al.teacher_chunk_sum(np.array([-1.0, -2.0])).tolist() == [-3.0, 0.0]
+    assert al.student_chunk_sum(np.array([-1.0, -2.0])).tolist() == [-3.0, 0.0]
+    real = align(np.array([2, 4]), np.array([1, 2, 4]))
+    assert real.teacher_chunk_sum(np.array([-1.0, -2.0])).tolist() == [-1.0, -2.0]
+
+
+# ---------------------------------------------------------------- vocab map
+
+
+def _vocab_map() -> VocabMap:
+    t2s = np.array([5, -1, 0, 2], dtype=np.int64)
+    return VocabMap("t", "s", t2s, np.array([1, 0, 1, 1], dtype=np.int8),
+                    np.ones(4, dtype=bool))
+
+
+def test_map_ids_maps_id_zero_and_the_last_id_and_gives_minus_one_outside() -> None:
+    """Id 0 and id V-1 are real ids; V (a padded logit column) and negatives map to -1 (not
+    another negative), and the result is int64 of the input's shape."""
+    vm = _vocab_map()
+    out = vm.map_ids(np.array([[0, 3, 4], [-1, 2, 99]]))
+    assert out.dtype == np.int64 and out.shape == (2, 3)
+    assert out.tolist() == [[5, 2, -1], [-1, 0, -1]]
+    empty = vm.map_ids([])
+    assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+# ---------------------------------------------------------------- first_token_map
+
+
+class _Encoding:
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+
+class _FakeStudentTokenizer:
+    """Encodes from a fixed table, like a real tokenizer: ``add_special_tokens`` must be a
+    bool (the Rust backend rejects anything else) and True prepends the BOS id."""
+
+    def __init__(self, spelled: dict[str, list[int]], bos: int, drop_last: bool = False) -> None:
+        self.spelled = spelled
+        self.bos = bos
+        self.drop_last = drop_last
+
+    def _encode(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
+        if not isinstance(add_special_tokens, bool):
+            raise TypeError(f"{add_special_tokens!r} is not an instance of 'bool'")
+        out = [([self.bos] if add_special_tokens else []) + self.spelled.get(t, []) for t in texts]
+        return out[:-1] if self.drop_last else out
+
+
+class _FakeFast(_FakeStudentTokenizer):
+    """transformers-style: called with texts, returns ``{"input_ids": ...}``."""
+
+    def __call__(self, texts: Sequence[str], add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
+        return {"input_ids": self._encode(texts, add_special_tokens)}
+
+
+class _FakeBackend(_FakeStudentTokenizer):
+    """tokenizers-style: ``encode_batch`` returning encodings with ``.ids``."""
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[_Encoding]:
+        return [_Encoding(ids) for ids in self._encode(texts, add_special_tokens)]
+
+
+# student ids: 0 "a", 1 "ab", 2 "b", 3 <s> (special), 4 "b" (byte-fallback twin of 2)
+_STUDENT = _table([b"a", b"ab", b"b", b"<s>", b"b"], fallback=frozenset({4}), special=frozenset({3}), name="s")
+# teacher: 0 "ab" (exact -> 1), then unmapped regular tokens, then a special
+_TEACHER = _table([b"ab", b"\xc3", b"ba", b"abb", b"bab", b"bb", b"<s>"], special=frozenset({6}))
+_SPELLED = {
+    "ab": [0, 2],  # the tokenizer may spell an exactly-mapped token otherwise: exact is kept
+    "ba": [],  # an empty encoding: left to the byte-prefix fallback
+    "abb": [0, 2, 2],  # first token id 0 "a", shorter than the longest prefix "ab"
+    "bab": [4, 0, 2],  # the byte-fallback twin of "b": its preferred regular id is used
+    "bb": [5],  # an id past the student's table (padded vocab): ignored
+}
+
+
+@pytest.mark.parametrize("kind", [_FakeFast, _FakeBackend])
+def test_first_token_map_follows_the_tokenizer_then_the_byte_prefix_fallback(
+    kind: type[_FakeStudentTokenizer],
+) -> None:
+    """Per teacher token: an exact map stays; otherwise the first id of the student's own
+    spelling (encoded *without* special tokens, id 0 included, fallback twins resolved to
+    their preferred id); ids the tokenizer cannot give (empty, out of range, a special) and
+    undecodable bytes go to the longest student byte prefix; specials stay unmapped."""
+    exact = np.array([1, -1, -1, -1, -1, -1, -1], dtype=np.int64)
+    tok = kind(_SPELLED, bos=3)
+    out = first_token_map(exact, _TEACHER, _STUDENT, tok)
+    assert out.dtype == np.int64
+    assert out.tolist() == [1, -1, 2, 0, 2, 2, -1]
+
+
+def test_first_token_map_rejects_a_tokenizer_that_drops_encodings() -> None:
+    """One encoding per text is the contract; a tokenizer answering with fewer is an error,
+    not a silent shift of every later teacher token onto another token's spelling."""
+    exact = np.array([1, -1, -1, -1, -1, -1, -1], dtype=np.int64)
+    with pytest.raises(ValueError):
+        first_token_map(exact, _TEACHER, _STUDENT, _FakeFast(_SPELLED, bos=3, drop_last=True))
+
+
+def test_first_token_map_fallback_skips_specials_and_returns_int64() -> None:
+    """Without a tokenizer: the longest student byte prefix, a special teacher token is never
+    remapped even where a student token is a prefix of its bytes, and an int32 ``exact``
+    still gives the documented int64 result."""
+    student = _table([b"<", b"ab", b"a"], name="s")
+    teacher = _table([b"<pad>", b"<x", b"", b"abc", b"\xff"], special=frozenset({0}))
+    out = first_token_map(np.array([-1, -1, -1, -1, -1], dtype=np.int32), teacher, student)
+    assert out.dtype == np.int64
+    assert out.tolist() == [-1, 0, -1, 1, -1]
+
+
+def test_first_token_map_with_a_student_of_only_special_tokens() -> None:
+    """No regular student token: nothing can be a prefix, every unmapped id stays -1 (no
+    error from an empty ``preferred``)."""
+    student = _table([b"<s>"], special=frozenset({0}), name="s")
+    teacher = _table([b"a", b"ab"])
+    assert first_token_map(np.array([-1, -1]), teacher, student).tolist() == [-1, -1]
+    tok = _FakeFast({"a": [0], "ab": [0]}, bos=0)
+    assert first_token_map(np.array([-1, -1]), teacher, student, tok).tolist() == [-1, -1]
+
+
+def test_first_token_map_names_the_shapes_when_exact_does_not_fit() -> None:
+    """The error says which shape it got and how many ids the teacher has."""
+    with pytest.raises(ValueError, match=re.escape("exact map has shape (2,), teacher has 7 ids")):
+        first_token_map(np.array([1, -1]), _TEACHER, _STUDENT)
+
+
+def test_first_token_map_keeps_an_exact_map_to_id_zero_the_tokenizer_spells_otherwise() -> None:
+    """BPE need not encode a vocabulary entry's own string as that entry (merge order can
+    split it): an exact map stays, also to student id 0, and the caller's array is not
+    modified (the result is a copy)."""
+    student = _table([b"ab", b"a", b"b"], name="s")
+    teacher = _table([b"ab", b"abb"])
+    exact = np.array([0, -1], dtype=np.int64)
+    out = first_token_map(exact, teacher, student, _FakeBackend({"ab": [1, 2], "abb": [1, 2, 2]}, bos=1))
+    assert out.tolist() == [0, 1]
+    assert exact.tolist() == [0, -1]
