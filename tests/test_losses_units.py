@@ -19,7 +19,7 @@ from avokit.losses.bucketed import bucketed_divergence
 from avokit.losses.ce import cross_entropy, gold_logprobs, shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
 from avokit.losses.divergences import divergence
-from avokit.losses.fusion import document_bpb, local_bpb
+from avokit.losses.fusion import document_bpb, document_weights, local_bpb
 from avokit.losses.kd import TeacherBatch, kd_losses, weight_share, weighted_mean
 from avokit.losses.same_vocab import identity_student_ids, same_vocab_divergence
 
@@ -368,3 +368,23 @@ def test_local_bpb_default_window_is_per_span_and_float64() -> None:
     torch.testing.assert_close(got, want, rtol=1e-15, atol=0.0)
     with pytest.raises(ValueError, match=re.escape("span_logprob must be [S, n] and span_bytes [S], got (3, 2) and (4,)")):
         local_bpb(lp, torch.tensor([1, 2, 3, 4]))
+
+
+def test_target_logprobs_refuses_the_id_just_past_the_vocabulary() -> None:
+    """Target id V is out of range (ids are [0, V)): a ValueError naming the range, not an
+    index error from deep inside the cross-entropy kernel."""
+    logits = torch.zeros(1, 2, 4)
+    sel = torch.tensor([[True, False]])
+    with pytest.raises(ValueError, match=re.escape("a selected target id lies outside the student vocabulary [0, 4)")):
+        target_logprobs(logits, torch.tensor([[4, 0]]), sel)
+    assert target_logprobs(logits, torch.tensor([[3, 0]]), sel).tolist() == [pytest.approx(-math.log(4.0))]
+
+
+def test_document_weights_fixed_priors_keep_the_bpb_precision() -> None:
+    """Fixed weights given as a Python list are used in the BPB tensor's dtype: float64 BPBs
+    give the normalised priors to float64 precision (0.3 is not a float32 number)."""
+    bpb = torch.tensor([[1.0, 2.0], [0.5, 0.5]], dtype=torch.float64)
+    got = document_weights(bpb, "fixed", 1.0, [0.3, 0.7])
+    assert got.dtype == torch.float64
+    want = torch.tensor([[0.3, 0.7], [0.3, 0.7]], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
