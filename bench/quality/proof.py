@@ -28,7 +28,8 @@ overall); the checkpoint is chosen on validation and reported on test. One train
     PYTHONPATH=. .venv/bin/python bench/quality/proof.py report   # writes --out .json / .md
 
 The confirmation on fresh seeds (PREREGISTERED.md) trains into ``--runs runs/bench-proof-confirm``
-and reports with ``--fused d_uniform --out bench/results/quality_confirm``.
+and reports with ``--fused d_uniform --preregistered bench/quality/PREREGISTERED.md
+--out bench/results/quality_confirm``.
 
 Runs go to ``runs/bench-proof/<variant>/s<seed>/`` (each segment's scores in
 ``segments.json``), so several processes may train different variants at once.
@@ -322,6 +323,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "fusion_weights": json.loads((runs / "fusion_weights.json").read_text())
         if (runs / "fusion_weights.json").is_file() else None,
         "chosen_test": test,
+        "preregistration": str(args.preregistered) if args.preregistered else None,
     }
     data = result["data"]
     trained = settings["segment_steps"] * settings["segments"] * settings["batch_size"] * settings["seq_len"]
@@ -339,7 +341,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["proof_selected"] = None
     cands = [v for v in VARIANTS if v.startswith("d_") and len(results.get(v, {})) >= 5]
     shared = sorted(set.intersection(*(set(results[v]) for v in cands))) if cands else []
-    if len(shared) >= 5:
+    if len(cands) >= 2 and len(shared) >= 5:  # one candidate is no choice (the confirmation runs)
         val = {v: float(np.mean([chosen(results[v][s]["segments"])["validation"][OVERALL] for s in shared]))
                for v in cands}
         pick = min(val, key=val.get)
@@ -369,6 +371,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench/results/quality"))
+    ap.add_argument("--preregistered", type=Path, default=None,
+                    help="the committed plan this report tests (named at the top of the report)")
     ap.add_argument("--fused", default="d_fused", choices=[v for v in VARIANTS if v.startswith("d_")],
                     help="the pre-registered multi-teacher variant the `proof` object tests (report)")
     args = ap.parse_args()

@@ -25,6 +25,9 @@ def render(result: dict[str, Any]) -> str:
              f"{data['student_params']:,} parameters. Settings: {result['settings']}; each run trains on "
              f"{result['budget']['tokens_per_run']:,} tokens = {result['budget']['epochs']:.2f} epochs of the "
              f"training split ({result['budget']['train_tokens_per_param']:.3f} training tokens per parameter).", ""]
+    if result.get("preregistration"):
+        lines += [f"Pre-registered: the hypothesis, seeds, variants and decision rule are fixed in "
+                  f"`{result['preregistration']}`, committed before any of these runs was trained.", ""]
     if proof:
         fused = proof["fused"]
         lines += _verdict(proof, f"the pre-registered multi-teacher student ({fused}: "
