@@ -145,6 +145,18 @@ def test_common_spans_teacher_covering_only_a_prefix_with_no_common_byte() -> No
     assert cs.span_of_student.tolist() == [-1, -1]
 
 
+def test_common_spans_with_zero_width_tokens_have_no_empty_span() -> None:
+    """A zero-width token repeats the end before it (offsets_from_mapping keeps it): the spans
+    still have strictly increasing bounds, and the zero-width token's log-prob counts in the
+    span that ends there."""
+    cs = common_spans([np.array([2, 4])], [np.array([-1.0, -2.0])], np.array([2, 2, 4]))
+    assert cs.bounds.tolist() == [0, 2, 4] and cs.n_bytes.tolist() == [2, 2]
+    assert cs.span_of_student.tolist() == [0, 0, 1]
+    cs = common_spans([np.array([1, 1, 3])], [np.array([-1.0, -0.5, -2.0])], np.array([1, 3]))
+    assert cs.bounds.tolist() == [0, 1, 3]
+    np.testing.assert_array_equal(cs.logprob[:, 0], [-1.5, -2.0])
+
+
 # ---------------------------------------------------------------- boundaries
 
 

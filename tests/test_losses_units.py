@@ -191,6 +191,7 @@ def test_teacher_batch_to_moves_every_tensor() -> None:
     ({"chunk_of_target": torch.tensor([[0, 2, -1], [-1, -1, -1]])}, "TeacherBatch.chunk_of_target holds chunk id >= C=2"),
     ({"chunk_next": torch.tensor([1, 2, 3])}, "TeacherBatch.chunk_next must be [C=2], got (3,)"),
     ({"chunk_next": torch.tensor([-1, 6])}, "TeacherBatch.chunk_next outside [-1, B*T=6)"),
+    ({"chunk_next": torch.tensor([-5, 0])}, "TeacherBatch.chunk_next outside [-1, B*T=6)"),
 ])
 def test_validate_names_the_field_and_the_expected_shape(change: dict[str, torch.Tensor], message: str) -> None:
     """Each malformed field raises ValueError whose message is exactly the documented one,

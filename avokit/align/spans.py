@@ -43,9 +43,11 @@ def common_spans(teacher_ends: list[np.ndarray], teacher_gold: list[np.ndarray],
     prefix of the document (its ``max_length``) cuts the spans at the last common byte.
     """
     s_ends = np.asarray(student_ends, dtype=np.int64)
-    common = s_ends
+    # not assume_unique: a zero-width token (a normaliser's lone mark) repeats its end, and a
+    # repeated common end would make a span of 0 bytes
+    common = np.unique(s_ends)
     for ends in teacher_ends:
-        common = np.intersect1d(common, np.asarray(ends, dtype=np.int64), assume_unique=True)
+        common = np.intersect1d(common, np.asarray(ends, dtype=np.int64))
     bounds = np.concatenate([[0], common]).astype(np.int64)
     n_spans = int(common.size)
     logprob = np.zeros((n_spans, len(teacher_ends)), dtype=np.float64)

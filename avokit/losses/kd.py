@@ -136,7 +136,7 @@ class TeacherBatch:
         if self.chunk_next is not None:
             if self.chunk_next.shape != (c,):
                 raise ValueError(f"TeacherBatch.chunk_next must be [C={c}], got {tuple(self.chunk_next.shape)}")
-            if c and int(self.chunk_next.max()) >= batch_size * seq_len:
+            if c and (int(self.chunk_next.max()) >= batch_size * seq_len or int(self.chunk_next.min()) < -1):
                 raise ValueError(f"TeacherBatch.chunk_next outside [-1, B*T={batch_size * seq_len})")
 
 
