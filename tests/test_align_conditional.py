@@ -71,9 +71,12 @@ def test_hand_case_inside_a_word_and_at_a_boundary() -> None:
     # the teacher's own distribution: the 0.1 its top-k leaves stays OTHER's, never renormalised away
     assert abs(row0[0] - 0.8) < 1e-6 and abs(row0[4] - 0.1) < 1e-6
     # inside " walking" after " walk": only " walking", " walked", " walks" extend the prefix;
-    # P(extends " walk") counts the unseen tail too: 0.8 + 0.1
+    # P(extends " walk") = 0.8 of the 0.9 the cache saw; the unseen 0.1 stays OTHER's, as at the
+    # boundary: 0.5 / (0.8 / 0.9), ...
     row1 = {int(s): math.exp(float(lp)) for s, lp in zip(out.student_ids[1], out.logprobs[1]) if lp > -np.inf}
-    assert abs(row1[1] - 0.5 / 0.9) < 1e-6 and abs(row1[2] - 0.2 / 0.9) < 1e-6 and abs(row1[3] - 0.1 / 0.9) < 1e-6
+    z = 0.8 / 0.9
+    assert abs(row1[1] - 0.5 / z) < 1e-6 and abs(row1[2] - 0.2 / z) < 1e-6 and abs(row1[3] - 0.1 / z) < 1e-6
+    assert abs(sum(row1.values()) - 0.9) < 1e-6
 
 
 def _ab_case() -> ConditionalTargets:

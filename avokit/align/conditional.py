@@ -10,11 +10,14 @@ starts at byte ``b`` with ``starts[i] <= b < byte_ends[i]`` (teacher token ``i``
     p(t | u) = p(t) / Z  for every candidate t whose bytes extend u,
 
 over the candidates the cache holds (the top-k and the gold token; the gold token always
-extends ``u``), where ``Z = P(next token extends u)`` is their mass plus the tail the cache
-never saw (``1 -`` the candidates' mass): an upper bound, since only some of the tail extends
-``u``. What is not a candidate stays with OTHER in the bucketed divergence, so the teacher
-never puts exactly zero mass outside its candidates (a reverse KL would otherwise charge the
-student ~100 nats per unit of mass there, the log-prob floor). Each candidate's *remainder* ``bytes(t)[len(u):]`` is what comes next; it
+extends ``u``), where ``Z = P(next token extends u)`` is estimated as their mass divided by
+the mass the cache saw (the candidates' total, at most 1): the tail the cache never saw is
+assumed to extend ``u`` as often as the candidates do. A row then sums to the seen mass, and
+the tail's share stays with OTHER in the bucketed divergence, as at a boundary, so the
+teacher never puts exactly zero mass outside its candidates (a reverse KL would otherwise
+charge the student ~100 nats per unit of mass there, the log-prob floor). Counting the whole
+tail as extending ``u`` (an upper bound on Z, used before 2026-12-02) gave OTHER most of the
+mass wherever the extending candidates are a small share, i.e. inside most tokens. Each candidate's *remainder* ``bytes(t)[len(u):]`` is what comes next; it
 counts for the student token the student would write first: the longest student token that
 is a prefix of the remainder (:class:`PrefixIndex`). Several remainders can share one
 student token, so the result is a distribution over student buckets that the bucketed
@@ -23,9 +26,9 @@ divergence (:mod:`avokit.losses.bucketed`) takes as it is — mapped ids and log
 At a common boundary ``u`` is empty and ``Z = 1``: the teacher's own distribution, every
 candidate mapped to its longest student prefix ("prefix buckets"): teacher mass on " walking"
 counts for the student's " walk" instead of being lost in OTHER. Approximations, stated:
-inside a token ``Z`` counts the whole tail as if it extended ``u`` (so the conditional slightly
-understates the candidates), and paths where the teacher would spell ``u`` with more than one
-token are not counted (the cache holds one step).
+inside a token the tail's share that extends ``u`` is a proportional estimate, and paths where
+the teacher would spell ``u`` with more than one token are not counted (the cache holds one
+step).
 """
 
 from __future__ import annotations
@@ -128,8 +131,9 @@ def conditional_targets(
         if not keep:
             continue
         kept_mass = float(np.exp(np.array([k[2] for k in keep])).sum())
-        # P(next token extends u): 1 at a boundary; inside, the kept mass plus the unseen tail
-        norm = np.log(max(kept_mass, 1.0) if not u else kept_mass + tail[i])
+        # P(next token extends u) = kept mass / seen mass: the unseen tail extends u as often as
+        # the candidates do. 1 at a boundary; a row sums to the seen mass, OTHER keeps the tail
+        norm = np.log(kept_mass / (1.0 - tail[i]))
         for (j, sid, lp) in keep:
             out_ids[row, j] = sid
             out_lps[row, j] = lp - norm
@@ -173,7 +177,7 @@ def conditional_targets_reference(
             mass[sid] = mass.get(sid, 0.0) + float(np.exp(lp))
         total = sum(mass.values())
         if total > 0:
-            unseen = max(0.0, 1.0 - sum(float(np.exp(lp)) for lp in cands.values()))
-            z = max(total, 1.0) if not u else total + unseen
+            seen = min(1.0, sum(float(np.exp(lp)) for lp in cands.values()))
+            z = total / seen
             out[p] = {sid: m / z for sid, m in mass.items()}
     return out
