@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
-from proof_render import render  # noqa: E402
+from proof_render import attach, render  # noqa: E402
 from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences  # noqa: E402
 from results_io import write_results  # noqa: E402
 
@@ -357,9 +357,11 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    """prepare | train | weights | report."""
+    """prepare | train | route | weights | report | attach."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["prepare", "train", "route", "weights", "report"])
+    ap.add_argument("command", choices=["prepare", "train", "route", "weights", "report", "attach"])
+    ap.add_argument("--later", type=Path, nargs="*", default=[],
+                    help="attach: later tests' report JSONs whose verdicts the main report records")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-proof"))
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--val-fraction", type=float, default=0.15)
@@ -380,6 +382,8 @@ def main() -> None:
         print(json.dumps(prepare(load_recipe(args.source), args.runs / "data", args.val_fraction), indent=1))
     elif args.command == "route":
         print(json.dumps(route(args.runs), indent=1))
+    elif args.command == "attach":
+        print(json.dumps(attach(args.out, args.later), indent=1))
     elif args.command == "weights":
         print(json.dumps(fusion_diagnostics(args.runs, args), indent=1))
     elif args.command == "train":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from proof_stats import OVERALL, chosen
+from results_io import write_results
 
 
 def _ci(x: dict[str, Any] | None, mean: str = "mean", ci: str = "ci95") -> str:
@@ -34,6 +37,7 @@ def render(result: dict[str, Any]) -> str:
                                  f"{result['variants'][fused]['what']})")
     else:
         lines += [f"No verdict yet: {result.get('proof_pending')}", ""]
+    lines += _later(result.get("later_tests") or [])
     selected = result.get("proof_selected")
     if selected:
         val = ", ".join(f"{v} {b:.4f}" for v, b in sorted(selected["validation_bpb"].items(), key=lambda x: x[1]))
@@ -56,6 +60,23 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
     lines += _comparisons(result, cols) + _weights(result) + _runs(result)
     return "\n".join(lines) + "\n"
+
+
+def _later(tests: list[dict[str, Any]]) -> list[str]:
+    """Later tests of a multi-teacher student on fresh seeds (their own reports), one line each."""
+    if not tests:
+        return []
+    lines = ["Later tests on fresh seeds (each its own report; the test split of these seeds played no "
+             "part in any choice):", ""]
+    for t in tests:
+        worse = [f"{d} {p['diff_mean']:+.4f}" for d, p in t["per_domain"].items()]
+        ce = t.get("fused_minus_ce")
+        lines.append(f"- [{t['file']}]({t['file']}), seeds {t['seed_ids']}"
+                     f"{', pre-registered in `' + t['preregistration'] + '`' if t.get('preregistration') else ''}: "
+                     f"{t['fused']} minus best single ({t['best_single']}) {_ci(t['fused_minus_best_single'])}"
+                     f"{f', minus CE {_ci(ce)}' if ce else ''}; per domain {', '.join(worse)}; "
+                     f"**{'holds' if t['holds'] else 'does NOT hold'}**.")
+    return lines + [""]
 
 
 def _verdict(proof: dict[str, Any], what: str) -> list[str]:
@@ -118,3 +139,23 @@ def _runs(result: dict[str, Any]) -> list[str]:
     if result.get("unfinished"):
         lines += ["", f"Still training (not counted): {', '.join(result['unfinished'])}."]
     return lines
+
+
+def attach(main_out: Path, later: list[Path]) -> list[dict[str, Any]]:
+    """Record the verdicts of later tests (their own ``report`` JSONs, e.g. the pre-registered
+    confirmation on fresh seeds) in the main report, which is re-rendered; the main proof and
+    its runs are left as they are."""
+    result = json.loads(main_out.with_suffix(".json").read_text())
+    tests = []
+    for path in later:
+        other = json.loads(path.read_text())
+        if not other.get("proof"):
+            raise SystemExit(f"{path}: no proof object (finish its runs and `report` first)")
+        tests.append({"file": path.with_suffix(".md").name, "preregistration": other.get("preregistration"),
+                      **{k: other["proof"][k] for k in ("seeds", "seed_ids", "fused", "best_single",
+                                                         "fused_minus_best_single", "per_domain", "holds")},
+                      "fused_minus_ce": (other.get("paired", {}).get("a_ce", {}).get(other["proof"]["fused"]) or {})
+                      .get(OVERALL)})
+    result["later_tests"] = tests
+    write_results(main_out, result, render(result))
+    return tests
