@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.console import web
-from avokit.gateway.console.auth import SIGNIN_COOKIE, Principal
+from avokit.gateway.console.auth import Principal
 from avokit.gateway.console.cards import registry_cards
 from avokit.gateway.console.customer import (
     checked_signin,
@@ -66,19 +66,13 @@ async def signin(request: Request) -> Response:
     if token is None:
         return signin_form(request, "admin", "signin.html", status=401,
                            error="name or password: not a valid administrator sign-in.")
-    response = web.redirect("/console/admin")
-    web.set_session_cookie(request, response, "admin", token)
-    response.delete_cookie(SIGNIN_COOKIE, path="/console")
-    return response
+    return web.signed_in(request, "admin", token, "/console/admin")
 
 
 @router.post("/signout")
 def signout(request: Request, posted: web.AdminPost) -> Response:
     """End the admin session."""
-    web.state(request).sessions.end(web.gw(request).db, posted.who.token)
-    response = web.redirect("/console/admin/signin")
-    web.clear_session_cookie(response, "admin")
-    return response
+    return web.signed_out(request, "admin", posted.who.token)
 
 
 def accounts_page(request: Request, who: Principal, status: int = 200, **extra: Any

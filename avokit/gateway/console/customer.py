@@ -92,19 +92,13 @@ async def signin(request: Request) -> Response:
                            error="key: that API key is not valid (unknown, revoked or expired).")
     sessions = web.state(request).sessions
     token = await run_in_threadpool(sessions.start, gw.db, "customer", key=info)
-    response = web.redirect("/console/playground")
-    web.set_session_cookie(request, response, "customer", token)
-    response.delete_cookie(SIGNIN_COOKIE, path="/console")
-    return response
+    return web.signed_in(request, "customer", token, "/console/playground")
 
 
 @router.post("/console/signout")
 def signout(request: Request, posted: web.CustomerPost) -> Response:
     """End the session."""
-    web.state(request).sessions.end(web.gw(request).db, posted.who.token)
-    response = web.redirect(web.SIGNIN_URLS["customer"])
-    web.clear_session_cookie(response, "customer")
-    return response
+    return web.signed_out(request, "customer", posted.who.token)
 
 
 def usage_context(rows: list[UsageRow], by: str) -> dict[str, Any]:

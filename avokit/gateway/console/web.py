@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from avokit.gateway.console.auth import (
     COOKIE_PATHS,
     COOKIES,
+    SIGNIN_COOKIE,
     CsrfRefused,
     Kind,
     Principal,
@@ -144,6 +145,22 @@ def clear_session_cookie(response: Response, kind: Kind) -> None:
     """Remove the session cookie of ``kind``."""
     response.delete_cookie(COOKIES[kind], path=COOKIE_PATHS[kind], httponly=True,
                            samesite="strict")
+
+
+def signed_in(request: Request, kind: Kind, token: str, url: str) -> Response:
+    """After a sign-in: to ``url`` with the new session's cookie; the pre-sign-in cookie goes."""
+    response = redirect(url)
+    set_session_cookie(request, response, kind, token)
+    response.delete_cookie(SIGNIN_COOKIE, path="/console")
+    return response
+
+
+def signed_out(request: Request, kind: Kind, token: str) -> Response:
+    """End a session (refused from now on, whatever cookie still holds it): to the sign-in page."""
+    state(request).sessions.end(gw(request).db, token)
+    response = redirect(SIGNIN_URLS[kind])
+    clear_session_cookie(response, kind)
+    return response
 
 
 def redirect(url: str) -> RedirectResponse:
