@@ -7,8 +7,13 @@ int64 contract turned into float64, a tokenizer's first token overwritten by the
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +21,11 @@ import pytest
 from avokit.align.boundaries import Alignment, align
 from avokit.align.bytes import TokenBytes
 from avokit.align.offsets import _char_to_byte, first_difference, offsets_from_mapping
+from avokit.align.report import (AlignReport, RoundTripIssue, TokenizerSummary, chunk_histogram, read_texts,
+                                 render_markdown)
 from avokit.align.spans import common_spans
 from avokit.align.vocab_map import VocabMap, first_token_map
+from avokit.errors import AvokitError, RoundTripError
 
 
 def _table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
@@ -303,3 +311,147 @@ def test_first_token_map_keeps_an_exact_map_to_id_zero_the_tokenizer_spells_othe
     out = first_token_map(exact, teacher, student, _FakeBackend({"ab": [1, 2], "abb": [1, 2, 2]}, bos=1))
     assert out.tolist() == [0, 1]
     assert exact.tolist() == [0, -1]
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_read_texts_reads_jsonl_parquet_and_plain_utf8(tmp_path: Path) -> None:
+    """``.jsonl`` gives one document per non-blank line's ``text``; ``.parquet`` its ``text``
+    column (other columns ignored, values as str); any other file is one UTF-8 document,
+    also where the locale's default encoding would decode it otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jl = tmp_path / "d.jsonl"
+    jl.write_bytes('{"text": "caf\u00e9"}\n\n{"text": "\u00fcber", "id": 2}\n'.encode("utf-8"))
+    assert read_texts(jl) == ["caf\u00e9", "\u00fcber"]
+    pqf = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "text": ["a\u00e9", "b"]}), pqf)
+    assert read_texts(pqf) == ["a\u00e9", "b"]
+    txt = tmp_path / "d.txt"
+    txt.write_bytes("na\u00efve\n\u20ac".encode("utf-8"))
+    assert read_texts(txt) == ["na\u00efve\n\u20ac"]
+
+
+def test_read_texts_utf8_is_explicit_not_the_locale(tmp_path: Path) -> None:
+    """Under an ASCII locale (C locale, UTF-8 mode off), UTF-8 files still decode as UTF-8:
+    the encoding is passed explicitly, not left to the locale. Runs in a child process,
+    since the locale encoding is fixed at interpreter start."""
+    import avokit
+
+    txt = tmp_path / "d.txt"
+    txt.write_bytes("\u00e9".encode("utf-8"))
+    jl = tmp_path / "d.jsonl"
+    jl.write_bytes('{"text": "\u00e9"}\n'.encode("utf-8"))
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+           "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(Path(avokit.__file__).parents[1])}
+    code = ("import locale, sys; from pathlib import Path; from avokit.align.report import read_texts; "
+            "assert locale.getencoding() != 'utf-8' and not sys.flags.utf8_mode; "
+            "print(ascii(read_texts(Path(sys.argv[1]))), ascii(read_texts(Path(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(txt), str(jl)], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['\\xe9']", "['\\xe9']"]
+
+
+def test_read_texts_errors_name_the_file_and_the_problem(tmp_path: Path) -> None:
+    """Each failure is an AvokitError whose message names the path and what is wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def fails(path: Path, message: str) -> None:
+        with pytest.raises(AvokitError, match="^" + re.escape(message) + "$"):
+            read_texts(path)
+
+    fails(tmp_path, f"document file {tmp_path} is a directory (give a .txt, .jsonl or .parquet file)")
+    fails(tmp_path / "none.txt", f"document file {tmp_path / 'none.txt'} does not exist")
+    jl = tmp_path / "bad.jsonl"
+    jl.write_text('{"text": "a"}\n{oops\n')
+    fails(jl, f"{jl}: line 2 is not JSON: Expecting property name enclosed in double quotes")
+    jl.write_text('{"text": "a"}\n\n{"txt": "b"}\n')
+    fails(jl, f"{jl}: line 3 has no string field 'text'")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(AvokitError, match="^" + re.escape(f"{broken}: not a readable Parquet file: ")):
+        read_texts(broken)
+    cols = tmp_path / "cols.parquet"
+    pq.write_table(pa.table({"body": ["x"], "TEXT": ["y"]}), cols)
+    fails(cols, f"{cols}: no column 'text' (columns: ['body', 'TEXT'])")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"ab\xe9x")
+    fails(latin, f"{latin}: not UTF-8 text (byte 2: invalid continuation byte)")
+
+
+def test_read_texts_parquet_suffix_is_case_sensitive_and_jsonl_is_not_parquet(tmp_path: Path) -> None:
+    """Only ``.parquet`` is read as Parquet: a ``.PARQUET`` or ``.jsonl`` file is not sent to
+    pyarrow (a text file named ``.PARQUET`` is one plain document)."""
+    upper = tmp_path / "d.PARQUET"
+    upper.write_text("plain text")
+    assert read_texts(upper) == ["plain text"]
+
+
+def test_tokenize_records_each_round_trip_failure_with_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A document the tokenizer cannot reproduce becomes a RoundTripIssue with its index,
+    byte position and the error's full message (shown in the markdown report)."""
+    import avokit.align.report as report
+
+    docs = [object(), object()]
+
+    def fake(tok: object, texts: list[str], tb: object, lossy: str, issues: list) -> list:
+        assert lossy == "offsets"
+        issues.append((1, RoundTripError("tk", 7, "got 'x'")))
+        return docs
+
+    monkeypatch.setattr(report, "tokenize_batch_with_offsets", fake)
+    got_docs, issues = report._tokenize(object(), _mapping_table(), ["a", "b"])
+    assert got_docs is docs
+    assert issues == [RoundTripIssue(1, 7, "tokenizer 'tk' does not reproduce the text at byte 7: got 'x'")]
+
+
+def test_chunk_histogram_labels_and_counts_every_bucket() -> None:
+    """Labels: the single value for one-value buckets, ``lo-hi`` for ranges, ``lo+`` for the
+    open last bucket; both ends of a bucket are inclusive."""
+    lengths = np.array([1, 1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 10_000])
+    assert chunk_histogram(lengths) == {"1": 2, "2": 1, "3-4": 2, "5-8": 2, "9-16": 2, "17-32": 2,
+                                        "33-64": 2, "65+": 2}
+
+
+def _summary(name: str, failures: list[RoundTripIssue]) -> TokenizerSummary:
+    return TokenizerSummary(name=name, family="bpe", vocab_size=50_257, n_tokens=1234,
+                            bytes_per_token=3.14159, boundary_share=0.5, round_trip_failures=failures)
+
+
+def test_render_markdown_of_a_hand_built_report() -> None:
+    """The whole text of a small report: header, the table (thousands separators, 3
+    decimals), histogram, coverage (``n/a`` without counts), roles and at most five
+    round-trip failures per tokenizer."""
+    fails = [RoundTripIssue(i, i, f"m{i}") for i in range(7)]
+    rep = AlignReport(n_docs=2, n_bytes=12345, n_chunks=1001, teacher=_summary("T", fails),
+                      student=_summary("S", []), chunk_histogram={"1": 3, "2-4": 1},
+                      mean_chunk_bytes=2.345,
+                      coverage={"count_share": None, "vocab_share": 0.5, "regular_share": 0.25},
+                      roles={"bos": [1, 2], "eos": [3, 4]})
+    want = [
+        "# Alignment: T -> S",
+        "",
+        "2 documents, 12,345 bytes, 1,001 chunks (mean 2.35 bytes)",
+        "",
+        "| tokenizer | family | vocab | tokens | bytes/token | common-boundary share | round-trip failures |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| T | bpe | 50,257 | 1,234 | 3.142 | 0.500 | 7 |",
+        "| S | bpe | 50,257 | 1,234 | 3.142 | 0.500 | 0 |",
+        "",
+        "Chunk lengths (bytes): 1: 3, 2-4: 1",
+        "",
+        "Vocabulary map: 0.5000 of teacher ids map (0.2500 of regular ids); n/a of the teacher's "
+        "tokens on these documents map.",
+        "Special tokens by role: bos 1->2, eos 3->4",
+        *[f"- T: document {i}: m{i} (aligned through character offsets instead)" for i in range(5)],
+    ]
+    assert render_markdown(rep) == "\n".join(want) + "\n"
+    rep2 = replace(rep, coverage={"count_share": 0.123456, "vocab_share": 1.0, "regular_share": 1.0},
+                   roles={}, teacher=_summary("T", []))
+    text = render_markdown(rep2)
+    assert "; 0.1235 of the teacher's tokens" in text
+    assert text.endswith("Special tokens by role: none\n")
