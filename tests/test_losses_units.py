@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from avokit.losses.bucketed import bucketed_divergence
+from avokit.losses.bucketed import bucket_distributions, bucketed_divergence
 from avokit.losses.ce import cross_entropy, gold_logprobs, shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
 from avokit.losses.divergences import divergence
@@ -389,3 +389,42 @@ def test_document_weights_fixed_priors_keep_the_bpb_precision() -> None:
     assert got.dtype == torch.float64
     want = torch.tensor([[0.3, 0.7], [0.3, 0.7]], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+
+
+# ---------------------------------------------------------------- bucket_distributions
+
+
+def test_bucket_distributions_errors_name_the_shapes() -> None:
+    """Each shape error is a ValueError naming the tensors' actual shapes; a k mismatch alone
+    (both 2-D) is refused too, and the row-count error gives the top-k rows, not k."""
+    s = torch.zeros(3, 5)
+    ids = torch.zeros(3, 2, dtype=torch.long)
+    lps = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="^" + re.escape("student_logprobs must be [M, V], got (5,)") + "$"):
+        bucket_distributions(torch.zeros(5), ids, lps)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "topk_student_ids (3, 2) and topk_logprobs (3, 4) must both be [M, k]") + "$"):
+        bucket_distributions(s, ids, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "topk_student_ids (3,) and topk_logprobs (3,) must both be [M, k]") + "$"):
+        bucket_distributions(s, torch.zeros(3, dtype=torch.long), torch.zeros(3))
+    with pytest.raises(ValueError, match="^" + re.escape("4 top-k rows for 3 student rows") + "$"):
+        bucket_distributions(s, torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2))
+
+
+def test_bucket_distributions_keep_the_student_dtype_and_exact_buckets() -> None:
+    """float32 student rows give float32 buckets (the float64 teacher arithmetic is internal);
+    twins merge into the first entry's slot, OTHER holds the rest of each side's mass."""
+    student = torch.log_softmax(torch.randn(2, 6, generator=_gen(3)), dim=-1)
+    ids = torch.tensor([[4, 4, -1], [0, 5, 2]])
+    lps = torch.log(torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.3, 0.1]]))
+    t, s, present = bucket_distributions(student, ids, lps)
+    assert t.dtype == torch.float32 and s.dtype == torch.float32
+    assert present.tolist() == [[True, False, False, True], [True, True, True, True]]
+    torch.testing.assert_close(t.exp(), torch.tensor([[0.7, 0.0, 0.0, 0.3], [0.3, 0.3, 0.1, 0.3]]))
+    p = student.exp()
+    want_s = torch.stack([torch.stack([p[0, 4], p[0, 4] * 0, p[0, 4] * 0, 1 - p[0, 4]]),
+                          torch.stack([p[1, 0], p[1, 5], p[1, 2], 1 - p[1, 0] - p[1, 5] - p[1, 2]])])
+    torch.testing.assert_close(s.exp(), want_s)
+    t64, s64, _ = bucket_distributions(student.double(), ids, lps)
+    assert t64.dtype == torch.float64 and s64.dtype == torch.float64
