@@ -579,3 +579,21 @@ def test_from_gguf_builds_from_the_gguf_file_in_its_folder(tmp_path: Path, monke
     gguf.write_bytes(b"GGUF")
     assert src._from_gguf(gguf) == (src._file_key(gguf), "tokenizer")
     assert calls == [((tmp_path,), {"gguf_file": "m.Q4.gguf"})]
+
+
+# ---------------------------------------------------------------- conditional: PrefixIndex
+
+
+def test_prefix_index_longest_prefix_and_minus_one_without_one() -> None:
+    """The longest regular student token that starts the bytes (the preferred id of
+    fallback twins); exactly -1 when none does, also for a student of only specials (an
+    empty index) and for empty input."""
+    from avokit.align.conditional import PrefixIndex
+
+    idx = PrefixIndex(_STUDENT)
+    assert idx.longest_prefix(b"abba") == 1
+    assert idx.longest_prefix(b"ba") == 2
+    assert idx.longest_prefix(b"zz") == -1
+    assert idx.longest_prefix(b"") == -1
+    only_special = PrefixIndex(_table([b"<s>"], special=frozenset({0}), name="s"))
+    assert only_special.longest_prefix(b"<s>a") == -1
