@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from typer.testing import CliRunner
 
 from avokit.align import (
-    TokenBytes,
     align,
     build_vocab_map,
     byteify,
@@ -72,17 +72,6 @@ def test_align_zero_width_tokens_never_start_a_chunk() -> None:
     assert al.teacher_pos.tolist() == [0, 2]  # the zero-width token 1 is skipped
 
 
-def _table(pieces: list[bytes], fallback: set[int] = frozenset(), special: set[int] = frozenset(),
-           name: str = "t") -> TokenBytes:
-    twins: dict[bytes, list[int]] = {}
-    for i, b in enumerate(pieces):
-        if i not in special:
-            twins.setdefault(b, []).append(i)
-    preferred = {b: min(ids, key=lambda i: (i in fallback, i)) for b, ids in twins.items()}
-    v = len(pieces)
-    return TokenBytes(name, "sentencepiece", pieces,
-                      np.array([i in special for i in range(v)]), np.array([i in fallback for i in range(v)]),
-                      {b: ids for b, ids in twins.items() if len(ids) > 1}, preferred)
 
 
 def test_vocab_map_prefers_regular_over_fallback_twin_and_maps_roles() -> None:

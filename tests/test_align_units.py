@@ -19,31 +19,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
 
 from avokit.align.boundaries import Alignment, align
 from avokit.align.bytes import TokenBytes
 from avokit.align.offsets import _char_to_byte, first_difference, offsets_from_mapping
-from avokit.align.report import (AlignReport, RoundTripIssue, TokenizerSummary, chunk_histogram, read_texts,
-                                 render_markdown)
+from avokit.align.report import (
+    AlignReport,
+    RoundTripIssue,
+    TokenizerSummary,
+    chunk_histogram,
+    read_texts,
+    render_markdown,
+)
 from avokit.align.spans import common_spans
 from avokit.align.vocab_map import VocabMap, first_token_map
 from avokit.errors import AvokitError, MissingPackageError, RoundTripError
-
-
-def _table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
-           special: frozenset[int] = frozenset(), name: str = "t") -> TokenBytes:
-    """A hand-made byte table: ``preferred`` picks the regular id over a byte-fallback twin."""
-    twins: dict[bytes, list[int]] = {}
-    for i, b in enumerate(pieces):
-        if i not in special:
-            twins.setdefault(b, []).append(i)
-    preferred = {b: min(ids, key=lambda i: (i in fallback, i)) for b, ids in twins.items()}
-    v = len(pieces)
-    return TokenBytes(name, "sentencepiece", pieces,
-                      np.array([i in special for i in range(v)], dtype=bool),
-                      np.array([i in fallback for i in range(v)], dtype=bool),
-                      {b: ids for b, ids in twins.items() if len(ids) > 1}, preferred)
-
 
 # ---------------------------------------------------------------- offsets
 

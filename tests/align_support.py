@@ -1,0 +1,23 @@
+"""Hand-made tokenizer byte tables for the align tests (no tokenizer files needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from avokit.align.bytes import TokenBytes
+
+
+def byte_table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
+               special: frozenset[int] = frozenset(), name: str = "t") -> TokenBytes:
+    """A SentencePiece-like table of ``pieces``: ``preferred`` picks the regular id over a
+    byte-fallback twin (ids in ``fallback``); ids in ``special`` spell no bytes of text."""
+    twins: dict[bytes, list[int]] = {}
+    for i, b in enumerate(pieces):
+        if i not in special:
+            twins.setdefault(b, []).append(i)
+    preferred = {b: min(ids, key=lambda i: (i in fallback, i)) for b, ids in twins.items()}
+    v = len(pieces)
+    return TokenBytes(name, "sentencepiece", pieces,
+                      np.array([i in special for i in range(v)], dtype=bool),
+                      np.array([i in fallback for i in range(v)], dtype=bool),
+                      {b: ids for b, ids in twins.items() if len(ids) > 1}, preferred)
