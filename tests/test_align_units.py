@@ -588,3 +588,13 @@ def test_prefix_index_longest_prefix_and_minus_one_without_one() -> None:
     assert idx.longest_prefix(b"") == -1
     only_special = PrefixIndex(_table([b"<s>"], special=frozenset({0}), name="s"))
     assert only_special.longest_prefix(b"<s>a") == -1
+
+
+def test_a_zero_byte_document_of_zero_width_tokens_has_no_chunks() -> None:
+    """Only zero-width tokens (ends all 0): no chunk, and chunk sums are empty instead of
+    numpy failing on a chunk index of -1."""
+    al = align(np.array([0]), np.array([0, 0]))
+    assert al.n_chunks == 0 and al.boundaries.tolist() == [0]
+    assert al.teacher_chunk_sum(np.array([-1.5])).shape == (0,)
+    assert al.student_chunk_sum(np.array([-1.0, -2.0])).shape == (0,)
+

@@ -67,7 +67,8 @@ def align(teacher_ends: np.ndarray, student_ends: np.ndarray) -> Alignment:
     """
     t_ends = _as_ends(teacher_ends, "teacher")
     s_ends = _as_ends(student_ends, "student")
-    if t_ends.size == 0 or s_ends.size == 0:
+    # a 0-byte document (nothing, or only zero-width tokens) has no chunk to align
+    if t_ends.size == 0 or s_ends.size == 0 or (t_ends[-1] == 0 and s_ends[-1] == 0):
         if t_ends.size + s_ends.size and (t_ends[-1:].sum() + s_ends[-1:].sum()) > 0:
             raise ValueError("one tokenization is empty and the other is not")
         empty = np.zeros(0, dtype=np.int64)
