@@ -158,16 +158,14 @@ def usage_csv(request: Request, who: web.Admin) -> Response:
     """Every charge, as ``avokit usage --csv`` writes it."""
     with session_factory(web.gw(request).db)() as s:
         rows = metering.usage(s)
-    return Response(usage.usage_csv(rows), media_type="text/csv",
-                    headers={"Content-Disposition": 'attachment; filename="usage-all.csv"',
-                             "Cache-Control": "no-store"})
+    return web.csv_download(usage.usage_csv(rows), "usage-all.csv")
 
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit_log(request: Request, who: web.Admin) -> Response:
     """The newest audit entries first."""
     with session_factory(web.gw(request).db)() as s:
-        entries = audit.audit_entries(s)[-AUDIT_PAGE:][::-1]
+        entries = audit.newest_audit_entries(s, AUDIT_PAGE)
     return web.render(request, "admin_audit.html", who, entries=entries)
 
 

@@ -154,9 +154,7 @@ def usage_csv(request: Request, who: web.Customer, key: str = "") -> Response:
     except ConfigError as err:
         return web.render(request, "message.html", who, status=404, message=str(err))
     name = f"usage-{key or f'account-{who.account_id}'}.csv"
-    return Response(usage.usage_csv(rows), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"',
-                             "Cache-Control": "no-store"})
+    return web.csv_download(usage.usage_csv(rows), name)
 
 
 def keys_page(request: Request, who: Principal, status: int = 200, **extra: Any) -> Response:
@@ -257,9 +255,7 @@ def keys_revoke(request: Request, key_id: str, posted: web.CustomerPost) -> Resp
     except ConfigError as err:
         return keys_page(request, who, status=400, error=str(err))
     if who.key is not None and key_id == who.key.id:
-        response = web.redirect(web.SIGNIN_URLS["customer"])
-        web.clear_session_cookie(response, "customer")
-        return response
+        return web.signed_out(request, "customer", who.token)
     return web.redirect("/console/keys")
 
 

@@ -163,6 +163,13 @@ def signed_out(request: Request, kind: Kind, token: str) -> Response:
     return response
 
 
+def csv_download(text: str, filename: str) -> Response:
+    """A CSV file download that no cache keeps (usage holds spend)."""
+    return Response(text, media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "Cache-Control": "no-store"})
+
+
 def redirect(url: str) -> RedirectResponse:
     """303 See Other: after a post, the browser loads ``url`` with GET."""
     return RedirectResponse(url, status_code=303)

@@ -43,3 +43,8 @@ def audit_entries(session: Session, key_id: str | None = None) -> list[AuditEntr
     if key_id is not None:
         query = query.where(AuditEntry.key_id == key_id)
     return list(session.scalars(query))
+
+
+def newest_audit_entries(session: Session, limit: int) -> list[AuditEntry]:
+    """The ``limit`` newest audit rows, newest first (read with a limit, not the whole log)."""
+    return list(session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)))

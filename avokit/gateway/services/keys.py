@@ -104,12 +104,16 @@ def _digest(secret: str, presented: str | None) -> str:
     return hash_key(secret, presented)
 
 
+def _usable(info: KeyInfo) -> bool:
+    """Not revoked and not expired, now."""
+    return info.revoked_at is None and (info.expires_at is None or info.expires_at > utcnow())
+
+
 def _live(row: Any, digest: str) -> KeyInfo:
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         raise AuthenticationError()
     info = _info(row)
-    now = utcnow()
-    if info.revoked_at is not None or (info.expires_at is not None and info.expires_at <= now):
+    if not _usable(info):
         raise AuthenticationError()
     return info
 
@@ -290,7 +294,4 @@ def key_info(session: Session, key_id: str) -> KeyInfo | None:
     if row is None:
         return None
     info = _info(row)
-    if info.revoked_at is not None or (info.expires_at is not None
-                                       and info.expires_at <= utcnow()):
-        return None
-    return info
+    return info if _usable(info) else None
