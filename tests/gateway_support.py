@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -257,10 +258,11 @@ def run_mock_upstream(log_dir: Path) -> Iterator[str]:
     proc.wait(10)
 
 
+@functools.lru_cache(maxsize=None)
 def _worker_database(url: str) -> str:
     """Under pytest-xdist each worker gets its own database beside the CI one
-    (``avokit_test_gw0``, ...; created on first use), so emptying one worker's schema never
-    pulls tables from under another worker's test."""
+    (``avokit_test_gw0``, ...; created on first use, looked up once per worker), so emptying
+    one worker's schema never pulls tables from under another worker's test."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if not worker:
         return url
