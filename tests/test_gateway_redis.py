@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,35 +57,31 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_limits_are_atomic_across_clients(redis_server: RedisServer) -> None:
     """Two limiters (two replicas' clients) admitting one key concurrently grant its rpm
     exactly once, and its tpm exactly once."""
-    async def run() -> None:
-        a, b = RedisRateLimiter(redis_server.url), RedisRateLimiter(redis_server.url)
+    a, b = RedisRateLimiter(redis_server.url), RedisRateLimiter(redis_server.url)
 
-        async def one(limiter: RedisRateLimiter, key: str, rpm: int, tpm: int, tokens: int
-                      ) -> bool:
-            try:
-                await limiter.admit(key, rpm, tpm, tokens)
-                return True
-            except RateLimitError:
-                return False
+    def one(i: int, key: str, rpm: int, tpm: int, tokens: int) -> bool:
+        try:
+            (a, b)[i % 2].check(key, rpm, tpm, tokens)
+            return True
+        except RateLimitError:
+            return False
 
-        got = await asyncio.gather(*(one((a, b)[i % 2], "key_rpm", 37, 10**9, 1)
-                                     for i in range(200)))
+    # 16 threads share each client's connection pool, as the gateway's worker threads do
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda i: one(i, "key_rpm", 37, 10**9, 1), range(200)))
         assert sum(got) == 37
-        got = await asyncio.gather(*(one((a, b)[i % 2], "key_tpm", 10**6, 1000, 30)
-                                     for i in range(200)))
+        got = list(pool.map(lambda i: one(i, "key_tpm", 10**6, 1000, 30), range(200)))
         assert sum(got) == 1000 // 30
-        with pytest.raises(RateLimitError) as refused:
-            await a.admit("key_rpm", 37, 10**9, 1)
-        headers = refused.value.headers
-        assert headers["x-ratelimit-remaining-requests"] == "0"
-        assert 1 <= int(headers["Retry-After"]) <= 60
-        ok = await a.admit("key_fresh", 5, 100, 10)  # another key: its own window
-        assert ok["x-ratelimit-remaining-requests"] == "4"
-        assert ok["x-ratelimit-remaining-tokens"] == "90"
-        await a.aclose()
-        await b.aclose()
-
-    asyncio.run(run())
+    with pytest.raises(RateLimitError) as refused:
+        a.check("key_rpm", 37, 10**9, 1)
+    headers = refused.value.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    ok = a.check("key_fresh", 5, 100, 10)  # another key: its own window
+    assert ok["x-ratelimit-remaining-requests"] == "4"
+    assert ok["x-ratelimit-remaining-tokens"] == "90"
+    a.close()
+    b.close()
 
 
 def test_unreachable_redis_fails_closed(registry: Path, tmp_path: Path,
@@ -117,16 +114,16 @@ def test_redis_going_down_fails_closed(tmp_path: Path) -> None:
     assert binary
     own = RedisServer(binary, tmp_path / "redis").start()
 
-    async def run() -> None:
+    def run() -> None:
         limiter = RedisRateLimiter(own.url, timeout_s=1.0)
-        await limiter.admit("k", 10, 1000, 1)
+        limiter.check("k", 10, 1000, 1)
         own.stop()
         with pytest.raises(ServiceUnavailableError):
-            await limiter.admit("k", 10, 1000, 1)
-        await limiter.aclose()
+            limiter.check("k", 10, 1000, 1)
+        limiter.close()
 
     try:
-        asyncio.run(run())
+        run()
     finally:
         own.stop()
 

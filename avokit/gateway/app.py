@@ -46,7 +46,7 @@ async def build_limiter(settings: GatewaySettings) -> Limiter:
     from avokit.gateway.services.shared_limits import RedisRateLimiter
 
     limiter = RedisRateLimiter(settings.redis_url)
-    if await limiter.ping():
+    if await asyncio.to_thread(limiter.ping):
         log.info("rate limits shared through Redis at %s", limiter.where)
     return limiter
 
@@ -111,7 +111,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             for task in tasks:
                 task.cancel()
             await gen.aclose()
-            await limiter.aclose()
+            await asyncio.to_thread(limiter.close)
             await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
 

@@ -85,8 +85,8 @@ async def chat(request: Request,
     req = ChatCompletionRequest(model=body.model, messages=body.messages, stream=True,
                                 temperature=body.temperature, top_p=body.top_p,
                                 max_tokens=body.max_tokens)
-    prep = await run_in_threadpool(serving.prepare_chat, gw, who.key, req)
-    hold = await serving.admit(gw, prep)
+    key = who.key
+    prep, hold = await serving.prepare_and_admit(gw, lambda: serving.prepare_chat(gw, key, req))
 
     async def events() -> AsyncIterator[bytes]:
         finished = Finished("length", 0)

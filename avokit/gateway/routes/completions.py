@@ -14,7 +14,6 @@ from typing import Annotated, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.engines.base import Finished, PromptScores, TokenEvent
 from avokit.gateway.protocol import (
@@ -36,7 +35,7 @@ from avokit.gateway.protocol import (
     Usage,
 )
 from avokit.gateway.routes.deps import current_key, gateway
-from avokit.gateway.services import serving
+from avokit.gateway.services import metering, serving
 from avokit.gateway.services.keys import KeyInfo
 from avokit.gateway.services.serving import Gateway, Prepared
 
@@ -180,9 +179,8 @@ def _sse(model: BaseModel) -> bytes:
     return b"data: " + model.model_dump_json().encode() + b"\n\n"
 
 
-async def _serve(gw: Gateway, prep: Prepared, shape: _Shape) -> Response:
-    """Admit (rate limit, reserve), generate whole or streamed, settle: both endpoints."""
-    hold = await serving.admit(gw, prep)
+async def _serve(gw: Gateway, prep: Prepared, hold: metering.Hold, shape: _Shape) -> Response:
+    """Generate whole or streamed, then settle the admitted request: both endpoints."""
     if not prep.stream:
         events, fin, scores = await serving.run_to_end(gw, prep, hold)
         return Response(shape.whole(events, fin, scores).model_dump_json(),
@@ -211,8 +209,9 @@ async def completions(body: CompletionRequest, request: Request, key: Key) -> Re
     """Text completion; echo + logprobs for eval keys; streaming with usage."""
     gw = gateway(request)
     # tokenising is CPU work: in a thread, so one long prompt never stalls other requests
-    prep = await run_in_threadpool(serving.prepare_completion, gw, key, body)
-    return await _serve(gw, prep, _CompletionShape(prep))
+    prep, hold = await serving.prepare_and_admit(
+        gw, lambda: serving.prepare_completion(gw, key, body))
+    return await _serve(gw, prep, hold, _CompletionShape(prep))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
@@ -220,5 +219,5 @@ async def completions(body: CompletionRequest, request: Request, key: Key) -> Re
 async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
     """Chat completion rendered with the model's chat template; streaming with usage."""
     gw = gateway(request)
-    prep = await run_in_threadpool(serving.prepare_chat, gw, key, body)
-    return await _serve(gw, prep, _ChatShape(prep))
+    prep, hold = await serving.prepare_and_admit(gw, lambda: serving.prepare_chat(gw, key, body))
+    return await _serve(gw, prep, hold, _ChatShape(prep))

@@ -1,6 +1,8 @@
 """Per-key requests/min and tokens/min limits over a 60 s window.
 
-Two implementations of one interface (``await limiter.admit(...)`` -> headers, or 429):
+Two implementations of one interface (``limiter.check(...)`` -> headers, or 429). ``check``
+blocks (the Redis one waits for a round trip), so the request pipeline calls it in the worker
+thread that also reserves the request's credit: one thread hop for both.
 
 * :class:`RateLimiter` (the default): an exact sliding window in this process. Each replica
   or worker then grants a key its limits on its own traffic.
@@ -31,12 +33,12 @@ class _Window:
 
 
 class Limiter(Protocol):
-    """What the request pipeline needs from a rate limiter."""
+    """What the request pipeline needs from a rate limiter (both methods may block)."""
 
-    async def admit(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
+    def check(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
         """Count one request of ``tokens`` worst-case tokens; x-ratelimit-* headers or 429."""
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Release connections."""
 
 
@@ -67,12 +69,7 @@ class RateLimiter:
             win.tokens += tokens
             return headers(rpm, tpm, requests_left - 1, tokens_left - tokens, WINDOW_S)
 
-
-    async def admit(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
-        """:meth:`check` (microseconds under a lock: no thread needed)."""
-        return self.check(key_id, rpm, tpm, tokens)
-
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Nothing to release."""
 
 

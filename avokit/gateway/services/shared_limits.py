@@ -59,32 +59,36 @@ def _where(url: str) -> str:
 
 
 class RedisRateLimiter:
-    """Per-key rpm/tpm limits in Redis, shared by every replica configured with the same URL."""
+    """Per-key rpm/tpm limits in Redis, shared by every replica configured with the same URL.
+
+    A blocking client: the request pipeline calls :meth:`check` in the worker thread that then
+    reserves the request's credit, so the Redis round trip costs no extra hop to a thread or
+    back to the event loop. Its connection pool is thread-safe.
+    """
 
     def __init__(self, url: str, prefix: str = "avokit:rl:", timeout_s: float = 2.0) -> None:
-        import redis.asyncio as aioredis
+        import redis
 
         self.where = _where(url)
         self.prefix = prefix
-        # created in the serving event loop (the lifespan): the client belongs to that loop
-        self._redis: Any = aioredis.Redis.from_url(
+        self._redis: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=30)
         self._script = self._redis.register_script(_SCRIPT)
 
-    async def ping(self) -> bool:
+    def ping(self) -> bool:
         """Whether Redis answers now (logged when it does not)."""
         try:
-            return bool(await self._redis.ping())
-        except Exception as err:  # any failure to reach it: see admit()
+            return bool(self._redis.ping())
+        except Exception as err:  # any failure to reach it: see check()
             log.error("rate limits: Redis at %s is unreachable (%s); requests are refused "
                       "with 503 until it answers", self.where, type(err).__name__)
             return False
 
-    async def admit(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
+    def check(self, key_id: str, rpm: int, tpm: int, tokens: int) -> dict[str, str]:
         """Count one request atomically in Redis; headers, 429 over a limit, 503 without Redis."""
         try:
-            ok, req_left, tok_left, retry = await self._script(
+            ok, req_left, tok_left, retry = self._script(
                 keys=[self.prefix + key_id], args=[rpm, tpm, tokens, int(WINDOW_S)])
         except Exception as err:  # connection refused, timeout, Redis error: fail closed
             log.error("rate limits: Redis at %s failed (%s); request refused with 503",
@@ -97,6 +101,6 @@ class RedisRateLimiter:
             raise refuse(what, rpm, tpm, int(req_left), int(tok_left), max(1, int(retry)))
         return headers(rpm, tpm, int(req_left), int(tok_left), WINDOW_S)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Close the connection pool."""
-        await self._redis.aclose()
+        self._redis.close()
