@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from console_support import csrf_of  # noqa: E402
 from gateway_support import (  # noqa: E402
     SECRET,
     InProcess,
@@ -102,6 +103,12 @@ def test_unreachable_redis_fails_closed(registry: Path, tmp_path: Path,
                 assert err["code"] == "service_unavailable" and "Rate limits" in err["message"]
             assert gw.charges(info.account_id) == []
             assert gw.account(info.account_id) == (10_000_000, 0, 10_000_000)
+            # the console's sign-in is limited through the same Redis: refused, not unlimited
+            page = await gw.http.get("/console/signin")
+            r = await gw.http.post("/console/signin", data={"key": key,
+                                                            "csrf": csrf_of(page.text)})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text[:300]
+            assert "Rate limits cannot be checked" in r.text
 
     with caplog.at_level(logging.ERROR, logger="avokit.gateway"):
         asyncio.run(run())
@@ -155,7 +162,8 @@ def test_two_replicas_share_rpm_through_redis(registry: Path, redis_server: Redi
                                         prices={"*": {"input": 1000, "output": 1000}}))
     (seq_key, _), (burst_key, burst_info) = made
     env: dict[str, Any] = {"AVOKIT_SECRET": SECRET, "AVOKIT_BATCH_WAIT_MS": "2",
-                           "AVOKIT_REDIS_URL": redis_server.url}
+                           "AVOKIT_REDIS_URL": redis_server.url,
+                           "AVOKIT_CONSOLE_SIGNINS_PER_MINUTE": "4"}
     cli = ["--registry", str(registry), "--db", url]
     a, b = [Server(env, tmp_path / f"replica{i}.log", cli=cli).start() for i in range(2)]
     try:
@@ -176,7 +184,21 @@ def test_two_replicas_share_rpm_through_redis(registry: Path, redis_server: Redi
             charges = s.scalar(select(func.count()).select_from(LedgerEntry).where(
                 LedgerEntry.key_id == burst_info.id, LedgerEntry.kind == "charge"))
         assert charges == 12
+        # the console's sign-in guesses are shared too: 4 a minute from one address in all
+        assert _signin_codes([a.url, b.url, a.url, b.url, a.url, b.url]) == [401] * 4 + [429] * 2
     finally:
         a.stop()
         b.stop()
         engine.dispose()
+
+
+def _signin_codes(urls: list[str]) -> list[int]:
+    """One wrong-key console sign-in on each of ``urls`` in turn (each after its own form)."""
+    codes = []
+    for url in urls:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            page = http.get("/console/signin")
+            r = http.post("/console/signin", data={"key": "sk-avo-wrong",
+                                                   "csrf": csrf_of(page.text)})
+            codes.append(r.status_code)
+    return codes

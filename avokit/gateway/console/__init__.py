@@ -10,7 +10,6 @@ from fastapi.templating import Jinja2Templates
 from avokit.gateway.console import admin, customer, playground
 from avokit.gateway.console.auth import Sessions
 from avokit.gateway.console.web import EXCEPTION_HANDLERS, HERE, ConsoleState, SecurityHeaders
-from avokit.gateway.services.ratelimit import RateLimiter
 from avokit.gateway.settings import GatewaySettings
 
 
@@ -20,7 +19,7 @@ def install_console(app: FastAPI, settings: GatewaySettings) -> None:
     templates.env.filters["money"] = lambda micros: f"{int(micros or 0):,}"
     app.state.console = ConsoleState(
         sessions=Sessions(settings.require_secret(), settings.console_session_s),
-        templates=templates, registry=settings.registry, signin_limiter=RateLimiter(),
+        templates=templates, registry=settings.registry,
         signins_per_minute=settings.console_signins_per_minute)
     for exc, handler in EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc, handler)

@@ -28,7 +28,7 @@ from avokit.gateway.console.customer import (
 )
 from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.db.session import session_factory
-from avokit.gateway.errors import ConfigError, RateLimitError
+from avokit.gateway.errors import ConfigError, RateLimitError, ServiceUnavailableError
 from avokit.gateway.services import admins, audit, keys, metering, usage
 from avokit.gateway.services.audit import record
 
@@ -58,8 +58,8 @@ async def signin(request: Request) -> Response:
     """Exchange a name and password for an admin session."""
     fields = await checked_signin(request)
     try:
-        web.count_signin(request)
-    except RateLimitError as err:
+        await web.count_signin(request)
+    except (RateLimitError, ServiceUnavailableError) as err:
         return signin_refused(request, "admin", err)
     token = await run_in_threadpool(_verify, request, fields.get("name", "").strip(),
                                     fields.get("password", ""))

@@ -19,7 +19,12 @@ from avokit.gateway.console.cards import load_card
 from avokit.gateway.console.charts import grouped_bars
 from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.db.session import session_factory
-from avokit.gateway.errors import AuthenticationError, ConfigError, RateLimitError
+from avokit.gateway.errors import (
+    AuthenticationError,
+    ConfigError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from avokit.gateway.services import keys, metering, usage
 from avokit.gateway.services.audit import as_utc
 from avokit.gateway.services.metering import UsageRow
@@ -50,9 +55,11 @@ def signin_form(request: Request, kind: str, template: str, status: int = 200,
     return response
 
 
-def signin_refused(request: Request, kind: str, err: RateLimitError) -> Response:
-    """The sign-in page again, 429, with the limiter's Retry-After."""
-    response = signin_form(request, kind, "signin.html", status=429, error=err.message)
+def signin_refused(request: Request, kind: str,
+                   err: RateLimitError | ServiceUnavailableError) -> Response:
+    """The sign-in page again with the limiter's status (429, or 503 without its Redis) and
+    Retry-After."""
+    response = signin_form(request, kind, "signin.html", status=err.status, error=err.message)
     response.headers["Retry-After"] = err.headers.get("Retry-After", "60")
     return response
 
@@ -80,8 +87,8 @@ async def signin(request: Request) -> Response:
     """Exchange an API key for a session; the key goes no further than this request."""
     fields = await checked_signin(request)
     try:
-        web.count_signin(request)
-    except RateLimitError as err:
+        await web.count_signin(request)
+    except (RateLimitError, ServiceUnavailableError) as err:
         return signin_refused(request, "customer", err)
     gw = web.gw(request)
     try:

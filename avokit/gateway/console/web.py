@@ -24,7 +24,6 @@ from avokit.gateway.console.auth import (
     Sessions,
     SignInRequired,
 )
-from avokit.gateway.services.ratelimit import RateLimiter
 from avokit.gateway.services.serving import Gateway
 
 HERE = Path(__file__).resolve().parent
@@ -42,7 +41,6 @@ class ConsoleState:
     sessions: Sessions
     templates: Jinja2Templates
     registry: Path
-    signin_limiter: RateLimiter
     signins_per_minute: int
 
 
@@ -116,10 +114,13 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def count_signin(request: Request) -> None:
-    """Count one sign-in attempt of this client; raises the 429 RateLimitError past the limit."""
-    st = state(request)
-    st.signin_limiter.check("signin:" + client_address(request), st.signins_per_minute,
+async def count_signin(request: Request) -> None:
+    """Count one sign-in attempt of this client in the gateway's limiter (shared by every
+    replica through Redis when ``--redis`` is set, so N replicas do not grant N times the
+    guesses); raises its 429 past the limit, or its 503 when Redis is unreachable."""
+    limiter, per_minute = gw(request).limiter, state(request).signins_per_minute
+    # the "signin:" prefix keeps these counters apart from API keys' (ids like "key_...")
+    await run_in_threadpool(limiter.check, "signin:" + client_address(request), per_minute,
                             2**62, 1)
 
 
