@@ -192,6 +192,9 @@ def test_admin_console_actions_are_audited(console: Console) -> None:
     for path in ["/console/admin/keys", "/console/admin/usage", "/console/admin/models",
                  "/console/admin/models/avo-tiny", "/console/admin/usage.csv"]:
         assert http.get(path).status_code == 200, path
+    card = http.get("/console/admin/models/avo-tiny").text
+    assert "avo-tiny" in card and "Lineage" in card
+    assert http.get("/console/admin/models/avo-nope").status_code == 404
     audit = http.get("/console/admin/audit").text
     actor = f"admin:{ADMIN_NAME}"
     for action in ("signin", "topup", "revoke", "create"):

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from avokit.gateway.console import web
 from avokit.gateway.console.auth import Principal
-from avokit.gateway.console.cards import registry_cards
+from avokit.gateway.console.cards import registry_card, registry_cards
 from avokit.gateway.console.customer import (
     checked_signin,
     key_state,
@@ -179,8 +179,7 @@ def models_page(request: Request, who: web.Admin) -> Response:
 @router.get("/models/{name}", response_class=HTMLResponse)
 def model_card(request: Request, name: str, who: web.Admin) -> Response:
     """One release's card."""
-    cards = registry_cards(web.state(request).registry, set(web.gw(request).models))
-    card = next((c for c in cards if c.name == name and c.manifest is not None), None)
+    card = registry_card(web.state(request).registry, name, set(web.gw(request).models))
     if card is None:
         return web.render(request, "message.html", who, status=404,
                           message=f"no release named {name!r} in the registry")

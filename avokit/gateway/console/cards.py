@@ -72,6 +72,26 @@ def load_card(directory: Path, served: bool) -> Card:
     return Card(manifest.name, manifest, served=served, card_text=text, charts=_charts(manifest))
 
 
+def registry_card(registry: Path, name: str, served: set[str]) -> Card | None:
+    """The card of the registry's release named ``name`` (its manifest's name), or None.
+
+    Reads manifests until one matches and builds only that card (charts, card text); the
+    name from the URL is compared, never used as a path.
+    """
+    if not registry.is_dir():
+        return None
+    for child in sorted(registry.iterdir()):
+        if not (child / MANIFEST_NAME).is_file():
+            continue
+        try:
+            found = read_release_manifest(child).name == name
+        except ContractError:
+            continue
+        if found:
+            return load_card(child, name in served)
+    return None
+
+
 def registry_cards(registry: Path, served: set[str]) -> list[Card]:
     """Every release in the registry (passed its gate or not, served or not), by name."""
     if not registry.is_dir():
