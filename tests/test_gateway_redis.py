@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,6 +84,51 @@ def test_limits_are_atomic_across_clients(redis_server: RedisServer) -> None:
     assert ok["x-ratelimit-remaining-tokens"] == "90"
     a.close()
     b.close()
+
+
+def test_window_slides_and_running_totals_match_the_buckets(redis_server: RedisServer) -> None:
+    """With a 2 s window: after every call the hash's running totals equal the sum of its
+    buckets, no bucket older than the window is left, the headers count exactly the requests
+    of the window, and a refused key is admitted again once its oldest request has left."""
+    import redis as redis_py
+
+    limiter = RedisRateLimiter(redis_server.url, prefix="test:slide:", window_s=2)
+    raw = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+
+    def invariants() -> int:
+        fields = raw.hgetall("test:slide:k")
+        now = int(raw.time()[0])
+        reqs = {int(f[2:]): int(v) for f, v in fields.items() if f.startswith("r:")}
+        toks = {int(f[2:]): int(v) for f, v in fields.items() if f.startswith("t:")}
+        assert set(reqs) == set(toks) and all(s > now - 2 for s in reqs), (now, fields)
+        assert int(fields["R"]) == sum(reqs.values()) and int(fields["T"]) == sum(toks.values())
+        assert not reqs or int(fields["lo"]) <= min(reqs)
+        return int(fields["R"])
+
+    admitted = 0
+    deadline = time.monotonic() + 4.5  # spans several whole seconds: buckets leave the window
+    while time.monotonic() < deadline:
+        before = int(raw.time()[0])
+        try:
+            got = limiter.check("k", 25, 10**9, 3)
+            admitted += 1
+            counted = invariants()
+            assert got["x-ratelimit-remaining-requests"] == str(25 - counted)
+            assert got["x-ratelimit-remaining-tokens"] == str(10**9 - 3 * counted)
+        except RateLimitError as err:
+            assert invariants() == 25
+            after = int(raw.time()[0])
+            oldest = min(int(f[2:]) for f in raw.hkeys("test:slide:k") if f.startswith("r:"))
+            # until the oldest counted request leaves: (oldest + window) - the script's now
+            retry = int(err.headers["Retry-After"])
+            assert oldest + 2 - after <= retry <= oldest + 2 - before, (retry, oldest, before)
+        time.sleep(0.05)
+    # 25 per 2 s held over ~4.5 s: more than one window's worth admitted in all, never more
+    # than 25 counted at once (checked above)
+    assert 25 < admitted <= 25 * 4
+    raw.delete("test:slide:k")
+    limiter.close()
+    raw.close()
 
 
 def test_unreachable_redis_fails_closed(registry: Path, tmp_path: Path,
