@@ -132,16 +132,20 @@ class VocabMap:
                 counts = np.zeros(tc.shape[0], dtype=np.float64)
             counts[: tc.shape[0]] += tc
         mass_mapped = mass_total = 0.0
+        unmappable = 0  # gold ids outside the vocabulary: tokens that never map
         have_records = False
         for rec in records or ():
             have_records = True
-            np.add.at(counts, np.clip(rec.token_ids.astype(np.int64), 0, counts.shape[0] - 1), 1.0)
+            ids = rec.token_ids.astype(np.int64)
+            inside = (ids >= 0) & (ids < counts.shape[0])
+            np.add.at(counts, ids[inside], 1.0)
+            unmappable += int(ids.shape[0] - inside.sum())
             probs = np.exp(rec.topk_logprobs.astype(np.float64))
             mass_total += float(probs.sum())
             mass_mapped += float(probs[self.map_ids(rec.topk_ids) >= 0].sum())
         full_mapped = np.zeros(counts.shape[0], dtype=bool)
         full_mapped[: mapped.shape[0]] = mapped
-        total = float(counts.sum())
+        total = float(counts.sum()) + unmappable
         return MapCoverage(
             vocab_share=float(mapped.sum()) / v,
             regular_share=float((mapped & self.regular).sum()) / regular_n,
