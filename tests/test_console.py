@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -241,3 +242,49 @@ def test_admin_create_refuses_weak_or_taken_and_stores_only_a_hash(tmp_path: Pat
         assert admins.verify_admin(s, "ops", "a long enough password") is not None
         assert admins.verify_admin(s, "ops", "a long enough passwore") is None
         assert admins.verify_admin(s, "nobody", "a long enough password") is None
+
+
+def test_admin_disable_ends_sessions_and_enable_restores(tmp_path: Path) -> None:
+    """`avokit admin disable` refuses the administrator's sign-ins and ends its open sessions
+    (checked on every page); `enable` restores sign-in; both are audited; `list` shows it."""
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from avokit.cli.main import build_app
+    from avokit.gateway.console.auth import Sessions
+    from avokit.gateway.db.models import AuditEntry
+    from avokit.gateway.db.session import make_db_engine, session_factory
+    from avokit.gateway.services import admins
+
+    db = f"sqlite:///{tmp_path}/admins.db"
+    password = "a long enough password"
+
+    def cli(*args: str, stdin: str = "") -> Any:
+        return CliRunner().invoke(build_app(), ["admin", *args, "--db", db], input=stdin,
+                                  env={"AVOKIT_SECRET": SECRET})
+
+    assert cli("create", "--name", "ops", stdin=f"{password}\n{password}\n").exit_code == 0
+    engine = make_db_engine(db)
+    sessions = Sessions(SECRET, 3600)
+    with session_factory(engine)() as s:
+        admin = admins.verify_admin(s, "ops", password)
+    assert admin is not None
+    cookie = sessions.signed(sessions.start(engine, "admin", admin=admin))
+    assert sessions.load(engine, cookie, "admin") is not None
+
+    assert cli("disable", "--name", "ops").exit_code == 0
+    assert sessions.load(engine, cookie, "admin") is None
+    with session_factory(engine)() as s:
+        assert admins.verify_admin(s, "ops", password) is None
+    listed = cli("list")
+    assert listed.exit_code == 0 and "ops" in listed.output
+    assert listed.output.count(str(datetime.now(timezone.utc).year)) == 2  # created, disabled
+
+    assert cli("enable", "--name", "ops").exit_code == 0
+    with session_factory(engine)() as s:
+        assert admins.verify_admin(s, "ops", password) is not None
+        actions = [e.action for e in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert actions == ["admin_create", "admin_disable", "admin_enable"]
+    unknown = cli("disable", "--name", "nobody")
+    assert unknown.exit_code != 0 and "name: no administrator named 'nobody'" in str(
+        unknown.exception)

@@ -1,4 +1,4 @@
-"""``avokit serve``, ``avokit keys ...``, ``avokit usage`` and ``avokit admin create``: thin views
+"""``avokit serve``, ``avokit keys ...``, ``avokit usage`` and ``avokit admin ...``: thin views
 over the gateway services."""
 
 from __future__ import annotations
@@ -212,6 +212,43 @@ def admin_create(
     Console(stderr=True).print(f"created administrator {name!r}: sign in at /console/admin")
 
 
+ADMIN_NAME_OPTION = typer.Option(..., "--name", help="the administrator's name")
+
+
+def admin_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Web-console administrators: name, created, disabled."""
+    from avokit.gateway.services import admins
+
+    table = Table(title="administrators")
+    for col in ("name", "created", "disabled"):
+        table.add_column(col)
+    with _sessions(_settings(db))() as session:
+        for a in admins.list_admins(session):
+            table.add_row(a.name, a.created_at.isoformat(timespec="seconds"),
+                          a.disabled_at.isoformat(timespec="seconds") if a.disabled_at else "")
+    Console().print(table)
+
+
+def admin_disable(name: str = ADMIN_NAME_OPTION,
+                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Disable an administrator: sign-ins refused, open sessions end at their next page."""
+    from avokit.gateway.services import admins
+
+    with _sessions(_settings(db)).begin() as session:
+        admins.set_disabled(session, name, True)
+    Console(stderr=True).print(f"disabled administrator {name!r}")
+
+
+def admin_enable(name: str = ADMIN_NAME_OPTION,
+                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Re-enable a disabled administrator."""
+    from avokit.gateway.services import admins
+
+    with _sessions(_settings(db)).begin() as session:
+        admins.set_disabled(session, name, False)
+    Console(stderr=True).print(f"enabled administrator {name!r}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve``, the ``keys`` group and ``usage`` to the avokit CLI."""
     app.command("serve")(serve)
@@ -226,4 +263,7 @@ def register(app: typer.Typer) -> None:
     app.command("usage")(usage)
     admin = typer.Typer(help="Web-console administrators.", no_args_is_help=True)
     admin.command("create")(admin_create)
+    admin.command("list")(admin_list)
+    admin.command("disable")(admin_disable)
+    admin.command("enable")(admin_enable)
     app.add_typer(admin, name="admin")

@@ -75,6 +75,16 @@ def verify_admin(session: Session, name: str, password: str) -> AdminUser | None
     return admin if check_password(admin.password_hash, password) else None
 
 
+def set_disabled(session: Session, name: str, disabled: bool, actor: str = "cli") -> AdminUser:
+    """Disable (every session of it ends at its next page) or re-enable an administrator."""
+    admin = session.scalar(select(AdminUser).where(AdminUser.name == name))
+    if admin is None:
+        raise ConfigError(f"name: no administrator named {name!r}")
+    admin.disabled_at = utcnow() if disabled else None
+    record(session, actor, "admin_disable" if disabled else "admin_enable", None, admin=name)
+    return admin
+
+
 def list_admins(session: Session) -> list[AdminUser]:
     """Every administrator, oldest first."""
     return list(session.scalars(select(AdminUser).order_by(AdminUser.id)))
