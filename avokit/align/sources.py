@@ -23,7 +23,9 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,9 @@ QWEN_PATTERN = (
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    # \p{N}{1,3}, not tiktoken's possessive \p{N}{1,3}+: Oniguruma (tokenizers' Split) reads
+    # "{1,3}+" as "repeat the group", which made any run of digits one piece
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 LLAMA3_PATTERN = (
@@ -199,14 +203,16 @@ def _cached(key: str, build: Any) -> Any:
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)
     tok = build()
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of its own per call (threads of one process too), moved into place in one step
+    tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp", dir=folder.parent))
     tok.save_pretrained(tmp)
-    if folder.exists():  # another process finished first: keep theirs
-        import shutil
-
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process or thread finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.replace(folder)
+        if not (folder / "tokenizer.json").is_file():
+            raise
     return AutoTokenizer.from_pretrained(folder)
 
 
