@@ -204,6 +204,39 @@ def test_admin_console_actions_are_audited(console: Console) -> None:
     assert http.get("/console/usage").status_code == 303
 
 
+def test_usage_pages_show_a_window_of_days(console: Console) -> None:
+    """The usage pages and CSVs (customer and admin) cover the last 30 days unless ``days``
+    says otherwise; a bad ``days`` is a 400 naming it."""
+    from datetime import timedelta
+
+    from avokit.gateway.db.models import LedgerEntry
+
+    key, info = console.key("dora")
+    now = datetime.now(timezone.utc)
+    with console.sessions.begin() as s:  # one charge 40 days old, one of today
+        for age, model in ((40, "old-model"), (0, "new-model")):
+            s.add(LedgerEntry(account_id=info.account_id, key_id=info.id, kind="charge",
+                              amount_micros=-5, model=model, prompt_tokens=1,
+                              completion_tokens=1, created_at=now - timedelta(days=age)))
+    http, _ = console.signin(key)
+    month = http.get("/console/usage.csv").text
+    assert "new-model" in month and "old-model" not in month
+    quarter = http.get("/console/usage.csv?days=90").text
+    assert "new-model" in quarter and "old-model" in quarter
+    page = http.get("/console/usage?days=90")
+    assert page.status_code == 200 and "in 90 days" in page.text
+    assert 'href="/console/usage.csv?days=90"' in page.text
+    for bad in ("0", "367", "abc", "-5"):
+        r = http.get(f"/console/usage?days={bad}")
+        assert r.status_code == 400 and "days: must be a whole number" in r.text, bad
+        assert http.get(f"/console/usage.csv?days={bad}").status_code == 400
+    admin, r = console.admin_signin()
+    assert r.status_code == 303
+    assert "old-model" not in admin.get("/console/admin/usage.csv").text
+    assert "old-model" in admin.get("/console/admin/usage.csv?days=366").text
+    assert admin.get("/console/admin/usage?days=x").status_code == 400
+
+
 def test_signin_attempts_are_rate_limited(console: Console) -> None:
     http = console.client()
     page = http.get("/console/signin")

@@ -131,18 +131,24 @@ def usage_context(rows: list[UsageRow], by: str) -> dict[str, Any]:
     }
 
 
-def _account_rows(request: Request, who: Principal, key_id: str | None) -> list[UsageRow]:
+def _account_rows(request: Request, who: Principal, key_id: str | None, since: datetime
+                  ) -> list[UsageRow]:
     with session_factory(web.gw(request).db)() as s:
         if key_id:
             keys.owned_key(s, who.account_id, key_id)
-        return metering.usage(s, key_id or None, account_id=who.account_id)
+        return metering.usage(s, key_id or None, since, account_id=who.account_id)
 
 
 @router.get("/console/usage", response_class=HTMLResponse)
-def usage_page(request: Request, who: web.Customer, key: str = "") -> Response:
-    """Spend and tokens per day and per key, remaining credit, the CSV download."""
+def usage_page(request: Request, who: web.Customer, key: str = "", days: str = "") -> Response:
+    """Spend and tokens per day and per key over the last ``days`` days, remaining credit,
+    the CSV download."""
     try:
-        rows = _account_rows(request, who, key)
+        window, since = web.usage_window(days)
+    except ConfigError as err:
+        return web.render(request, "message.html", who, status=400, message=str(err))
+    try:
+        rows = _account_rows(request, who, key, since)
     except ConfigError as err:
         return web.render(request, "message.html", who, status=404, message=str(err))
     with session_factory(web.gw(request).db)() as s:
@@ -150,14 +156,20 @@ def usage_page(request: Request, who: web.Customer, key: str = "") -> Response:
         account_keys = keys.account_keys(s, who.account_id)
     assert account is not None
     return web.render(request, "usage.html", who, account=account, keys=account_keys,
-                      selected=key, **usage_context(rows, "key"))
+                      selected=key, days=window, day_choices=web.USAGE_DAY_CHOICES,
+                      **usage_context(rows, "key"))
 
 
 @router.get("/console/usage.csv")
-def usage_csv(request: Request, who: web.Customer, key: str = "") -> Response:
-    """The account's (or one of its keys') charges as ``avokit usage --csv`` writes them."""
+def usage_csv(request: Request, who: web.Customer, key: str = "", days: str = "") -> Response:
+    """The account's (or one of its keys') charges of the last ``days`` days, as
+    ``avokit usage --csv`` writes them."""
     try:
-        rows = _account_rows(request, who, key)
+        _, since = web.usage_window(days)
+    except ConfigError as err:
+        return web.render(request, "message.html", who, status=400, message=str(err))
+    try:
+        rows = _account_rows(request, who, key, since)
     except ConfigError as err:
         return web.render(request, "message.html", who, status=404, message=str(err))
     name = f"usage-{key or f'account-{who.account_id}'}.csv"

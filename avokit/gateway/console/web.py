@@ -4,6 +4,7 @@ check of posted forms, cookies, page rendering and the security headers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from avokit.gateway.console.auth import (
     Sessions,
     SignInRequired,
 )
+from avokit.gateway.errors import ConfigError
 from avokit.gateway.services.serving import Gateway
 
 HERE = Path(__file__).resolve().parent
@@ -107,6 +109,25 @@ Customer = Annotated[Principal, Depends(customer)]
 Admin = Annotated[Principal, Depends(admin)]
 CustomerPost = Annotated[Posted, Depends(customer_post)]
 AdminPost = Annotated[Posted, Depends(admin_post)]
+
+
+# the usage pages' window: the last N days (the database filters, so a long history is not
+# read to draw a month)
+USAGE_DAYS_DEFAULT, USAGE_DAYS_MAX = 30, 366
+USAGE_DAY_CHOICES = (7, 30, 90, 366)
+
+
+def usage_window(days: str) -> tuple[int, datetime]:
+    """``days`` from a usage page's query ("" for the default) and the UTC start it means;
+    ConfigError naming ``days`` unless a whole number from 1 to 366."""
+    if not days:
+        n = USAGE_DAYS_DEFAULT
+    elif days.isdigit() and 1 <= int(days) <= USAGE_DAYS_MAX:
+        n = int(days)
+    else:
+        raise ConfigError(f"days: must be a whole number of days from 1 to {USAGE_DAYS_MAX}, "
+                          f"not {days[:20]!r}")
+    return n, datetime.now(timezone.utc) - timedelta(days=n)
 
 
 def client_address(request: Request) -> str:
