@@ -1,6 +1,12 @@
-"""Hand-made tokenizer byte tables for the align tests (no tokenizer files needed)."""
+"""Helpers of the align tests: hand-made tokenizer byte tables (no tokenizer files needed) and
+a time limit for code a mutant can send into an endless loop."""
 
 from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import numpy as np
 
@@ -21,3 +27,20 @@ def byte_table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
                       np.array([i in special for i in range(v)], dtype=bool),
                       np.array([i in fallback for i in range(v)], dtype=bool),
                       {b: ids for b, ids in twins.items() if len(ids) > 1}, preferred)
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Fail with TimeoutError (instead of hanging) when the body runs longer than ``seconds``
+    (SIGALRM: main thread only)."""
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -14,15 +14,13 @@ import gzip
 import json
 import os
 import re
-import signal
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import regex
+from align_support import time_limit
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -88,24 +86,8 @@ def _encode_reference(ranks: dict[bytes, int], pattern: str, text: str) -> list[
     return [i for piece in regex.findall(pattern, text) for i in _bpe_reference(ranks, piece.encode("utf-8"))]
 
 
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Fail (instead of hanging) when the body runs longer than ``seconds``."""
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _convert(ranks: dict[bytes, int], specials: dict[str, int], pattern: str = SPLIT_PATTERN) -> Any:
-    with _time_limit(20):
+    with time_limit(20):
         return ranks_to_fast_tokenizer(ranks, specials, pattern)
 
 

@@ -7,14 +7,14 @@ Every tokenizer is built in-test (hand-made byte tables, or a tiny BPE trained i
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable, Iterator
-from types import FrameType, SimpleNamespace
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
+from align_support import time_limit
 from tokenizers import (
     Encoding,
     Tokenizer,
@@ -45,24 +45,6 @@ from avokit.align.vocab_map import (
 )
 from avokit.errors import RoundTripError
 from avokit.records import TeacherRecords
-
-T = TypeVar("T")
-
-
-def _within(seconds: float, fn: Callable[[], T]) -> T:
-    """Run ``fn`` and fail (instead of hanging) if it loops for more than ``seconds``."""
-
-    def _timeout(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _timeout)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
 
 # ---------------------------------------------------------------------------------------------
 # offsets: special tokens at the edges of a document
@@ -100,7 +82,8 @@ def test_a_text_that_is_exactly_one_special_token() -> None:
 def test_two_added_leading_specials_are_both_dropped() -> None:
     """Two BOS-like tokens absent from the text (e.g. BOS + a system marker) are both removed;
     a counter that does not advance would loop forever."""
-    doc = _within(5.0, lambda: offsets_from_ids([0, 2, 3, 5, 4, 1, 1], "h i", _edge_table()))
+    with time_limit(5.0):
+        doc = offsets_from_ids([0, 2, 3, 5, 4, 1, 1], "h i", _edge_table())
     assert doc.ids.tolist() == [3, 5, 4]
     assert doc.byte_ends.tolist() == [1, 2, 3]
 
