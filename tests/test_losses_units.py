@@ -8,17 +8,31 @@ function that forgets to propagate its input's device is caught without a GPU.
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from avokit.losses.bucketed import bucket_distributions, bucketed_divergence
+from avokit.losses.bucketed import bucket_distributions, bucketed_divergence, log1mexp
 from avokit.losses.ce import cross_entropy, gold_logprobs, shifted_targets, target_logprobs
-from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
-from avokit.losses.divergences import divergence
+from avokit.losses.chunk import (
+    binarize,
+    chunk_divergence,
+    student_chunk_logprobs,
+    word_start_logmass,
+)
+from avokit.losses.divergences import (
+    divergence,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    tempered,
+    total_variation,
+)
 from avokit.losses.fusion import document_bpb, document_weights, local_bpb
 from avokit.losses.kd import TeacherBatch, kd_losses, weight_share, weighted_mean
 from avokit.losses.same_vocab import identity_student_ids, same_vocab_divergence
@@ -428,3 +442,182 @@ def test_bucket_distributions_keep_the_student_dtype_and_exact_buckets() -> None
     torch.testing.assert_close(s.exp(), want_s)
     t64, s64, _ = bucket_distributions(student.double(), ids, lps)
     assert t64.dtype == torch.float64 and s64.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- log1mexp (round 3)
+
+
+def _log1mexp_exact(x: float) -> float:
+    """``log(1 - e^x)`` in decimal arithmetic with enough digits for ``x`` (an independent
+    reference: no expm1/log1p, no branch at -ln 2)."""
+    with decimal.localcontext() as ctx:
+        ctx.prec = 30 + int(-x / 2.3) + int(max(0.0, -math.log10(-x)))
+        return float((1 - decimal.Decimal(x).exp()).ln())
+
+
+def test_log1mexp_is_accurate_to_an_ulp_on_both_sides_of_minus_ln2() -> None:
+    """float64 ``log1mexp`` stays within 1.5 ulp of the exact value from x = -1e-250 to -700,
+    densely around the branch point -ln 2: a branch cut moved towards 0 (catastrophic
+    ``log1p(-exp(x))`` near 0) or away from -ln 2 (the expm1 branch where it loses an ulp)
+    breaks this."""
+    xs = np.concatenate([np.linspace(-math.log(3.0), -math.log(2.0), 401),
+                         -np.logspace(-250, -1, 60), -np.logspace(0, 2.85, 60)])
+    want = np.array([_log1mexp_exact(float(x)) for x in xs])
+    got = log1mexp(torch.from_numpy(xs)).numpy()
+    ulps = np.abs(got - want) / np.spacing(np.abs(want))
+    assert float(ulps.max()) <= 1.5, float(xs[ulps.argmax()])
+
+
+def test_log1mexp_clamps_positive_rounding_to_zero_mass() -> None:
+    """A log-mass a rounding error above 0 (a top-k that sums past 1) means ``1 - e^x = 0``:
+    ``-inf``, not NaN from the log of a negative number."""
+    got = log1mexp(torch.tensor([1e-12, 0.5, 0.0, -math.log(2.0) * 2], dtype=torch.float64))
+    assert got[:3].tolist() == [-math.inf, -math.inf, -math.inf]
+    assert float(got[3]) == pytest.approx(math.log(0.75), rel=1e-15)
+
+
+# ---------------------------------------------------------------- bucket_distributions on a device
+
+
+def test_bucket_distributions_build_every_mask_on_the_input_device() -> None:
+    """With the inputs on another device (meta stands in for a GPU; M = 0 rows so no value is
+    read back) every output is on that device: the twin mask and the mapped-set mask must not
+    be created on the CPU."""
+    s = torch.zeros(0, 5, device="meta")
+    ids = torch.zeros(0, 3, dtype=torch.long, device="meta")
+    lps = torch.zeros(0, 3, device="meta")
+    t, st, present = bucket_distributions(s, ids, lps)
+    assert t.device.type == st.device.type == present.device.type == "meta"
+    assert t.shape == st.shape == present.shape == (0, 4)
+    values, informative = bucketed_divergence(s, ids, lps, kind="reverse_kl")
+    assert values.device.type == informative.device.type == "meta" and values.shape == (0,)
+
+
+# ---------------------------------------------------------------- divergences (round 3)
+
+
+def _two_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
+    q = torch.tensor([[0.25, 0.25, 0.5], [0.3, 0.3, 0.4]], dtype=torch.float64)
+    return p.log(), q.log()
+
+
+def _reference(kind: str, p: torch.Tensor, q: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """Direct float64 formulas over the given (already masked) outcomes."""
+    if kind == "forward_kl":
+        return (p * (p.log() - q.log())).sum(-1)
+    if kind == "reverse_kl":
+        return (q * (q.log() - p.log())).sum(-1)
+    if kind == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * (p * (p / m).log()).sum(-1) + (1 - beta) * (q * (q / m).log()).sum(-1)
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])
+def test_explicit_present_mask_is_honoured(kind: str) -> None:
+    """An outcome the caller marks absent contributes nothing even though both log-probs are
+    finite: the direct functions and the dispatcher pass ``present`` on instead of inferring
+    it from ``-inf`` entries."""
+    lp, lq = _two_rows()
+    present = torch.tensor([[True, True, False], [True, False, True]])
+    p, q = lp.exp(), lq.exp()
+    zero = torch.zeros_like(p)
+    want = _reference(kind, torch.where(present, p, zero) + (~present) * 1.0,
+                      torch.where(present, q, zero) + (~present) * 1.0, beta=0.3)
+    fn = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "tvd": total_variation}
+    direct = (generalized_jsd(lp, lq, 0.3, present) if kind == "jsd" else fn[kind](lp, lq, present))
+    torch.testing.assert_close(direct, want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(divergence(kind, lp, lq, beta=0.3, present=present), want,
+                               rtol=1e-12, atol=1e-15)
+    full = divergence(kind, lp, lq, beta=0.3)
+    assert not torch.allclose(full, want)
+
+
+def test_divergences_are_zero_for_identical_inputs_and_positive_otherwise() -> None:
+    """D(P, P) = 0 and D(P, Q) > 0 for every kind, matching the float64 formulas."""
+    lp, lq = _two_rows()
+    for kind in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+        assert divergence(kind, lp, lp, beta=0.3).abs().max() < 1e-15, kind
+        got = divergence(kind, lp, lq, beta=0.3)
+        assert bool((got > 0).all()), kind
+        torch.testing.assert_close(got, _reference(kind, lp.exp(), lq.exp(), 0.3), rtol=1e-12, atol=0.0)
+
+
+def test_generalized_jsd_default_beta_is_one_half_and_beta_is_open_interval() -> None:
+    """Default beta 0.5 (the symmetric JSD); beta 0 and 1 (where it degenerates to 0) and
+    values beyond are refused with the documented message."""
+    lp, lq = _two_rows()
+    got = generalized_jsd(lp, lq)
+    torch.testing.assert_close(got, _reference("jsd", lp.exp(), lq.exp(), 0.5), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(got, generalized_jsd(lq, lp), rtol=1e-12, atol=0.0)
+    for beta in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"jsd beta must lie strictly between 0 and 1, got {beta}") + "$"):
+            generalized_jsd(lp, lq, beta)
+
+
+def test_divergence_errors_name_the_problem() -> None:
+    """Shape mismatch names both shapes; an unknown kind lists the valid ones; a temperature
+    of 0 is refused (not a division by zero)."""
+    lp, lq = _two_rows()
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "teacher and student log-probs differ in shape: (2, 3) vs (2, 2)") + "$"):
+        forward_kl(lp, lq[:, :2])
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "unknown divergence 'kl'; choose forward_kl, reverse_kl, jsd or tvd") + "$"):
+        divergence("kl", lp, lq)  # type: ignore[arg-type]
+    for t in (0.0, -1.0):
+        with pytest.raises(ValueError, match="^" + re.escape(f"temperature must be positive, got {t}") + "$"):
+            tempered(lp, t)
+
+
+# ---------------------------------------------------------------- chunk term (round 3)
+
+
+def test_binarize_refuses_a_non_positive_tau() -> None:
+    """tau = 0 would divide by zero; the message names the chunk temperature."""
+    for tau in (0.0, -2.0):
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"chunk temperature tau must be positive, got {tau}") + "$"):
+            binarize(torch.tensor([-1.0]), tau)
+
+
+def test_chunk_divergence_names_shapes_and_keeps_the_student_dtype() -> None:
+    """A length mismatch names both shapes (student first); a float64 teacher against a
+    float32 student gives float32 values equal to the Bernoulli forward KL."""
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "student (2,) and teacher (3,) chunk shapes differ") + "$"):
+        chunk_divergence(torch.zeros(2), torch.zeros(3))
+    student = torch.tensor([-0.5, -2.0])
+    teacher = torch.tensor([-1.0, -2.0], dtype=torch.float64)
+    got = chunk_divergence(student, teacher)
+    assert got.dtype == torch.float32
+    a, b = math.exp(-1.0), math.exp(-0.5)
+    want0 = a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
+    assert float(got[0]) == pytest.approx(want0, rel=1e-5) and float(got[1]) == 0.0
+
+
+def test_an_outcome_absent_on_both_sides_costs_nothing_even_if_marked_present() -> None:
+    """Identical teacher and student that both give OTHER no mass: every divergence is 0 (the
+    bucketed term marked OTHER present because the student has unmapped ids, and forward KL
+    charged e^-100 * inf = inf there), with a finite zero gradient."""
+    logits = torch.tensor([[0.0, -math.inf, -math.inf]], requires_grad=True)
+    student = torch.log_softmax(logits, -1)
+    for kind in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+        values, informative = bucketed_divergence(
+            student, torch.tensor([[0]]), torch.tensor([[0.0]]), kind=kind)  # type: ignore[arg-type]
+        assert values.tolist() == [0.0] and informative.tolist() == [True], kind
+    both = torch.tensor([[0.0, -math.inf]])
+    for fn in (forward_kl, reverse_kl, total_variation):
+        assert fn(both, both, present=torch.tensor([[True, True]])).tolist() == [0.0]
+    values, _ = bucketed_divergence(student, torch.tensor([[0]]), torch.tensor([[0.0]]))
+    values.sum().backward()
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_local_bpb_window_stays_on_the_inputs_device() -> None:
+    """The window's padding and indices are made on the inputs' device (a CPU pad next to GPU
+    log-probs fails in torch.cat); ``meta`` stands in for an accelerator."""
+    out = local_bpb(torch.zeros(5, 2, device="meta"), torch.ones(5, device="meta"), window=1)
+    assert out.device.type == "meta" and out.shape == (5, 2)

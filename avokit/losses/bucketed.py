@@ -115,7 +115,13 @@ def bucket_distributions(
     # rows without an OTHER outcome keep one finite entry so log-sum-exp has no -inf/-inf
     # backward (those rows are discarded below)
     fill = in_mapped & other_ok.unsqueeze(1)
-    student_other = torch.logsumexp(student_logprobs.masked_fill(fill, -math.inf), dim=-1)
+    outside = student_logprobs.masked_fill(fill, -math.inf)
+    # a student that cannot reach any unmapped id (-inf there: a masked vocabulary) has OTHER
+    # mass 0; log-sum-exp of an all -inf row has a NaN backward, so such rows sum a finite
+    # stand-in (no gradient flows to it) and are set to -inf after
+    unreachable = torch.isneginf(outside).all(dim=-1, keepdim=True)
+    student_other = torch.logsumexp(outside.masked_fill(unreachable, 0.0), dim=-1)
+    student_other = student_other.masked_fill(unreachable.squeeze(1), -math.inf)
 
     present = torch.cat([rep, other_ok.unsqueeze(1)], dim=1)
     teacher_b = torch.where(

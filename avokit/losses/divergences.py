@@ -7,8 +7,8 @@ chunk term (``n = 2``: "the chunk" and "not the chunk").
 
 Absent outcomes. An outcome whose log-probability is ``-inf`` on *both* sides (a twin that
 was merged into another bucket, an OTHER bucket the student cannot represent) is not an
-outcome at all: it contributes exactly zero and receives zero gradient. Callers may also
-pass ``present`` explicitly.
+outcome at all: it contributes exactly zero and receives zero gradient, also where a
+caller's explicit ``present`` mask (which can only remove outcomes) marks it present.
 
 Numerics. Teacher log-probabilities are data (no gradient); they are floored at
 ``TEACHER_LOGPROB_FLOOR`` so that a teacher that puts (numerically) zero mass on an outcome
@@ -44,8 +44,10 @@ def _prepare(
             f"teacher and student log-probs differ in shape: "
             f"{tuple(teacher_logp.shape)} vs {tuple(student_logp.shape)}"
         )
-    if present is None:
-        present = ~(torch.isneginf(teacher_logp) & torch.isneginf(student_logp))
+    # -inf on both sides is no outcome, even where a caller's mask says present (a bucketed
+    # OTHER the teacher gives no mass and the student cannot reach): 0, not 0 * inf
+    both_absent = torch.isneginf(teacher_logp) & torch.isneginf(student_logp)
+    present = ~both_absent if present is None else present & ~both_absent
     teacher = torch.where(
         present,
         teacher_logp.detach().clamp(min=TEACHER_LOGPROB_FLOOR),

@@ -120,10 +120,10 @@ def local_bpb(span_logprob: Tensor, span_bytes: Tensor, window: int = 0) -> Tens
     nb = span_bytes.to(torch.float64)
     if window:
         # prefix sums: the window total is a difference of two cumulative sums
-        pad = torch.zeros(1, nll.shape[1], dtype=nll.dtype)
+        pad = torch.zeros(1, nll.shape[1], dtype=nll.dtype, device=nll.device)
         c_nll = torch.cat([pad, nll.cumsum(0)])
-        c_nb = torch.cat([torch.zeros(1, dtype=nb.dtype), nb.cumsum(0)])
-        idx = torch.arange(nll.shape[0])
+        c_nb = torch.cat([torch.zeros(1, dtype=nb.dtype, device=nb.device), nb.cumsum(0)])
+        idx = torch.arange(nll.shape[0], device=nll.device)
         lo = (idx - window).clamp(min=0)
         hi = (idx + window + 1).clamp(max=nll.shape[0])
         nll, nb = c_nll[hi] - c_nll[lo], c_nb[hi] - c_nb[lo]
