@@ -1,5 +1,5 @@
-"""Helpers of the align tests: hand-made tokenizer byte tables (no tokenizer files needed) and
-a time limit for code a mutant can send into an endless loop."""
+"""Helpers of the align tests: hand-made tokenizer byte tables and tiny trained BPEs (no
+tokenizer files needed), and a time limit for code a mutant can send into an endless loop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from avokit.align.bytes import TokenBytes
 
@@ -44,3 +45,19 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def tiny_bpe(corpus: list[str], specials: list[str], vocab_size: int,
+             lowercase: bool = False) -> Tokenizer:
+    """A byte-level BPE trained on ``corpus`` in milliseconds (``specials`` get ids 0, 1, ...);
+    ``lowercase`` adds a Lowercase normalizer, which makes the tokenizer lossy."""
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok

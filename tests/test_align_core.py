@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import typer
 from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from align_support import tiny_bpe
+from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from avokit.align import (
@@ -38,15 +39,7 @@ CORPUS = ["The cat sat on the mat. Hello World!", "Thinking and singing: 12 34 c
 
 
 def _bpe(lowercase: bool = False) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    if lowercase:
-        tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    return tok
+    return tiny_bpe(CORPUS, ["<|endoftext|>"], 320, lowercase)
 
 
 def test_align_hand_case() -> None:

@@ -14,16 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
-from align_support import time_limit
+from align_support import time_limit, tiny_bpe
 from tokenizers import (
     Encoding,
     Tokenizer,
-    decoders,
     models,
-    normalizers,
     pre_tokenizers,
     processors,
-    trainers,
 )
 from transformers import PreTrainedTokenizerFast
 
@@ -120,26 +117,21 @@ def test_id_equal_to_the_vocabulary_size_is_a_round_trip_error_naming_it() -> No
     assert offsets_from_ids([0, 2], "ac", tb).byte_ends.tolist() == [1, 2]
 
 
-def test_round_trip_error_shows_eight_bytes_either_side_of_the_difference() -> None:
-    """The message quotes joined[pos-8 : pos+8] and text[pos-8 : pos+8] exactly."""
-    text = "abcdefghijklmnopqrstuvwxyz"
-    spelled = list(b"abcdefghijXlmnopqrstuvwxyz")  # differs at byte 10
+@pytest.mark.parametrize("text, spelled, pos, got, want", [
+    # the message quotes joined[pos-8 : pos+8] and text[pos-8 : pos+8] exactly
+    ("abcdefghijklmnopqrstuvwxyz", b"abcdefghijXlmnopqrstuvwxyz", 10,
+     b"cdefghijXlmnopqr", b"cdefghijklmnopqr"),
+    # near the start the quoted window begins at byte 0 (not 1) on both sides
+    ("abcdefghijklmnop", b"abcXefghijklmnop", 3, b"abcXefghijk", b"abcdefghijk"),
+])
+def test_round_trip_error_quotes_eight_bytes_either_side_of_the_difference(
+        text: str, spelled: bytes, pos: int, got: bytes, want: bytes) -> None:
+    """The error names the tokenizer and the byte, and shows both sides around it."""
     with pytest.raises(RoundTripError) as err:
-        offsets_from_ids(spelled, text, _byte_tokens("bt"))
-    assert err.value.position == 10
-    assert str(err.value) == ("tokenizer 'bt' does not reproduce the text at byte 10: "
-                              "tokens give b'cdefghijXlmnopqr', text has b'cdefghijklmnopqr'")
-
-
-def test_round_trip_error_near_the_start_quotes_from_byte_zero() -> None:
-    """Near the start the quoted window begins at byte 0 (not 1) on both sides."""
-    text = "abcdefghijklmnop"
-    spelled = list(b"abcXefghijklmnop")  # differs at byte 3
-    with pytest.raises(RoundTripError) as err:
-        offsets_from_ids(spelled, text, _byte_tokens("bt"))
-    assert err.value.position == 3
-    assert str(err.value) == ("tokenizer 'bt' does not reproduce the text at byte 3: "
-                              "tokens give b'abcXefghijk', text has b'abcdefghijk'")
+        offsets_from_ids(list(spelled), text, _byte_tokens("bt"))
+    assert err.value.position == pos
+    assert str(err.value) == (f"tokenizer 'bt' does not reproduce the text at byte {pos}: "
+                              f"tokens give {got!r}, text has {want!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,14 +140,7 @@ def test_round_trip_error_near_the_start_quotes_from_byte_zero() -> None:
 
 def _template_bpe(lowercase: bool = False) -> Tokenizer:
     """A tiny byte-level BPE whose post-processor adds <s> ... </s> (ids 0 and 1)."""
-    tok = Tokenizer(models.BPE())
-    if lowercase:
-        tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=["<s>", "</s>"], show_progress=False)
-    tok.train_from_iterator(["hi there, hello there", "the other one"], trainer=trainer)
+    tok = tiny_bpe(["hi there, hello there", "the other one"], ["<s>", "</s>"], 280, lowercase)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
     return tok
