@@ -497,3 +497,16 @@ def test_drop_unicode_normalizer_leaves_plain_alone() -> None:
     tok.normalizer = normalizers.NFC()
     assert drop_unicode_normalizer(tok) is None
     assert _state(tok.normalizer) == {"type": "NFC"}
+
+
+def test_byte_coverage_marks_exactly_the_bytes_with_a_single_byte_token() -> None:
+    """A byte is covered when a non-special token spells exactly that one byte: multi-byte
+    tokens, special tokens and empty pieces cover nothing (SmolLM2's GGUF vocabulary lacks 21
+    single bytes, so text with them cannot round-trip)."""
+    from align_support import byte_table
+
+    table = byte_table([b"a", b"\xf1", b"ab", b"<s>", b"", b"\x00", b"z"],
+                       special=frozenset({3, 6}))
+    covered = table.byte_coverage()
+    assert covered.dtype == np.bool_ and covered.shape == (256,)
+    assert np.flatnonzero(covered).tolist() == [0x00, ord("a"), 0xF1]

@@ -85,10 +85,6 @@ class TokenBytes:
                 have[b[0]] = True
         return have
 
-    def preferred_id(self, data: bytes) -> int | None:
-        """The id to use for ``data`` (regular over byte-fallback twin), or None."""
-        return self.preferred.get(data)
-
 
 def _walk_types(node: Any) -> list[dict[str, Any]]:
     """Every component dict in a (possibly nested Sequence) tokenizer JSON node."""
