@@ -1,6 +1,7 @@
 """Only what pyproject.toml cannot say: install ``avokit-lm-eval.pth`` beside the package.
 
-The ``.pth`` line runs :func:`avokit._lm_eval_hook.install` at interpreter start-up, which
+The ``.pth`` line runs :func:`avokit._lm_eval_hook.install` at interpreter start-up (loading
+that file alone, not the ``avokit`` package), which
 makes ``lm_eval --model avokit`` work with lm-eval 0.4.x (no plugin discovery there).
 """
 
@@ -10,7 +11,17 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 PTH = "avokit-lm-eval.pth"
-LINE = "import avokit._lm_eval_hook as h; h.install()\n"
+# Runs avokit/_lm_eval_hook.py (stdlib only) as a module of its own, without importing the
+# avokit package: importing it at start-up would pin `avokit` to where it was found first,
+# so a later sys.path change (mutmut's mutated copy in mutants/) could not take effect.
+LINE = (
+    "import importlib.util as u, os; s = u.find_spec('avokit'); "
+    "f = os.path.join(list(s.submodule_search_locations)[0], '_lm_eval_hook.py') "
+    "if s and s.submodule_search_locations else ''; "
+    "m = u.module_from_spec(u.spec_from_file_location('_avokit_lm_eval_hook', f)) "
+    "if os.path.isfile(f) else None; "
+    "m and (m.__spec__.loader.exec_module(m), m.install())\n"
+)
 
 
 class BuildWithPth(build_py):

@@ -1,8 +1,9 @@
 """Make ``lm_eval --model avokit`` work: register avokit's model when lm-eval loads its models.
 
 lm-eval 0.4.x has no plugin discovery (it never reads the ``lm_eval.models`` entry point that
-pyproject also declares), so the ``avokit-lm-eval.pth`` file installed beside avokit imports
-this module at interpreter start-up. It only adds a finder to ``sys.meta_path``: nothing of
+pyproject also declares), so the ``avokit-lm-eval.pth`` file installed beside avokit runs
+this file at interpreter start-up (as a module of its own: the ``avokit`` package itself is
+not imported, so nothing pins where ``import avokit`` will find it). It only adds a finder to ``sys.meta_path``: nothing of
 lm-eval, torch or avokit's evaluation code is imported until a program imports
 ``lm_eval.models`` itself; then ``"avokit"`` is registered as a lazy placeholder, so even
 that costs nothing until a run asks for ``--model avokit``. Stdlib only; a failure to
@@ -54,6 +55,10 @@ class _Loader(importlib.abc.Loader):
 class Finder(importlib.abc.MetaPathFinder):
     """Finds nothing itself: wraps the loader of ``lm_eval.models`` when the path finder finds it."""
 
+    # the .pth loads this file as its own module (not ``avokit._lm_eval_hook``): a marker, not
+    # isinstance, tells whether a finder of either copy is installed
+    avokit_lm_eval_hook = True
+
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname != TARGET:
@@ -67,7 +72,7 @@ class Finder(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Add the finder once (``.pth`` files can be processed twice, e.g. by ``site.addsitedir``)."""
-    if not any(isinstance(f, Finder) for f in sys.meta_path):
+    if not any(getattr(f, "avokit_lm_eval_hook", False) for f in sys.meta_path):
         sys.meta_path.insert(0, Finder())
     if TARGET in sys.modules:  # lm-eval was imported before the hook: register directly
         register()

@@ -104,3 +104,18 @@ def test_harness_command_line_knows_model_avokit(tmp_path: Path, tiny_llama_dir:
     assert len(results) == 1
     acc = json.loads(results[0].read_text())["results"]["avokit_toy"]["acc,none"]
     assert 0.0 <= acc <= 1.0
+
+
+def test_lm_eval_hook_registers_avokit_without_importing_it_at_start_up() -> None:
+    """The installed avokit-lm-eval.pth adds its finder at interpreter start-up without
+    importing the avokit package (that would pin avokit to the path it was first found on, and
+    mutmut's mutated copy could never be imported), and lm-eval's models then know "avokit"."""
+    import subprocess
+    import sys
+
+    code = ("import sys; at_start = 'avokit' in sys.modules; import lm_eval.models; "
+            "from lm_eval.api.registry import model_registry; "
+            "print(at_start, 'avokit' in model_registry)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True, cwd="/")
+    assert out.stdout.split()[-2:] == ["False", "True"], out.stdout + out.stderr
