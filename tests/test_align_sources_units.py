@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import os
 import re
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 import avokit.align.sources as src
 from avokit.align.bytes import byteify
-from avokit.align.report import align_report
+from avokit.align.report import align_report, read_texts
 from avokit.align.sources import (
     CL100K_PATTERN,
     LLAMA3_PATTERN,
@@ -342,6 +344,84 @@ def test_cached_threads_loading_one_key_at_once_each_get_it(cache: Path) -> None
     assert sorted(p.name for p in cache.iterdir()) == ["k3"]
 
 
+def test_cached_recreates_a_cache_folder_cleared_while_building(cache: Path) -> None:
+    """The cache may be cleared (``rm -rf`` of AVOKIT_CACHE) during a long conversion: the
+    save recreates the missing parent folders instead of failing."""
+
+    def build() -> PreTrainedTokenizerFast:
+        shutil.rmtree(cache.parent)
+        return _tiny_fast()
+
+    tok = _cached("k4", build)
+    assert tok("ab a")["input_ids"] == [2, 0]
+    assert sorted(p.name for p in cache.iterdir()) == ["k4"]
+
+
+def test_cached_saves_into_a_temporary_folder_named_after_the_key_beside_it(cache: Path) -> None:
+    """The tokenizer is saved into ``<key>.tmp*`` in the cache folder itself: on the same
+    file system as the target, so the final rename is one atomic step (a folder under the
+    system temp dir may sit on another device, where rename fails), and a folder left by a
+    killed process says which key it was for."""
+    saved_to: list[Path] = []
+    tok = _tiny_fast()
+    real_save = tok.save_pretrained
+
+    def save_pretrained(path: Any, **kwargs: Any) -> Any:
+        saved_to.append(Path(path))
+        return real_save(path, **kwargs)
+
+    tok.save_pretrained = save_pretrained  # type: ignore[method-assign]
+    got = _cached("k5", lambda: tok)
+    assert got("ab a")["input_ids"] == [2, 0]
+    assert len(saved_to) == 1
+    assert saved_to[0].parent == cache
+    assert saved_to[0].name.startswith("k5.tmp") and saved_to[0].name != "k5.tmp"
+
+
+def test_cached_a_temporary_folder_that_cannot_be_removed_does_not_fail_the_load(cache: Path) -> None:
+    """Another process finished first and this one's temporary folder is already gone
+    (so the rename fails and so would its removal): cleanup is best effort, the copy in
+    place is loaded."""
+    tok = _tiny_fast("ab")
+
+    def save_pretrained(path: Any, **kwargs: Any) -> Any:
+        _tiny_fast("ba").save_pretrained(cache / "k6")  # the other process finishes first
+        shutil.rmtree(path)  # and this one's folder is removed (say, a cache cleaner)
+        return ()
+
+    tok.save_pretrained = save_pretrained  # type: ignore[method-assign]
+    got = _cached("k6", lambda: tok)
+    assert got.convert_ids_to_tokens([2]) == ["ba"]
+    assert sorted(p.name for p in cache.iterdir()) == ["k6"]
+
+
+# ---------------------------------------------------------------- read_texts
+
+
+def _latin1_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make text files opened without an encoding decode as Latin-1 (a non-UTF-8 locale)."""
+    real = io.text_encoding
+
+    def text_encoding(encoding: str | None, stacklevel: int = 2) -> str:
+        return "latin-1" if encoding is None else real(encoding, stacklevel)
+
+    monkeypatch.setattr(io, "text_encoding", text_encoding)
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("d.txt", "caf\u00e9 \u20ac"),
+    ("d.jsonl", json.dumps({"text": "caf\u00e9 \u20ac"}, ensure_ascii=False) + "\n"),
+])
+def test_read_texts_decodes_utf8_whatever_the_locale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     name: str, content: str) -> None:
+    """Documents are UTF-8 files: read as UTF-8 also under a Latin-1 locale (which would
+    turn "\u00e9" into two characters and change every byte offset)."""
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8"))
+    _latin1_locale(monkeypatch)
+    assert read_texts(path) == ["caf\u00e9 \u20ac"]
+
+
 def test_cl100k_pattern_splits_digit_runs_in_threes_as_tiktoken_does() -> None:
     """cl100k's pre-tokenizer cuts a run of digits into pieces of at most three (a possessive
     "{1,3}+" read by Oniguruma as "repeat the group" made the whole run one piece, so "1234"
@@ -562,6 +642,7 @@ def test_align_report_exact_counts_shares_and_roles() -> None:
     assert cov["vocab_share"] == pytest.approx(257 / 258)  # all but "ab"
     assert cov["regular_share"] == pytest.approx(256 / 257)
     assert cov["count_share"] == pytest.approx(2 / 5)  # "c" and " " map; three "ab" do not
+    assert cov["n_tokens"] == 5  # each teacher token counted once
     assert rep.teacher.round_trip_failures == [] and rep.student.round_trip_failures == []
     default = align_report(teacher, student, ["abc"])
     assert (default.teacher.name, default.student.name) == ("teacher", "student")
@@ -579,3 +660,14 @@ def test_align_report_of_no_documents_is_all_zeros() -> None:
     assert set(rep.chunk_histogram.values()) == {0}
     assert rep.coverage["count_share"] is None  # no teacher tokens to share
 
+
+
+def test_align_report_takes_the_teachers_declared_roles_from_its_tokenizer() -> None:
+    """A teacher eos known only through the teacher tokenizer object (``<halt>`` is no known
+    spelling) pairs with the student's declared eos and maps by role."""
+    backend = _convert(_ranks(b"ab", reverse_bytes=False), {"<halt>": 257}).backend_tokenizer
+    teacher = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<halt>")
+    _, student = _report_pair()
+    rep = align_report(teacher, student, ["abc"])
+    assert rep.roles == {"eos": [257, 257]}
+    assert rep.coverage["vocab_share"] == pytest.approx(257 / 258)  # all but "ab"

@@ -23,6 +23,7 @@ from avokit.align.conditional import (
     conditional_targets,
     conditional_targets_reference,
 )
+from avokit.align.spans import common_spans
 from avokit.records import TeacherRecords, TokenizedDoc
 
 # ---------------------------------------------------------------- align: input checks
@@ -51,7 +52,7 @@ def test_align_refuses_negative_ends_naming_the_side() -> None:
         align(np.array([2]), np.array([-1, 2]))
 
 
-@pytest.mark.parametrize(("t_ends", "s_ends"), [([], [3]), ([3], []), ([0, 2], [])])
+@pytest.mark.parametrize(("t_ends", "s_ends"), [([], [3]), ([3], []), ([0, 2], []), ([], [1]), ([1], [])])
 def test_align_refuses_one_empty_tokenization(t_ends: list[int], s_ends: list[int]) -> None:
     """One side has tokens over some bytes and the other has none: refused with the message,
     whichever side is empty."""
@@ -80,6 +81,33 @@ def test_align_of_single_zero_width_tokens_is_empty() -> None:
     assert a.boundaries.tolist() == [0] and a.n_chunks == 0
     assert a.teacher_chunk.tolist() == [0] and a.student_chunk.tolist() == [0]
     assert a.student_pos.dtype == np.int64 and a.teacher_chunk.dtype == np.int64
+    assert a.boundaries.dtype == np.int64  # documented int64 [m+1], also with m == 0
+
+
+def test_align_a_one_byte_first_token_is_its_own_chunk() -> None:
+    """Teacher "a|bc", student "a|b|c": common ends {1, 3}, chunks [0, 1) and [1, 3). The
+    first token of each side starts at byte 0, so it lies in chunk 0 (not chunk 1, which
+    starts at byte 1); every array is int64 as documented."""
+    a = align(np.array([1, 3]), np.array([1, 2, 3]))
+    assert a.boundaries.tolist() == [0, 1, 3]
+    assert a.teacher_pos.tolist() == [0, 1] and a.student_pos.tolist() == [0, 1]
+    assert a.teacher_chunk.tolist() == [0, 1]
+    assert a.student_chunk.tolist() == [0, 1, 1]
+    for arr in (a.boundaries, a.teacher_pos, a.student_pos, a.teacher_chunk, a.student_chunk):
+        assert arr.dtype == np.int64
+
+
+def test_align_zero_width_tokens_at_both_ends() -> None:
+    """Teacher ends [0, 1, 3, 3] and student [0, 1, 2, 3, 3]: each side opens and closes with
+    a zero-width token. The shared end 0 is no boundary (chunks are never 0 bytes), so the
+    boundaries are [0, 1, 3]; the trailing zero-width token starts at byte 3 (the document's
+    end) yet belongs to the last chunk, 1, as there is no chunk 2."""
+    a = align(np.array([0, 1, 3, 3]), np.array([0, 1, 2, 3, 3]))
+    assert a.boundaries.tolist() == [0, 1, 3] and a.n_chunks == 2
+    assert a.teacher_pos.tolist() == [1, 2] and a.student_pos.tolist() == [1, 2]
+    assert a.teacher_chunk.tolist() == [0, 0, 1, 1]
+    assert a.student_chunk.tolist() == [0, 0, 1, 1, 1]
+    assert a.student_pos.dtype == np.int64 and a.student_chunk.dtype == np.int64
 
 
 # ---------------------------------------------------------------- conditional targets
@@ -208,3 +236,15 @@ def test_conditional_targets_stop_at_the_last_byte_the_teacher_covers() -> None:
     assert out.student_pos.tolist() == [0, 1] and out.inside.tolist() == [False, True]
     assert out.student_ids.tolist() == [[0, -1], [1, -1]]
     np.testing.assert_allclose(out.logprobs[:, 0], [math.log(0.9)] * 2, rtol=1e-6)
+
+
+def test_common_spans_put_zero_width_tokens_at_byte_zero_in_the_first_span() -> None:
+    """Every tokenization starting with a zero-width token (end 0) makes no 0-byte span (its
+    bits per byte would be NaN): the token's log-prob joins the first span, as align() puts
+    such tokens in the first chunk."""
+    spans = common_spans([np.array([0, 2]), np.array([0, 1, 2])],
+                         [np.array([-1.0, -2.0]), np.array([-0.5, -0.25, -0.25])],
+                         np.array([0, 2]))
+    assert spans.bounds.tolist() == [0, 2] and spans.n_bytes.tolist() == [2]
+    assert spans.logprob.tolist() == [[-3.0, -1.0]]
+    assert spans.span_of_student.tolist() == [0, 0]

@@ -417,3 +417,14 @@ def test_coverage_of_an_empty_record_has_no_top_k_share() -> None:
     """A record with no positions gives no mass: topk_mass_share is None, not 0/0."""
     cov = _vmap([0, 1], [True, True]).coverage(records=[_record([], [], [])])
     assert cov.topk_mass_share is None and cov.count_share is None and cov.n_tokens == 0
+
+
+def test_coverage_gold_id_equal_to_the_vocab_size_is_unmapped_in_every_record() -> None:
+    """Gold id V (one past the last id, the first id outside) is an unmapped token, not an
+    index into the counts; such tokens add up over records (not only the last record's)."""
+    vm = _vmap([3, 7], [True, True])
+    r1 = _record([2], [[0, 1]], [[0.5, 0.5]])
+    r2 = _record([0, 2], [[0, 1], [1, 0]], [[0.5, 0.5], [0.5, 0.5]])
+    cov = vm.coverage(records=[r1, r2])
+    assert cov.n_tokens == 3
+    assert cov.count_share == pytest.approx(1 / 3)

@@ -206,6 +206,7 @@ def test_teacher_batch_to_moves_every_tensor() -> None:
     ({"chunk_next": torch.tensor([1, 2, 3])}, "TeacherBatch.chunk_next must be [C=2], got (3,)"),
     ({"chunk_next": torch.tensor([-1, 6])}, "TeacherBatch.chunk_next outside [-1, B*T=6)"),
     ({"chunk_next": torch.tensor([-5, 0])}, "TeacherBatch.chunk_next outside [-1, B*T=6)"),
+    ({"chunk_next": torch.tensor([-2, 0])}, "TeacherBatch.chunk_next outside [-1, B*T=6)"),
 ])
 def test_validate_names_the_field_and_the_expected_shape(change: dict[str, torch.Tensor], message: str) -> None:
     """Each malformed field raises ValueError whose message is exactly the documented one,
@@ -621,3 +622,86 @@ def test_local_bpb_window_stays_on_the_inputs_device() -> None:
     log-probs fails in torch.cat); ``meta`` stands in for an accelerator."""
     out = local_bpb(torch.zeros(5, 2, device="meta"), torch.ones(5, device="meta"), window=1)
     assert out.device.type == "meta" and out.shape == (5, 2)
+
+
+# ---------------------------------------------------------------- round 4
+
+
+def test_check_logits_names_the_wrong_shape() -> None:
+    """Logits that are not [B, T, V] raise a ValueError naming their shape (not a bare
+    ValueError, not a TypeError from building the message)."""
+    with pytest.raises(ValueError, match="^" + re.escape("student_logits must be [B, T, V], got shape (2, 5)") + "$"):
+        target_logprobs(torch.zeros(2, 5), torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("targets_shape", "mask_shape"), [((2, 3), (2, 2)), ((2, 2), (2, 2)), ((3, 3), (2, 3))])
+def test_target_logprobs_refuses_targets_or_mask_off_the_logits_grid(
+    targets_shape: tuple[int, int], mask_shape: tuple[int, int]
+) -> None:
+    """Either a mask or the targets off the [B, T] grid of the logits is refused (a mask
+    shorter than right targets would otherwise silently select fewer positions), and the
+    message names targets, mask and the logits' [B, T] (not [B, T, V])."""
+    logits = torch.zeros(2, 3, 4)
+    message = f"targets {targets_shape} and mask {mask_shape} must match logits [B, T] = (2, 3)"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        target_logprobs(logits, torch.zeros(targets_shape, dtype=torch.long), torch.ones(mask_shape, dtype=torch.bool))
+
+
+def test_kd_losses_chunk_share_counts_chunks_with_at_least_one_token() -> None:
+    """``chunk_share`` averages the chunk weights over chunks with >= 1 token in the window:
+    a one-token chunk counts, a chunk with no token does not (its weight would dilute the
+    share); the chunk term is the same weighted mean over those chunks."""
+    logits = torch.randn(1, 4, 5, generator=_gen(11), dtype=torch.float64)
+    ids = torch.tensor([[1, 3, 0, 4]])
+    batch = replace(TeacherBatch.empty(1, 4, 2), chunk_teacher_logprob=torch.tensor([-1.5, -0.4, -2.0]),
+                    chunk_of_target=torch.tensor([[0, 0, 1, -1]]), chunk_weight=torch.tensor([1.0, 0.5, 0.25]))
+    out = kd_losses(logits, ids, batch, _Cfg())
+    assert float(out["chunk_share"]) == 0.75  # (1.0 + 0.5) / 2; chunk 2 has no token
+    lp = torch.log_softmax(logits[0], dim=-1)
+    student = torch.stack([lp[0, 3] + lp[1, 0], lp[2, 4]]).float()
+    d = chunk_divergence(student, torch.tensor([-1.5, -0.4]))
+    assert float(out["chunk"]) == pytest.approx(float((d[0] + 0.5 * d[1]) / 1.5), rel=1e-5)
+
+
+def test_document_weights_accept_integer_bpb() -> None:
+    """Integer BPBs are converted to float (documented as float, but an int tensor must not
+    crash or round the weights): softmax of -bpb / T."""
+    got = document_weights(torch.tensor([[1, 2], [3, 3]]), "bpb_softmax", 1.0)
+    assert got.dtype == torch.float32
+    e = math.exp(-1.0)
+    want = torch.tensor([[1 / (1 + e), e / (1 + e)], [0.5, 0.5]])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0.0)
+
+
+def test_local_bpb_pools_float32_byte_counts_in_float64() -> None:
+    """Byte counts given as float32 are pooled in float64 like the log-probs: a 2^24-byte span
+    next to 1-byte spans keeps the single bytes (a float32 prefix sum drops them)."""
+    lp = torch.tensor([[-3.0], [-1.0], [-2.0]])
+    nb = torch.tensor([2.0**24, 1.0, 1.0])
+    got = local_bpb(lp, nb, window=1)
+    ln2 = math.log(2.0)
+    want = torch.tensor([[4.0 / ((2**24 + 1) * ln2)], [6.0 / ((2**24 + 2) * ln2)], [3.0 / (2 * ln2)]],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0.0)
+
+
+def test_bucketed_unreachable_other_is_per_row_with_finite_gradients() -> None:
+    """In a batch mixing a row whose student cannot reach any unmapped id (masked vocabulary)
+    with an ordinary row, only the first row's OTHER is -inf; the divergence is exact on both
+    rows and the gradient finite (an unreachable test over the whole batch instead of per row
+    lets the all -inf log-sum-exp poison the backward with NaN)."""
+    logits = torch.tensor([[0.0, -math.inf, -math.inf], [0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    student = torch.log_softmax(logits, -1)
+    ids = torch.tensor([[0], [0]])
+    lps = torch.log(torch.tensor([[1.0], [0.5]], dtype=torch.float64))
+    _, s, present = bucket_distributions(student, ids, lps)
+    assert present.tolist() == [[True, True], [True, True]]
+    assert s[0].tolist() == [0.0, -math.inf]
+    torch.testing.assert_close(s[1], torch.tensor([math.log(1 / 3), math.log(2 / 3)], dtype=torch.float64))
+    values, _ = bucketed_divergence(student, ids, lps)
+    want1 = 0.5 * math.log(0.5 / (1 / 3)) + 0.5 * math.log(0.5 / (2 / 3))
+    got = values.detach()
+    assert float(got[0]) == 0.0 and float(got[1]) == pytest.approx(want1, rel=1e-12)
+    values.sum().backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())
+    assert logits.grad[0].tolist() == [0.0, 0.0, 0.0]

@@ -48,6 +48,9 @@ def common_spans(teacher_ends: list[np.ndarray], teacher_gold: list[np.ndarray],
     common = np.unique(s_ends)
     for ends in teacher_ends:
         common = np.intersect1d(common, np.asarray(ends, dtype=np.int64))
+    # zero-width tokens at byte 0 (a BOS everyone spells with no bytes) end no span: they join
+    # the first one, as in align(); a shared end 0 would make a span of 0 bytes
+    common = common[common > 0]
     bounds = np.concatenate([[0], common]).astype(np.int64)
     n_spans = int(common.size)
     logprob = np.zeros((n_spans, len(teacher_ends)), dtype=np.float64)
