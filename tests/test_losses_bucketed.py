@@ -398,3 +398,27 @@ def test_kd_losses_on_cuda_equal_cpu() -> None:
     for key in ("kd", "chunk"):
         assert gpu[key].device.type == "cuda"
         assert gpu[key].item() == pytest.approx(cpu[key].item(), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_debiased_chunks_and_fixed_priors_accept_host_inputs_on_cuda() -> None:
+    """On CUDA, a CPU ``starts_word`` mask (debiased chunks) and fixed fusion priors given as
+    a list are moved to the logits' device: the results equal the CPU ones (CPU-only runs,
+    mutmut's included, cannot tell a missing ``.to(device)`` apart)."""
+    from dataclasses import replace
+
+    from avokit.losses.fusion import document_weights
+
+    g = torch.Generator().manual_seed(12)
+    # debiased: chunk c's next position is the flat index b * T + p after its last token
+    batch = replace(_make_batch(g), chunk_next=torch.tensor([2, 5, 12, -1, -1]))
+    logits = torch.randn(2, 8, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 8), generator=g)
+    starts = torch.rand(11, generator=g) < 0.5
+    cpu = kd_losses(logits, ids, batch, LossConfig(), starts_word=starts)
+    gpu = kd_losses(logits.cuda(), ids.cuda(), batch.to("cuda"), LossConfig(), starts_word=starts)
+    assert gpu["chunk"].item() == pytest.approx(cpu["chunk"].item(), rel=1e-5, abs=1e-7)
+    bpb = torch.tensor([[0.9, 1.1], [1.2, 0.8]], dtype=torch.float64)
+    want = document_weights(bpb, "fixed", 1.0, [3.0, 1.0])
+    got = document_weights(bpb.cuda(), "fixed", 1.0, [3.0, 1.0])
+    assert got.device.type == "cuda" and torch.allclose(got.cpu(), want)
