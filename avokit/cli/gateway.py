@@ -229,24 +229,24 @@ def admin_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> 
     Console().print(table)
 
 
-def admin_disable(name: str = ADMIN_NAME_OPTION,
-                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Disable an administrator: sign-ins refused, open sessions end at their next page."""
+def _set_admin_disabled(name: str, db: str | None, disabled: bool) -> None:
     from avokit.gateway.services import admins
 
     with _sessions(_settings(db)).begin() as session:
-        admins.set_disabled(session, name, True)
-    Console(stderr=True).print(f"disabled administrator {name!r}")
+        admins.set_disabled(session, name, disabled)
+    Console(stderr=True).print(f"{'disabled' if disabled else 'enabled'} administrator {name!r}")
+
+
+def admin_disable(name: str = ADMIN_NAME_OPTION,
+                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Disable an administrator: sign-ins refused, open sessions end at their next page."""
+    _set_admin_disabled(name, db, True)
 
 
 def admin_enable(name: str = ADMIN_NAME_OPTION,
                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Re-enable a disabled administrator."""
-    from avokit.gateway.services import admins
-
-    with _sessions(_settings(db)).begin() as session:
-        admins.set_disabled(session, name, False)
-    Console(stderr=True).print(f"enabled administrator {name!r}")
+    _set_admin_disabled(name, db, False)
 
 
 def register(app: typer.Typer) -> None:

@@ -69,12 +69,12 @@ def _later(tests: list[dict[str, Any]]) -> list[str]:
     lines = ["Later tests on fresh seeds (each its own report; the test split of these seeds played no "
              "part in any choice):", ""]
     for t in tests:
-        worse = [f"{d} {p['diff_mean']:+.4f}" for d, p in t["per_domain"].items()]
+        domains = [f"{d} {p['diff_mean']:+.4f}" for d, p in t["per_domain"].items()]
         ce = t.get("fused_minus_ce")
         lines.append(f"- [{t['file']}]({t['file']}), seeds {t['seed_ids']}"
                      f"{', pre-registered in `' + t['preregistration'] + '`' if t.get('preregistration') else ''}: "
                      f"{t['fused']} minus best single ({t['best_single']}) {_ci(t['fused_minus_best_single'])}"
-                     f"{f', minus CE {_ci(ce)}' if ce else ''}; per domain {', '.join(worse)}; "
+                     f"{f', minus CE {_ci(ce)}' if ce else ''}; per domain {', '.join(domains)}; "
                      f"**{'holds' if t['holds'] else 'does NOT hold'}**.")
     return lines + [""]
 

@@ -66,6 +66,10 @@ def load_card(directory: Path, served: bool) -> Card:
         manifest = read_release_manifest(directory)
     except ContractError as err:
         return Card(directory.name, None, error=str(err))
+    return _card(directory, manifest, served)
+
+
+def _card(directory: Path, manifest: ReleaseManifest, served: bool) -> Card:
     text = None
     if CARD_FILE in manifest.files and (directory / CARD_FILE).is_file():
         text = (directory / CARD_FILE).read_text(encoding="utf-8", errors="replace")
@@ -84,11 +88,11 @@ def registry_card(registry: Path, name: str, served: set[str]) -> Card | None:
         if not (child / MANIFEST_NAME).is_file():
             continue
         try:
-            found = read_release_manifest(child).name == name
+            manifest = read_release_manifest(child)
         except ContractError:
             continue
-        if found:
-            return load_card(child, name in served)
+        if manifest.name == name:
+            return _card(child, manifest, name in served)
     return None
 
 

@@ -50,6 +50,10 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_hex(16))
 
 
+def _by_name(session: Session, name: str) -> AdminUser | None:
+    return session.scalar(select(AdminUser).where(AdminUser.name == name))
+
+
 def create_admin(session: Session, name: str, password: str, actor: str = "cli") -> AdminUser:
     """A new administrator; refuses a taken or malformed name and a short password."""
     if not NAME_PATTERN.match(name):
@@ -57,7 +61,7 @@ def create_admin(session: Session, name: str, password: str, actor: str = "cli")
                           "(starting with a letter or digit)")
     if len(password) < MIN_PASSWORD:
         raise ConfigError(f"password: must be at least {MIN_PASSWORD} characters")
-    if session.scalar(select(AdminUser).where(AdminUser.name == name)) is not None:
+    if _by_name(session, name) is not None:
         raise ConfigError(f"name: an administrator named {name!r} already exists")
     admin = AdminUser(name=name, password_hash=hash_password(password), created_at=utcnow())
     session.add(admin)
@@ -68,7 +72,7 @@ def create_admin(session: Session, name: str, password: str, actor: str = "cli")
 
 def verify_admin(session: Session, name: str, password: str) -> AdminUser | None:
     """The enabled administrator with this name and password, else None."""
-    admin = session.scalar(select(AdminUser).where(AdminUser.name == name))
+    admin = _by_name(session, name)
     if admin is None or admin.disabled_at is not None:
         check_password(_dummy_hash(), password)
         return None
@@ -77,7 +81,7 @@ def verify_admin(session: Session, name: str, password: str) -> AdminUser | None
 
 def set_disabled(session: Session, name: str, disabled: bool, actor: str = "cli") -> AdminUser:
     """Disable (every session of it ends at its next page) or re-enable an administrator."""
-    admin = session.scalar(select(AdminUser).where(AdminUser.name == name))
+    admin = _by_name(session, name)
     if admin is None:
         raise ConfigError(f"name: no administrator named {name!r}")
     admin.disabled_at = utcnow() if disabled else None
