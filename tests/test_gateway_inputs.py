@@ -6,8 +6,8 @@ uvicorn server to show /health stays responsive while a huge prompt is tokenised
 from __future__ import annotations
 
 import asyncio
-import json
 import io
+import json
 import logging
 import sys
 import threading
@@ -331,8 +331,14 @@ def test_openapi_schema_is_true(registry: Path, tmp_path: Path) -> None:
     """Every declared route lists the typed response and the error codes it can answer (and
     no 422: validation errors are 400s); real responses and stream chunks parse as the
     declared models, field for field."""
-    from avokit.gateway.protocol import (ChatCompletionChunk, ChatCompletionResponse,
-                                         CompletionResponse, ErrorResponse)
+    from avokit.gateway.protocol import (
+        ChatCompletionChunk,
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        CompletionRequest,
+        CompletionResponse,
+        ErrorResponse,
+    )
 
     async def check(gw: InProcess) -> None:
         schema = gw.app.openapi()
@@ -362,5 +368,47 @@ def test_openapi_schema_is_true(registry: Path, tmp_path: Path) -> None:
                 == json.loads(raw)
         r = await gw.http.post("/v1/completions", json={**BODY, "n": 2}, headers=auth(key))
         assert ErrorResponse.model_validate(r.json()).error.param == "n"
+        # the request bodies are declared too: each refers to its model in components, and
+        # the bounds are the exact integers the server checks (a float 2**63 is not one)
+        parts = schema["components"]["schemas"]
+        for path, model in [("/v1/completions", CompletionRequest),
+                            ("/v1/chat/completions", ChatCompletionRequest)]:
+            op = schema["paths"][path]["post"]
+            body = op["requestBody"]
+            assert body["required"] is True
+            ref = body["content"]["application/json"]["schema"]["$ref"]
+            assert ref == "#/components/schemas/" + model.__name__
+            assert set(parts[model.__name__]["required"]) == {
+                "model", "prompt" if model is CompletionRequest else "messages"}
+            assert [p["name"] for p in op["parameters"]] == ["authorization"]
+            seed = next(s for s in parts[model.__name__]["properties"]["seed"]["anyOf"]
+                        if s.get("type") == "integer")
+            assert (seed["minimum"], seed["maximum"]) == (-2**63, 2**63 - 1)
+        assert {"ChatMessage", "ContentPart", "StreamOptions"} <= set(parts)
+        assert not any("$defs" in sub for sub in parts.values())
+
+    _run(registry, tmp_path, check)
+
+
+def test_body_that_is_no_json_object_is_a_400_and_the_key_comes_first(
+        registry: Path, tmp_path: Path) -> None:
+    """The routes parse their own body (in the request's one worker-thread hop): a body that
+    is not a JSON object is a 400 like any invalid body, and without a valid key the answer is
+    the one 401 whatever the body, so a caller without a key learns nothing about it."""
+    async def check(gw: InProcess) -> None:
+        key, info = gw.key(credit_micros=10_000_000)
+        json_type = {"content-type": "application/json"}
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            for raw in [b"", b"[]", b"null", b'"hi"', b"3", b"{", b'{"model": }']:
+                r = await gw.http.post(path, content=raw, headers={**auth(key), **json_type})
+                err = _error(r, 400)
+                assert err["code"] in ("invalid_json", "invalid_value"), (raw, err)
+            r = await gw.http.post(path, json={"model": MODEL}, headers=auth(key))
+            assert _error(r, 400)["param"] in ("prompt", "messages")
+            for headers in [{}, {"Authorization": "Bearer sk-avo-nope"}]:
+                for raw in [b"{", b"[]", json.dumps(BODY).encode()]:
+                    r = await gw.http.post(path, content=raw, headers={**headers, **json_type})
+                    assert _error(r, 401)["code"] == "invalid_api_key", (path, raw)
+        assert gw.charges(info.account_id) == []
 
     _run(registry, tmp_path, check)

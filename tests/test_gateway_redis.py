@@ -95,12 +95,14 @@ def test_window_slides_and_running_totals_match_the_buckets(redis_server: RedisS
     limiter = RedisRateLimiter(redis_server.url, prefix="test:slide:", window_s=2)
     raw = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
 
-    def invariants() -> int:
+    def invariants(before: int) -> int:
+        # the script ran at a second no earlier than ``before`` (read just before the call)
+        # and dropped every bucket at or below its second - 2; a later clock read would race
+        # with a second that ticks between the script and this check
         fields = raw.hgetall("test:slide:k")
-        now = int(raw.time()[0])
         reqs = {int(f[2:]): int(v) for f, v in fields.items() if f.startswith("r:")}
         toks = {int(f[2:]): int(v) for f, v in fields.items() if f.startswith("t:")}
-        assert set(reqs) == set(toks) and all(s > now - 2 for s in reqs), (now, fields)
+        assert set(reqs) == set(toks) and all(s > before - 2 for s in reqs), (before, fields)
         assert int(fields["R"]) == sum(reqs.values()) and int(fields["T"]) == sum(toks.values())
         assert not reqs or int(fields["lo"]) <= min(reqs)
         return int(fields["R"])
@@ -112,11 +114,11 @@ def test_window_slides_and_running_totals_match_the_buckets(redis_server: RedisS
         try:
             got = limiter.check("k", 25, 10**9, 3)
             admitted += 1
-            counted = invariants()
+            counted = invariants(before)
             assert got["x-ratelimit-remaining-requests"] == str(25 - counted)
             assert got["x-ratelimit-remaining-tokens"] == str(10**9 - 3 * counted)
         except RateLimitError as err:
-            assert invariants() == 25
+            assert invariants(before) == 25
             after = int(raw.time()[0])
             oldest = min(int(f[2:]) for f in raw.hkeys("test:slide:k") if f.startswith("r:"))
             # until the oldest counted request leaves: (oldest + window) - the script's now

@@ -44,8 +44,9 @@ def test_lm_eval_runs_local_task_with_avokit_model(tmp_path: Path, tiny_llama_di
     tasks_dir.mkdir()
     (tasks_dir / "avokit_toy.yaml").write_text(TASK_YAML.format(data=data))
 
-    import avokit.evaluate.harness  # noqa: F401  (registers "avokit")
     from lm_eval.tasks import TaskManager
+
+    import avokit.evaluate.harness  # noqa: F401  (registers "avokit")
 
     out = lm_eval.simple_evaluate(
         model="avokit", model_args=f"path={tiny_llama_dir},device=cpu,batch_size=4",

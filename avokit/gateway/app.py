@@ -16,6 +16,7 @@ from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.routes import completions, health, models
+from avokit.gateway.routes.deps import COMPONENT_REF
 from avokit.gateway.services import leases, prompts
 from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
@@ -136,14 +137,31 @@ def _true_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
             for ops in schema.get("paths", {}).values():
                 for op in ops.values():
                     op.get("responses", {}).pop("422", None)
+                    _hoist_body_schema(op, components)
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                components.pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
     return openapi
+
+
+def _hoist_body_schema(op: dict[str, Any], components: dict[str, Any]) -> None:
+    """A body declared with :func:`~avokit.gateway.routes.deps.json_body` carries its model's
+    schema inline: move it and its ``$defs`` to ``components``, as FastAPI does for a
+    declared body, and refer to it there."""
+    content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+    inline = content.get("schema", {})
+    if "title" not in inline or "$ref" in inline:
+        return
+    defs = {**inline.pop("$defs", {}), inline["title"]: inline}
+    for name, sub in defs.items():
+        if components.setdefault(name, sub) != sub:
+            raise ConfigError(f"two OpenAPI schemas are named {name!r}")
+    content["schema"] = {"$ref": COMPONENT_REF + inline["title"]}
 
 
 def app_from_env() -> FastAPI:

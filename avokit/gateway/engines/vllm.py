@@ -24,7 +24,6 @@ from avokit.gateway.engines.base import (
 )
 from avokit.gateway.errors import NotFoundError, UpstreamError
 
-
 # A streamed chunk with top-20 log-probs is a few KiB; aiohttp's default 64 KiB line limit
 # would still be tight for long detokenised tokens, so allow 1 MiB per SSE line.
 _READ_BUFSIZE = 2**20

@@ -1,7 +1,8 @@
 """POST /v1/completions and POST /v1/chat/completions: one generation path, two shapes.
 
-Both routes validate and tokenise (in a thread), then hand the prepared request and their
-:class:`_Shape` to :func:`_serve`, which admits it, runs it whole or streamed, and bills it.
+Both routes check the key, parse and validate the body, tokenise and admit the request in
+one worker-thread hop, then hand it and their :class:`_Shape` to :func:`_serve`, which runs
+it whole or streamed and bills it.
 The shapes only turn engine events into the typed bodies of :mod:`avokit.gateway.protocol`,
 which are also the routes' declared ``response_model`` s: the OpenAPI schema is what is sent.
 """
@@ -9,9 +10,9 @@ which are also the routes' declared ``response_model`` s: the OpenAPI schema is 
 from __future__ import annotations
 
 import abc
-from typing import Annotated, AsyncIterator
+from typing import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -34,13 +35,11 @@ from avokit.gateway.protocol import (
     TopLogprob,
     Usage,
 )
-from avokit.gateway.routes.deps import current_key, gateway
+from avokit.gateway.routes.deps import gateway, json_body, parse_body
 from avokit.gateway.services import metering, serving
-from avokit.gateway.services.keys import KeyInfo
 from avokit.gateway.services.serving import Gateway, Prepared
 
 router = APIRouter()
-Key = Annotated[KeyInfo, Depends(current_key)]
 
 
 def _usage(prep: Prepared, completion: int) -> Usage:
@@ -204,20 +203,31 @@ async def _serve(gw: Gateway, prep: Prepared, hold: metering.Hold, shape: _Shape
     return StreamingResponse(body_iter(), media_type="text/event-stream", headers=prep.headers)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES)
-async def completions(body: CompletionRequest, request: Request, key: Key) -> Response:
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES,
+             openapi_extra=json_body(CompletionRequest))
+async def completions(request: Request) -> Response:
     """Text completion; echo + logprobs for eval keys; streaming with usage."""
     gw = gateway(request)
-    # tokenising is CPU work: in a thread, so one long prompt never stalls other requests
-    prep, hold = await serving.prepare_and_admit(
-        gw, lambda: serving.prepare_completion(gw, key, body))
+    authorization, raw = request.headers.get("authorization"), await request.body()
+
+    def prepare() -> Prepared:
+        key = gw.key_for(authorization)  # first: a caller without a key learns nothing more
+        return serving.prepare_completion(gw, key, parse_body(CompletionRequest, raw))
+
+    prep, hold = await serving.prepare_and_admit(gw, prepare)
     return await _serve(gw, prep, hold, _CompletionShape(prep))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-             responses=ERROR_RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, key: Key) -> Response:
+             responses=ERROR_RESPONSES, openapi_extra=json_body(ChatCompletionRequest))
+async def chat_completions(request: Request) -> Response:
     """Chat completion rendered with the model's chat template; streaming with usage."""
     gw = gateway(request)
-    prep, hold = await serving.prepare_and_admit(gw, lambda: serving.prepare_chat(gw, key, body))
+    authorization, raw = request.headers.get("authorization"), await request.body()
+
+    def prepare() -> Prepared:
+        key = gw.key_for(authorization)
+        return serving.prepare_chat(gw, key, parse_body(ChatCompletionRequest, raw))
+
+    prep, hold = await serving.prepare_and_admit(gw, prepare)
     return await _serve(gw, prep, hold, _ChatShape(prep))

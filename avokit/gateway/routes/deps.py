@@ -1,11 +1,20 @@
-"""Dependencies shared by routes: the gateway state and the authenticated key."""
+"""What routes share: the gateway state, the authenticated key, and typed request bodies."""
 
 from __future__ import annotations
 
-from fastapi import Header, Request
+import json
+from typing import Any, TypeVar
 
+from fastapi import Header, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from avokit.gateway.errors import BadRequestError
 from avokit.gateway.services.keys import KeyInfo
 from avokit.gateway.services.serving import Gateway
+
+Body = TypeVar("Body", bound=BaseModel)
+COMPONENT_REF = "#/components/schemas/"
 
 
 def gateway(request: Request) -> Gateway:
@@ -16,3 +25,38 @@ def gateway(request: Request) -> Gateway:
 async def current_key(request: Request, authorization: str | None = Header(None)) -> KeyInfo:
     """The caller's key; raises the one 401 otherwise."""
     return await gateway(request).authenticate(authorization)
+
+
+def parse_body(model: type[Body], raw: bytes) -> Body:
+    """``raw`` JSON as ``model``, with FastAPI's body errors (blocking: call it in a thread).
+
+    The generation routes read their body themselves so that the key check, this parse and
+    the rest of the request's blocking work share one worker-thread hop; the errors are the
+    ones FastAPI raises for a declared body, so the one handler answers them the same way.
+    """
+    try:
+        data = json.loads(raw)  # as FastAPI: lone surrogates parse, and their field is named
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
+        raise BadRequestError("request body is not valid JSON", code="invalid_json") from err
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)],
+            body=data) from err
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the required JSON body and the optional
+    ``Authorization`` header: what FastAPI lists for a declared body and ``Header`` parameter.
+
+    The schema's ``$defs`` are moved to ``components`` by the app's schema builder.
+    """
+    schema = model.model_json_schema(ref_template=COMPONENT_REF + "{model}")
+    return {
+        "parameters": [{"name": "authorization", "in": "header", "required": False,
+                        "schema": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                                   "title": "Authorization"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+    }
+

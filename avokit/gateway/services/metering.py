@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
+from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.session import read_connection
 from avokit.gateway.errors import ConfigError, InsufficientCreditError
 from avokit.gateway.services.audit import record, utcnow

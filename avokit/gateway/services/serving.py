@@ -45,13 +45,15 @@ class Gateway:
     owner: str | None = None  # this process's lease id: its reservations name it
 
     async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
-        """Key from ``Authorization: Bearer``; any failure is the one 401."""
+        """:meth:`key_for` in a worker thread (it reads the database)."""
+        return await run_in_threadpool(self.key_for, authorization)
+
+    def key_for(self, authorization: str | None) -> keys.KeyInfo:
+        """Key from an ``Authorization: Bearer`` header value; any failure is the one 401
+        (blocking: one database read)."""
         token = None
         if authorization and authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
-        return await run_in_threadpool(self._auth, token)
-
-    def _auth(self, token: str | None) -> keys.KeyInfo:
         return keys.authenticate_request(self.db, self.secret, token)
 
 
