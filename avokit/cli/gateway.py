@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -42,6 +43,17 @@ def parse_prices(items: list[str]) -> dict[str, dict[str, int]]:
     return prices or {"*": {"input": 0, "output": 0}}
 
 
+class LogLevel(str, Enum):
+    """uvicorn's log levels (the gateway's own loggers follow them)."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 def serve(
     registry: Path = typer.Option(None, "--registry", help="model registry directory"),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
@@ -56,6 +68,12 @@ def serve(
     max_body_bytes: Optional[int] = typer.Option(
         None, "--max-body-bytes", help="largest request body; larger ones get 413"),
     env_file: Optional[Path] = typer.Option(None, "--env-file", help="settings file"),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
+                                       help="server log level"),
+    access_log: bool = typer.Option(
+        True, "--access-log/--no-access-log",
+        help="one log line per HTTP request (the ledger records every billed request either "
+        "way)"),
 ) -> None:
     """Run the OpenAI-compatible gateway (FastAPI + uvicorn)."""
     import os
@@ -69,8 +87,9 @@ def serve(
                              upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
+    logging = {"log_level": log_level.value, "access_log": access_log}
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, **logging)
         return
     # worker processes rebuild the app from the environment
     for name, value in settings.model_dump(mode="json").items():
@@ -78,7 +97,7 @@ def serve(
             os.environ[f"AVOKIT_{name.upper()}"] = str(value)
     os.environ["AVOKIT_SECRET"] = settings.secret.get_secret_value()
     uvicorn.run("avokit.gateway.app:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info")
+                workers=workers, **logging)
 
 
 def keys_create(

@@ -57,10 +57,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:
+        if isinstance(exc, _usage_errors()):  # a bad flag or value: click's message, no trace
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's usage errors, and those of the copy of click that newer typer releases carry
+    (they share no base class with click's own)."""
+    import click
+
+    own = getattr(typer, "TyperException", None)
+    return (click.ClickException,) + ((own,) if own is not None else ())

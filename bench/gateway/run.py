@@ -1,10 +1,11 @@
 """Gateway overhead benchmark: avokit vs LiteLLM proxy in front of the same instant upstream.
 
 Starts (all on 127.0.0.1, same machine, same run): the mock upstream
-(bench/gateway/mock_upstream.py), avokit (`--engine vllm --upstream MOCK`, SQLite, a real
-key with metering) and LiteLLM's proxy (from a separate venv, master key only) pointing at
-the same upstream, plus a second avokit with its rate limits shared through a local
-redis-server (`--redis`, one Lua round trip per request). Then, in ROUNDS interleaved rounds (direct, avokit, LiteLLM, direct, ...,
+(bench/gateway/mock_upstream.py), avokit (`avokit serve --no-access-log`, engine vllm in front
+of the mock, SQLite, a real key with metering) and LiteLLM's proxy (from a separate venv,
+master key only, LITELLM_LOG=ERROR) pointing at the same upstream, plus a second avokit with
+its own database and its rate limits shared through a local redis-server (`--redis`, one Lua
+round trip per request). Then, in ROUNDS interleaved rounds (direct, avokit, LiteLLM, direct, ...,
 so that drifts in the load from other work on the machine are spread over every target; the
 per-round requests/s are reported so a skewed round shows), for each target including the
 upstream itself:
@@ -47,10 +48,14 @@ from gateway_support import (  # noqa: E402
     redis_server_binary,
 )
 
-# sized so that LiteLLM (the slowest target, ~5-100 req/s here) finishes a run in minutes
-# on a shared 2-core machine; 1,000 sequential requests per round put the p99 on the 20th
-# slowest of 2,000 rather than the 4th of 400, which moved the p99 ratio by 0.05-0.1 per run
-LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 2
+# sized so that LiteLLM (the slowest target, ~40-110 req/s here) finishes a run in minutes
+# on a shared 2-core machine; 1,000 sequential requests per round and 4 rounds put the p99
+# on the 40th slowest of 4,000 (with 2 rounds, the 20th of 2,000: a burst of load from
+# outside the benchmark moved the p99 ratio by up to 0.3 between runs on a slow machine)
+LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 4
+# `avokit serve` as an operator runs it, without per-request access lines: LiteLLM runs at
+# LITELLM_LOG=ERROR below, which writes none either (both keep their error logging)
+AVOKIT_FLAGS = ["--no-access-log"]
 BODY = {"model": "avo-tiny", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 8}
 
@@ -118,6 +123,21 @@ def _machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def _database(path: Path, registry: Path, upstream: str) -> tuple[str, dict[str, str]]:
+    """A migrated SQLite database at ``path`` with one metered key; (key, gateway env)."""
+    from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+    from avokit.gateway.services import keys
+
+    url = f"sqlite:///{path}"
+    run_migrations(url)
+    with session_factory(make_db_engine(url)).begin() as s:
+        key, _ = keys.create_key(
+            s, SECRET, name="bench", rpm=10**8, tpm=10**12, credit_micros=10**15,
+            prices={"*": {"input": 100_000, "output": 300_000}})
+    return key, {"AVOKIT_REGISTRY": str(registry), "AVOKIT_DB_URL": url, "AVOKIT_SECRET": SECRET,
+                 "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm")
@@ -135,25 +155,19 @@ def main() -> None:
         _wait(upstream + "/v1/models")
 
         build_registry(tmp / "registry")
-        db = f"sqlite:///{tmp}/gw.db"
-        from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
-        from avokit.gateway.services import keys
-
-        run_migrations(db)
-        with session_factory(make_db_engine(db)).begin() as s:
-            avo_key, _ = keys.create_key(
-                s, SECRET, name="bench", rpm=10**8, tpm=10**12, credit_micros=10**15,
-                prices={"*": {"input": 100_000, "output": 300_000}})
-        avo_env = {"AVOKIT_REGISTRY": str(tmp / "registry"), "AVOKIT_DB_URL": db,
-                   "AVOKIT_SECRET": SECRET, "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream}
-        avo = Server(avo_env, tmp / "avokit.log").start()
+        # each gateway its own database, as two separate deployments: on one shared SQLite
+        # file, one target's WAL (and the other process's checkpoints of it) would land in
+        # the next target's measurement
+        avo_key, avo_env = _database(tmp / "gw.db", tmp / "registry", upstream)
+        avo = Server(avo_env, tmp / "avokit.log", cli=AVOKIT_FLAGS).start()
         avos.append(avo)
         binary = redis_server_binary()
         if binary is None:
             raise SystemExit("no redis-server: run scripts/setup.sh --dev")
         redis = RedisServer(binary, tmp / "redis").start()
-        avo_redis = Server({**avo_env, "AVOKIT_REDIS_URL": redis.url},
-                           tmp / "avokit-redis.log").start()
+        redis_key, redis_env = _database(tmp / "gw-redis.db", tmp / "registry", upstream)
+        avo_redis = Server({**redis_env, "AVOKIT_REDIS_URL": redis.url},
+                           tmp / "avokit-redis.log", cli=AVOKIT_FLAGS).start()
         avos.append(avo_redis)
 
         lite_port = free_port()
@@ -172,7 +186,7 @@ def main() -> None:
         _wait(lite + "/health/liveliness", timeout=180)
 
         targets = {"direct": (upstream, "none"), "avokit": (avo.url, avo_key),
-                   "avokit-redis": (avo_redis.url, avo_key), "litellm": (lite, master)}
+                   "avokit-redis": (avo_redis.url, redis_key), "litellm": (lite, master)}
         load_start = _load1()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(ROUNDS):
@@ -208,13 +222,14 @@ def main() -> None:
     machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2)}
     out = {"machine": machine, "config": {"rounds": ROUNDS, "latency_requests": LAT_N,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
-           "avokit": "engine=vllm, 1 worker, SQLite WAL, real key: auth + rate limit + "
-                     "reserve + settle in the database per request",
+           "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "
+                     "real key: auth + rate limit + reserve + settle in the database per "
+                     "request (each avokit target its own database)",
            "avokit-redis": "the same, rate limits in a local redis-server (--redis): one "
                            "atomic Lua script per request",
            "litellm": "litellm[proxy] " + _litellm_version(args.litellm)
-           + ", 1 worker, master key only (no database: no per-request key lookup, "
-             "budget or spend tracking)"}, "results": results, "verdict": verdict}
+           + ", 1 worker, LITELLM_LOG=ERROR (no access lines), master key only (no "
+             "database: no per-request key lookup, budget or spend tracking)"}, "results": results, "verdict": verdict}
     res_dir = ROOT / "bench/results"
     res_dir.mkdir(parents=True, exist_ok=True)
     (res_dir / "gateway.json").write_text(json.dumps(out, indent=2))
