@@ -16,11 +16,14 @@ Added latency = proxy percentile - direct-upstream percentile. One client for ev
 never sent on a connection the server is closing). The client shares the machine's cores with
 the proxies, so it must cost little: httpx's pool at concurrency 32 cost 3.5-5 ms of CPU per
 request here (as much as the proxy under test; it capped the direct row near 370 req/s),
-aiohttp 0.25-0.3 ms (3,000 requests to the mock upstream, 2026-12-02). Both proxies run one uvicorn worker, as
-`avokit serve` and `litellm` do by default. The 1-minute load average is recorded at the start
-and the end. Writes bench/results/gateway.json and .md (this run) and appends the run to
-bench/results/gateway_runs.json (every run, with the commit it measured), so a result is
-never reported without the runs beside it.
+aiohttp 0.25-0.3 ms (3,000 requests to the mock upstream, 2026-12-02). Both proxies run one
+uvicorn worker, as `avokit serve` and `litellm` do by default.
+
+Recorded with the results: the 1-minute load average and the time of a fixed Python loop
+(probe_ms: the speed of a core, which drifts on a shared VM) at the start and the end, and the
+share of CPU time the hypervisor stole over the rounds. Writes bench/results/gateway.json and
+.md (this run) and appends the run to bench/results/gateway_runs.json (every run, with the
+commit it measured), so a result is never reported without the runs beside it.
 
 Usage: python bench/gateway/run.py [--litellm /tmp/litellm-venv/bin/litellm]
 """
@@ -120,6 +123,23 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rps_per_round": [round(TPUT_N / w, 1) for w in walls]}
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return user + nice + system + irq + softirq, steal
+
+
+def _probe_ms() -> float:
+    """Wall time of a fixed pure-Python loop: on a shared VM the speed of a core drifts, and a
+    slow phase shows here before it shows in the tails."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    return round(1000 * (time.perf_counter() - t0), 1)
+
+
 def _load1() -> float:
     return os.getloadavg()[0]
 
@@ -196,12 +216,12 @@ def main() -> None:
 
         targets = {"direct": (upstream, "none"), "avokit": (avo.url, avo_key),
                    "avokit-redis": (avo_redis.url, redis_key), "litellm": (lite, master)}
-        load_start = _load1()
+        load_start, probe_start, ticks_start = _load1(), _probe_ms(), _cpu_ticks()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(ROUNDS):
             for name, (url, key) in targets.items():
                 raw[name].append(asyncio.run(_measure(url, key)))
-        load_end = _load1()
+        load_end, probe_end, ticks_end = _load1(), _probe_ms(), _cpu_ticks()
         results = {name: _summary(rounds) for name, rounds in raw.items()}
     finally:
         for server in avos:
@@ -228,7 +248,10 @@ def main() -> None:
                            and v["rps_ratio"] >= 3)
         verdicts[name] = v
     verdict = {**verdicts["avokit"], "redis": verdicts["avokit-redis"]}
-    machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2)}
+    busy, steal = (end - start for start, end in zip(ticks_start, ticks_end))
+    machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2),
+               "probe_ms_start": probe_start, "probe_ms_end": probe_end,
+               "steal_pct": round(100 * steal / max(busy + steal, 1), 1)}
     out = {"machine": machine, "config": {"rounds": ROUNDS, "latency_requests": LAT_N,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "

@@ -202,10 +202,12 @@ def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
 
 async def prepare_and_admit(gw: Gateway, prepare: Callable[[], Prepared]
                             ) -> tuple[Prepared, metering.Hold]:
-    """``prepare()`` (validate, tokenise), then :func:`admit`, in one worker thread.
+    """``prepare()`` (the API routes: check the key, parse and validate the body, tokenise),
+    then :func:`admit`, in one worker thread.
 
-    All of it blocks (CPU, a Redis round trip, a database write): one hop off the event loop
-    for the three, so no prompt stalls other requests and no extra thread handoff is paid.
+    All of it blocks (database reads and a write, CPU, a Redis round trip): one hop off the
+    event loop for all of it, so no prompt stalls other requests and no extra thread handoff
+    is paid (each costs a thread wake-up and a return to the loop).
     The hop is not abandoned on cancellation, so a reservation made is always returned.
     """
     def work() -> tuple[Prepared, metering.Hold]:
