@@ -308,7 +308,9 @@ def _commit() -> dict[str, Any]:
                               timeout=30).stdout.strip()
     try:
         return {"commit": git("rev-parse", "--short", "HEAD"),
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+                # the results this script writes do not make the measured code dirty
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)bench/results"))}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": "unknown", "dirty": None}
 
