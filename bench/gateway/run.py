@@ -65,6 +65,7 @@ LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 4
 # `avokit serve` as an operator runs it, without per-request access lines: LiteLLM runs at
 # LITELLM_LOG=ERROR below, which writes none either (both keep their error logging)
 AVOKIT_FLAGS = ["--no-access-log"]
+CLIENT = "aiohttp " + aiohttp.__version__
 BODY = {"model": "avo-tiny", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 8}
 
@@ -126,7 +127,8 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def _cpu_ticks() -> tuple[int, int]:
     """(busy, steal) clock ticks of all cores since boot, from /proc/stat."""
     with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return user + nice + system + irq + softirq, steal
 
 
@@ -252,7 +254,8 @@ def main() -> None:
     machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2),
                "probe_ms_start": probe_start, "probe_ms_end": probe_end,
                "steal_pct": round(100 * steal / max(busy + steal, 1), 1)}
-    out = {"machine": machine, "config": {"rounds": ROUNDS, "latency_requests": LAT_N,
+    out = {"machine": machine, "config": {
+           "client": CLIENT, "rounds": ROUNDS, "latency_requests": LAT_N,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "
                      "real key: auth + rate limit + reserve + settle in the database per "
@@ -261,20 +264,32 @@ def main() -> None:
                            "atomic Lua script per request",
            "litellm": "litellm[proxy] " + _litellm_version(args.litellm)
            + ", 1 worker, LITELLM_LOG=ERROR (no access lines), master key only (no "
-             "database: no per-request key lookup, budget or spend tracking)"}, "results": results, "verdict": verdict}
+             "database: no per-request key lookup, budget or spend tracking)"},
+           "results": results, "verdict": verdict}
     res_dir = ROOT / "bench/results"
     res_dir.mkdir(parents=True, exist_ok=True)
     (res_dir / "gateway.json").write_text(json.dumps(out, indent=2))
-    _append_run(res_dir / "gateway_runs.json", out)
+    history = _append_run(res_dir / "gateway_runs.json", out)
+    text = _markdown(out, history)
+    (res_dir / "gateway.md").write_text(text)
+    print(text)
+
+
+def _markdown(out: dict[str, Any], history: dict[str, Any]) -> str:
+    """gateway.md: this run's table and verdicts, then every run with the same configuration."""
+    config = out["config"]
+    verdicts = {"avokit": out["verdict"], "avokit-redis": out["verdict"]["redis"]}
     lines = ["# Gateway overhead: avokit vs LiteLLM proxy (same mock upstream, same machine)", "",
              f"Machine: {out['machine']}", "",
-             f"Chat completions, 8 tokens each; {ROUNDS} interleaved rounds per target, each "
-             f"{WARMUP} warm-up + {LAT_N} sequential requests (latency) + {TPUT_N} requests at "
-             f"concurrency {CONC} (throughput).", "",
+             f"Chat completions, 8 tokens each, client {config['client']}; "
+             f"{config['rounds']} interleaved rounds per target, each {config['warmup']} warm-up "
+             f"+ {config['latency_requests']} sequential requests (latency) + "
+             f"{config['throughput_requests']} requests at concurrency {config['concurrency']} "
+             "(throughput).", "",
              "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | requests/s "
              "| requests/s per round |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name, r in results.items():
+    for name, r in out["results"].items():
         lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r.get('added_p50_ms', 0):.2f} | {r.get('added_p99_ms', 0):.2f} | "
                      f"{r['rps']:.0f} | {', '.join(f'{x:.0f}' for x in r['rps_per_round'])} |")
@@ -283,14 +298,31 @@ def main() -> None:
         lines.append(f"{name}/LiteLLM added p50: {v['added_p50_ratio']:.2f}, added p99: "
                      f"{v['added_p99_ratio']:.2f}, requests/s: {v['rps_ratio']:.2f}x. "
                      f"Target (<= 1/3 latency, >= 3x rps) met: {v['target_met']}.")
-    lines += [f"Config: {out['config']['avokit']}; avokit-redis: "
-              f"{out['config']['avokit-redis']}; LiteLLM: {out['config']['litellm']}."]
-    (res_dir / "gateway.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += [f"Config: {config['avokit']}; avokit-redis: {config['avokit-redis']}; "
+              f"LiteLLM: {config['litellm']}."]
+    lines += _runs_table([r for r in history["runs"] if r.get("config") == config])
+    return "\n".join(lines) + "\n"
 
 
-def _append_run(path: Path, out: dict[str, Any]) -> None:
-    """Add this run to the history of runs (created on first use)."""
+def _runs_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the ratios of every run with this configuration, this one last."""
+    lines = ["", f"## Every run with this configuration ({len(runs)}, from gateway_runs.json)",
+             "", "Ratios to LiteLLM's added p50 / added p99 / requests/s; steal: CPU time the "
+             "hypervisor took during the rounds.", "",
+             "| run | at (UTC) | commit | steal % | avokit | avokit-redis | both met |",
+             "| ---: | --- | --- | ---: | --- | --- | --- |"]
+    for r in runs:
+        v = r["verdict"]
+        cells = [f"{x['added_p50_ratio']:.2f} / {x['added_p99_ratio']:.2f} / "
+                 f"{x['rps_ratio']:.2f}x" for x in (v, v["redis"])]
+        lines.append(f"| {r['run']} | {r['at']} | {r['commit']}{' (dirty)' if r['dirty'] else ''}"
+                     f" | {r['machine'].get('steal_pct', '')} | {cells[0]} | {cells[1]} | "
+                     f"{v['target_met'] and v['redis']['target_met']} |")
+    return lines
+
+
+def _append_run(path: Path, out: dict[str, Any]) -> dict[str, Any]:
+    """Add this run to the history of runs (created on first use); the history."""
     history: dict[str, Any] = {"what": "every run of bench/gateway/run.py, appended by it: "
                                "when, the commit measured (dirty: uncommitted changes), "
                                "machine and load, config, every row, verdict", "runs": []}
@@ -300,6 +332,7 @@ def _append_run(path: Path, out: dict[str, Any]) -> None:
                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             **_commit(), **out})
     path.write_text(json.dumps(history, indent=1) + "\n")
+    return history
 
 
 def _commit() -> dict[str, Any]:

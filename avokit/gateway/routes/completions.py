@@ -10,7 +10,7 @@ which are also the routes' declared ``response_model`` s: the OpenAPI schema is 
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -35,8 +35,9 @@ from avokit.gateway.protocol import (
     TopLogprob,
     Usage,
 )
-from avokit.gateway.routes.deps import gateway, json_body, parse_body
+from avokit.gateway.routes.deps import Body, gateway, json_body, parse_body
 from avokit.gateway.services import metering, serving
+from avokit.gateway.services.keys import KeyInfo
 from avokit.gateway.services.serving import Gateway, Prepared
 
 router = APIRouter()
@@ -203,18 +204,26 @@ async def _serve(gw: Gateway, prep: Prepared, hold: metering.Hold, shape: _Shape
     return StreamingResponse(body_iter(), media_type="text/event-stream", headers=prep.headers)
 
 
+async def _admitted(request: Request, model: type[Body],
+                    prepare: Callable[[Gateway, KeyInfo, Body], Prepared]
+                    ) -> tuple[Gateway, Prepared, metering.Hold]:
+    """Key, body, tokens, limit and reservation of one request, in one worker-thread hop."""
+    gw = gateway(request)
+    authorization, raw = request.headers.get("authorization"), await request.body()
+
+    def work() -> Prepared:
+        key = gw.key_for(authorization)  # first: a caller without a key learns nothing more
+        return prepare(gw, key, parse_body(model, raw))
+
+    prep, hold = await serving.prepare_and_admit(gw, work)
+    return gw, prep, hold
+
+
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERROR_RESPONSES,
              openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     """Text completion; echo + logprobs for eval keys; streaming with usage."""
-    gw = gateway(request)
-    authorization, raw = request.headers.get("authorization"), await request.body()
-
-    def prepare() -> Prepared:
-        key = gw.key_for(authorization)  # first: a caller without a key learns nothing more
-        return serving.prepare_completion(gw, key, parse_body(CompletionRequest, raw))
-
-    prep, hold = await serving.prepare_and_admit(gw, prepare)
+    gw, prep, hold = await _admitted(request, CompletionRequest, serving.prepare_completion)
     return await _serve(gw, prep, hold, _CompletionShape(prep))
 
 
@@ -222,12 +231,5 @@ async def completions(request: Request) -> Response:
              responses=ERROR_RESPONSES, openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     """Chat completion rendered with the model's chat template; streaming with usage."""
-    gw = gateway(request)
-    authorization, raw = request.headers.get("authorization"), await request.body()
-
-    def prepare() -> Prepared:
-        key = gw.key_for(authorization)
-        return serving.prepare_chat(gw, key, parse_body(ChatCompletionRequest, raw))
-
-    prep, hold = await serving.prepare_and_admit(gw, prepare)
+    gw, prep, hold = await _admitted(request, ChatCompletionRequest, serving.prepare_chat)
     return await _serve(gw, prep, hold, _ChatShape(prep))
