@@ -1,0 +1,58 @@
+"""The gateway benchmark's bookkeeping (bench/gateway/run.py) on hand-made runs: percentiles per
+round, the history of runs and the Markdown that reports every run beside the latest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "gateway"))
+
+import run  # noqa: E402
+
+
+def _out(ratio: float, client: str = "aiohttp x") -> dict[str, Any]:
+    row = {"p50_ms": 1.0, "p99_ms": 2.0, "p99_ms_per_round": [2.0], "rps": 10.0,
+           "rps_per_round": [10.0], "added_p50_ms": 0.5, "added_p99_ms": 1.0}
+    verdict = {"added_p50_ratio": ratio, "added_p99_ratio": ratio, "rps_ratio": 4.0,
+               "target_met": ratio <= 1 / 3}
+    config = {"client": client, "rounds": 1, "warmup": 0, "latency_requests": 1,
+              "throughput_requests": 1, "concurrency": 1, "avokit": "a",
+              "avokit-redis": "r", "litellm": "l"}
+    return {"machine": {"steal_pct": 1.5}, "config": config,
+            "results": {name: dict(row) for name in ("direct", "avokit", "avokit-redis",
+                                                     "litellm")},
+            "verdict": {**verdict, "redis": dict(verdict)}}
+
+
+def test_summary_p99_overall_and_per_round() -> None:
+    # 100 latencies per round: the p99 is the 99th smallest (index int(0.99 * 99) = 98)
+    quiet = [i / 1000 for i in range(100)]
+    burst = [i / 1000 for i in range(98)] + [1.0, 1.0]  # two stalls of 1 s in one round
+    out = run._summary([{"lat": sorted(quiet), "wall": 1.0},
+                        {"lat": sorted(burst), "wall": 2.0}])
+    assert out["p99_ms_per_round"] == [98.0, 1000.0]
+    # all 200: 0, 0, ..., 97, 97, 98, 99, 1000, 1000; index int(0.99 * 199) = 197 is 99 ms
+    assert out["p99_ms"] == pytest.approx(99.0)
+    assert out["rps"] == pytest.approx(2 * run.TPUT_N / 3.0)
+
+
+def test_history_appends_every_run_and_the_report_lists_its_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "_commit", lambda: {"commit": "abc1234", "dirty": False})
+    path = tmp_path / "runs.json"
+    run._append_run(path, _out(0.2))
+    run._append_run(path, _out(0.9, client="httpx"))  # another configuration
+    history = run._append_run(path, _out(0.3))
+    assert [r["run"] for r in history["runs"]] == [1, 2, 3]
+    assert json.loads(path.read_text()) == history
+    text = run._markdown(_out(0.3), history)
+    table = [line for line in text.splitlines() if line.startswith("| 1 ") or
+             line.startswith("| 2 ") or line.startswith("| 3 ")]
+    assert [line.split(" | ")[0] for line in table] == ["| 1", "| 3"]  # httpx's run left out
+    assert "0.20 / 0.20 / 4.00x" in table[0] and table[0].endswith("| True |")
+    assert "client aiohttp x" in text and "| 1.5 |" in table[1]
