@@ -56,3 +56,13 @@ def test_history_appends_every_run_and_the_report_lists_its_configuration(
     assert [line.split(" | ")[0] for line in table] == ["| 1", "| 3"]  # httpx's run left out
     assert "0.20 / 0.20 / 4.00x" in table[0] and table[0].endswith("| True |")
     assert "client aiohttp x" in text and "| 1.5 |" in table[1]
+
+
+def test_latency_schedule_takes_turns_in_blocks() -> None:
+    sched = run._schedule(["direct", "avokit", "litellm"], 120, 50)
+    assert sched == [("direct", 50), ("avokit", 50), ("litellm", 50)] * 2 + [
+        ("direct", 20), ("avokit", 20), ("litellm", 20)]
+    for name in ("direct", "avokit", "litellm"):
+        assert sum(n for t, n in sched if t == name) == 120
+    with pytest.raises(ValueError, match="block"):
+        run._schedule(["direct"], 10, 0)

@@ -5,12 +5,13 @@ Starts (all on 127.0.0.1, same machine, same run): the mock upstream
 of the mock, SQLite, a real key with metering) and LiteLLM's proxy (from a separate venv,
 master key only, LITELLM_LOG=ERROR) pointing at the same upstream, plus a second avokit with
 its own database and its rate limits shared through a local redis-server (`--redis`, one Lua
-round trip per request). Then, in ROUNDS interleaved rounds (direct, avokit, LiteLLM, direct, ...,
-so that drifts in the load from other work on the machine are spread over every target; the
-per-round requests/s are reported so a skewed round shows), for each target including the
-upstream itself:
-  * latency: LAT_N sequential chat completions (concurrency 1) -> p50 / p99 over all rounds;
-  * throughput: TPUT_N chat completions at concurrency CONC -> requests/s over all rounds.
+round trip per request). Then, in ROUNDS rounds, for each target including the upstream itself:
+  * latency: LAT_N sequential chat completions (concurrency 1), the targets taking turns in
+    blocks of LAT_BLOCK requests so that every target samples the same stretch of time (drifts
+    in the load from other work on the machine, and the hypervisor's steal, reach every target
+    alike) -> p50 / p99 over all rounds, and the p99 of each round;
+  * throughput: TPUT_N chat completions at concurrency CONC, one target after another ->
+    requests/s over all rounds, and of each round (a skewed round shows).
 Added latency = proxy percentile - direct-upstream percentile. One client for every target
 (aiohttp, keep-alive connections expiring before uvicorn's 5 s server timeout, so a request is
 never sent on a connection the server is closing). The client shares the machine's cores with
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -62,6 +64,8 @@ from gateway_support import (  # noqa: E402
 # on the 40th slowest of 4,000 (with 2 rounds, the 20th of 2,000: a burst of load from
 # outside the benchmark moved the p99 ratio by up to 0.3 between runs on a slow machine)
 LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 4
+# sequential requests per turn of a target in the latency phase (see `_schedule`)
+LAT_BLOCK = 50
 # `avokit serve` as an operator runs it, without per-request access lines: LiteLLM runs at
 # LITELLM_LOG=ERROR below, which writes none either (both keep their error logging)
 AVOKIT_FLAGS = ["--no-access-log"]
@@ -82,37 +86,68 @@ def _wait(url: str, headers: dict[str, str] | None = None, timeout: float = 120)
     raise RuntimeError(f"{url} did not come up")
 
 
-async def _measure(base: str, key: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {key}"}
-    url = base + "/v1/chat/completions"
-    connector = aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as c:
-        async def one() -> float:
+def _schedule(names: list[str], n: int, block: int) -> list[tuple[str, int]]:
+    """The latency phase of a round: (target, requests) blocks, the targets taking turns.
+
+    Each target's ``n`` sequential requests are cut into blocks of ``block``; the targets take
+    turns block by block, so every target samples the same stretch of time. (One target after
+    another put avokit's ~5 s of requests and LiteLLM's ~25 s at different moments, and a burst
+    of hypervisor steal in one of them moved that target's p99 alone.) A block rather than
+    single requests: work a proxy leaves for after its response (LiteLLM's logging callbacks)
+    then lands on its own next request, as in plain sequential traffic, and not on another
+    target's.
+    """
+    if n <= 0 or block <= 0:
+        raise ValueError(f"n and block must be positive, got n={n}, block={block}")
+    out: list[tuple[str, int]] = []
+    for start in range(0, n, block):
+        out += [(name, min(block, n - start)) for name in names]
+    return out
+
+
+async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """One round: every target's latency samples (taking turns, see `_schedule`), then each
+    target's throughput at concurrency CONC; {target: {"lat": sorted seconds, "wall": s}}."""
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {name: await stack.enter_async_context(aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0),
+            timeout=aiohttp.ClientTimeout(total=60))) for name in targets}
+
+        async def one(name: str) -> float:
+            base, key = targets[name]
             t0 = time.perf_counter()
-            async with c.post(url, json=BODY, headers=headers) as r:
+            async with sessions[name].post(base + "/v1/chat/completions", json=BODY,
+                                           headers={"Authorization": f"Bearer {key}"}) as r:
                 r.raise_for_status()
                 assert (await r.json())["usage"]["completion_tokens"] == 8
             return time.perf_counter() - t0
 
-        # the first request may load a tokenizer (avokit imports transformers lazily): on a
-        # busy machine that can take longer than the per-request timeout below
-        async with c.post(url, json=BODY, headers=headers,
-                          timeout=aiohttp.ClientTimeout(total=600)) as r:
-            r.raise_for_status()
-        for _ in range(WARMUP):
-            await one()
-        lat = sorted([await one() for _ in range(LAT_N)])
-        sem = asyncio.Semaphore(CONC)
+        for name, (base, key) in targets.items():
+            # the first request may load a tokenizer (avokit imports transformers lazily):
+            # on a busy machine that can take longer than the per-request timeout above
+            async with sessions[name].post(base + "/v1/chat/completions", json=BODY,
+                                           headers={"Authorization": f"Bearer {key}"},
+                                           timeout=aiohttp.ClientTimeout(total=600)) as r:
+                r.raise_for_status()
+            for _ in range(WARMUP):
+                await one(name)
+        lat: dict[str, list[float]] = {name: [] for name in targets}
+        for name, count in _schedule(list(targets), LAT_N, LAT_BLOCK):
+            lat[name] += [await one(name) for _ in range(count)]
 
-        async def limited() -> float:
-            async with sem:
-                return await one()
+        async def throughput(name: str) -> float:
+            sem = asyncio.Semaphore(CONC)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(limited() for _ in range(TPUT_N)))
-        wall = time.perf_counter() - t0
-    return {"lat": lat, "wall": wall}
+            async def limited() -> float:
+                async with sem:
+                    return await one(name)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(limited() for _ in range(TPUT_N)))
+            return time.perf_counter() - t0
+
+        return {name: {"lat": sorted(lat[name]), "wall": await throughput(name)}
+                for name in targets}
 
 
 def _p99(lat: list[float]) -> float:
@@ -227,8 +262,8 @@ def main() -> None:
         load_start, probe_start, ticks_start = _load1(), _probe_ms(), _cpu_ticks()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(ROUNDS):
-            for name, (url, key) in targets.items():
-                raw[name].append(asyncio.run(_measure(url, key)))
+            for name, measured in asyncio.run(_round(targets)).items():
+                raw[name].append(measured)
         load_end, probe_end, ticks_end = _load1(), _probe_ms(), _cpu_ticks()
         results = {name: _summary(rounds) for name, rounds in raw.items()}
     finally:
@@ -262,6 +297,7 @@ def main() -> None:
                "steal_pct": round(100 * steal / max(busy + steal, 1), 1)}
     out = {"machine": machine, "config": {
            "client": CLIENT, "rounds": ROUNDS, "latency_requests": LAT_N,
+           "latency_block": LAT_BLOCK,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "
                      "real key: auth + rate limit + reserve + settle in the database per "
@@ -288,8 +324,10 @@ def _markdown(out: dict[str, Any], history: dict[str, Any]) -> str:
     lines = ["# Gateway overhead: avokit vs LiteLLM proxy (same mock upstream, same machine)", "",
              f"Machine: {out['machine']}", "",
              f"Chat completions, 8 tokens each, client {config['client']}; "
-             f"{config['rounds']} interleaved rounds per target, each {config['warmup']} warm-up "
-             f"+ {config['latency_requests']} sequential requests (latency) + "
+             f"{config['rounds']} rounds, each {config['warmup']} warm-up + "
+             f"{config['latency_requests']} sequential requests per target (latency"
+             + (f", the targets taking turns in blocks of {config['latency_block']}"
+                if "latency_block" in config else "") + ") + "
              f"{config['throughput_requests']} requests at concurrency {config['concurrency']} "
              "(throughput).", "",
              "| target | p50 ms | p99 ms | p99 ms per round | added p50 ms | added p99 ms "
