@@ -66,3 +66,10 @@ def test_latency_schedule_takes_turns_in_blocks() -> None:
         assert sum(n for t, n in sched if t == name) == 120
     with pytest.raises(ValueError, match="block"):
         run._schedule(["direct"], 10, 0)
+
+
+def test_steal_share_between_two_readings() -> None:
+    assert run._steal_pct((100, 10), (190, 20)) == 10.0  # 90 busy + 10 stolen ticks
+    assert run._steal_pct((5, 5), (5, 5)) == 0.0  # nothing ran: no division by zero
+    busy, steal = run._cpu_ticks()
+    assert busy > 0 and steal >= 0

@@ -173,6 +173,12 @@ def _cpu_ticks() -> tuple[int, int]:
     return user + nice + system + irq + softirq, steal
 
 
+def _steal_pct(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of CPU time (busy + stolen) the hypervisor took between two `_cpu_ticks`."""
+    busy, steal = (b - a for a, b in zip(start, end))
+    return round(100 * steal / max(busy + steal, 1), 1)
+
+
 def _probe_ms() -> float:
     """Wall time of a fixed pure-Python loop: on a shared VM the speed of a core drifts, and a
     slow phase shows here before it shows in the tails."""
@@ -261,9 +267,11 @@ def main() -> None:
                    "avokit-redis": (avo_redis.url, redis_key), "litellm": (lite, master)}
         load_start, probe_start, ticks_start = _load1(), _probe_ms(), _cpu_ticks()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        round_ticks = [ticks_start]
         for _ in range(ROUNDS):
             for name, measured in asyncio.run(_round(targets)).items():
                 raw[name].append(measured)
+            round_ticks.append(_cpu_ticks())
         load_end, probe_end, ticks_end = _load1(), _probe_ms(), _cpu_ticks()
         results = {name: _summary(rounds) for name, rounds in raw.items()}
     finally:
@@ -291,10 +299,11 @@ def main() -> None:
                            and v["rps_ratio"] >= 3)
         verdicts[name] = v
     verdict = {**verdicts["avokit"], "redis": verdicts["avokit-redis"]}
-    busy, steal = (end - start for start, end in zip(ticks_start, ticks_end))
+    steal_per_round = [_steal_pct(a, b) for a, b in zip(round_ticks, round_ticks[1:])]
     machine = {**_machine(), "load1_start": round(load_start, 2), "load1_end": round(load_end, 2),
                "probe_ms_start": probe_start, "probe_ms_end": probe_end,
-               "steal_pct": round(100 * steal / max(busy + steal, 1), 1)}
+               "steal_pct": _steal_pct(ticks_start, ticks_end),
+               "steal_pct_per_round": steal_per_round}
     out = {"machine": machine, "config": {
            "client": CLIENT, "rounds": ROUNDS, "latency_requests": LAT_N,
            "latency_block": LAT_BLOCK,
