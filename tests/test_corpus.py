@@ -153,6 +153,98 @@ def test_split_is_deterministic_and_order_free() -> None:
     assert {d.doc_id for d in c["heldout"]} != {d.doc_id for d in a["heldout"]}
 
 
+def _long_text(seed: int, paragraphs: int = 5) -> str:
+    """A text that segments into ``paragraphs`` documents at max_chars=800 (~680 chars each)."""
+    return "\n\n".join(passage(seed * 100 + j, 110) for j in range(paragraphs))
+
+
+def test_every_segment_of_a_source_text_lands_in_one_split(tmp_path: Path) -> None:
+    """A long text is cut into several documents; all of them share one split (per document,
+    a held-out segment would continue a text trained on), and the quotas still hold."""
+    texts = [_long_text(i) for i in range(20)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (tmp_path / "txt").mkdir()
+    for i in range(4):
+        (tmp_path / "txt" / f"{i}.txt").write_text(_long_text(50 + i), encoding="utf-8")
+    recipe = recipe_for(tmp_path, [{"kind": "jsonl", "path": "long.jsonl"}, {"kind": "text", "path": "txt"}],
+                        heldout_fraction=0.2, validation_fraction=0.1)
+    manifest = build_corpus(recipe)
+    assert [s.documents for s in manifest.sources] == [100, 20]
+    split_of: dict[str, set[str]] = {}
+    for split in ("train", "validation", "heldout"):
+        for doc in load_split(recipe, split):
+            split_of.setdefault(doc.group, set()).add(split)
+    assert len(split_of) == 24 and all(len(s) == 1 for s in split_of.values())
+    # 120 documents in texts of 5; quotas 24 held out, 12 validation, met as closely as whole
+    # texts allow: 5 texts (25 documents) and 2 (10)
+    assert manifest.documents == {"train": 85, "validation": 10, "heldout": 25}
+    assert manifest.split_by == "source_text"
+    assert manifest.domain_texts == {"general": {"train": 17, "validation": 2, "heldout": 5}}
+    groups = {d.group for d in load_split(recipe, "heldout")}
+    assert all(g.startswith(("jsonl:long.jsonl:", "text:txt:")) for g in groups)
+
+
+def _grouped(domain: str, sizes: list[int]) -> list[Document]:
+    return [Document(f"{domain}{g}-{i}", "t", "s", domain, group=f"{domain}-text{g}")
+            for g, n in enumerate(sizes) for i in range(n)]
+
+
+def test_split_assigns_whole_groups_order_free_with_document_quotas() -> None:
+    docs = _grouped("code", [1, 30, 2, 3, 1, 4, 2, 5, 1, 1]) + _grouped("english", [6, 6])
+    held_out = set()
+    for seed in range(6):
+        a = split_documents(docs, 0.2, seed=seed, validation_fraction=0.1)
+        b = split_documents(list(reversed(docs)), 0.2, seed=seed, validation_fraction=0.1)
+        for split in ("train", "validation", "heldout"):
+            assert {d.doc_id for d in a[split]} == {d.doc_id for d in b[split]}
+            assert [d.doc_id for d in a[split]] == [d.doc_id for d in docs if d in set(a[split])]
+        where = {d.group: s for s, part in a.items() for d in part}
+        assert all(where[d.group] == s for s, part in a.items() for d in part)
+        code = {s: sum(d.domain == "code" for d in part) for s, part in a.items()}
+        # quotas count documents (50 code: 10 held out, 5 validation); the 30-document text is
+        # never taken, it would overshoot them
+        assert abs(code["heldout"] - 10) <= 1 and abs(code["validation"] - 5) <= 1, (seed, code)
+        assert where["code-text1"] == "train"
+        # two texts of one domain: one is held out, the other trains, whatever the fraction
+        english = {s: sum(d.domain == "english" for d in part) for s, part in a.items()}
+        assert english == {"train": 6, "validation": 0, "heldout": 6}
+        held_out |= {d.group for d in a["heldout"]}
+    assert len(held_out) >= 8  # the seed re-draws which texts are held out
+    tiny = split_documents(_grouped("x", [3, 3]), 0.01, seed=0)
+    assert (len(tiny["heldout"]), len(tiny["train"])) == (3, 3)
+    # one text: all train, even when cut into many documents
+    one = split_documents(_grouped("x", [9]), 0.5, seed=0, validation_fraction=0.2)
+    assert (len(one["train"]), len(one["heldout"]), len(one["validation"])) == (9, 0, 0)
+
+
+def test_corpus_files_without_groups_stay_readable(tmp_path: Path) -> None:
+    """A corpus Parquet written before documents carried their source text (or a generated
+    document) reads with an empty group: each document is a text of its own."""
+    from avokit.corpus import read_documents
+
+    pq.write_table(pa.table({"doc_id": ["a", "b"], "text": ["x", "y"], "source": ["s", "s"]}),
+                   tmp_path / "old.parquet")
+    docs = read_documents(tmp_path / "old.parquet")
+    assert [(d.group, d.split_group) for d in docs] == [("", "a"), ("", "b")]
+    split = split_documents(docs, 0.5, seed=0)
+    assert len(split["heldout"]) == 1 and len(split["train"]) == 1
+
+
+def test_corpus_of_an_older_format_behind_caches_names_the_format_change(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": passage(i)}) + "\n" for i in range(6)))
+    recipe = recipe_for(tmp_path, [{"kind": "jsonl", "path": "a.jsonl"}])
+    build_corpus(recipe)
+    path = recipe.run_dir / "corpus" / "manifest.json"
+    old = json.loads(path.read_text())
+    old.update(format_version=2, config_hash="from-avokit-with-format-2")
+    path.write_text(json.dumps(old))
+    (recipe.run_dir / "cache" / "gemma3-270m").mkdir(parents=True)
+    (recipe.run_dir / "cache" / "gemma3-270m" / "capture.json").write_text("{}")
+    changed = r"corpus format changed \(version 2 -> 3: .*every segment of a source text together\)"
+    with pytest.raises(AvokitError, match=changed):
+        build_corpus(recipe)
+
+
 def test_canary_is_refused(tmp_path: Path) -> None:
     texts = [passage(1), passage(2) + " " + AVOKIT_CANARY.upper() + " " + passage(3)]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

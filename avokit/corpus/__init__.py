@@ -1,5 +1,5 @@
 """The corpus stage: documents from local files or built-in offline sources, deduplicated,
-split train / held-out by document, written as Parquet with a manifest."""
+split train / held-out by source text, written as Parquet with a manifest."""
 
 from avokit.corpus.build import (
     CorpusManifest,

@@ -22,10 +22,13 @@ from avokit.corpus.sources import read_source, source_domain, source_labels, sou
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
 
-CORPUS_FORMAT_VERSION = 2
+# A corpus of an older version no longer matches its recipe's hash and is rebuilt; what each
+# version changed is named when caches captured from the old corpus forbid the rebuild.
+CORPUS_FORMAT_VERSION = 3
+_FORMAT_CHANGES = {3: "the train / held-out split keeps every segment of a source text together"}
 Split = Literal["train", "validation", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "heldout")
-_COLUMNS = ("doc_id", "text", "source", "domain", "origin", "license")
+_COLUMNS = ("doc_id", "text", "source", "domain", "origin", "license", "group")
 
 
 class SourceStats(BaseModel):
@@ -52,6 +55,9 @@ class CorpusManifest(BaseModel):
     bytes: dict[str, int]  # split -> UTF-8 bytes of text
     domains: dict[str, dict[str, int]]  # domain -> split -> documents
     domain_bytes: dict[str, dict[str, int]]  # domain -> split -> UTF-8 bytes
+    # what the split assigns whole: every segment of one source text shares a split
+    split_by: Literal["source_text"]
+    domain_texts: dict[str, dict[str, int]]  # domain -> split -> source texts (groups)
     files: dict[str, str]  # file name -> sha256
 
 
@@ -76,32 +82,55 @@ def heldout_score(doc_id: str, seed: int) -> float:
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 
-def _quota(fraction: float, n: int, at_least_one: bool) -> int:
-    k = round(fraction * n)
-    return max(k, 1) if at_least_one and fraction > 0 and n >= 2 else k
+def _fill(ranked: list[tuple[str, int]], target: int, at_least_one: bool) -> list[str]:
+    """Groups ``(id, documents)`` taken in rank order, each only if it brings the documents
+    taken closer to ``target`` (so a long text is skipped rather than overshooting the quota;
+    with one document per group this is exactly the first ``target``). With nothing taken and
+    ``at_least_one``, the smallest group (best ranked among equals): the quota rounded to 0."""
+    taken: list[str] = []
+    count = 0
+    for group, size in ranked:
+        if 2 * count + size < 2 * target:  # |count + size - target| < |count - target|
+            taken.append(group)
+            count += size
+    if not taken and at_least_one and ranked:
+        taken.append(min(ranked, key=lambda gs: gs[1])[0])
+    return taken
 
 
 def split_documents(
     docs: list[Document], fraction: float, seed: int, validation_fraction: float = 0.0
 ) -> dict[Split, list[Document]]:
-    """Split by document, stratified by domain, independent of the input order.
+    """Split by source text, stratified by domain, independent of the input order.
 
-    Within each domain the documents are ranked by :func:`heldout_score`; the first
-    ``round(fraction * n)`` are held out (at least one when the domain has two documents),
-    the next ``round(validation_fraction * n)`` are validation (at least one when asked for
-    and the domain has three), the rest train (never fewer than one). Splits keep the input
-    order.
+    Every segment of one source text (one file, passage or record: ``Document.split_group``)
+    lands in the same split, so held-out text never continues a text trained on. Within each
+    domain the groups are ranked by :func:`heldout_score` of their id; the quotas count
+    *documents* (``round(fraction * n)`` held out, ``round(validation_fraction * n)``
+    validation, of the domain's ``n``), filled with whole groups in rank order by
+    :func:`_fill`, so the split's share of documents stays near the fraction even when a few
+    texts are long. The last-ranked group always trains (train is never empty); a domain of
+    two or more groups holds out at least one, and of three or more gives validation at
+    least one when asked for. With one document per group this is the per-document split.
+    Splits keep the input order.
     """
-    chosen: dict[str, Split] = {}
+    chosen: dict[tuple[str, str], Split] = {}
     for domain in sorted({d.domain for d in docs}):
-        ranked = sorted((d for d in docs if d.domain == domain),
-                        key=lambda d: (heldout_score(d.doc_id, seed), d.doc_id))
-        n = len(ranked)
-        n_held = min(_quota(fraction, n, True), max(n - 1, 0))
-        n_val = min(_quota(validation_fraction, n, n >= 3), max(n - 1 - n_held, 0))
-        for i, doc in enumerate(ranked):
-            chosen[doc.doc_id] = "heldout" if i < n_held else "validation" if i < n_held + n_val else "train"
-    return {split: [d for d in docs if chosen[d.doc_id] == split] for split in SPLITS}
+        sizes: dict[str, int] = {}
+        for d in docs:
+            if d.domain == domain:
+                sizes[d.split_group] = sizes.get(d.split_group, 0) + 1
+        ranked = sorted(sizes.items(), key=lambda gs: (heldout_score(gs[0], seed), gs[0]))
+        n, n_groups = sum(sizes.values()), len(ranked)
+        candidates = ranked[:-1]
+        held = _fill(candidates, round(fraction * n), fraction > 0 and n_groups >= 2)
+        taken = set(held)
+        rest = [gs for gs in candidates if gs[0] not in taken]
+        val = _fill(rest, round(validation_fraction * n), validation_fraction > 0 and n_groups >= 3)
+        chosen.update({(domain, g): "train" for g in sizes})
+        chosen.update({(domain, g): "heldout" for g in held})
+        chosen.update({(domain, g): "validation" for g in val})
+    return {split: [d for d in docs if chosen[(d.domain, d.split_group)] == split] for split in SPLITS}
 
 
 def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]]:
@@ -117,10 +146,14 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
         max_chars = source.max_chars or cfg.max_chars
         for raw in read_source(source, recipe.base_dir):
             n_texts += 1
+            # the source text's id is its content hash, like a document's: stable when the
+            # source is reordered, and two copies of one text are one text
+            group = f"{label}:{hashlib.sha256(raw.text.encode('utf-8')).hexdigest()[:16]}"
             for piece in cut(raw.text, min(cfg.min_chars, max_chars), max_chars):
                 digest = hashlib.sha256(piece.encode("utf-8")).hexdigest()[:16]
                 mine.append(Document(doc_id=f"{label}:{digest}", text=piece, source=label,
-                                     domain=domain, origin=raw.origin, license=raw.license))
+                                     domain=domain, origin=raw.origin, license=raw.license,
+                                     group=group))
             if source.max_docs is not None and len(mine) >= source.max_docs:
                 mine = mine[: source.max_docs]
                 break
@@ -159,15 +192,22 @@ def _refuse_orphaning_caches(recipe: Recipe, out: Path, expected: str) -> None:
     captures (hours of teacher time) would no longer match it, and the old corpus would be
     gone. Rebuilding the same corpus (a damaged file) is allowed."""
     try:
-        old = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("config_hash")
+        old_manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
+    old = old_manifest.get("config_hash")
     if old in (None, expected):
         return
     caches = sorted(p.parent.name for p in (recipe.run_dir / "cache").glob("*/capture.json"))
     if caches:
+        version = old_manifest.get("format_version")
+        changes = [c for v, c in sorted(_FORMAT_CHANGES.items())
+                   if not isinstance(version, int) or v > version]
+        what = (f"avokit's corpus format changed (version {version} -> {CORPUS_FORMAT_VERSION}: "
+                f"{'; '.join(changes)})" if version != CORPUS_FORMAT_VERSION
+                else "the corpus section of the recipe changed")
         raise AvokitError(
-            f"{out}: the corpus section of the recipe (or avokit's corpus format) changed, but the "
+            f"{out}: {what}, but the "
             f"teacher caches {', '.join(caches)} in {recipe.run_dir / 'cache'} were captured from the "
             f"corpus there now; give the recipe a new name (a new run folder), or move those caches "
             f"away to capture again from the new corpus")
@@ -239,6 +279,9 @@ def build_corpus(recipe: Recipe) -> CorpusManifest:
                  for dom in sorted({d.domain for d in kept})},
         domain_bytes={dom: {s: _bytes([d for d in splits[s] if d.domain == dom]) for s in SPLITS}
                       for dom in sorted({d.domain for d in kept})},
+        split_by="source_text",
+        domain_texts={dom: {s: len({d.split_group for d in splits[s] if d.domain == dom}) for s in SPLITS}
+                      for dom in sorted({d.domain for d in kept})},
         files=files,
     )
     tmp = out / "manifest.json.tmp"
@@ -277,8 +320,9 @@ def read_documents(path: Path) -> list[Document]:
     if missing:
         raise AvokitError(f"{path}: missing column(s) {missing}; run `avokit corpus` again to rebuild it")
     n = table.num_rows
-    # optional columns: a corpus written before domains existed is one domain, "general"
-    defaults = {"source": "", "domain": "general", "origin": "", "license": ""}
+    # optional columns: a corpus written before domains existed is one domain, "general"; one
+    # written before groups (and generated documents) has each document a text of its own
+    defaults = {"source": "", "domain": "general", "origin": "", "license": "", "group": ""}
     columns = [table.column(c).to_pylist() if c in table.column_names else [defaults[c]] * n
                for c in _COLUMNS]
     return [Document(*(str(v) for v in row)) for row in zip(*columns)]
