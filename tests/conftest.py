@@ -5,12 +5,17 @@ Other parts may append fixtures below; keep each one small and documented.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Models under `dtype: auto` run in float32 in the suite on every CPU, so exact-value tests do
+# not depend on the machine; the bf16 branch is tested by forcing it (tests/test_precision.py).
+os.environ["AVOKIT_CPU_BF16"] = "0"
 
 TINY_ARCHS = ("llama", "gemma3", "qwen3", "gpt_oss")
 

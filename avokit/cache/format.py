@@ -35,6 +35,9 @@ class CacheSpec(BaseModel):
     top_k: int
     logprob_bits: Literal[8, 16]
     compression: Literal["zstd", "none"] = "zstd"
+    # the dtype the teacher computed in (caches written before this field: float32);
+    # "endpoint" where a server decided
+    compute_dtype: str = "float32"
 
     @property
     def id_bytes(self) -> int:

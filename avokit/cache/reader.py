@@ -101,7 +101,10 @@ class CacheReader(Mapping[str, TeacherRecords]):
                 f"{file}: shard format version {shard_spec.get('format_version')!r}, "
                 f"manifest says {mine['format_version']}"
             )
-        for key in ("teacher_fingerprint", "tokenizer_fingerprint", "top_k", "logprob_bits", "vocab_size"):
+        # shards written before compute_dtype existed were float32 (its default)
+        shard_spec = {"compute_dtype": "float32", **shard_spec}
+        for key in ("teacher_fingerprint", "tokenizer_fingerprint", "top_k", "logprob_bits", "vocab_size",
+                    "compute_dtype"):
             if shard_spec.get(key) != mine[key]:
                 raise CacheError(
                     f"{file}: shard {key} {shard_spec.get(key)!r} differs from the manifest's "

@@ -64,17 +64,22 @@ def mine(plans: list[ShardPlan], shard: tuple[int, int] | None) -> list[ShardPla
     return [p for p in plans if p.index % n == i]
 
 
-def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str) -> str:
+def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str, *, legacy: bool = False) -> str:
     """What decides the cache's content: the corpus, the stored format and the teacher.
 
     Batch size and device are left out: they change throughput, not what is stored beyond
-    float rounding, and a cache must survive resuming with another batch size.
+    float rounding, and a cache must survive resuming with another batch size. The dtype is
+    left out too: the dtype the teacher actually computed in (``auto`` resolves per machine)
+    is part of the cache spec, checked before a cache is extended. ``legacy``: the hash that
+    caches written before that (teachers' dtype default ``float32``, part of the hash) carry.
     """
     cap = recipe.capture
     data = {
         "corpus": corpus_hash,
         "capture": {"top_k": cap.top_k, "docs_per_shard": cap.docs_per_shard,
                     "logprob_bits": cap.logprob_bits, "compression": cap.compression},
-        "teacher": teacher.model_dump(mode="json", exclude={"device", "weight"}),
+        "teacher": teacher.model_dump(mode="json", exclude={"device", "weight", "dtype"}),
     }
+    if legacy:
+        data["teacher"]["dtype"] = "float32" if teacher.dtype == "auto" else teacher.dtype
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()

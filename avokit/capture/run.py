@@ -28,6 +28,7 @@ from rich.progress import (
 
 from avokit.cache import CacheSpec, ShardWriter, finished_shard, record_progress, write_manifest
 from avokit.cache.manifest import PROGRESS_DIR, TOKENIZER_DIR, write_json_atomic
+from avokit.capture.dtype_check import TeacherLoader, load_checked
 from avokit.capture.plan import ShardPlan, mine, plan_hash, plan_shards
 from avokit.corpus import build_corpus, load_split
 from avokit.errors import AvokitError, CacheError
@@ -36,7 +37,6 @@ from avokit.recipe import Recipe, TeacherConfig
 from avokit.records import TeacherRecords
 from avokit.teachers.base import Teacher
 
-TeacherLoader = Callable[[TeacherConfig, Path], Teacher]
 CAPTURE_STATE = "capture.json"
 
 
@@ -66,6 +66,7 @@ def _spec(recipe: Recipe, teacher: Teacher) -> CacheSpec:
         top_k=recipe.capture.top_k,
         logprob_bits=recipe.capture.logprob_bits,
         compression=recipe.capture.compression,
+        compute_dtype=info.dtype,
     )
 
 
@@ -81,18 +82,28 @@ def _read_state(cache_dir: Path) -> dict | None:
         raise CacheError(f"{path}: unreadable capture state; delete {cache_dir} to capture again") from None
 
 
-def _check_state(cache_dir: Path, state: dict | None, phash: str, spec: CacheSpec | None) -> None:
-    """Refuse to mix shards of different captures in one directory (never overwrite them)."""
+def _check_state(cache_dir: Path, state: dict | None, phashes: tuple[str, ...], spec: CacheSpec | None) -> None:
+    """Refuse to mix shards of different captures in one directory (never overwrite them).
+
+    ``phashes``: the plan hashes this capture accepts (today's, then the legacy one)."""
     if state is None:
         return
     path = cache_dir / CAPTURE_STATE
-    if state["plan_hash"] != phash:
+    if state["plan_hash"] not in phashes:
         raise CacheError(
             f"{path}: this cache was captured with another corpus, top_k, format or teacher "
             f"config; delete {cache_dir} (or use a new run name) to capture again"
         )
-    if spec is not None and state["spec"] != spec.model_dump(mode="json"):
-        old = state["spec"]
+    # through the model: a state written before a field existed reads as its default
+    old = CacheSpec.model_validate(state["spec"]).model_dump(mode="json")
+    if spec is not None and old["compute_dtype"] != spec.compute_dtype:
+        raise CacheError(
+            f"{path}: {len(list(cache_dir.glob('*.arrow')))} shards were captured in "
+            f"{old['compute_dtype']} and this run would score in {spec.compute_dtype}; set the "
+            f"teacher's `dtype: {old['compute_dtype']}` in the recipe to finish this cache, or "
+            f"delete {cache_dir} to capture again"
+        )
+    if spec is not None and old != spec.model_dump(mode="json"):
         diff = [k for k, v in spec.model_dump(mode="json").items() if old.get(k) != v]
         raise CacheError(
             f"{path}: cache was captured from a different teacher ({', '.join(diff)} differ); "
@@ -185,15 +196,16 @@ def capture_teacher(
     cache_dir = cache_dir_for(recipe, config.name)
     cache_dir.mkdir(parents=True, exist_ok=True)
     phash = plan_hash(recipe, config, corpus_hash)
-    _check_state(cache_dir, _read_state(cache_dir), phash, None)
+    phashes = (phash, plan_hash(recipe, config, corpus_hash, legacy=True))
+    _check_state(cache_dir, _read_state(cache_dir), phashes, None)
     _remove_leftovers(cache_dir)
     todo = mine(plans, shard)
     pending = [p for p in todo if finished_shard(cache_dir, p.file) is None]
     if pending:
-        teacher = loader(config, recipe.base_dir)
+        teacher = load_checked(recipe, config, loader, console)
         try:
             spec = _spec(recipe, teacher)
-            _check_state(cache_dir, _read_state(cache_dir), phash, spec)
+            _check_state(cache_dir, _read_state(cache_dir), phashes, spec)
             write_json_atomic(cache_dir / CAPTURE_STATE, {"plan_hash": phash, "spec": spec.model_dump(mode="json")})
             _save_tokenizer(cache_dir, teacher)
             _run_with_progress(teacher, spec, pending, todo, cache_dir, recipe.capture.batch_size, console)

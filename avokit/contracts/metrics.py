@@ -162,6 +162,7 @@ class ModelInfo(Contract):
     vocab_size: int
     window: int | None  # tokens of context per scoring window
     fingerprint: str | None = None  # weights hash (teachers: the one their caches were made with)
+    dtype: str | None = None  # the dtype it was scored in now; None in reports from before
 
 
 class TeacherLineage(Contract):
@@ -173,6 +174,9 @@ class TeacherLineage(Contract):
     upstream: str | None = None  # registry teachers: the upstream model name
     provenance: str | None = None  # registry teachers: how avokit obtains its files
     fingerprint: str | None = None  # weights hash or endpoint + model; None when not known
+    capture_dtype: str | None = None  # the dtype its cache was captured in; None without a cache
+    # capture's bf16 check (avokit.capture.dtype_check): passed, failures, the fidelity figures
+    bf16_check: dict[str, Any] | None = None
 
 
 class DataLineage(Contract):

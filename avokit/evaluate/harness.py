@@ -36,24 +36,27 @@ class AvokitLM(LM):
     """A Hugging Face causal LM directory (an avokit student, baseline or release) for lm-eval.
 
     model_args: ``path`` (required), ``batch_size`` (8), ``max_length`` (model context or
-    1024), ``device`` (``cpu``/``cuda``/``auto``), ``dtype`` (``float32``).
+    1024), ``device`` (``cpu``/``cuda``/``auto``), ``dtype`` (``auto``: bf16 where the device
+    computes it natively, else float32; or ``float32``/``bfloat16``/``float16``).
     """
 
     def __init__(self, path: str | None = None, batch_size: int | str = 8, max_length: int | None = None,
-                 device: str = "auto", dtype: str = "float32", **_: Any) -> None:
+                 device: str = "auto", dtype: str = "auto", **_: Any) -> None:
         super().__init__()
         if not path:
             raise AvokitError("--model_args path=...: the avokit model needs the path of a model directory")
         folder = Path(path)
         if not (folder / "config.json").is_file():
             raise AvokitError(f"--model_args path={path}: not a Hugging Face model directory (no config.json)")
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from avokit.precision import device_type, resolve_dtype, torch_dtype
+
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub for a local directory
-        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        dev = device_type(device) if device == "auto" else device
+        resolved = resolve_dtype(dtype, dev, field="--model_args dtype")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(dev).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(resolved)).to(dev).eval()
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         ctx = getattr(self.model.config, "max_position_embeddings", None) or 1024
         self.max_length = int(max_length) if max_length else int(ctx)

@@ -20,10 +20,19 @@ def data_lineage(run_dir: Path, teachers: list[str]) -> dict[str, Any]:
     return {"corpus": file_sha256(corpus) if corpus.is_file() else None, "caches": caches}
 
 
+def _cache_manifest(run_dir: Path, teacher: str) -> dict[str, Any]:
+    path = run_dir / "cache" / teacher / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def cached_teacher_fingerprint(run_dir: Path, teacher: str) -> str | None:
     """The teacher fingerprint its capture cache was made with, or None without a cache."""
-    path = run_dir / "cache" / teacher / "manifest.json"
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text(encoding="utf-8")).get("teacher_fingerprint")
+    value = _cache_manifest(run_dir, teacher).get("teacher_fingerprint")
     return str(value) if value else None
+
+
+def cached_teacher_dtype(run_dir: Path, teacher: str) -> str | None:
+    """The dtype the teacher computed in for its capture cache (caches from before the field
+    were float32), or None without a cache."""
+    manifest = _cache_manifest(run_dir, teacher)
+    return str(manifest.get("compute_dtype", "float32")) if manifest else None

@@ -113,14 +113,19 @@ def _bpb_section(metrics: dict[str, Any]) -> list[str]:
              f"{ho['docs']} held-out documents, {ho['bytes']} UTF-8 bytes. BPB = total NLL (nats) / "
              "(ln 2 x bytes of exactly the scored text); every model scored through the same Teacher "
              "interface from a start token, long documents in windows. `source` says whether the gold "
-             "log-probs were computed now (live) or read from the capture cache (exact stored values).", "",
-             "| model | BPB | tokens | tokens/byte | window (tokens) | source |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "log-probs were computed now (live) or read from the capture cache (exact stored values), "
+             "`dtype` what the model computed in there (`auto`: bf16 only where the CPU or GPU has "
+             "native bf16 and the teacher passed capture's bf16 check).", "",
+             "| model | BPB | tokens | tokens/byte | window (tokens) | source | dtype |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     models = metrics.get("models", {})
+    captured = {t["name"]: t.get("capture_dtype") for t in metrics.get("teachers", [])}
     for m, b in metrics["bpb"].items():
         window = _fmt(models.get(m, {}).get("window"))
+        # cached gold log-probs were computed in the capture's dtype, live ones in this run's
+        dtype = captured.get(m) if b["source"] == "cache" else models.get(m, {}).get("dtype")
         lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | "
-                     f"{window} | {b['source']} |")
+                     f"{window} | {b['source']} | {_fmt(dtype)} |")
     held_domains = ho.get("domains", {})
     lines += ["", "### Per domain", "",
               "Bits per byte within each domain's held-out documents (" +

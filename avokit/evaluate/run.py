@@ -21,7 +21,7 @@ from avokit.errors import AvokitError
 from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
 from avokit.evaluate.contamination import ContaminationReport, check_contamination
 from avokit.evaluate.gate import check_gate
-from avokit.evaluate.lineage import cached_teacher_fingerprint, data_lineage
+from avokit.evaluate.lineage import cached_teacher_dtype, cached_teacher_fingerprint, data_lineage
 from avokit.evaluate.plots import read_train_log
 from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
@@ -182,7 +182,8 @@ def _model_info(teacher: Teacher) -> dict[str, Any]:
             "vocab_size": teacher.info.vocab_size,
             # tokens of context per scoring window (live scoring; the capture used the
             # teacher's own max_length too): part of what the BPB means
-            "window": getattr(teacher, "max_length", None), "fingerprint": teacher.info.fingerprint}
+            "window": getattr(teacher, "max_length", None), "fingerprint": teacher.info.fingerprint,
+            "dtype": teacher.info.dtype}
 
 
 def _score_all(
@@ -190,6 +191,7 @@ def _score_all(
 ) -> tuple[dict[str, BpbResult], dict[str, Any], dict[str, dict[str, Any]]]:
     """BPB and task scores of student, baseline and (if asked) every teacher, one model in
     memory at a time: teachers are GBs on a shared CPU box."""
+    from avokit.teachers.fidelity import checked_config
     from avokit.teachers.hf import HFTeacher
 
     run_dir = recipe.run_dir
@@ -199,7 +201,9 @@ def _score_all(
     ]
     if recipe.eval.include_teachers:
         load_teacher = _teacher_loader()
-        loaders += [(t.name, lambda t=t: load_teacher(t, recipe.base_dir)) for t in recipe.teachers]
+        # in the dtype each teacher's cache was captured in (float32 where its bf16 check failed)
+        loaders += [(t.name, lambda t=t: load_teacher(checked_config(recipe, t), recipe.base_dir))
+                    for t in recipe.teachers]
     bpb: dict[str, BpbResult] = {}
     task_metrics: dict[str, Any] = {}
     infos: dict[str, dict[str, Any]] = {}
@@ -230,6 +234,7 @@ def _distillation(recipe: Recipe) -> dict[str, Any]:
 def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each teacher with its licence; registry teachers add their upstream name and provenance."""
     from avokit.catalog import TEACHERS
+    from avokit.teachers.fidelity import check_path, read_check
 
     out = []
     for t in recipe.teachers:
@@ -237,7 +242,9 @@ def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[d
                                "license": infos.get(t.name, {}).get("license", "unknown"),
                                # the weights the student learnt from are the cache's teacher
                                "fingerprint": cached_teacher_fingerprint(recipe.run_dir, t.name)
-                               or infos.get(t.name, {}).get("fingerprint")}
+                               or infos.get(t.name, {}).get("fingerprint"),
+                               "capture_dtype": cached_teacher_dtype(recipe.run_dir, t.name),
+                               "bf16_check": read_check(check_path(recipe, t.name))}
         entry = TEACHERS.get(t.registry_name) if t.kind == "registry" else None
         if entry is not None:
             row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)

@@ -37,7 +37,7 @@ def build_engine(settings: GatewaySettings, served: dict[str, ServedModel]) -> E
     from avokit.gateway.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(served, settings.device, settings.max_batch_size,
-                              settings.batch_wait_ms)
+                              settings.batch_wait_ms, dtype=settings.dtype)
 
 
 async def build_limiter(settings: GatewaySettings) -> Limiter:

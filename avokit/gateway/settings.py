@@ -22,6 +22,9 @@ class GatewaySettings(BaseSettings):
     engine: Literal["transformers", "vllm"] = "transformers"
     upstream: str | None = Field(None, description="vLLM OpenAI server base URL (engine=vllm)")
     device: str = "cpu"
+    # the in-process engine's dtype: `auto` is bf16 where the device computes it natively
+    # (CUDA with bf16, a CPU with AMX or AVX512-BF16; AVOKIT_CPU_BF16=0/1 overrides), else float32
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
     # Each process holds a lease on its reservations, renewed every lease_s / 3: those of a

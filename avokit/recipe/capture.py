@@ -24,3 +24,7 @@ class CaptureConfig(Section):
     docs_per_shard: int = Field(default=256, ge=1)
     logprob_bits: Literal[8, 16] = 8
     compression: Literal["zstd", "none"] = "zstd"
+    # Under a teacher's `dtype: auto` that resolves to bf16: score this many training documents
+    # in float32 and in bf16 first and keep float32 for a teacher whose bf16 records miss the
+    # fidelity limits (avokit.teachers.fidelity); 0 trusts bf16 without checking.
+    bf16_check_docs: int = Field(default=4, ge=0)

@@ -26,7 +26,11 @@ class TeacherConfig(Section):
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the key itself never sits in a recipe
     tokenizer: Path | None = None  # tokenizer dir/file for an `openai` teacher
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # `auto`: bf16 where the device computes it natively (CUDA with bf16, a CPU with AMX or
+    # AVX512-BF16; AVOKIT_CPU_BF16=0/1 overrides), else float32 (avokit.precision). Under auto,
+    # capture first checks bf16 against float32 on a few documents and keeps float32 for a
+    # teacher that fails (capture.bf16_check_docs).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     start_token: str | None = None
     max_length: int = Field(default=512, ge=8)

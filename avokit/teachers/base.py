@@ -36,6 +36,9 @@ class TeacherInfo:
     # "full": boundary_logmass is summed over the full vocabulary; "topk": an endpoint gave
     # only top-k, so it is summed over the returned top-k (see teachers.scoring).
     boundary_mass: str = "full"
+    # the floating-point type the model computed in ("float32", "bfloat16", ...); "endpoint"
+    # where a server decides
+    dtype: str = "float32"
 
 
 class Teacher(ABC):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -11,19 +12,22 @@ import torch
 
 from avokit.align.bytes import byteify, drop_unicode_normalizer
 from avokit.errors import AvokitError
+from avokit.precision import DType, resolve_dtype, torch_dtype
 from avokit.records import TeacherRecords
 from avokit.teachers.base import Sampling, TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def dtype_name(model: Any) -> str:
+    """``"float32"``, ``"bfloat16"``, ...: the dtype of ``model``'s parameters."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 class HFTeacher(TokenizerTeacher):
@@ -65,6 +69,7 @@ class HFTeacher(TokenizerTeacher):
             params=sum(p.numel() for p in model.parameters()),
             fingerprint=fingerprint,
             tokenizer_fingerprint=tokenizer_fingerprint(self._tb),
+            dtype=dtype_name(model),
         )
 
     @classmethod
@@ -74,7 +79,7 @@ class HFTeacher(TokenizerTeacher):
         name: str | None = None,
         license: str = "unknown",
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         *,
         start_token: str | None = None,
         max_length: int = 512,
@@ -87,6 +92,8 @@ class HFTeacher(TokenizerTeacher):
 
         ``fingerprint`` replaces the one computed from the weight files where the directory is
         a converted copy of other weights (registry teachers: their GGUF is their identity).
+        ``dtype``: ``auto`` (bf16 where ``device`` computes it natively, else float32, see
+        :mod:`avokit.precision`) or an explicit ``float32`` / ``bfloat16`` / ``float16``.
         """
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -102,6 +109,7 @@ class HFTeacher(TokenizerTeacher):
         name: str | None = None,
         license: str = "unknown",
         device: str = "auto",
+        dtype: str = "auto",
         *,
         tokenizer: Any = None,
         start_token: str | None = None,
@@ -109,7 +117,8 @@ class HFTeacher(TokenizerTeacher):
         batch_size: int = 8,
         vocab_chunk: int = 512,
     ) -> HFTeacher:
-        """Load a GGUF file through transformers, dequantised to float32.
+        """Load a GGUF file through transformers, dequantised to float32, then cast to
+        ``dtype`` (resolved as in :meth:`from_dir`).
 
         ``tokenizer`` skips converting the GGUF's own tokenizer (slow for 262k vocabularies)
         when a converted copy is at hand (registry teachers cache one).
@@ -117,7 +126,7 @@ class HFTeacher(TokenizerTeacher):
         path = Path(path)
         if not path.is_file():
             raise AvokitError(f"GGUF file {path} does not exist")
-        return cls._load(path.parent, path.name, name or path.stem, license, device, "float32",
+        return cls._load(path.parent, path.name, name or path.stem, license, device, dtype,
                          "gguf", start_token, max_length, batch_size, vocab_chunk, tokenizer)
 
     @classmethod
@@ -129,10 +138,10 @@ class HFTeacher(TokenizerTeacher):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub at run time
-        if dtype != "auto" and dtype not in DTYPES:
-            raise AvokitError(f"teacher {name!r}: unknown dtype {dtype!r}")
+        resolved = resolve_dtype(dtype, device, field=f"teacher {name!r}: dtype")
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {"dtype": "auto" if dtype == "auto" else DTYPES[dtype]}
+        # GGUF weights are dequantised to float32 by transformers' loader; cast after
+        kwargs: dict[str, Any] = {"dtype": torch.float32 if gguf_file else torch_dtype(resolved)}
         if gguf_file is not None:
             kwargs["gguf_file"] = gguf_file
         try:
@@ -143,7 +152,7 @@ class HFTeacher(TokenizerTeacher):
         except (OSError, ValueError, KeyError) as err:
             where = folder / gguf_file if gguf_file else folder
             raise AvokitError(f"teacher {name!r}: cannot load {where}: {err}") from err
-        model.to(resolve_device(device))
+        model.to(device=resolve_device(device), dtype=torch_dtype(resolved))
         target = folder / gguf_file if gguf_file else folder
         return cls(
             model, tokenizer, name=name, license=license, backend=backend,
@@ -152,6 +161,13 @@ class HFTeacher(TokenizerTeacher):
             max_length=max_length, batch_size=batch_size, vocab_chunk=vocab_chunk,
             load_seconds=time.perf_counter() - started,
         )
+
+    def to_dtype(self, dtype: DType) -> None:
+        """Cast the model in place (e.g. float32 -> bfloat16 after a fidelity check); the
+        teacher's ``info.dtype`` follows. Casting down and back up loses precision: reload a
+        teacher to get float32 back."""
+        self.model.to(torch_dtype(dtype))
+        self._info = dataclasses.replace(self._info, dtype=dtype_name(self.model))
 
     def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
         """Records for each document; long documents are scored in rolling windows."""

@@ -37,7 +37,7 @@ def load_teacher(
         folder, fingerprint = float32_dir(entry.name, locate_teacher(entry.name),
                                           lambda: registry_tokenizer(entry.name))
         return HFTeacher.from_dir(
-            folder, name=config.name, license=entry.license, device=config.device, dtype="float32",
+            folder, name=config.name, license=entry.license, device=config.device, dtype=config.dtype,
             start_token=config.start_token or entry.start_token, fingerprint=fingerprint,
             backend="gguf", **common,
         )
@@ -51,7 +51,7 @@ def load_teacher(
             return HFTeacher.from_dir(path, name=config.name, device=config.device,
                                       dtype=config.dtype, start_token=config.start_token,
                                       **common)
-        return HFTeacher.from_gguf(path, name=config.name, device=config.device,
+        return HFTeacher.from_gguf(path, name=config.name, device=config.device, dtype=config.dtype,
                                    start_token=config.start_token, **common)
     if config.kind == "openai":
         from avokit.teachers.openai_backend import OpenAITeacher, load_local_tokenizer

@@ -89,6 +89,7 @@ class OpenAITeacher(TokenizerTeacher):
             tokenizer_kind=self._tb.family, license=license, params=None,
             fingerprint=endpoint_fingerprint(self.base_url, model, self._tb),
             tokenizer_fingerprint=tokenizer_fingerprint(self._tb), boundary_mass="topk",
+            dtype="endpoint",
         )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from avokit.losses.ce import cross_entropy
+from avokit.precision import resolve_mixed_precision
 from avokit.recipe.train import TrainConfig
 from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
@@ -33,15 +34,6 @@ LN2 = math.log(2.0)
 
 class TrainingInterrupted(Exception):
     """Raised by a ``stop_after`` hook: the run stopped early and can be resumed."""
-
-
-def resolve_mixed_precision(setting: str) -> str:
-    """``auto`` -> bf16 on CUDA devices that support it, else ``no``."""
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
 
 
 @torch.no_grad()

@@ -190,11 +190,13 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
     """Load every teacher once for live scoring and take each training document's first
     ``train.on_policy.prompt_tokens`` tokens (after its separator) as a prompt."""
     from avokit.align import byteify
+    from avokit.teachers.fidelity import checked_config
     from avokit.teachers.load import load_teacher
 
     cfg = recipe.train
     assert cfg.on_policy is not None
-    teachers = [load_teacher(t, recipe.base_dir, recipe.capture) for t in recipe.teachers]
+    # in the dtype each teacher's cache was captured in (float32 where its bf16 check failed)
+    teachers = [load_teacher(checked_config(recipe, t), recipe.base_dir, recipe.capture) for t in recipe.teachers]
     sep, start = tokenizer.eos_token_id, resolve_start_token_id(tokenizer)
     n_prefix = len(separator_prefix(sep, start))  # each prompt starts as its document does in training
     prompts = [packed.stream[max(int(s) - n_prefix, 0): int(s) + min(int(n), cfg.on_policy.prompt_tokens)]

@@ -55,14 +55,18 @@ class _Row:
 class _ModelWorker:
     """Owns one model; runs batches on its own thread."""
 
-    def __init__(self, served: ServedModel, device: str, max_batch: int, wait_ms: float) -> None:
+    def __init__(self, served: ServedModel, device: str, max_batch: int, wait_ms: float,
+                 dtype: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM
+
+        from avokit.precision import resolve_dtype, torch_dtype
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.torch = torch
         self.tokenizer = load_tokenizer(served.path)
-        self.model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch.float32)
+        self.dtype = resolve_dtype(dtype, device, field="AVOKIT_DTYPE")
+        self.model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch_dtype(self.dtype))
         self.model.to(device).eval()
         self.device = device
         self.max_batch = max_batch
@@ -175,7 +179,7 @@ class _ModelWorker:
         delta = full[len(row.text):] if (finish or not full.endswith("\ufffd")) else ""
         event = TokenEvent(text=delta, tokens=1)
         if p.top_logprobs is not None:
-            logprobs = self.torch.log_softmax(logits, dim=-1)
+            logprobs = self.torch.log_softmax(logits.float(), dim=-1)
             event.token_strs = [self.tokenizer.decode([token])]
             event.logprobs = [float(logprobs[token])]
             event.top_logprobs = [self._top(logprobs, p.top_logprobs)]
@@ -259,9 +263,10 @@ class TransformersEngine:
     """Engine over the registry's HF model dirs, loaded lazily, one batching worker each."""
 
     def __init__(self, models: dict[str, ServedModel], device: str = "cpu",
-                 max_batch_size: int = 8, batch_wait_ms: float = 5.0) -> None:
+                 max_batch_size: int = 8, batch_wait_ms: float = 5.0, *, dtype: str = "auto") -> None:
         self.models = models
         self.device = device
+        self.dtype = dtype
         self.max_batch = max_batch_size
         self.wait_ms = batch_wait_ms
         self._workers: dict[str, _ModelWorker] = {}
@@ -277,7 +282,7 @@ class TransformersEngine:
         with self._lock:
             if model not in self._workers:
                 self._workers[model] = _ModelWorker(self._served(model), self.device,
-                                                    self.max_batch, self.wait_ms)
+                                                    self.max_batch, self.wait_ms, self.dtype)
             return self._workers[model]
 
     def tokenizer(self, model: str) -> Any:
