@@ -43,14 +43,15 @@ def _gen(seed: int) -> torch.Generator:
 
 
 class _Cfg:
-    """The four settings kd_losses reads (a DivergenceSettings)."""
+    """The five settings kd_losses reads (a DivergenceSettings)."""
 
     def __init__(self, divergence: str = "forward_kl", jsd_beta: float = 0.5,
-                 temperature: float = 1.0, chunk_tau: float = 1.0) -> None:
+                 temperature: float = 1.0, chunk_tau: float = 1.0, token_loss: str = "bucketed") -> None:
         self.divergence = divergence
         self.jsd_beta = jsd_beta
         self.temperature = temperature
         self.chunk_tau = chunk_tau
+        self.token_loss = token_loss
 
 
 # ---------------------------------------------------------------- ce

@@ -17,6 +17,7 @@ from torch import Tensor
 from avokit.losses.bucketed import bucketed_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
+from avokit.losses.uld import uld_distance
 
 
 class DivergenceSettings(Protocol):
@@ -35,6 +36,9 @@ class DivergenceSettings(Protocol):
 
     @property
     def chunk_tau(self) -> float: ...
+
+    @property
+    def token_loss(self) -> str: ...  # bucketed | uld
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,9 @@ def kd_losses(
     that start a word (space/newline/tab first, or special).
 
     Returns ``{"kd": weighted mean over informative boundaries of the bucketed divergence
-    (cfg.divergence, cfg.temperature, cfg.jsd_beta), "chunk": weighted mean over chunks of
+    (cfg.divergence, cfg.temperature, cfg.jsd_beta), or with ``cfg.token_loss == "uld"`` of
+    the ULD distance (:mod:`avokit.losses.uld`; every boundary whose teacher row holds
+    probability is informative, mapped or not), "chunk": weighted mean over chunks of
     the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau)}``; both scalars,
     0 when nothing is left after masking. Unweighted by ``cfg.kd_weight``/``cfg.chunk_weight``:
     the trainer combines terms (and logs them separately). Also ``kd_share`` and
@@ -203,14 +209,18 @@ def kd_losses(
     else:
         # only the M boundary rows are normalised: [M, V], never [B, T, V] twice
         rows = torch.log_softmax(student_logits[batch.b_idx, batch.s_pos].float(), dim=-1)
-    values, informative = bucketed_divergence(
-        rows,
-        batch.topk_student_ids,
-        batch.topk_logprobs,
-        kind=cfg.divergence,
-        beta=cfg.jsd_beta,
-        temperature=cfg.temperature,
-    )
+    if cfg.token_loss == "uld":
+        # the teacher's ids do not matter: only its sorted probabilities at the same positions
+        values, informative = uld_distance(rows, batch.topk_logprobs)
+    else:
+        values, informative = bucketed_divergence(
+            rows,
+            batch.topk_student_ids,
+            batch.topk_logprobs,
+            kind=cfg.divergence,
+            beta=cfg.jsd_beta,
+            temperature=cfg.temperature,
+        )
     kd = weighted_mean(values, batch.boundary_weight * informative)
     kd_share = weight_share(batch.boundary_weight, informative)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from avokit.recipe.base import Section
 
@@ -33,6 +33,20 @@ class LossConfig(Section):
     # the chunk (both models' word-start mass at the next position; ALM's debiasing), instead
     # of the tokenizer-dependent likelihood of the chunk's own tokens (avokit.losses.chunk)
     chunk_debias: bool = False
+    # the token-level term (weight kd_weight) at the positions `targets` picks: "bucketed" the
+    # divergence above between the teacher's top-k mapped into the student's vocabulary and
+    # the student (avokit.losses.bucketed); "uld" Universal Logit Distillation, the L1
+    # distance between both sides' sorted probabilities, blind to token ids, so vocab_map
+    # does not matter to it (avokit.losses.uld). The chunk term is the same for both.
+    token_loss: Literal["bucketed", "uld"] = "bucketed"
+
+    @model_validator(mode="after")
+    def _uld_has_no_temperature(self) -> LossConfig:
+        # ULD compares the raw probabilities; a temperature would silently do nothing
+        if self.token_loss == "uld" and self.temperature != 1.0:
+            raise ValueError(f"temperature={self.temperature} applies to the bucketed token loss only; "
+                             f"token_loss 'uld' compares the raw probabilities (leave temperature at 1)")
+        return self
 
 
 class FusionConfig(Section):
