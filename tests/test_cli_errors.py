@@ -105,3 +105,13 @@ def test_bad_option_values_name_the_flag(capsys: pytest.CaptureFixture[str]) -> 
         err = capsys.readouterr().err
         assert info.value.code == 2, err
         assert "Traceback" not in err and flag in err and why in err, err
+
+
+def test_bad_gateway_settings_name_the_setting_and_its_variable(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting pydantic refuses (from a flag or the environment) is one line naming it."""
+    monkeypatch.setenv("AVOKIT_SECRET", "s" * 20)
+    line = error_line(capsys, "serve", "--dtype", "fp8")
+    assert "dtype (AVOKIT_DTYPE)" in line and "'bfloat16'" in line
+    monkeypatch.setenv("AVOKIT_ENGINE", "tgi")
+    assert "engine (AVOKIT_ENGINE)" in error_line(capsys, "serve")

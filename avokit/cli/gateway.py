@@ -62,6 +62,9 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1),
     engine: Optional[str] = typer.Option(None, "--engine", help="transformers | vllm"),
     upstream: Optional[str] = typer.Option(None, "--upstream", help="vLLM server URL"),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="in-process engine: auto (bf16 where the CPU or GPU computes it "
+        "natively, else float32; default AVOKIT_DTYPE) | float32 | bfloat16 | float16"),
     redis: Optional[str] = typer.Option(
         None, "--redis", help="Redis URL: rpm/tpm limits shared by every replica using it "
         "(default AVOKIT_REDIS_URL; unset = per-process limits)"),
@@ -84,7 +87,8 @@ def serve(
     from avokit.gateway.db.session import run_migrations
 
     settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
-                             upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes)
+                             upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes,
+                             dtype=dtype)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
     logging = {"log_level": log_level.value, "access_log": access_log}

@@ -57,8 +57,20 @@ class GatewaySettings(BaseSettings):
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> GatewaySettings:
-    """Settings from the environment, an optional env file, and explicit overrides (CLI flags)."""
+    """Settings from the environment, an optional env file, and explicit overrides (CLI flags).
+
+    A bad value raises :class:`~avokit.gateway.errors.ConfigError` naming the setting and
+    the environment variable it is read from."""
+    from pydantic import ValidationError
+
     clean = {k: v for k, v in overrides.items() if v is not None}
-    if env_file is not None:
-        return GatewaySettings(_env_file=env_file, **clean)  # type: ignore[call-arg]
-    return GatewaySettings(**clean)  # type: ignore[arg-type]
+    try:
+        if env_file is not None:
+            return GatewaySettings(_env_file=env_file, **clean)  # type: ignore[call-arg]
+        return GatewaySettings(**clean)  # type: ignore[arg-type]
+    except ValidationError as err:
+        from avokit.gateway.errors import ConfigError
+
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])} (AVOKIT_{str(e['loc'][0]).upper()}): "
+                             f"{e['msg']}" for e in err.errors())
+        raise ConfigError(f"bad gateway setting: {problems}") from None
