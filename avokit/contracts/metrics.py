@@ -192,6 +192,7 @@ class Distillation(Contract):
 
     targets: str  # train.loss.targets: boundary or dense
     chunk_debias: bool = False  # train.loss.chunk_debias
+    token_loss: str = "bucketed"  # train.loss.token_loss: bucketed (avokit's) or uld
     fusion_mode: str  # train.fusion.mode
     fusion_temperature: float
     fusion_window: int  # spans either side (span_softmax only)

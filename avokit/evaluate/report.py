@@ -146,7 +146,8 @@ def _distillation_section(metrics: dict[str, Any]) -> list[str]:
     weights = ", ".join(f"{t} {w:.3f}" for t, w in d["teacher_weights"].items()) or "not logged"
     return ["", "## Distillation", "",
             f"- fusion of the teachers: {fusion}; mean teacher weight over the training documents: {weights}",
-            f"- targets: `{d['targets']}`; loss = {d['ce_weight']} x CE + {d['kd_weight']} x KD + "
+            f"- targets: `{d['targets']}`; loss = {d['ce_weight']} x CE + {d['kd_weight']} x KD"
+            f"{' (ULD)' if d.get('token_loss') == 'uld' else ''} + "
             f"{d['chunk_weight']} x chunk{' (debiased)' if d.get('chunk_debias') else ''} "
             "(per teacher, fusion-weighted)"]
 

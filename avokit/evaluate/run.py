@@ -226,7 +226,8 @@ def _distillation(recipe: Recipe) -> dict[str, Any]:
     log = read_train_log(recipe.run_dir / "student" / "train_log.jsonl")
     weights = next((e["teacher_weights"] for e in reversed(log) if e.get("teacher_weights")), {})
     loss, fusion = recipe.train.loss, recipe.train.fusion
-    return {"targets": loss.targets, "chunk_debias": loss.chunk_debias, "fusion_mode": fusion.mode, "fusion_temperature": fusion.temperature,
+    return {"targets": loss.targets, "chunk_debias": loss.chunk_debias, "token_loss": loss.token_loss,
+            "fusion_mode": fusion.mode, "fusion_temperature": fusion.temperature,
             "fusion_window": fusion.window, "ce_weight": loss.ce_weight, "kd_weight": loss.kd_weight,
             "chunk_weight": loss.chunk_weight, "teacher_weights": {k: float(v) for k, v in weights.items()}}
 
