@@ -197,13 +197,15 @@ def _split_texts(runs: Path, split: str) -> tuple[dict[str, str], dict[str, str]
     return {d.doc_id: d.text for d in docs}, {d.doc_id: d.domain for d in docs}
 
 
-def score(model: Any, tokenizer: Any, texts: dict[str, str], domains: dict[str, str]) -> dict[str, float]:
-    """Test or validation BPB of a student in memory: per domain and domain-balanced overall."""
+def score(model: Any, tokenizer: Any, texts: dict[str, str], domains: dict[str, str],
+          max_length: int = 256) -> dict[str, float]:
+    """Test or validation BPB of a student in memory: per domain and domain-balanced overall
+    (documents longer than ``max_length`` tokens in windows of it, as the backend scores them)."""
     from avokit.teachers.hf import HFTeacher
     from avokit.teachers.scoring import resolve_start_token_id
 
     scorer = HFTeacher(model, tokenizer, name="student", fingerprint="in-training",
-                       start_token_id=resolve_start_token_id(tokenizer), max_length=256)
+                       start_token_id=resolve_start_token_id(tokenizer), max_length=max_length)
     per = domain_bpb(score_bpb(scorer, texts, batch_size=8, name="student"), texts, domains)
     out = {dom: v["bpb"] for dom, v in per.items()}
     return {OVERALL: float(np.mean(list(out.values()))), **out}
@@ -246,11 +248,12 @@ def train_variant(runs: Path, variant: str, seed: int, args: argparse.Namespace)
     run_training(rec, baseline=variant == "a_ce", progress=False, on_checkpoint=on_checkpoint)
 
 
-def teacher_test_bpb(runs: Path) -> dict[str, dict[str, float]]:
-    """Each teacher's test BPB (per domain and domain-balanced) from its capture."""
+def teacher_test_bpb(runs: Path, teachers: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Each teacher's test BPB (per domain and domain-balanced) from its capture in
+    ``runs/data/cache`` (``teachers``: these, default this study's three)."""
     texts, domains = _split_texts(runs, "heldout")
     out = {}
-    for t in TEACHERS:
+    for t in TEACHERS if teachers is None else teachers:
         reader = CacheReader(runs / "data" / "cache" / t)
         per = domain_bpb(bpb_from_records(t, [reader[d] for d in texts], texts, source="cache"), texts, domains)
         vals = {dom: v["bpb"] for dom, v in per.items()}
