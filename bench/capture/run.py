@@ -131,9 +131,9 @@ def reencoded_bytes_per_token(reader: CacheReader, bits: int, folder: Path) -> f
     return info.n_bytes / info.n_tokens
 
 
-def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int) -> dict:
-    """Everything measured for one teacher (see the module docstring for the protocol)."""
-    config = recipe.teacher(name)
+def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int, dtype: str = "float32") -> dict:
+    """Everything measured for one teacher in one dtype (see the module docstring)."""
+    config = recipe.teacher(name).model_copy(update={"dtype": dtype})
     proc = psutil.Process()
     load_avg_start = os.getloadavg()
     rss_start = proc.memory_info().rss
@@ -189,6 +189,7 @@ def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int) -> dict
     bare, dense, cap = (summary(sides[k], positions) for k in ("bare", "hf_dense", "capture"))
     return {
         "teacher": name,
+        "dtype": m.compute_dtype,
         "vocab_size": m.vocab_size,
         "id_bytes": m.id_bytes,
         "docs": m.n_docs,
@@ -222,13 +223,24 @@ def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int) -> dict
 
 
 def machine() -> dict:
-    """CPU, memory, torch and device of this machine."""
+    """CPU (with its bf16 support), memory, torch and device of this machine."""
     from avokit.evaluate.run import cpu_model
+    from avokit.precision import cpu_flags, detect_cpu_bf16
 
-    cpu = cpu_model()
+    cpu, support = cpu_model(), detect_cpu_bf16()
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": support.native, "bf16_reason": support.reason,
+            "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx"))}
+
+
+def bf16_speedups(rows: list[dict]) -> dict[str, float]:
+    """Per teacher: float32 capture seconds / bf16 capture seconds (fastest rounds)."""
+    best = {(r["teacher"], r["dtype"]): r["capture"]["min_seconds"] for r in rows}
+    return {t: round(best[(t, "float32")] / best[(t, "bfloat16")], 3)
+            for t, d in best if d == "float32" and (t, "bfloat16") in best}
 
 
 def write_md(result: dict, path: Path) -> None:
@@ -237,23 +249,25 @@ def write_md(result: dict, path: Path) -> None:
     lines = [
         "# Capture benchmark", "",
         f"Machine: {mach['nproc']} cores, {mach['cpu']}, {mach['ram_gb']} GiB RAM, torch "
-        f"{mach['torch']} ({mach['device']}), {mach['torch_threads']} threads, float32. Shared with "
+        f"{mach['torch']} ({mach['device']}, CPU capability {mach.get('torch_cpu_capability', 'n/a')}), "
+        f"{mach['torch_threads']} threads; native bf16: {mach.get('native_bf16', 'n/a')} "
+        f"({mach.get('bf16_reason', 'not recorded')}). Shared with "
         "other jobs (load average at each teacher's start below), so single timings are noisy: "
         f"capture and bare forward ran {result['rounds']} rounds each in alternating order; the ratio "
         "uses each side's fastest round, the median-based ratio is shown next to it."
         + (f" The teachers ran as {result['merged_from_parallel_runs']} processes at the same time."
            if result.get("merged_from_parallel_runs") else ""), "",
-        f"Corpus: {result['docs']} documents (max_docs) of the default corpus (avocado-mini's "
-        f"`lambada-passages`), top_k={result['top_k']}, batch_size={result['batch_size']}, "
+        f"Corpus: the default corpus (avocado-mini's sources) at max_docs={result['docs']} per source, "
+        f"top_k={result['top_k']}, batch_size={result['batch_size']}, "
         f"vocab_chunk={result['vocab_chunk']}.", "",
-        "| teacher | docs / tokens | load avg (1 min) | capture tok/s | bare forward tok/s | ratio (best / median) "
+        "| teacher | dtype | docs / tokens | load avg (1 min) | capture tok/s | bare forward tok/s | ratio (best / median) "
         "| HF dense tok/s | B/token | B/token 16-bit | KL(stored‖exact) mean / max | max abs Δlogp "
         "| RSS loaded → peak (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["teachers"]:
         lines.append(
-            f"| {r['teacher']} | {r['docs']} / {r['tokens']} | {r['load_average_start'][0]} | "
+            f"| {r['teacher']} | {r.get('dtype', 'float32')} | {r['docs']} / {r['tokens']} | {r['load_average_start'][0]} | "
             f"{r['capture']['tokens_per_second_best']} | {r['bare_forward']['tokens_per_second_best']} | "
             f"**{r['throughput_ratio']}** / {r['throughput_ratio_median']} | "
             f"{r['hf_dense_forward']['tokens_per_second_best']} | {r['bytes_per_token']} ({r['logprob_bits']}-bit) | "
@@ -261,6 +275,11 @@ def write_md(result: dict, path: Path) -> None:
             f"{r['kl_stored_vs_exact_max']:.2e} | {r['max_abs_logprob_error']:.1e} | {r['rss_loaded_mb']} → "
             f"{r['rss_peak_capture_mb']} (+{r['rss_peak_over_loaded_mb']}) |"
         )
+    if result.get("bf16_speedup_per_teacher"):
+        lines += ["", "bf16 / float32 capture tokens/s (fastest rounds, same documents, one process): " +
+                  ", ".join(f"{t} **{v}x**" for t, v in result["bf16_speedup_per_teacher"].items()) +
+                  f"; `bf16_speedup` (the lowest): **{result['bf16_speedup']}**. `dtype: auto` picks "
+                  f"{'bf16' if mach.get('native_bf16') else 'float32'} on this CPU."]
     lines += [
         "", "What each side runs, over exactly the same model inputs (same shard plan, document "
         "groups, rolling windows and padded batches; tokenizing and padding are done before the "
@@ -296,6 +315,10 @@ def merge(files: list[Path], out: Path) -> None:
             raise SystemExit(f"{f}: other settings than {files[0]}; cannot merge")
     result = {**parts[0], "teachers": [t for p in parts for t in p["teachers"]],
               "merged_from_parallel_runs": len(parts)}
+    speedups = bf16_speedups(result["teachers"])
+    if speedups:
+        result["bf16_speedup_per_teacher"] = speedups
+        result["bf16_speedup"] = min(speedups.values())
     out.mkdir(parents=True, exist_ok=True)
     (out / "capture.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_md(result, out / "capture.md")
@@ -307,6 +330,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--teachers", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16"], help="each teacher is measured in each")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -324,18 +349,26 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="avokit-bench-capture-"))
     corpus = base.corpus.model_copy(update={"sources": [
         s.model_copy(update={"max_docs": args.docs}) for s in base.corpus.sources]})
-    recipe = base.model_copy(update={"runs_dir": scratch / "runs", "corpus": corpus})
+    # the throughput of each forced dtype; capture's own bf16 check is measured elsewhere
+    # (bench/capture/fidelity.py)
+    capture = base.capture.model_copy(update={"bf16_check_docs": 0})
+    recipe = base.model_copy(update={"runs_dir": scratch / "runs", "corpus": corpus, "capture": capture})
     build_corpus(recipe)
     result = {"machine": machine(), "docs": args.docs, "rounds": args.rounds,
               "top_k": recipe.capture.top_k, "batch_size": recipe.capture.batch_size,
               "vocab_chunk": recipe.capture.vocab_chunk, "teachers": []}
     try:
         for name in args.teachers:
-            r = bench_teacher(recipe, name, scratch, args.rounds)
-            print(json.dumps(r, indent=1), flush=True)
-            result["teachers"].append(r)
+            for dtype in args.dtypes:
+                r = bench_teacher(recipe, name, scratch, args.rounds, dtype)
+                print(json.dumps(r, indent=1), flush=True)
+                result["teachers"].append(r)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    speedups = bf16_speedups(result["teachers"])
+    if speedups:
+        result["bf16_speedup_per_teacher"] = speedups
+        result["bf16_speedup"] = min(speedups.values())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capture.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_md(result, args.out / "capture.md")
