@@ -73,6 +73,17 @@ def detect_cpu_bf16(
     return CpuBf16(native=False, reason=f"no bf16 flag ({platform.machine() or 'unknown'} CPU)")
 
 
+def cpu_bf16_report() -> dict[str, object]:
+    """What this CPU offers for bf16, for benchmark and report headers: ``native_bf16``,
+    ``bf16_reason``, the bf16/AMX flags present and torch's CPU capability (imports torch)."""
+    import torch
+
+    support = detect_cpu_bf16()
+    return {"native_bf16": support.native, "bf16_reason": support.reason,
+            "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def device_type(device: str) -> str:
     """``cuda:1`` -> ``cuda``; ``auto`` -> ``cuda`` when available, else ``cpu``."""
     if device == "auto":

@@ -71,6 +71,17 @@ def test_override_wins_both_ways_and_bad_values_name_the_variable() -> None:
         detect_cpu_bf16(amx, env={ENV_CPU_BF16: "yes"})
 
 
+def test_the_report_says_what_the_detection_decided(monkeypatch: pytest.MonkeyPatch) -> None:
+    from avokit.precision import cpu_bf16_report
+
+    for forced, native in (("1", True), ("0", False)):
+        monkeypatch.setenv(ENV_CPU_BF16, forced)
+        report = cpu_bf16_report()
+        assert report["native_bf16"] is native and report["bf16_reason"] == f"{ENV_CPU_BF16}={forced}"
+        assert set(report["bf16_flags"]) <= set(cpu_flags())  # type: ignore[arg-type]
+        assert report["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_auto_follows_the_cpu_and_explicit_dtypes_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_CPU_BF16, "1")
     assert resolve_dtype("auto", "cpu") == "bfloat16"

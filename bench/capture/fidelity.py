@@ -32,7 +32,7 @@ import torch
 
 from avokit.corpus import Document, build_corpus, load_split
 from avokit.evaluate.run import balanced_subset, cpu_model
-from avokit.precision import cpu_flags, detect_cpu_bf16
+from avokit.precision import cpu_bf16_report
 from avokit.recipe import Recipe, load_recipe
 from avokit.teachers import HFTeacher, load_teacher
 from avokit.teachers.fidelity import (
@@ -109,12 +109,8 @@ def bench_teacher(name: str, sets: dict[str, tuple[Recipe, list[Document]]], kl_
 
 def machine() -> dict:
     """CPU model, its bf16 support, torch and load."""
-    support = detect_cpu_bf16()
     return {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "native_bf16": support.native,
-            "bf16_reason": support.reason,
-            "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(), **cpu_bf16_report(),
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip(),
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}

@@ -225,15 +225,11 @@ def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int, dtype: 
 def machine() -> dict:
     """CPU (with its bf16 support), memory, torch and device of this machine."""
     from avokit.evaluate.run import cpu_model
-    from avokit.precision import cpu_flags, detect_cpu_bf16
+    from avokit.precision import cpu_bf16_report
 
-    cpu, support = cpu_model(), detect_cpu_bf16()
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": support.native, "bf16_reason": support.reason,
-            "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx"))}
+            "device": "cuda" if torch.cuda.is_available() else "cpu", **cpu_bf16_report()}
 
 
 def bf16_speedups(rows: list[dict]) -> dict[str, float]:

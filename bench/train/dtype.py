@@ -34,13 +34,10 @@ def machine() -> dict:
     import torch
 
     from avokit.evaluate.run import cpu_model
-    from avokit.precision import cpu_flags, detect_cpu_bf16, resolve_mixed_precision
+    from avokit.precision import cpu_bf16_report, resolve_mixed_precision
 
-    support = detect_cpu_bf16()
     return {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "native_bf16": support.native,
-            "bf16_reason": support.reason,
-            "bf16_flags": sorted(f for f in cpu_flags() if "bf16" in f or f.startswith("amx")),
+            "torch_threads": torch.get_num_threads(), **cpu_bf16_report(),
             "mixed_precision_auto": resolve_mixed_precision("auto", "cpu"),
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip(),
