@@ -56,7 +56,7 @@ def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):  # type
 
     recipe = make_recipe(tmp / size, steps=steps, log_every=steps, eval_every=steps,
                          checkpoint_every=10**6, warmup_steps=1, batch_size=batch, seq_len=seq_len,
-                         eval_max_rows=16)
+                         eval_max_rows=8)
     run_dir = recipe.run_dir
     write_corpus(run_dir, n_train=200, n_heldout=20)
     train = read_split(run_dir, "train")
