@@ -1,9 +1,9 @@
 """Which floating-point type a model runs in: bf16 where the device computes it natively,
 float32 otherwise.
 
-The machines differ (measured, bench/results/capture_dtype.md): on an Intel Xeon with AMX a
-SmolLM2-135M forward ran 7-8x faster in bf16 than in float32; on an AMD EPYC with AVX2 only,
-torch's bf16 ``F.linear`` ran ~8x and ``matmul`` ~100x slower than float32. So ``auto`` is
+The machines differ: on an Intel Xeon with AMX a SmolLM2-135M forward ran 7-8x faster in bf16
+than in float32 (DESIGN.md); on an AMD EPYC with AVX2 only, torch's bf16 ``F.linear`` ran ~8x
+and ``matmul`` ~140x slower than float32, and capture 3-9x slower (bench/results/capture.md). So ``auto`` is
 decided by the device, never by a constant, and ``AVOKIT_CPU_BF16=0/1`` overrides the CPU
 detection (for a CPU this module does not know, or to measure the other branch).
 
@@ -120,9 +120,9 @@ def resolve_mixed_precision(setting: str, device: str = "auto") -> str:
     support it, ``no`` on every CPU.
 
     CPU training in bf16 did not beat float32 on any CPU measured (bench/results/train_dtype.md:
-    ~8-20x slower on an AVX2-only EPYC; on a Xeon with AMX, autocast 67-78 and pure bf16 84-144
-    tokens/s against 210 in float32, DESIGN.md), so ``auto`` keeps float32 there; ``bf16`` still
-    forces it.
+    0.07-0.14x float32's tokens/s on an AVX2-only EPYC; on a Xeon with AMX, autocast 67-78 and
+    pure bf16 84-144 tokens/s against 210 in float32, DESIGN.md), so ``auto`` keeps float32
+    there; ``bf16`` still forces it.
     """
     if setting != "auto":
         return setting
