@@ -136,12 +136,13 @@ def cases(draw: st.DrawFn) -> tuple:
 
 
 @settings(max_examples=150, deadline=None)
-@given(cases())
-def test_fast_path_equals_the_reference(case: tuple) -> None:
+@given(cases(), st.booleans())
+def test_fast_path_equals_the_reference(case: tuple, credit_real: bool) -> None:
     teacher, student, text, t_doc, s_doc, topk, lps, gold = case
     rec = _records(t_doc, topk, lps, gold)
-    fast = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student))
-    ref = conditional_targets_reference(rec, teacher, student, s_doc, text)
+    fast = conditional_targets(rec, teacher, s_doc.starts, PrefixIndex(student),
+                               s_doc.byte_ends if credit_real else None)
+    ref = conditional_targets_reference(rec, teacher, student, s_doc, text, credit_real=credit_real)
     assert sorted(ref) == fast.student_pos.tolist()
     assert len(ref) == s_doc.ids.size  # the gold token always extends the prefix: every position
     for row, p in enumerate(fast.student_pos.tolist()):
@@ -153,3 +154,50 @@ def test_fast_path_equals_the_reference(case: tuple) -> None:
         for sid, v in ref[p].items():
             assert abs(got[sid] - v) < 1e-5, (p, sid, got, ref[p])
         assert sum(got.values()) <= 1.0 + 1e-5  # the rest is the unseen tail's share
+
+
+def _indent_case() -> tuple[TokenBytes, TokenBytes, TokenizedDoc, TeacherRecords]:
+    """Eight spaces then "return": the teacher writes "    " + "    " + "return", the student
+    "        " + "return"."""
+    teacher = _tb([b"    ", b"  ", b"return", b"x", b" "], "teacher")
+    student = _tb([b"        ", b"    ", b"  ", b" ", b"return", b"x"], "student")
+    t_doc = TokenizedDoc(np.array([0, 0, 2]), np.array([4, 8, 14]), 14)
+    s_doc = TokenizedDoc(np.array([0, 4]), np.array([8, 14]), 14)
+    # position 0: "    " 0.6, "  " 0.3; position 1: "    " 0.5, "  " 0.2, "return" 0.1
+    topk = np.array([[0, 1, 4], [0, 1, 2], [2, 3, 4]])
+    lps = np.log(np.array([[0.6, 0.3, 0.05], [0.5, 0.2, 0.1], [0.9, 0.05, 0.01]]))
+    return teacher, student, s_doc, _records(t_doc, topk, lps, np.log(np.array([0.6, 0.5, 0.9])))
+
+
+def test_the_trainer_credits_the_real_token_too() -> None:
+    from avokit.train.kd_data import DenseSpec, doc_kd
+
+    teacher, student, s_doc, rec = _indent_case()
+    kd = doc_kd(rec, s_doc.byte_ends, np.array([1, 2, 4, 5, 3]), DenseSpec(teacher, PrefixIndex(student)))
+    assert kd.dense is not None and kd.dense.pos.tolist() == [0, 1]
+    row = dict(zip(kd.dense.ids[0].tolist(), np.exp(kd.dense.logprobs[0]).tolist()))
+    assert math.isclose(row[0], 0.375, rel_tol=1e-6) and 1 not in row
+
+
+def test_a_student_token_longer_than_the_teacher_token_gets_the_real_continuation() -> None:
+    # code indentation: the teacher writes eight spaces as "    " + "    ", the student as one
+    # token; the longest-prefix rule alone would give the teacher's mass to the student's
+    # four-space token and leave the real eight-space token with nothing
+    teacher, student, s_doc, rec = _indent_case()
+    index = PrefixIndex(student)
+    old = conditional_targets(rec, teacher, s_doc.starts, index)
+    new = conditional_targets(rec, teacher, s_doc.starts, index, s_doc.byte_ends)
+    def probs(ct: ConditionalTargets, row: int) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for sid, lp in zip(ct.student_ids[row].tolist(), ct.logprobs[row].tolist()):
+            if lp > -math.inf:
+                out[sid] = out.get(sid, 0.0) + math.exp(lp)
+        return out
+    assert 0 not in probs(old, 0) and math.isclose(probs(old, 0)[1], 0.6, rel_tol=1e-6)
+    # the teacher's "    " (0.6) then "    " again (0.5 of the 0.8 the cache saw there, the
+    # unseen tail assumed alike): 0.6 x 0.625 = 0.375 for the eight-space token; the other
+    # 0.225 (the teacher goes on differently) is left to OTHER; "  " keeps its 0.3
+    got = probs(new, 0)
+    assert math.isclose(got[0], 0.375, rel_tol=1e-6) and math.isclose(got[2], 0.3, rel_tol=1e-6)
+    assert 1 not in got
+    assert probs(new, 1) == probs(old, 1)  # " return" ends where the teacher's token does

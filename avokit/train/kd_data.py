@@ -127,7 +127,9 @@ def doc_kd(records: TeacherRecords, student_ends: np.ndarray, teacher_to_student
     rows = None
     if dense is not None:
         starts = np.concatenate([[0], s_ends[:-1]]).astype(np.int64)
-        ct = conditional_targets(records, dense.teacher, starts, dense.index)
+        # the student's ends too: where its token runs past the teacher's, the real token gets
+        # the teacher's continuation mass (avokit.align.conditional)
+        ct = conditional_targets(records, dense.teacher, starts, dense.index, s_ends)
         rows = DenseRows(ct.student_pos, ct.student_ids, ct.logprobs)
     next_mass = None
     if starts_word is not None:
