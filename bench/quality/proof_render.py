@@ -10,6 +10,18 @@ from proof_stats import OVERALL, chosen
 from results_io import write_results
 
 
+
+def mean_rows(test: dict[str, dict[int, dict[str, float]]], cols: list[str], described: dict[str, dict]) -> list[str]:
+    """One Markdown row per variant (or arm) that has runs: each column's mean over its seeds,
+    the seed count and its ``what`` from ``described``."""
+    lines = []
+    for name, runs in test.items():
+        if runs:
+            means = [sum(r[c] for r in runs.values()) / len(runs) for c in cols]
+            lines.append(f"| {name} | " + " | ".join(f"{m:.4f}" for m in means) +
+                         f" | {len(runs)} | {described[name]['what']} |")
+    return lines
+
 def _ci(x: dict[str, Any] | None, mean: str = "mean", ci: str = "ci95") -> str:
     if not x:
         return "-"
@@ -51,11 +63,7 @@ def render(result: dict[str, Any]) -> str:
     cols = [OVERALL, *domains]
     lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds (n seeds):", "",
               "| variant | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
-    for v, runs in test.items():
-        if runs:
-            means = [sum(r[c] for r in runs.values()) / len(runs) for c in cols]
-            lines.append(f"| {v} | " + " | ".join(f"{m:.4f}" for m in means) +
-                         f" | {len(runs)} | {result['variants'][v]['what']} |")
+    lines += mean_rows(test, cols, result["variants"])
     for t, vals in result["teachers"].items():
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " | - | |")
     lines += _comparisons(result, cols) + _weights(result) + _runs(result)

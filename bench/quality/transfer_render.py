@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proof_render import _ci
+from proof_render import _ci, mean_rows
 from proof_stats import OVERALL, chosen
 
 
@@ -49,11 +49,7 @@ def render(result: dict[str, Any]) -> str:
               "", f"Crossing price: {v['crossing_price_note']}.", ""]
     lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds:", "",
               "| model | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
-    for arm, by in test.items():
-        if by:
-            means = [sum(r[c] for r in by.values()) / len(by) for c in cols]
-            lines.append(f"| {arm} | " + " | ".join(f"{m:.4f}" for m in means) +
-                         f" | {len(by)} | {result['arms'][arm]['what']} |")
+    lines += mean_rows(test, cols, result["arms"])
     for t, vals in result["teachers_test_bpb"].items():
         dtype = ((result.get("teacher_caches") or {}).get(t) or {}).get("compute_dtype", "?")
         lines.append(f"| teacher {t} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) +
