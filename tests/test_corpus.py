@@ -21,7 +21,7 @@ from avokit.corpus import (
     segment_text,
     split_documents,
 )
-from avokit.errors import AvokitError
+from avokit.errors import AvokitError, RecipeError
 from avokit.recipe import Recipe, recipe_from_dict
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
@@ -182,6 +182,31 @@ def test_every_segment_of_a_source_text_lands_in_one_split(tmp_path: Path) -> No
     assert manifest.domain_texts == {"general": {"train": 17, "validation": 2, "heldout": 5}}
     groups = {d.group for d in load_split(recipe, "heldout")}
     assert all(g.startswith(("jsonl:long.jsonl:", "text:txt:")) for g in groups)
+
+
+def test_max_docs_per_text_takes_each_texts_first_documents(tmp_path: Path) -> None:
+    texts = [_long_text(i) for i in range(6)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    every = build_corpus(recipe_for(tmp_path / "a", [{"kind": "jsonl", "path": str(tmp_path / "long.jsonl")}]))
+    firsts = recipe_for(tmp_path / "b", [{"kind": "jsonl", "path": str(tmp_path / "long.jsonl"),
+                                          "max_docs_per_text": 1}])
+    assert [s.documents for s in every.sources] == [30]
+    assert [s.documents for s in build_corpus(firsts).sources] == [6]
+    docs = [d for split in ("train", "validation", "heldout") for d in load_split(firsts, split)]
+    assert len({d.group for d in docs}) == 6
+    with pytest.raises(RecipeError, match=r"corpus\.sources\[0\]\.max_docs_per_text"):
+        recipe_for(tmp_path / "c", [{"kind": "jsonl", "path": "x.jsonl", "max_docs_per_text": 0}])
+
+
+def test_the_main_job_holds_out_every_domain(tmp_path: Path) -> None:
+    """avocado-mini's report reads every figure per domain: each domain needs held-out text,
+    which the split by source text only gives where a domain has several texts."""
+    from avokit.recipe import load_recipe
+
+    recipe = load_recipe("avocado-mini").model_copy(update={"runs_dir": tmp_path})
+    manifest = build_corpus(recipe)
+    assert set(manifest.domains) == {"english", "code", "chinese"}
+    assert all(per["heldout"] >= 1 and per["train"] >= 1 for per in manifest.domains.values()), manifest.domains
 
 
 def _grouped(domain: str, sizes: list[int]) -> list[Document]:

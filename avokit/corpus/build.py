@@ -134,7 +134,8 @@ def split_documents(
 
 
 def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]]:
-    """Every source's texts cut into ``min_chars..max_chars`` documents, ``max_docs`` each."""
+    """Every source's texts cut into ``min_chars..max_chars`` documents, ``max_docs`` each
+    and ``max_docs_per_text`` from one text."""
     cfg = recipe.corpus
     docs: list[Document] = []
     stats: list[SourceStats] = []
@@ -149,7 +150,8 @@ def collect_documents(recipe: Recipe) -> tuple[list[Document], list[SourceStats]
             # the source text's id is its content hash, like a document's: stable when the
             # source is reordered, and two copies of one text are one text
             group = f"{label}:{hashlib.sha256(raw.text.encode('utf-8')).hexdigest()[:16]}"
-            for piece in cut(raw.text, min(cfg.min_chars, max_chars), max_chars):
+            pieces = cut(raw.text, min(cfg.min_chars, max_chars), max_chars)
+            for piece in pieces[: source.max_docs_per_text]:
                 digest = hashlib.sha256(piece.encode("utf-8")).hexdigest()[:16]
                 mine.append(Document(doc_id=f"{label}:{digest}", text=piece, source=label,
                                      domain=domain, origin=raw.origin, license=raw.license,

@@ -23,6 +23,10 @@ class CorpusSource(Section):
     path: Path | None = None
     text_field: str = "text"
     max_docs: int | None = Field(default=None, gt=0)
+    # at most this many documents from each source text (its first ones): the splits keep a
+    # text's documents together, so without it a few long files can be a domain's only texts
+    # and leave it out of the held-out split
+    max_docs_per_text: int | None = Field(default=None, gt=0)
     # this source's document length cap (characters), overriding corpus.max_chars: Chinese
     # packs ~2.4 bytes and ~1 teacher token per character, prose ~0.25 tokens
     max_chars: int | None = Field(default=None, ge=1)
