@@ -300,20 +300,23 @@ def test_a_float32_cache_is_never_extended_in_bf16(sharp_dir: Path, corpus: Path
     assert CacheReader(cache).spec.compute_dtype == "float32"
 
 
-def test_a_cache_from_before_the_dtype_field_resumes(sharp_dir: Path, corpus: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from avokit.capture.plan import plan_hash
-    from avokit.corpus import build_corpus
-
+def test_a_capture_state_without_the_dtype_field_reads_as_float32(
+        sharp_dir: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_CPU_BF16, "0")
-    recipe = _recipe(tmp_path / "runs", sharp_dir, corpus)
+    recipe = _recipe(tmp_path / "runs", sharp_dir, corpus, bf16_check_docs=0)
     run_capture(recipe, shard=(0, 2))
     cache = recipe.run_dir / "cache" / "tiny"
-    state = json.loads((cache / "capture.json").read_text())
-    # as the previous version wrote it: dtype in the plan hash, no compute_dtype in the spec
-    state["plan_hash"] = plan_hash(recipe, recipe.teachers[0], build_corpus(recipe).config_hash, legacy=True)
-    assert state["plan_hash"] != plan_hash(recipe, recipe.teachers[0], build_corpus(recipe).config_hash)
-    del state["spec"]["compute_dtype"]
-    (cache / "capture.json").write_text(json.dumps(state))
+
+    def drop_dtype_field() -> None:  # as a state written before the field existed
+        state = json.loads((cache / "capture.json").read_text())
+        del state["spec"]["compute_dtype"]
+        (cache / "capture.json").write_text(json.dumps(state))
+
+    drop_dtype_field()
+    monkeypatch.setenv(ENV_CPU_BF16, "1")  # it reads as float32: a bf16 run may not extend it
+    with pytest.raises(CacheError, match="captured in float32 and this run would score in bfloat16"):
+        run_capture(recipe)
+    monkeypatch.setenv(ENV_CPU_BF16, "0")  # a float32 run finishes it
     run_capture(recipe)
     assert CacheReader(cache).manifest.n_docs == len(TEXTS)
+    assert CacheReader(cache).spec.compute_dtype == "float32"

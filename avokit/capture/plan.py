@@ -64,14 +64,13 @@ def mine(plans: list[ShardPlan], shard: tuple[int, int] | None) -> list[ShardPla
     return [p for p in plans if p.index % n == i]
 
 
-def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str, *, legacy: bool = False) -> str:
+def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str) -> str:
     """What decides the cache's content: the corpus, the stored format and the teacher.
 
     Batch size and device are left out: they change throughput, not what is stored beyond
     float rounding, and a cache must survive resuming with another batch size. The dtype is
     left out too: the dtype the teacher actually computed in (``auto`` resolves per machine)
-    is part of the cache spec, checked before a cache is extended. ``legacy``: the hash that
-    caches written before that (teachers' dtype default ``float32``, part of the hash) carry.
+    is part of the cache spec, checked before a cache is extended.
     """
     cap = recipe.capture
     data = {
@@ -80,6 +79,4 @@ def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str, *, legac
                     "logprob_bits": cap.logprob_bits, "compression": cap.compression},
         "teacher": teacher.model_dump(mode="json", exclude={"device", "weight", "dtype"}),
     }
-    if legacy:
-        data["teacher"]["dtype"] = "float32" if teacher.dtype == "auto" else teacher.dtype
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()

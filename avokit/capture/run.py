@@ -82,14 +82,12 @@ def _read_state(cache_dir: Path) -> dict | None:
         raise CacheError(f"{path}: unreadable capture state; delete {cache_dir} to capture again") from None
 
 
-def _check_state(cache_dir: Path, state: dict | None, phashes: tuple[str, ...], spec: CacheSpec | None) -> None:
-    """Refuse to mix shards of different captures in one directory (never overwrite them).
-
-    ``phashes``: the plan hashes this capture accepts (today's, then the legacy one)."""
+def _check_state(cache_dir: Path, state: dict | None, phash: str, spec: CacheSpec | None) -> None:
+    """Refuse to mix shards of different captures in one directory (never overwrite them)."""
     if state is None:
         return
     path = cache_dir / CAPTURE_STATE
-    if state["plan_hash"] not in phashes:
+    if state["plan_hash"] != phash:
         raise CacheError(
             f"{path}: this cache was captured with another corpus, top_k, format or teacher "
             f"config; delete {cache_dir} (or use a new run name) to capture again"
@@ -196,8 +194,7 @@ def capture_teacher(
     cache_dir = cache_dir_for(recipe, config.name)
     cache_dir.mkdir(parents=True, exist_ok=True)
     phash = plan_hash(recipe, config, corpus_hash)
-    phashes = (phash, plan_hash(recipe, config, corpus_hash, legacy=True))
-    _check_state(cache_dir, _read_state(cache_dir), phashes, None)
+    _check_state(cache_dir, _read_state(cache_dir), phash, None)
     _remove_leftovers(cache_dir)
     todo = mine(plans, shard)
     pending = [p for p in todo if finished_shard(cache_dir, p.file) is None]
@@ -205,7 +202,7 @@ def capture_teacher(
         teacher = load_checked(recipe, config, loader, console)
         try:
             spec = _spec(recipe, teacher)
-            _check_state(cache_dir, _read_state(cache_dir), phashes, spec)
+            _check_state(cache_dir, _read_state(cache_dir), phash, spec)
             write_json_atomic(cache_dir / CAPTURE_STATE, {"plan_hash": phash, "spec": spec.model_dump(mode="json")})
             _save_tokenizer(cache_dir, teacher)
             _run_with_progress(teacher, spec, pending, todo, cache_dir, recipe.capture.batch_size, console)
