@@ -52,6 +52,7 @@ class _Cfg:
         self.temperature = temperature
         self.chunk_tau = chunk_tau
         self.token_loss = token_loss
+        self.kd_gate = "none"
 
 
 # ---------------------------------------------------------------- ce

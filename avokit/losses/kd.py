@@ -17,6 +17,7 @@ from torch import Tensor
 from avokit.losses.bucketed import bucketed_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
+from avokit.losses.gate import teacher_better_gate
 from avokit.losses.uld import uld_distance
 
 
@@ -39,6 +40,9 @@ class DivergenceSettings(Protocol):
 
     @property
     def token_loss(self) -> str: ...  # bucketed | uld
+
+    @property
+    def kd_gate(self) -> str: ...  # none | teacher_better (avokit.losses.gate)
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,9 @@ def kd_losses(
     Returns ``{"kd": weighted mean over informative boundaries of the bucketed divergence
     (cfg.divergence, cfg.temperature, cfg.jsd_beta), or with ``cfg.token_loss == "uld"`` of
     the ULD distance (:mod:`avokit.losses.uld`; every boundary whose teacher row holds
-    probability is informative, mapped or not), "chunk": weighted mean over chunks of
+    probability is informative, mapped or not), with ``cfg.kd_gate == "teacher_better"``
+    summed only where the teacher's bucket of the gold token outweighs the student's
+    (:mod:`avokit.losses.gate`) and still divided by every informative boundary, "chunk": weighted mean over chunks of
     the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau)}``; both scalars,
     0 when nothing is left after masking. Unweighted by ``cfg.kd_weight``/``cfg.chunk_weight``:
     the trainer combines terms (and logs them separately). Also ``kd_share`` and
@@ -221,8 +227,16 @@ def kd_losses(
             beta=cfg.jsd_beta,
             temperature=cfg.temperature,
         )
-    kd = weighted_mean(values, batch.boundary_weight * informative)
-    kd_share = weight_share(batch.boundary_weight, informative)
+    kept = informative
+    if cfg.kd_gate == "teacher_better":
+        gold = _boundary_gold(input_ids, targets, batch)
+        kept = informative & teacher_better_gate(rows, batch.topk_student_ids, batch.topk_logprobs, gold)
+    elif cfg.kd_gate != "none":
+        raise ValueError(f"kd_gate must be 'none' or 'teacher_better', got {cfg.kd_gate!r}")
+    kd = weighted_mean(values, batch.boundary_weight * kept)
+    # a closed gate drops its positions' terms; the rest keep the weight they have ungated
+    # (the share counts every informative position, so gating never scales the open ones up)
+    kd_share = (batch.boundary_weight * kept).sum() / informative.sum().clamp(min=1)
 
     student_chunk, n_tokens = _student_chunks(student_logits, input_ids, batch, student_logprobs, targets,
                                               starts_word)
@@ -237,6 +251,17 @@ def kd_losses(
     chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
     return {"kd": kd, "chunk": chunk, "kd_share": kd_share,
             "chunk_share": weight_share(batch.chunk_weight, n_tokens > 0)}
+
+
+def _boundary_gold(input_ids: Tensor | None, targets: Tensor | None, batch: TeacherBatch) -> Tensor:
+    """long [M]: the student's gold token at each boundary (the token its logits predict)."""
+    if targets is not None:
+        return targets[batch.b_idx, batch.s_pos]
+    if input_ids is None:
+        raise ValueError("kd_losses needs input_ids or targets for kd_gate 'teacher_better'")
+    if batch.n_boundaries and int(batch.s_pos.max()) + 1 >= input_ids.shape[1]:
+        raise ValueError("kd_losses: a boundary predicts the token after the last input id; pass targets=")
+    return input_ids[batch.b_idx, batch.s_pos + 1]
 
 
 def _student_chunks(student_logits: Tensor, input_ids: Tensor | None, batch: TeacherBatch,

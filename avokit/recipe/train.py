@@ -39,13 +39,20 @@ class LossConfig(Section):
     # distance between both sides' sorted probabilities, blind to token ids, so vocab_map
     # does not matter to it (avokit.losses.uld). The chunk term is the same for both.
     token_loss: Literal["bucketed", "uld"] = "bucketed"
+    # which positions the token-level term keeps: "none" every informative one; "teacher_better"
+    # only those where the teacher's bucket holding the gold token has more mass than the
+    # student's, i.e. where KD raises the gold token (avokit.losses.gate); bucketed only
+    kd_gate: Literal["none", "teacher_better"] = "none"
 
     @model_validator(mode="after")
-    def _uld_has_no_temperature(self) -> LossConfig:
+    def _uld_ignores_ids_and_temperature(self) -> LossConfig:
         # ULD compares the raw probabilities; a temperature would silently do nothing
         if self.token_loss == "uld" and self.temperature != 1.0:
             raise ValueError(f"temperature={self.temperature} applies to the bucketed token loss only; "
                              f"token_loss 'uld' compares the raw probabilities (leave temperature at 1)")
+        if self.token_loss == "uld" and self.kd_gate != "none":
+            raise ValueError(f"kd_gate={self.kd_gate!r} reads the token ids of the teacher's buckets; "
+                             f"token_loss 'uld' ignores ids (use kd_gate 'none' with it)")
         return self
 
 

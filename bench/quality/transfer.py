@@ -63,6 +63,13 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
     "kd_qwen": ([QWEN], {"loss": AVOKIT}, "CE + KD from Qwen alone, avokit's alignment (dense, debiased chunk)"),
     "uld_gemma": ([GEMMA], {"loss": {**AVOKIT, "token_loss": "uld"}},
                   "CE + ULD from Gemma: as kd_gemma, ULD as the token-level term"),
+    # pilot arms for item 3c (the loss), seed 0 only until one is pre-registered
+    "kd_gemma_nochunk": ([GEMMA], {"loss": {**AVOKIT, "chunk_weight": 0.0}},
+                         "CE + KD from Gemma, dense targets, no chunk term"),
+    "kd_gemma_gated": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better"}},
+                       "CE + KD from Gemma, dense targets and chunk term, KD only where it raises gold"),
+    "kd_gemma_gated_nochunk": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better", "chunk_weight": 0.0}},
+                               "CE + KD from Gemma, dense targets, KD only where it raises gold, no chunk term"),
     # not trained by default: ULD in the field's own form (GOLD), at common token boundaries only
     "uld_gemma_boundary": ([GEMMA], {"loss": {"token_loss": "uld", "chunk_weight": 0.0}},
                            "CE + ULD from Gemma at common boundaries, no chunk term (the field's form)"),
