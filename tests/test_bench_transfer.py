@@ -263,6 +263,10 @@ def test_arms_table_makes_valid_recipes(tmp_path: Path, monkeypatch: pytest.Monk
     assert transfer.arm_recipe(runs, "kd_qwen", 0, SETTINGS).train.loss.token_loss == "bucketed"
     assert set(transfer.DEFAULT_ARMS) <= set(transfer.ARMS)
     assert set(transfer.VERDICT_KD.values()) | set(transfer.VERDICT_ULD[:2]) <= set(transfer.DEFAULT_ARMS)
+    for kd_arms, uld in transfer.DESIGNS.values():  # every design compares arms that exist, per teacher
+        assert all(transfer.ARMS[arm][0] == [t] for t, arm in kd_arms.items()) and set(uld[:2]) <= set(transfer.ARMS)
+    gated = transfer.arm_recipe(runs, "kd_gemma_gated", 0, SETTINGS).train.loss
+    assert gated.kd_gate == "teacher_better" and gated.targets == "dense" and gated.chunk_weight == 0.5
 
 
 def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:

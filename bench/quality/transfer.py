@@ -70,14 +70,22 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
                        "CE + KD from Gemma, dense targets and chunk term, KD only where it raises gold"),
     "kd_gemma_gated_nochunk": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better", "chunk_weight": 0.0}},
                                "CE + KD from Gemma, dense targets, KD only where it raises gold, no chunk term"),
+    "kd_qwen_gated": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better"}},
+                      "CE + KD from Qwen, dense targets and chunk term, KD only where it raises gold"),
     # not trained by default: ULD in the field's own form (GOLD), at common token boundaries only
     "uld_gemma_boundary": ([GEMMA], {"loss": {"token_loss": "uld", "chunk_weight": 0.0}},
                            "CE + ULD from Gemma at common boundaries, no chunk term (the field's form)"),
 }
 DEFAULT_ARMS = ["start", "ce", "kd_gemma", "kd_qwen", "uld_gemma"]
-# the verdict's comparisons (issue 31, item 5): each teacher's KD arm against CE; ULD against avokit
-VERDICT_KD = {GEMMA: "kd_gemma", QWEN: "kd_qwen"}
-VERDICT_ULD = ("uld_gemma", "kd_gemma", GEMMA)
+# the verdict's comparisons (issue 31, item 5): each teacher's KD arm against CE; ULD against
+# avokit's token term at the same positions and chunk term. "pilot": the arms of seed 0
+# (2026-12-06/07); "test": pre-registered in PREREGISTERED.md (2026-12-07) for seeds 1-3, the
+# gated KD arm having the lowest validation BPB of the pilot's Gemma arms
+DESIGNS: dict[str, tuple[dict[str, str], tuple[str, str, str]]] = {
+    "pilot": ({GEMMA: "kd_gemma", QWEN: "kd_qwen"}, ("uld_gemma", "kd_gemma", GEMMA)),
+    "test": ({GEMMA: "kd_gemma_gated", QWEN: "kd_qwen_gated"}, ("uld_gemma", "kd_gemma_gated", GEMMA)),
+}
+VERDICT_KD, VERDICT_ULD = DESIGNS["pilot"]
 SHARED = ("segment_steps", "batch_size", "seq_len", "lr", "warmup", "score_max_length", "mixed_precision")
 
 
@@ -248,8 +256,9 @@ def collect(runs: Path, settings: dict[str, Any]) -> tuple[dict[str, dict[int, A
     return results, unfinished
 
 
-def report(runs: Path, out: Path, seeds: list[int] | None) -> dict[str, Any]:
-    """Choose checkpoints on validation, pair the arms by seed, write JSON + Markdown."""
+def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot") -> dict[str, Any]:
+    """Choose checkpoints on validation, pair the arms by seed, write JSON + Markdown; the
+    verdict compares the arms of ``design`` (``DESIGNS``)."""
     settings = json.loads((runs / "settings.json").read_text())
     data = json.loads((runs / "data" / "data.json").read_text())
     results, unfinished = collect(runs, settings)
@@ -257,7 +266,9 @@ def report(runs: Path, out: Path, seeds: list[int] | None) -> dict[str, Any]:
     if seeds is not None:
         test = {arm: {s: v for s, v in by.items() if s in seeds} for arm, by in test.items()}
     teachers = data["teachers_test_bpb"]
-    verdict = build_verdict(test, teachers, VERDICT_KD, VERDICT_ULD, GEMMA, seeds=seeds, student=STUDENT)
+    kd_arms, uld = DESIGNS[design]
+    verdict = build_verdict(test, teachers, kd_arms, uld, GEMMA, seeds=seeds, student=STUDENT)
+    verdict["design"] = design
     procs = [p for by in results.values() for r in by.values() if r["run"] for p in r["run"]["processes"]]
     records = {k: sorted({str(p.get(k)) for p in procs}) for k in ("commit", "dtype", "cpu", "corpus_manifest_sha256")}
     trained = settings["steps"] * settings["batch_size"] * settings["seq_len"]
@@ -301,6 +312,8 @@ def main() -> None:
                     help="student scoring window in tokens (the teachers' capture max_length)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="train: keep each finished run's checkpoints")
     ap.add_argument("--out", type=Path, default=Path("bench/results/transfer"))
+    ap.add_argument("--design", choices=list(DESIGNS), default="pilot",
+                    help="report: which arms the verdict compares (test: the pre-registered ones)")
     args = ap.parse_args()
     if args.command == "prepare":
         print(json.dumps(prepare(args.runs, args.teachers), indent=1, default=str)[:4000])
@@ -319,7 +332,7 @@ def main() -> None:
                 if ARMS[arm][1] is not None:
                     train_arm(args.runs, arm, seed, settings, args.keep_checkpoints)
     else:
-        print(json.dumps(report(args.runs, args.out, args.seeds)["verdict"], indent=1))
+        print(json.dumps(report(args.runs, args.out, args.seeds, args.design)["verdict"], indent=1))
 
 
 if __name__ == "__main__":
