@@ -88,7 +88,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> tu
     tokenizer, and a folder holding that tokenizer (the shared student's)."""
     root = tmp_path_factory.mktemp("crossing")
     write_corpus(root / "data", n_train=12, n_heldout=2)
-    write_cache(root / "data" / "cache" / crossing.TEACHER, crossing.TEACHER, smollm2_tokenizer, make_docs(12, 1))
+    write_cache(root / "data" / "cache" / crossing.TEACHER, crossing.TEACHER, smollm2_tokenizer, make_docs(2, 1))
     shared = root / "smollm2-tokenizer"
     smollm2_tokenizer.save_pretrained(str(shared))
     return root / "runs", shared

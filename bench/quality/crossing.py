@@ -234,6 +234,9 @@ def report(runs: Path, out: Path, seeds: list[int] | None) -> dict[str, Any]:
         "chosen_test": test,
         "chosen_step": {a: {s: chosen(r["segments"])["step"] for s, r in by.items()} for a, by in results.items()},
         "curves": curves(results),
+        # seconds per run: training (the first segment's includes setup) plus scoring
+        "wall_s": {a: {s: round(sum(g["train_wall_s"] + g["score_wall_s"] for g in r["segments"]), 1)
+                       for s, r in by.items()} for a, by in results.items()},
         "vocabulary_path": {a: {s: (r["run"] or {}).get("vocabulary_path") for s, r in by.items()}
                             for a, by in results.items() if a.startswith("kd_")},
         "records": {k: sorted({str(p.get(k)) for p in procs})

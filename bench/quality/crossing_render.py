@@ -67,6 +67,8 @@ def render(r: dict[str, Any]) -> str:
               f"- teacher cache: {d['teacher_cache']}",
               f"- commit(s): {', '.join(r['records']['commit'])}; dtype {', '.join(r['records']['dtype'])}; "
               f"CPU {', '.join(r['records']['cpu'])}; torch threads {', '.join(r['records']['torch_threads'])}",
+              "- seconds per run (training + scoring), by seed: "
+              + "; ".join(f"{a} {', '.join(f'{v:.0f}' for v in by.values())}" for a, by in r["wall_s"].items()),
               f"- load average at each process start: {', '.join(f'{x:.2f}' for x in r['load'] if x is not None)}",
               f"- unfinished runs (not counted): {', '.join(r['unfinished']) or 'none'}", ""]
     return "\n".join(lines)
