@@ -278,3 +278,15 @@ def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 30 and len({r["origin"] for r in rows}) == 30
     assert all(200 <= len(r["text"]) <= 1000 and r["license"] for r in rows)
+
+
+def test_gradient_alignment_scores_the_validation_direction_one_and_its_opposite_minus_one() -> None:
+    import torch
+    from transfer_grad import alignment
+
+    g_val = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert alignment(g_val, g_val) == pytest.approx({"cos": 1.0, "sign": 1.0}, abs=1e-6)
+    assert alignment(-3 * g_val, g_val) == pytest.approx({"cos": -1.0, "sign": -1.0}, abs=1e-6)
+    other = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    partial = alignment(other, g_val)
+    assert abs(partial["cos"]) < 0.2 and abs(partial["sign"]) < 0.2  # unrelated directions score ~0
