@@ -145,7 +145,7 @@ def test_report_chooses_on_validation_and_writes_the_verdict(tmp_path: Path) -> 
                                          _segment(30, 1.7, 1.6 + 0.01 * s + 0.002 * s * s)])
     _write_run(runs, "kd_qwen", 0, [_segment(10, 1.9, 1.9)])  # still training: not counted
     out = tmp_path / "results" / "transfer"
-    result = transfer.report(runs, out, None)
+    result = transfer.report(runs, out, None, crossing=tmp_path / "no-crossing.json")
     saved = json.loads(out.with_suffix(".json").read_text())
     v = saved["verdict"]
     assert v == json.loads(json.dumps(result["verdict"]))
@@ -157,9 +157,9 @@ def test_report_chooses_on_validation_and_writes_the_verdict(tmp_path: Path) -> 
     assert saved["records"]["commit"] == ["c0ffee" * 7] and saved["records"]["dtype"] == ["float32"]
     md = out.with_suffix(".md").read_text()
     assert "**Verdict (3 seeds): holds**" in md and "Pilot" not in md
-    assert "| start |" in md and "teacher gemma3-270m" in md and "Crossing price: not measured" in md
+    assert "| start |" in md and "teacher gemma3-270m" in md and "issue 31 item 3a): not measured" in md
     # the same runs counted on two seeds only: a pilot, never a result
-    pilot = transfer.report(runs, out, [0, 1])["verdict"]
+    pilot = transfer.report(runs, out, [0, 1], crossing=tmp_path / "no-crossing.json")["verdict"]
     assert pilot["seeds"] == 2 and pilot["holds"] is False and pilot["label"] == PILOT
     assert "Pilot, not a result" in out.with_suffix(".md").read_text()
 

@@ -53,6 +53,7 @@ from avokit.evaluate.run import cpu_model  # noqa: E402
 from avokit.recipe import Recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+CROSSING = ROOT / "bench" / "results" / "transfer_crossing.json"  # item 3a's study (crossing.py)
 # avokit's own alignment as in the pilot: byte-conditional dense targets + debiased chunk term
 AVOKIT = {"targets": "dense", "chunk_debias": True}
 # name -> (teachers, changes to the recipe's train section (None: not trained), what it is)
@@ -256,9 +257,11 @@ def collect(runs: Path, settings: dict[str, Any]) -> tuple[dict[str, dict[int, A
     return results, unfinished
 
 
-def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot") -> dict[str, Any]:
+def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot",
+           crossing: Path = CROSSING) -> dict[str, Any]:
     """Choose checkpoints on validation, pair the arms by seed, write JSON + Markdown; the
-    verdict compares the arms of ``design`` (``DESIGNS``)."""
+    verdict compares the arms of ``design`` (``DESIGNS``) and carries the crossing study's
+    price from ``crossing`` (its results JSON) when that exists."""
     settings = json.loads((runs / "settings.json").read_text())
     data = json.loads((runs / "data" / "data.json").read_text())
     results, unfinished = collect(runs, settings)
@@ -269,6 +272,11 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot"
     kd_arms, uld = DESIGNS[design]
     verdict = build_verdict(test, teachers, kd_arms, uld, GEMMA, seeds=seeds, student=STUDENT)
     verdict["design"] = design
+    if crossing.is_file():  # item 3a, its own study (crossing.py): carried into the verdict as it stands
+        from crossing_stats import crossing_price
+
+        verdict["crossing_price"] = crossing_price(json.loads(crossing.read_text()))
+        verdict["crossing_price_note"] = verdict["crossing_price"]["reading"]
     procs = [p for by in results.values() for r in by.values() if r["run"] for p in r["run"]["processes"]]
     records = {k: sorted({str(p.get(k)) for p in procs}) for k in ("commit", "dtype", "cpu", "corpus_manifest_sha256")}
     trained = settings["steps"] * settings["batch_size"] * settings["seq_len"]

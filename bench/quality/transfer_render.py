@@ -46,7 +46,7 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", f"ULD minus avokit's alignment ({u['arm']} minus {u['reference']}, teacher {u['teacher']}, "
                   f"{u['seeds']} seeds): overall {_cell(u)}; "
                   + ", ".join(f"{d} {_cell(x)}" for d, x in u["per_domain"].items()) + ".",
-              "", f"Crossing price: {v['crossing_price_note']}.", ""]
+              "", f"Crossing price ([transfer_crossing.md](transfer_crossing.md), issue 31 item 3a): {v['crossing_price_note']}.", ""]
     lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds:", "",
               "| model | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
     lines += mean_rows(test, cols, result["arms"])
