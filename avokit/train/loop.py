@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from avokit.train.data import PackedCorpus, batch_rows, rank_slice
 from avokit.train.kd_terms import KDSetup, teacher_loss
 from avokit.train.on_policy import OnPolicy, on_policy_loss
 from avokit.train.schedule import lr_factor
-from avokit.train.topology import Topology, current_topology
+from avokit.train.topology import Topology, check_requested_distribution, current_topology
 
 LN2 = math.log(2.0)
 
@@ -288,6 +289,7 @@ def train_loop(
     """
     accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
     topology = current_topology(accelerator.state)
+    check_requested_distribution(os.environ, topology)
     log = _RunLog(out_dir, start, accelerator.is_main_process, topology)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
     model.train()

@@ -100,6 +100,20 @@ def check_process_group(request: LaunchRequest | None, topology: Topology) -> No
         "`accelerate launch --config_file configs/accelerate/ddp_gpu.yaml` or `avokit train --nproc N`")
 
 
+def check_requested_distribution(env: Mapping[str, str], topology: Topology) -> None:
+    """Refuse a run whose launcher asked for FSDP or DeepSpeed that Accelerate did not form.
+
+    Accelerate (1.16) turns these on only over accelerators: on CPUs it forms MULTI_CPU and the
+    model would be replicated (DDP), not sharded, which is not what the config said."""
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        if env.get(flag, "false").lower() == "true" and topology.distributed_type != name:
+            label = "DeepSpeed" if name == "DEEPSPEED" else name
+            raise AvokitError(
+                f"the launcher asked for {label} ({flag}=true) but Accelerate formed "
+                f"{topology.distributed_type}; Accelerate runs {label} only on GPUs (or other "
+                "accelerators), so on CPUs train with DDP (`avokit train RECIPE --nproc N`)")
+
+
 def current_topology(state: Any = None) -> Topology:
     """The process group Accelerate formed for this process: of ``state`` (an Accelerator or
     its state, whose distributed type names FSDP / DeepSpeed) or else of the PartialState."""
