@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from test_train import make_recipe, write_corpus
 
@@ -123,3 +124,17 @@ def test_smaller_group_than_requested_is_refused() -> None:
         check_process_group(LaunchRequest(None, "MASTER_ADDR"), one)
     with pytest.raises(AvokitError, match="AVOKIT_NPROC='x' must be an integer"):
         launch_request({"AVOKIT_NPROC": "x"})
+
+
+def test_torchrun_without_a_gpu_gets_a_cpu_group() -> None:
+    """torchrun on a CPU machine: without ACCELERATE_USE_CPU each rank would form a world of one."""
+    from avokit.train.topology import use_cpu_group_if_no_accelerator
+
+    env = {"LOCAL_RANK": "0", "WORLD_SIZE": "2"}
+    use_cpu_group_if_no_accelerator(env)
+    assert env.get("ACCELERATE_USE_CPU") == ("true" if not torch.cuda.is_available() else None)
+    single: dict[str, str] = {}
+    chosen = {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "false"}
+    use_cpu_group_if_no_accelerator(single)
+    use_cpu_group_if_no_accelerator(chosen)
+    assert single == {} and chosen["ACCELERATE_USE_CPU"] == "false"  # a user's choice is kept
