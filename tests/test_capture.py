@@ -199,3 +199,31 @@ def test_bad_shard_and_teacher_names(tmp_path: Path, teacher_dir: Path, corpus_f
     recipe = make_recipe(tmp_path / "r", teacher_dir, corpus_file)
     with pytest.raises(AvokitError, match="no teacher 'nope'"):
         run_capture(recipe, teacher="nope")
+
+
+def test_two_processes_on_one_folder_equal_one(tmp_path: Path, teacher_dir: Path, corpus_file: Path) -> None:
+    """``avokit capture --shard 0/2`` and ``--shard 1/2`` running at once on one run folder (a
+    shared filesystem) finish the same cache as one process: manifest, shards, progress."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from avokit.cache.manifest import read_manifest
+    from avokit.corpus import build_corpus
+
+    one = make_recipe(tmp_path / "one", teacher_dir, corpus_file)
+    run_capture(one)
+    two = make_recipe(tmp_path / "two", teacher_dir, corpus_file)
+    build_corpus(two)  # once, as a cluster builds it before capture
+    recipe_file = tmp_path / "two.yaml"
+    recipe_file.write_text(yaml.safe_dump(two.model_dump(mode="json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "avokit", "capture", str(recipe_file), "--shard", f"{i}/2"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    cache, reference = two.run_dir / "cache" / "tiny", one.run_dir / "cache" / "tiny"
+    assert len(read_manifest(cache).shards) == len(read_manifest(reference).shards) >= 2  # both had work
+    assert tree(cache) == tree(reference)

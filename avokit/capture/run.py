@@ -9,6 +9,7 @@ most the shard it was in, and the finished cache is byte-identical to an uninter
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -110,20 +111,28 @@ def _check_state(cache_dir: Path, state: dict | None, phash: str, spec: CacheSpe
 
 
 def _save_tokenizer(cache_dir: Path, teacher: Teacher) -> None:
-    """Keep the teacher's tokenizer next to its cache so training never loads the teacher."""
+    """Keep the teacher's tokenizer next to its cache so training never loads the teacher.
+
+    Safe when several ``--shard`` processes capture into one folder at once: each writes its
+    own temporary folder, and the first rename wins (the others' copies are identical)."""
     target = cache_dir / TOKENIZER_DIR
     tok = getattr(teacher, "tokenizer", None)
     if target.is_dir() or tok is None or not hasattr(tok, "save_pretrained"):
         return
-    tmp = cache_dir / f"{TOKENIZER_DIR}.partial"
+    tmp = cache_dir / f"{TOKENIZER_DIR}.partial{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(tmp)
-    tmp.replace(target)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_leftovers(cache_dir: Path) -> None:
-    """Drop the temporary JSON files a kill -9 between write and rename leaves behind, so the
-    finished cache holds exactly the files of an uninterrupted capture. Files of a live
+    """Drop the temporary JSON files and tokenizer folders a kill -9 between write and rename
+    leaves behind, so the finished cache holds exactly the files of an uninterrupted capture. Files of a live
     process (another ``--shard`` capture into the same folder) are left alone; half-written
     ``*.partial`` shards need no care: their shard is pending and rewritten from scratch."""
     for folder in (cache_dir, cache_dir / PROGRESS_DIR):
@@ -131,6 +140,10 @@ def _remove_leftovers(cache_dir: Path) -> None:
             pid = tmp.name.rsplit(".tmp", 1)[1]
             if not pid.isdigit() or not pid_alive(int(pid)):
                 tmp.unlink(missing_ok=True)
+    for tmp in cache_dir.glob(f"{TOKENIZER_DIR}.partial*"):
+        pid = tmp.name.rsplit(".partial", 1)[1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_records(teacher: str, plan: ShardPlan, recs: list[TeacherRecords], ids: list[str]) -> None:

@@ -1,11 +1,14 @@
-"""`avokit train RECIPE [--baseline]`: thin wrapper over :func:`avokit.train.run_training`.
+"""`avokit train RECIPE [--baseline] [--nproc N]`: thin wrapper over :func:`avokit.train.run_training`.
 
-Also runs under ``accelerate launch -m avokit train RECIPE`` (DDP, FSDP, DeepSpeed configs).
+``--nproc N`` starts N processes in one process group (torchrun: gloo on CPUs, NCCL on GPUs,
+:mod:`avokit.train.launch`). On GPUs it also runs under ``accelerate launch --config_file
+configs/accelerate/{ddp_gpu,fsdp,deepspeed}.yaml -m avokit train RECIPE``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,8 +18,17 @@ def train_command(
     recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
     baseline: bool = typer.Option(False, "--baseline", help="CE-only baseline (same data, steps, seed)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
-) -> Path:
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", help="train on N local processes in one process group (torchrun; "
+        "gloo on CPUs, one process per GPU with NCCL)"),
+) -> Optional[Path]:
     """Train the student (or the baseline) of RECIPE; resumes from the newest checkpoint."""
+    if nproc is not None:
+        from avokit.train.launch import launch_training
+
+        launch_training(nproc, [recipe, *(["--baseline"] if baseline else []),
+                                *(["--no-progress"] if no_progress else [])])
+        return None
     from accelerate import PartialState
 
     from avokit.recipe import load_recipe

@@ -1,7 +1,8 @@
 """The training loop on Hugging Face Accelerate: the same code on one CPU or many GPUs.
 
-Distribution (DDP, FSDP, DeepSpeed) comes from ``accelerate launch`` configs; this loop only
-slices each global batch by rank. Loss = ce_weight * CE + sum over teachers of
+Distribution (DDP, FSDP, DeepSpeed) comes from the launcher (``avokit train --nproc N``,
+torchrun, ``accelerate launch`` configs); this loop only slices each global batch by rank, and
+every log line records the process group and the rows each rank trained on. Loss = ce_weight * CE + sum over teachers of
 (kd_weight * kd + chunk_weight * chunk, a teacher's own term weights where its recipe entry
 sets them), each teacher's terms scaled by its fusion weights,
 which carry the recipe's teacher weights (see ``_teacher_terms``).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from avokit.train.data import PackedCorpus, batch_rows, rank_slice
 from avokit.train.kd_terms import KDSetup, teacher_loss
 from avokit.train.on_policy import OnPolicy, on_policy_loss
 from avokit.train.schedule import lr_factor
+from avokit.train.topology import Topology, check_requested_distribution, current_topology
 
 LN2 = math.log(2.0)
 
@@ -122,7 +125,7 @@ def _step_loss(accelerator: Any, model: Any, packed: PackedCorpus, rows: np.ndar
 class _RunLog:
     """train_log.jsonl and TensorBoard scalars, written by the main process only."""
 
-    def __init__(self, out_dir: Path, start: int, main: bool) -> None:
+    def __init__(self, out_dir: Path, start: int, main: bool, topology: Topology) -> None:
         self.path = out_dir / "train_log.jsonl"
         self.main = main
         self.elapsed_before = 0.0
@@ -133,6 +136,8 @@ class _RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+            self.writer.add_text("run/process_group", f"{topology.world_size} processes, "
+                                 f"{topology.distributed_type}, backend {topology.backend}", start)
 
     def write(self, record: dict[str, Any], per_teacher: dict[str, float]) -> None:
         """Append ``record`` and its numbers as scalars at its step."""
@@ -142,7 +147,7 @@ class _RunLog:
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
         for key, val in record.items():
-            if isinstance(val, (int, float)) and key != "step":
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "step":
                 self.writer.add_scalar(f"train/{key}", val, done)
         for name, val in record.get("teacher_weights", {}).items():
             self.writer.add_scalar(f"teacher_weight/{name}", val, done)
@@ -202,6 +207,13 @@ def _log_record(accelerator: Any, sums: dict[str, float], done: int, lr: float, 
             "chunk": float(stats[3]), "tokens": tokens, "tokens_per_s": tokens_per_s, "elapsed_s": elapsed}
 
 
+def _rows_by_rank(accelerator: Any, rows: np.ndarray) -> list[list[int]]:
+    """The corpus rows every process trained on in this step, gathered through the process
+    group (so a rank that is not in it cannot appear): ``[world][grad_accum * rows_per_rank]``."""
+    gathered = accelerator.gather(torch.from_numpy(rows).to(accelerator.device))
+    return gathered.view(accelerator.num_processes, -1).cpu().tolist()
+
+
 def _progress_bar(total: int, start: int, enabled: bool) -> tuple[Any, Any]:
     """A rich progress bar over the optimizer steps (hidden when not ``enabled``) and its task."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -225,15 +237,17 @@ def _checkpoint(accelerator: Any, model: Any, out_dir: Path, done: int,
 
 def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorpus, kd: KDSetup | None,
                 loss_cfg: Any, on_policy: OnPolicy | None, cfg: TrainConfig,
-                step: int) -> tuple[dict[str, float], dict[str, float]]:
-    """One optimizer step over ``grad_accum`` micro-batches; the mean loss parts and each
-    teacher's share."""
+                step: int) -> tuple[dict[str, float], dict[str, float], np.ndarray]:
+    """One optimizer step over ``grad_accum`` micro-batches; the mean loss parts, each
+    teacher's share and the rows this process trained on (int64 [grad_accum * rows per rank])."""
     world, rank = accelerator.num_processes, accelerator.process_index
     sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
     per_teacher: dict[str, float] = {}
+    seen = []
     for micro in range(cfg.grad_accum):
         rows = rank_slice(batch_rows(packed.n_rows, cfg.seed, step * cfg.grad_accum + micro, cfg.batch_size),
                           rank, world)
+        seen.append(rows)
         with accelerator.accumulate(model), accelerator.autocast():
             loss, parts, shares = _step_loss(accelerator, model, packed, rows, kd, loss_cfg, on_policy, step, micro)
             accelerator.backward(loss)
@@ -245,7 +259,7 @@ def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorp
             sums[key] += float(val) / cfg.grad_accum
         for name, val in shares.items():
             per_teacher[name] = per_teacher.get(name, 0.0) + val / cfg.grad_accum
-    return sums, per_teacher
+    return sums, per_teacher, np.concatenate(seen)
 
 
 def train_loop(
@@ -274,7 +288,9 @@ def train_loop(
     is written by the student and scored live by the teachers (:mod:`avokit.train.on_policy`).
     """
     accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
-    log = _RunLog(out_dir, start, accelerator.is_main_process)
+    topology = current_topology(accelerator.state)
+    check_requested_distribution(os.environ, topology)
+    log = _RunLog(out_dir, start, accelerator.is_main_process, topology)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
     model.train()
     bar, task = _progress_bar(cfg.steps, start, enabled=accelerator.is_main_process and progress)
@@ -284,7 +300,7 @@ def train_loop(
     t_begin = t_last
     with bar:
         for step in range(start, cfg.steps):
-            sums, per_teacher = _train_step(accelerator, model, optimizer, packed, kd, loss_cfg, on_policy,
+            sums, per_teacher, rows = _train_step(accelerator, model, optimizer, packed, kd, loss_cfg, on_policy,
                                             cfg, step)
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
@@ -297,6 +313,7 @@ def train_loop(
                 record = _log_record(accelerator, sums, done, lr_now, tokens_seen,
                                      tok_last / max(now - t_last, 1e-9), log.elapsed_before + now - t_begin)
                 t_last, tok_last = now, 0
+                record.update(topology.record(cfg.batch_size), rows_by_rank=_rows_by_rank(accelerator, rows))
                 if is_eval:
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
                                                         accelerator, eval_max_rows, cfg.batch_size)

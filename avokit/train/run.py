@@ -218,10 +218,17 @@ def run_training(recipe: Recipe, baseline: bool = False,
     is skipped unless ``train.steps`` was raised since, then it continues from its last step; an
     interrupted one resumes from its newest complete checkpoint. The baseline uses identical
     data, steps and seed. ``on_checkpoint``: see :func:`avokit.train.loop.train_loop`.
+
+    Raises :class:`AvokitError` when the launcher asked for more processes than the process
+    group has (:mod:`avokit.train.topology`).
     """
     from accelerate.utils import set_seed
 
+    from avokit.train.topology import checked_topology
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # before anything else: a launch that asked for N processes and got fewer trains nothing
+    checked_topology()
     out_dir = recipe.run_dir / ("baseline" if baseline else "student")
     if (out_dir / DONE).is_file() and (out_dir / "config.json").is_file():
         finished = json.loads((out_dir / DONE).read_text()).get("steps", 0)
