@@ -30,7 +30,8 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST, multiprocess, values
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from avokit.gateway.metrics_admin import MULTIPROC_ENV
+
 OTHER_MODEL = "other"
 # refusal kinds (the ``kind`` label of avokit_refusals_total)
 REFUSAL_KINDS = ("rate_limit_requests", "rate_limit_tokens", "credit", "spend_cap",
@@ -114,6 +115,8 @@ class GatewayMetrics:
         # created at zero, so a dashboard sees every kind before the first refusal
         for kind in REFUSAL_KINDS:
             self.refusals.labels(kind)
+        for model in self.models:
+            self.engine_errors.labels(model)
 
     def model_label(self, model: str | None) -> str:
         """A served model's name, else ``other`` (clients must not grow the label set)."""
