@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from avokit.gateway.db.fast import FastStatement, fast_read
 from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.errors import AuthenticationError, ConfigError
-from avokit.gateway.services import metering
+from avokit.gateway.services import metering, spendcaps
 from avokit.gateway.services.audit import as_utc, record, utcnow
 from avokit.gateway.services.spendcaps import PERIODS, SpendCap
 
@@ -249,11 +249,13 @@ def get_key(session: Session, key_id: str) -> ApiKey:
 def set_spend_cap(session: Session, key_id: str, spend_cap_micros: int | None,
                   spend_cap_period: str | None, actor: str = "cli") -> None:
     """Set (or with both None, remove) a key's spend cap; it applies from the next request
-    on every replica (read with the key on each request). Spend already counted in the
-    current period stays counted."""
+    on every replica (read with the key on each request). What the key was charged earlier
+    in the current period counts against the new cap."""
     _validate_cap(spend_cap_micros, spend_cap_period)
     row = get_key(session, key_id)
     row.spend_cap_micros, row.spend_cap_period = spend_cap_micros, spend_cap_period
+    if spend_cap_period is not None:
+        spendcaps.seed_period(session, key_id, spend_cap_period)
     record(session, actor, "spend_cap", key_id, spend_cap_micros=spend_cap_micros,
            spend_cap_period=spend_cap_period)
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from avokit.gateway.db.fast import Cursor, FastStatement
-from avokit.gateway.db.models import KeySpend
+from avokit.gateway.db.models import KeySpend, LedgerEntry
 from avokit.gateway.errors import InsufficientCreditError
 from avokit.gateway.services.audit import utcnow
 
@@ -111,3 +111,16 @@ def spent(session: Session, key_id: str, period: str, now: datetime | None = Non
     row = session.execute(select(KeySpend.spent_micros, KeySpend.reserved_micros).where(
         KeySpend.key_id == key_id, KeySpend.period_start == start)).first()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def seed_period(session: Session, key_id: str, period: str) -> None:
+    """When a cap is set, count what the key was already charged this period (from the
+    ledger), so a monthly cap set mid-month covers the whole month."""
+    start = period_start(utcnow(), period)
+    if session.get(KeySpend, (key_id, start)) is not None:
+        return
+    charged = session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0)).where(
+        LedgerEntry.key_id == key_id, LedgerEntry.kind == "charge",
+        LedgerEntry.created_at >= start))
+    session.add(KeySpend(key_id=key_id, period_start=start, spent_micros=-int(charged or 0),
+                         reserved_micros=0))
