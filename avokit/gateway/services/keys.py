@@ -334,9 +334,12 @@ def derive_key(session: Session, secret: str, parent: KeyInfo, *, name: str, sco
     if parent.expires_at is not None:
         expires_at = parent.expires_at if expires_at is None else min(expires_at,
                                                                       parent.expires_at)
+    # a derived key is never uncapped where its parent is capped (it counts on its own)
     return create_key(session, secret, name=name.strip(), scope=scope,  # type: ignore[arg-type]
                       models=models, prices=dict(parent.prices), rpm=rpm, tpm=tpm,
-                      expires_at=expires_at, account_id=parent.account_id, actor=actor)
+                      expires_at=expires_at, account_id=parent.account_id, actor=actor,
+                      spend_cap_micros=parent.spend_cap_micros,
+                      spend_cap_period=parent.spend_cap_period)
 
 
 def key_info(session: Session, key_id: str) -> KeyInfo | None:
