@@ -71,7 +71,7 @@ class Server:
     """A real `uvicorn` gateway process on 127.0.0.1; its logs go to a file we read back."""
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
-                 cli: list[str] | None = None, start_timeout_s: float = 60.0) -> None:
+                 cli: list[str] | None = None, start_timeout_s: float = 180.0) -> None:
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
         self.log_path = log_path
