@@ -194,8 +194,7 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
 def _refusal_kind(err: GatewayError) -> str | None:
     """The ``kind`` label of a refused admission (None: not a refusal)."""
     if isinstance(err, RateLimitError):
-        return "rate_limit_requests" if "requests per minute" in err.message \
-            else "rate_limit_tokens"
+        return f"rate_limit_{err.limit}"
     if isinstance(err, SpendCapExceededError):
         return "spend_cap"
     if isinstance(err, InsufficientCreditError):
