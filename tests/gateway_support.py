@@ -71,8 +71,9 @@ class Server:
     """A real `uvicorn` gateway process on 127.0.0.1; its logs go to a file we read back."""
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
-                 cli: list[str] | None = None) -> None:
+                 cli: list[str] | None = None, start_timeout_s: float = 180.0) -> None:
         self.port = port or free_port()
+        self.start_timeout_s = start_timeout_s
         self.log_path = log_path
         self.env = env
         # cli: run `avokit serve CLI... --port PORT` instead of uvicorn on the env factory
@@ -90,7 +91,7 @@ class Server:
                 if self.cli is not None else [sys.executable, "-c", code])
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env})
-        deadline = time.time() + 60
+        deadline = time.time() + self.start_timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
@@ -238,14 +239,15 @@ class RedisServer:
             self.proc.wait(10)
 
 
-def run_mock_upstream(log_dir: Path) -> Iterator[str]:
+def run_mock_upstream(log_dir: Path, port: int | None = None, **mock: str) -> Iterator[str]:
     """Start bench/gateway/mock_upstream.py (an OpenAI-compatible fake of a vLLM server, 40
-    tokens per answer, 50 ms apart) on a free port; yield its URL once it answers, then stop it."""
-    port = free_port()
-    log = open(log_dir / "upstream.log", "wb")
+    tokens per answer, 50 ms apart, unless ``mock`` sets other MOCK_* variables) on ``port``
+    or a free one; yield its URL once it answers, then stop it."""
+    port = port or free_port()
+    log = open(log_dir / "upstream.log", "ab")
+    env = {**os.environ, "MOCK_TOKENS": "40", "MOCK_DELAY_S": "0.05", **mock}
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "bench/gateway/mock_upstream.py"),
-                             str(port)], env={**os.environ, "MOCK_TOKENS": "40",
-                                              "MOCK_DELAY_S": "0.05"}, stdout=log, stderr=log)
+                             str(port)], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:

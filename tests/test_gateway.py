@@ -238,8 +238,13 @@ def test_every_route_but_health_needs_a_key(env: Env, server: Server) -> None:
             path = route.path.replace("{key_id}", "key_x").replace("{account_id}", "1") \
                 .replace("{name}", "avo-tiny")
             r = httpx.request(method, server.url + path, json={})
-            if route.path == "/health":
+            if route.path in ("/health", "/health/live"):
                 assert r.status_code == 200
+            elif route.path == "/health/ready":
+                assert r.status_code in (200, 503)
+                assert set(r.json()["checks"]) == {"database", "redis", "engine"}
+            elif route.path == "/metrics":  # no metrics token configured: as if absent
+                assert r.status_code == 404, (method, path)
             elif route.path in signin:
                 assert r.status_code == (200 if method == "GET" else 403), (method, path)
             elif path.startswith("/console/admin") and method == "GET":

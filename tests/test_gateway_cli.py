@@ -20,7 +20,8 @@ def test_keys_lifecycle_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AVOKIT_SECRET", SECRET)
     db = f"sqlite:///{tmp_path}/cli.db"
     key = cli.keys_create(name="acme", scope="customer", models=["m"], prices=["m=10:20"],
-                          rpm=5, tpm=500, credit=100, expires_days=None, db=db)
+                          rpm=5, tpm=500, credit=100, expires_days=None, spend_cap=None,
+                          cap_period=None, db=db)
     assert key.startswith("sk-avo-")
     sessions = session_factory(make_db_engine(db))
     with sessions() as s:
@@ -47,7 +48,7 @@ def test_keys_lifecycle_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         cli.parse_prices(["m=ten:20"])
     with pytest.raises(ConfigError, match="scope"):
         cli.keys_create(name="x", scope="root", models=["*"], prices=[], rpm=1, tpm=1,
-                        credit=0, expires_days=None, db=db)
+                        credit=0, expires_days=None, spend_cap=None, cap_period=None, db=db)
 
 
 def test_serve_log_options(tmp_path: Path) -> None:

@@ -75,23 +75,35 @@ def serve(
                                        help="server log level"),
     access_log: bool = typer.Option(
         True, "--access-log/--no-access-log",
-        help="one log line per HTTP request (the ledger records every billed request either "
-        "way)"),
+        help="one log line per HTTP request, ending with its request id (the ledger records "
+        "every billed request either way)"),
+    metrics_bind: Optional[str] = typer.Option(
+        None, "--metrics-bind", help="HOST:PORT of a separate, token-less Prometheus listener "
+        "summing every worker (default AVOKIT_METRICS_BIND; bind it to an admin network)"),
 ) -> None:
     """Run the OpenAI-compatible gateway (FastAPI + uvicorn)."""
     import os
 
     import uvicorn
 
-    from avokit.gateway.app import create_app
     from avokit.gateway.db.session import run_migrations
+    from avokit.gateway.metrics_admin import prepare_multiprocess_dir, serve_admin_metrics
 
     settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
                              upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes,
-                             dtype=dtype)
+                             dtype=dtype, metrics_bind=metrics_bind)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
-    logging = {"log_level": log_level.value, "access_log": access_log}
+    if workers > 1 or settings.metrics_bind:
+        # before the app (and prometheus-client) is imported: every process writes its
+        # metrics to files there, and each exposition sums them
+        path = prepare_multiprocess_dir()
+        if settings.metrics_bind:
+            serve_admin_metrics(settings.metrics_bind, path)
+    from avokit.gateway.app import create_app
+
+    logging = {"log_level": log_level.value, "access_log": access_log,
+               "log_config": _log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, **logging)
         return
@@ -99,9 +111,26 @@ def serve(
     for name, value in settings.model_dump(mode="json").items():
         if value is not None:
             os.environ[f"AVOKIT_{name.upper()}"] = str(value)
-    os.environ["AVOKIT_SECRET"] = settings.secret.get_secret_value()
+    for name in ("secret", "metrics_token"):  # model_dump masks secrets
+        os.environ[f"AVOKIT_{name.upper()}"] = getattr(settings, name).get_secret_value()
     uvicorn.run("avokit.gateway.app:app_from_env", factory=True, host=host, port=port,
                 workers=workers, **logging)
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with each access line ending in its request id."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["request_id"] = {
+        "()": "avokit.gateway.requestid.RequestIdFilter"}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("request_id")
+    access = config["formatters"]["access"]
+    access["fmt"] = access["fmt"] + " %(request_id)s"
+    return config
 
 
 def keys_create(
@@ -113,24 +142,53 @@ def keys_create(
     tpm: int = typer.Option(100_000, "--tpm"),
     credit: int = typer.Option(0, "--credit", help="initial prepaid credit, micro-units"),
     expires_days: Optional[float] = typer.Option(None, "--expires-days"),
+    spend_cap: Optional[int] = typer.Option(
+        None, "--spend-cap", help="most this key may be charged per --cap-period, micro-units"),
+    cap_period: Optional[str] = typer.Option(
+        None, "--cap-period", help="day | month (UTC calendar) for --spend-cap"),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 ) -> str:
     """Create a key; the key is printed once and never stored."""
     from avokit.gateway.services import keys
 
+    if credit and not prices:
+        raise ConfigError("--price: a key with --credit needs its prices (MODEL=IN:OUT, or "
+                          "'*=0:0' for a free key on purpose)")
+    if spend_cap is not None and cap_period is None:
+        cap_period = "month"
     settings = _settings(db)
     expires = (datetime.now(timezone.utc) + timedelta(days=expires_days)) if expires_days else None
     with _sessions(settings).begin() as session:
         plaintext, info = keys.create_key(
             session, settings.require_secret(), name=name, scope=scope,  # type: ignore[arg-type]
             models=list(models), prices=parse_prices(list(prices)), rpm=rpm, tpm=tpm,
-            credit_micros=credit, expires_at=expires)
+            credit_micros=credit, expires_at=expires, spend_cap_micros=spend_cap,
+            spend_cap_period=cap_period)
     if not prices:  # parse_prices made it free on purpose: say so, it is never implied silently
         Console(stderr=True).print("no --price given: this key is free for every model "
                                    "('*'=0:0)")
     Console(stderr=True).print(f"created {info.id} ({info.scope}); the key is shown only once:")
     print(plaintext)
     return plaintext
+
+
+def keys_update(
+    key_id: str = typer.Argument(...),
+    spend_cap: Optional[int] = typer.Option(
+        None, "--spend-cap", help="most this key may be charged per --cap-period, micro-units"),
+    cap_period: str = typer.Option("month", "--cap-period", help="day | month (UTC calendar)"),
+    no_spend_cap: bool = typer.Option(False, "--no-spend-cap", help="remove the key's cap"),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+) -> None:
+    """Change a key's spend cap (applies from the next request, on every replica)."""
+    from avokit.gateway.services import keys
+
+    if no_spend_cap == (spend_cap is not None):
+        raise ConfigError("give either --spend-cap MICROS (with --cap-period) or --no-spend-cap")
+    with _sessions(_settings(db)).begin() as session:
+        keys.set_spend_cap(session, key_id, spend_cap, None if no_spend_cap else cap_period)
+    Console(stderr=True).print(f"{key_id}: " + ("no spend cap" if no_spend_cap else
+                                                f"spend cap {spend_cap} per {cap_period}"))
 
 
 def keys_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
@@ -279,6 +337,7 @@ def register(app: typer.Typer) -> None:
                         no_args_is_help=True)
     group.command("create")(keys_create)
     group.command("list")(keys_list)
+    group.command("update")(keys_update)
     group.command("revoke")(keys_revoke)
     group.command("rotate")(keys_rotate)
     group.command("topup")(keys_topup)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 from typing import Any, AsyncIterator, Callable
 
@@ -15,9 +17,13 @@ from avokit.gateway.console import install_console
 from avokit.gateway.db.session import checkpoint, is_sqlite, make_db_engine
 from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
+from avokit.gateway.metrics import GatewayMetrics, RequestMetrics
+from avokit.gateway.requestid import RequestIds, install_request_id_logging, model_of
 from avokit.gateway.routes import completions, health, models
+from avokit.gateway.routes import metrics as metrics_route
 from avokit.gateway.routes.deps import COMPONENT_REF
 from avokit.gateway.services import leases, prompts
+from avokit.gateway.services.readiness import Readiness
 from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
@@ -76,16 +82,25 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     """An app serving the registry's released models; state is built in the lifespan."""
     secret = settings.require_secret()
     served = scan_registry(settings.registry)
+    # a key of its own for the account label's hash: the key HMAC secret is never reused
+    salt = (hmac.new(secret.encode(), b"avokit metrics account label", hashlib.sha256)
+            .hexdigest() if settings.metrics_account_labels else None)
+    metrics = GatewayMetrics(served, account_salt=salt)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_redaction()
+        install_request_id_logging()
         db = make_db_engine(settings.db_url)
         gen = engine or build_engine(settings, served)
         limiter = await build_limiter(settings)
         lease = await asyncio.to_thread(leases.register, db)
         app.state.gateway = Gateway(secret, db, gen, served, limiter,
-                                    settings.max_tokens_default, owner=lease.id)
+                                    settings.max_tokens_default, owner=lease.id,
+                                    metrics=metrics)
+        app.state.readiness = Readiness(db, gen, list(served), getattr(limiter, "ping", None),
+                                        timeout_s=settings.ready_timeout_s,
+                                        engine_interval_s=settings.ready_engine_interval_s)
         # tokenizers now, in a thread: loaded by the first request, they would block the event
         # loop (and every other request) for seconds
         await asyncio.to_thread(_load_tokenizers, gen, served)
@@ -115,18 +130,26 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             await asyncio.to_thread(limiter.close)
             await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
+            metrics.close()
 
-    # no docs or schema routes: the only keyless API route is /health (the console's pages
-    # need a console session, but its sign-in pages and static files)
+    # no docs or schema routes: the only keyless API routes are /health, /health/live and
+    # /health/ready (the console's pages need a console session, but its sign-in pages and
+    # static files; /metrics needs the metrics token)
     app = FastAPI(title="avokit gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
+    app.state.metrics = metrics
+    app.state.metrics_token = settings.metrics_token.get_secret_value() or None
     install_error_handler(app)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
     app.include_router(models.router)
     app.include_router(completions.router)
     install_console(app, settings)
-    # added last, so outermost: an oversized body is refused before anything reads or parses it
+    # each added one wraps the ones before: an oversized body is refused before anything
+    # reads or parses it, and is still counted and answered with its request id
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics, model_of=model_of)
+    app.add_middleware(RequestIds)
     app.openapi = _true_openapi(app)  # type: ignore[method-assign]
     return app
 

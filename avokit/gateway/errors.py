@@ -88,6 +88,7 @@ class RateLimitError(GatewayError):
     status = 429
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+    limit: str = "requests"  # which per-minute limit refused it: "requests" or "tokens"
 
 
 class BadRequestError(GatewayError):

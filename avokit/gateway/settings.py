@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,29 @@ class GatewaySettings(BaseSettings):
     # attempts one client address may make per minute (customer and admin sign-ins together).
     console_session_s: float = Field(8 * 3600.0, gt=0)
     console_signins_per_minute: int = Field(10, ge=1)
+    # Prometheus metrics: /metrics on the API port answers this bearer token only (unset: 404
+    # there); `avokit serve --metrics-bind HOST:PORT` serves them on a separate admin address.
+    metrics_token: SecretStr = Field(SecretStr(""), description="bearer token for /metrics")
+    metrics_bind: str | None = Field(None, description="HOST:PORT of the metrics listener")
+    # label spend by a keyed hash of the account id (off: one series per model only)
+    metrics_account_labels: bool = False
+    # /health/ready: how long one check may take; how long an engine check's result is kept
+    ready_timeout_s: float = Field(5.0, gt=0)
+    ready_engine_interval_s: float = Field(10.0, ge=0)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (or unset)")
+        return value
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_bind(value)
+        return value
 
     def require_secret(self) -> str:
         """The HMAC secret; refuses to run with an empty or short one."""
@@ -54,6 +77,14 @@ class GatewaySettings(BaseSettings):
 
             raise ConfigError("AVOKIT_SECRET must be set to at least 16 characters")
         return value
+
+
+def split_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as ``(host, port)``; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def load_settings(env_file: Path | None = None, **overrides: object) -> GatewaySettings:

@@ -3,7 +3,9 @@
 Used by the gateway benchmark (same upstream for avokit and LiteLLM) and by the gateway
 tests (slow streaming for kill -9, a mid-stream failure). Behaviour from the environment:
 MOCK_TOKENS (completion tokens per answer, default 8; capped by max_tokens), MOCK_DELAY_S
-(sleep between streamed tokens, default 0). A request with max_tokens == 13 breaks the
+(sleep between streamed chunks, default 0), MOCK_CHUNK_TOKENS (tokens per streamed chunk,
+default 1). Like vLLM, ``stream_options.continuous_usage_stats`` puts the running usage in
+every chunk. A request with max_tokens == 13 breaks the
 connection after 3 streamed tokens (to test errors after a stream started).
 
 Run: python bench/gateway/mock_upstream.py PORT
@@ -25,6 +27,7 @@ from starlette.routing import Route
 
 TOKENS = int(os.environ.get("MOCK_TOKENS", "8"))
 DELAY = float(os.environ.get("MOCK_DELAY_S", "0"))
+CHUNK = int(os.environ.get("MOCK_CHUNK_TOKENS", "1"))
 
 
 def _n_prompt(body: dict[str, Any]) -> int:
@@ -51,15 +54,25 @@ async def _answer(request: Request) -> Response:
             "index": 0, "text": "tok " * n, "logprobs": None, "finish_reason": "length"}],
             "usage": usage})
 
+    continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
+
+    def running(done: int) -> dict[str, Any]:
+        if not continuous:
+            return {}
+        return {"usage": {**usage, "completion_tokens": done,
+                          "total_tokens": usage["prompt_tokens"] + done}}
+
     async def events() -> AsyncIterator[bytes]:
-        for i in range(n):
+        for i in range(0, n, CHUNK):
             if DELAY:
                 await asyncio.sleep(DELAY)
             if int(max_tokens) == 13 and i == 3:
                 raise RuntimeError("mock upstream breaks the stream on purpose")
-            choice = ({"index": 0, "delta": {"content": "tok "}, "finish_reason": None} if chat
-                      else {"index": 0, "text": "tok ", "logprobs": None, "finish_reason": None})
-            yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
+            text = "tok " * min(CHUNK, n - i)
+            choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
+                      else {"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+            payload = {**base, "choices": [choice], **running(min(i + CHUNK, n))}
+            yield f"data: {json.dumps(payload)}\n\n".encode()
         last = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
                 else {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"})
         yield f"data: {json.dumps({**base, 'choices': [last]})}\n\n".encode()

@@ -82,6 +82,11 @@ class Cursor:
         self._cursor = cursor
         self._dialect = dialect
 
+    @property
+    def dialect_name(self) -> str:
+        """The database's dialect (``sqlite``, ``postgresql``), for dialect-specific SQL."""
+        return str(self._dialect.name)
+
     def execute(self, stmt: FastStatement, values: dict[str, Any]) -> int:
         """Run a statement; returns the affected row count."""
         compiled = stmt.for_dialect(self._dialect)

@@ -48,6 +48,21 @@ class ApiKey(Base):
     # the key's first characters, to tell keys apart in lists (4 of its 43 random characters;
     # None for keys made before the console)
     prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # spend cap per UTC calendar period ("day" | "month"); None: no cap (credit still applies)
+    spend_cap_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    spend_cap_period: Mapped[str | None] = mapped_column(String(8), nullable=True)
+
+
+class KeySpend(Base):
+    """A capped key's spend in one cap period: settled charges plus open reservations' worst
+    cases, so a reservation against the cap is one conditional UPDATE, as for credit."""
+
+    __tablename__ = "key_spend"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Reservation(Base):
@@ -69,6 +84,11 @@ class Reservation(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     # the serving process (Instance.id) that holds it; None for rows from before leases
     owner: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    # the client's x-request-id (or the one the gateway made), copied to the ledger row
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the start of the key's cap period it counts against; None when the key has no cap
+    cap_period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
 
 
 class Instance(Base):
@@ -100,6 +120,7 @@ class LedgerEntry(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
 
 
 class AuditEntry(Base):
@@ -113,6 +134,7 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(40))
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     detail: Mapped[str] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AdminUser(Base):

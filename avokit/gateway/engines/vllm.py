@@ -78,7 +78,10 @@ class VLLMEngine:
         if params.top_logprobs is not None:
             body["logprobs"] = params.top_logprobs
         if stream:
-            body["stream_options"] = {"include_usage": True}
+            # continuous usage: every chunk carries the running token count, so a client that
+            # leaves mid-stream is billed the upstream's count (a chunk may hold several
+            # tokens), not one per chunk
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
 
     async def generate(self, model: str, params: GenParams) -> AsyncIterator[TokenEvent | Finished]:
@@ -107,6 +110,8 @@ class VLLMEngine:
                         usage_tokens = int(chunk["usage"].get("completion_tokens", sent))
                     for choice in chunk.get("choices") or []:
                         event = _event(choice)
+                        if usage_tokens is not None and not event.token_strs:
+                            event.tokens = max(usage_tokens - sent, 0)
                         sent += event.tokens
                         yield event
                         if choice.get("finish_reason"):

@@ -15,6 +15,26 @@ from avokit.gateway.services.serving import Gateway
 
 Body = TypeVar("Body", bound=BaseModel)
 COMPONENT_REF = "#/components/schemas/"
+# Deepest JSON nesting accepted in a request body (OpenAI bodies, JSON schemas of tools and
+# response formats included, stay far below it); deeper is a 400, found without recursion.
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(raw: bytes, data: Any) -> bool:
+    """Whether ``data`` (parsed from ``raw``) nests deeper than :data:`MAX_JSON_DEPTH`."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:  # the usual body: no walk at all
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:  # an explicit stack: the attacker's depth never becomes ours
+        node, depth = stack.pop()
+        children = (node.values() if isinstance(node, dict) else node
+                    if isinstance(node, list) else ())
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def gateway(request: Request) -> Gateway:
@@ -34,10 +54,16 @@ def parse_body(model: type[Body], raw: bytes) -> Body:
     the rest of the request's blocking work share one worker-thread hop; the errors are the
     ones FastAPI raises for a declared body, so the one handler answers them the same way.
     """
+    too_deep = BadRequestError(f"request body nests JSON more than {MAX_JSON_DEPTH} levels "
+                               "deep", code="invalid_json")
     try:
         data = json.loads(raw)  # as FastAPI: lone surrogates parse, and their field is named
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
         raise BadRequestError("request body is not valid JSON", code="invalid_json") from err
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit
+        raise too_deep from None
+    if _too_deep(raw, data):
+        raise too_deep
     try:
         return model.model_validate(data)
     except ValidationError as err:

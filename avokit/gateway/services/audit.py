@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from avokit.gateway.db.models import AuditEntry
+from avokit.gateway.requestid import current as current_request_id
 
 
 def utcnow() -> datetime:
@@ -25,7 +26,8 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def record(session: Session, actor: str, action: str, key_id: str | None, **detail: Any) -> None:
-    """Append one audit row in the caller's transaction (it commits with the change itself)."""
+    """Append one audit row in the caller's transaction (it commits with the change itself);
+    a change made through an HTTP request (the console) names that request's id."""
     session.add(
         AuditEntry(
             at=utcnow(),
@@ -33,6 +35,7 @@ def record(session: Session, actor: str, action: str, key_id: str | None, **deta
             action=action,
             key_id=key_id,
             detail=json.dumps(detail, sort_keys=True, default=str),
+            request_id=current_request_id(),
         )
     )
 

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from avokit.gateway.db.fast import FastStatement, fast_read
 from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.errors import AuthenticationError, ConfigError
-from avokit.gateway.services import metering
+from avokit.gateway.services import metering, spendcaps
 from avokit.gateway.services.audit import as_utc, record, utcnow
+from avokit.gateway.services.spendcaps import PERIODS, SpendCap
 
 KEY_PREFIX = "sk-avo-"
 Scope = Literal["customer", "eval", "admin"]
@@ -42,6 +43,15 @@ class KeyInfo:
     tpm: int
     expires_at: datetime | None
     revoked_at: datetime | None
+    spend_cap_micros: int | None = None
+    spend_cap_period: str | None = None
+
+    @property
+    def spend_cap(self) -> SpendCap | None:
+        """The key's spend cap per period, if it has one."""
+        if self.spend_cap_micros is None or self.spend_cap_period is None:
+            return None
+        return SpendCap(self.spend_cap_micros, self.spend_cap_period)
 
     def may_use(self, model: str) -> bool:
         """Whether the key lists this model (or ``*``) and has a price for it.
@@ -88,11 +98,13 @@ def _info(row: ApiKey | Row[Any] | SimpleNamespace) -> KeyInfo:
         tpm=row.tpm,
         expires_at=as_utc(row.expires_at),
         revoked_at=as_utc(row.revoked_at),
+        spend_cap_micros=row.spend_cap_micros,
+        spend_cap_period=row.spend_cap_period,
     )
 
 
 _KEY_COLUMNS = ("id", "account_id", "key_hash", "name", "scope", "allowed_models", "prices",
-                "rpm", "tpm", "expires_at", "revoked_at")
+                "rpm", "tpm", "expires_at", "revoked_at", "spend_cap_micros", "spend_cap_period")
 _BY_HASH = select(*(ApiKey.__table__.c[name] for name in _KEY_COLUMNS)).where(
     ApiKey.__table__.c.key_hash == bindparam("digest"))
 _FAST_BY_HASH = FastStatement(_BY_HASH)
@@ -151,6 +163,17 @@ def _validate(scope: str, models: list[str], prices: dict[str, Any], rpm: int, t
             raise ConfigError(f"prices[{model!r}] must not be negative")
 
 
+def _validate_cap(spend_cap_micros: int | None, spend_cap_period: str | None) -> None:
+    if (spend_cap_micros is None) != (spend_cap_period is None):
+        raise ConfigError("spend_cap: give both the cap (micro-units) and its period "
+                          f"({' or '.join(PERIODS)}), or neither")
+    if spend_cap_micros is not None and spend_cap_micros < 0:
+        raise ConfigError("spend_cap: must not be negative")
+    if spend_cap_period is not None and spend_cap_period not in PERIODS:
+        raise ConfigError(f"spend_cap_period: must be one of {', '.join(PERIODS)}, "
+                          f"not {spend_cap_period!r}")
+
+
 def create_key(
     session: Session,
     secret: str,
@@ -165,11 +188,21 @@ def create_key(
     expires_at: datetime | None = None,
     account_id: int | None = None,
     actor: str = "cli",
+    spend_cap_micros: int | None = None,
+    spend_cap_period: str | None = None,
 ) -> tuple[str, KeyInfo]:
-    """Create a key (and its account unless ``account_id``); returns the plaintext once."""
+    """Create a key (and its account unless ``account_id``); returns the plaintext once.
+
+    Pricing fails closed: a key given credit must be given its prices too (free is a price
+    set on purpose, ``{"*": {"input": 0, "output": 0}}``), never a default.
+    """
     models = models or ["*"]
+    if prices is None and credit_micros:
+        raise ConfigError("prices: a key with credit needs prices (give the price of each "
+                          "model, or '*'; a free key is priced 0:0 on purpose)")
     prices = prices if prices is not None else {"*": {"input": 0, "output": 0}}
     _validate(scope, models, prices, rpm, tpm)
+    _validate_cap(spend_cap_micros, spend_cap_period)
     now = utcnow()
     if account_id is None:
         account = Account(name=name, credit_micros=0, reserved_micros=0, created_at=now)
@@ -192,11 +225,14 @@ def create_key(
         created_at=now,
         expires_at=expires_at,
         prefix=display_prefix(plaintext),
+        spend_cap_micros=spend_cap_micros,
+        spend_cap_period=spend_cap_period,
     )
     session.add(row)
     session.flush()
     record(session, actor, "create", row.id, name=name, scope=scope, models=models, prices=prices,
-           rpm=rpm, tpm=tpm, expires_at=expires_at, account_id=account_id)
+           rpm=rpm, tpm=tpm, expires_at=expires_at, account_id=account_id,
+           spend_cap_micros=spend_cap_micros, spend_cap_period=spend_cap_period)
     if credit_micros:
         metering.topup(session, row.id, credit_micros, actor=actor)
     return plaintext, _info(row)
@@ -208,6 +244,20 @@ def get_key(session: Session, key_id: str) -> ApiKey:
     if row is None:
         raise ConfigError(f"no key with id {key_id!r}")
     return row
+
+
+def set_spend_cap(session: Session, key_id: str, spend_cap_micros: int | None,
+                  spend_cap_period: str | None, actor: str = "cli") -> None:
+    """Set (or with both None, remove) a key's spend cap; it applies from the next request
+    on every replica (read with the key on each request). What the key was charged earlier
+    in the current period counts against the new cap."""
+    _validate_cap(spend_cap_micros, spend_cap_period)
+    row = get_key(session, key_id)
+    row.spend_cap_micros, row.spend_cap_period = spend_cap_micros, spend_cap_period
+    if spend_cap_period is not None:
+        spendcaps.seed_period(session, key_id, spend_cap_period)
+    record(session, actor, "spend_cap", key_id, spend_cap_micros=spend_cap_micros,
+           spend_cap_period=spend_cap_period)
 
 
 def revoke(session: Session, key_id: str, actor: str = "cli") -> None:
@@ -227,6 +277,7 @@ def rotate(session: Session, secret: str, key_id: str, grace_s: float = 3600.0,
         session, secret, name=old.name, scope=old.scope,  # type: ignore[arg-type]
         models=list(old.allowed_models), prices=dict(old.prices), rpm=old.rpm, tpm=old.tpm,
         expires_at=as_utc(old.expires_at), account_id=old.account_id, actor=actor,
+        spend_cap_micros=old.spend_cap_micros, spend_cap_period=old.spend_cap_period,
     )
     grace_end = utcnow() + timedelta(seconds=grace_s)
     current = as_utc(old.expires_at)
@@ -283,9 +334,12 @@ def derive_key(session: Session, secret: str, parent: KeyInfo, *, name: str, sco
     if parent.expires_at is not None:
         expires_at = parent.expires_at if expires_at is None else min(expires_at,
                                                                       parent.expires_at)
+    # a derived key is never uncapped where its parent is capped (it counts on its own)
     return create_key(session, secret, name=name.strip(), scope=scope,  # type: ignore[arg-type]
                       models=models, prices=dict(parent.prices), rpm=rpm, tpm=tpm,
-                      expires_at=expires_at, account_id=parent.account_id, actor=actor)
+                      expires_at=expires_at, account_id=parent.account_id, actor=actor,
+                      spend_cap_micros=parent.spend_cap_micros,
+                      spend_cap_period=parent.spend_cap_period)
 
 
 def key_info(session: Session, key_id: str) -> KeyInfo | None:

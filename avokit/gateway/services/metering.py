@@ -11,6 +11,8 @@ settle real usage after (exactly once), release a failed request's hold.
   (only one settler can win), charge the real cost and append one ledger row whose
   ``reservation_id`` is unique, all in one transaction.
 * ``release``: a request the engine failed is not billed; its hold is freed, no ledger row.
+* spend caps: a capped key's worst case is also held against its period's cap in the same
+  transaction, and settled or released with it (:mod:`avokit.gateway.services.spendcaps`).
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
   process (its lease, :mod:`avokit.gateway.services.leases`), billing what was delivered.
 
@@ -32,7 +34,9 @@ from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
 from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.session import read_connection
 from avokit.gateway.errors import ConfigError, InsufficientCreditError
+from avokit.gateway.services import spendcaps
 from avokit.gateway.services.audit import record, utcnow
+from avokit.gateway.services.spendcaps import SpendCap
 
 _ACC, _RES, _LEDGER = Account.__table__, Reservation.__table__, LedgerEntry.__table__
 
@@ -47,7 +51,8 @@ _NEW_RESERVATION = FastStatement(insert(_RES).values(
     model=bindparam("model_name"), status="open", reserved_micros=bindparam("worst"),
     price_in=bindparam("p_in"), price_out=bindparam("p_out"), prompt_tokens=bindparam("prompt"),
     delivered_tokens=0, created_at=bindparam("now"), updated_at=bindparam("now"),
-    owner=bindparam("owner")))
+    owner=bindparam("owner"), request_id=bindparam("request_id"),
+    cap_period_start=bindparam("cap_start")))
 _DELIVERED = FastStatement(
     update(_RES)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
@@ -66,7 +71,7 @@ _NEW_LEDGER = FastStatement(insert(_LEDGER).values(
     account_id=bindparam("acc"), key_id=bindparam("key"), reservation_id=bindparam("rid"),
     kind="charge", amount_micros=bindparam("amount"), model=bindparam("model_name"),
     prompt_tokens=bindparam("prompt"), completion_tokens=bindparam("completion"),
-    created_at=bindparam("now")))
+    created_at=bindparam("now"), request_id=bindparam("request_id")))
 _RELEASE = FastStatement(
     update(_RES)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
@@ -77,7 +82,8 @@ _UNHOLD = FastStatement(
     .values(reserved_micros=_ACC.c.reserved_micros - bindparam("held")))
 _OPEN_RESERVATION = FastStatement(
     select(_RES.c.id, _RES.c.account_id, _RES.c.key_id, _RES.c.model, _RES.c.reserved_micros,
-           _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens)
+           _RES.c.price_in, _RES.c.price_out, _RES.c.prompt_tokens, _RES.c.delivered_tokens,
+           _RES.c.request_id, _RES.c.cap_period_start)
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
     .with_for_update())
 
@@ -126,6 +132,8 @@ class Hold:
     price_in: int
     price_out: int
     prompt_tokens: int
+    request_id: str | None = None
+    cap_period_start: datetime | None = None  # set when held against the key's spend cap
 
 
 def reserve(
@@ -139,11 +147,13 @@ def reserve(
     price_in: int,
     price_out: int,
     owner: str | None = None,
+    request_id: str | None = None,
+    cap: SpendCap | None = None,
 ) -> Hold:
-    """Hold the worst-case cost or raise 402; the reservation row is committed on return."""
+    """Hold the worst-case cost against the account's credit (and the key's spend cap, if it
+    has one) or raise 402; the reservation row is committed on return."""
     worst = cost_micros(prompt_tokens, max_tokens, price_in, price_out)
-    hold = Hold("res_" + secrets.token_hex(12), account_id, key_id, model, worst,
-                price_in, price_out, prompt_tokens)
+    rid = "res_" + secrets.token_hex(12)
     now = utcnow()
     with fast_write(db) as cur:
         if cur.execute(_HOLD, {"acc": account_id, "worst": worst}) != 1:
@@ -151,11 +161,14 @@ def reserve(
                 f"Insufficient credit: this request may cost up to {worst} micro-units "
                 "(prompt tokens + max_tokens at this model's price); lower max_tokens or top up."
             )
+        # the cap after the credit: the rows are locked in the order settling takes them
+        cap_start = spendcaps.hold(cur, key_id, cap, worst) if cap is not None else None
         cur.execute(_NEW_RESERVATION, {
-            "rid": hold.id, "acc": account_id, "key": key_id, "model_name": model,
+            "rid": rid, "acc": account_id, "key": key_id, "model_name": model,
             "worst": worst, "p_in": price_in, "p_out": price_out, "prompt": prompt_tokens,
-            "now": now, "owner": owner})
-    return hold
+            "now": now, "owner": owner, "request_id": request_id, "cap_start": cap_start})
+    return Hold(rid, account_id, key_id, model, worst, price_in, price_out, prompt_tokens,
+                request_id, cap_start)
 
 
 def mark_delivered(db: Engine, hold_id: str, delivered_tokens: int) -> None:
@@ -174,9 +187,12 @@ def _settle_in(cur: Cursor, hold: Hold, completion: int, prompt: int) -> int | N
                  hold.reserved_micros)
     cur.execute(_CHARGE, {"acc": hold.account_id, "charge": charge,
                           "held": hold.reserved_micros})
+    if hold.cap_period_start is not None:
+        spendcaps.settle(cur, hold.key_id, hold.cap_period_start, charge, hold.reserved_micros)
     cur.execute(_NEW_LEDGER, {
         "acc": hold.account_id, "key": hold.key_id, "rid": hold.id, "amount": -charge,
-        "model_name": hold.model, "prompt": prompt, "completion": completion, "now": now})
+        "model_name": hold.model, "prompt": prompt, "completion": completion, "now": now,
+        "request_id": hold.request_id})
     return charge
 
 
@@ -199,6 +215,8 @@ def release(db: Engine, hold: Hold) -> bool:
         if cur.execute(_RELEASE, {"rid": hold.id, "now": utcnow()}) != 1:
             return False
         cur.execute(_UNHOLD, {"acc": hold.account_id, "held": hold.reserved_micros})
+        if hold.cap_period_start is not None:
+            spendcaps.settle(cur, hold.key_id, hold.cap_period_start, 0, hold.reserved_micros)
         return True
 
 
@@ -212,8 +230,10 @@ def settle(db: Engine, hold_id: str, completion_tokens: int | None = None,
         row = cur.first(_OPEN_RESERVATION, {"rid": hold_id})
         if row is None:
             return None
-        rid, account_id, key_id, model, reserved, price_in, price_out, prompt0, delivered = row
-        hold = Hold(rid, account_id, key_id, model, reserved, price_in, price_out, prompt0)
+        (rid, account_id, key_id, model, reserved, price_in, price_out, prompt0, delivered,
+         request_id, cap_start) = row
+        hold = Hold(rid, account_id, key_id, model, reserved, price_in, price_out, prompt0,
+                    request_id, cap_start)
         completion = delivered if completion_tokens is None else completion_tokens
         prompt = prompt0 if prompt_tokens is None else prompt_tokens
         return _settle_in(cur, hold, completion, prompt)

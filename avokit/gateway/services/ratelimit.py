@@ -76,10 +76,12 @@ class RateLimiter:
 def refuse(what: str, rpm: int, tpm: int, requests_left: int, tokens_left: int,
            retry: int) -> RateLimitError:
     """The 429 for ``what`` ("requests" or "tokens"), with Retry-After and x-ratelimit-*."""
-    return RateLimitError(
+    err = RateLimitError(
         f"Rate limit reached for {what} per minute on this key; retry in {retry} s.",
         headers={"Retry-After": str(retry),
                  **headers(rpm, tpm, max(requests_left, 0), max(tokens_left, 0), retry)})
+    err.limit = what
+    return err
 
 
 def headers(rpm: int, tpm: int, req_left: int, tok_left: int, reset: float) -> dict[str, str]:

@@ -7,6 +7,7 @@ authenticate -> model and scope checks -> model-stealing guards -> tokenise -> s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -17,16 +18,22 @@ import anyio
 from sqlalchemy import Engine as Database
 from starlette.concurrency import run_in_threadpool
 
+from avokit.gateway import requestid
 from avokit.gateway.engines.base import Engine, Finished, GenParams, ServedModel, TokenEvent
 from avokit.gateway.errors import (
     BadRequestError,
     GatewayError,
+    InsufficientCreditError,
     ModelNotFoundError,
     PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
 )
+from avokit.gateway.metrics import GatewayMetrics
 from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from avokit.gateway.services import keys, metering, prompts
 from avokit.gateway.services.ratelimit import Limiter
+from avokit.gateway.services.spendcaps import SpendCapExceededError
 
 # Customer keys may see at most this many alternatives per token (model-stealing guard).
 CUSTOMER_MAX_TOP_LOGPROBS = 5
@@ -43,6 +50,7 @@ class Gateway:
     limiter: Limiter
     max_tokens_default: int
     owner: str | None = None  # this process's lease id: its reservations name it
+    metrics: GatewayMetrics | None = None
 
     async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
         """:meth:`key_for` in a worker thread (it reads the database)."""
@@ -183,21 +191,57 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
                     bool(req.stream_options and req.stream_options.include_usage))
 
 
-def admit(gw: Gateway, prep: Prepared) -> metering.Hold:
-    """Rate limit, then reserve the worst case in the database (blocking; 402 if it does not fit).
+def _refusal_kind(err: GatewayError) -> str | None:
+    """The ``kind`` label of a refused admission (None: not a refusal)."""
+    if isinstance(err, RateLimitError):
+        return f"rate_limit_{err.limit}"
+    if isinstance(err, SpendCapExceededError):
+        return "spend_cap"
+    if isinstance(err, InsufficientCreditError):
+        return "credit"
+    if isinstance(err, ServiceUnavailableError):
+        return "limits_unavailable"
+    return None
+
+
+def _check_tpm(prep: Prepared, worst_tokens: int) -> None:
+    # a request larger than the key's whole minute can never be admitted: a 429 would have
+    # the client retry it forever
+    if worst_tokens > prep.key.tpm:
+        raise BadRequestError(
+            f"max_tokens: this request may use up to {worst_tokens} tokens (prompt + "
+            f"max_tokens), more than this key's limit of {prep.key.tpm} tokens per minute; "
+            "lower max_tokens or shorten the prompt.", param="max_tokens",
+            code="tokens_per_minute_exceeded")
+
+
+def admit(gw: Gateway, prep: Prepared, request_id: str | None = None) -> metering.Hold:
+    """Rate limit, then reserve the worst case in the database against the account's credit
+    and the key's spend cap (blocking; 402 if it does not fit).
 
     The limit comes first: a key over its limit costs no database write.
     """
     worst_tokens = len(prep.params.prompt_ids) + prep.params.max_tokens
-    prep.headers = gw.limiter.check(prep.key.id, prep.key.rpm, prep.key.tpm, worst_tokens)
+    _check_tpm(prep, worst_tokens)
     price = prep.key.price(prep.model)
     if price is None:  # may_use() already refused it; never fall through to a free request
         raise ModelNotFoundError(prep.model)
     price_in, price_out = price
-    return metering.reserve(
-        gw.db, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
-        prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
-        price_in=price_in, price_out=price_out, owner=gw.owner)
+    try:
+        prep.headers = gw.limiter.check(prep.key.id, prep.key.rpm, prep.key.tpm, worst_tokens)
+        hold = metering.reserve(
+            gw.db, account_id=prep.key.account_id, key_id=prep.key.id, model=prep.model,
+            prompt_tokens=len(prep.params.prompt_ids), max_tokens=prep.params.max_tokens,
+            price_in=price_in, price_out=price_out, owner=gw.owner, request_id=request_id,
+            cap=prep.key.spend_cap)
+    except GatewayError as err:
+        kind = _refusal_kind(err)
+        if gw.metrics is not None and kind is not None:
+            gw.metrics.refusals.labels(kind).inc()
+        raise
+    if gw.metrics is not None:
+        gw.metrics.open_reservations.inc()
+    return hold
 
 
 async def prepare_and_admit(gw: Gateway, prepare: Callable[[], Prepared]
@@ -210,23 +254,40 @@ async def prepare_and_admit(gw: Gateway, prepare: Callable[[], Prepared]
     is paid (each costs a thread wake-up and a return to the loop).
     The hop is not abandoned on cancellation, so a reservation made is always returned.
     """
+    request_id = requestid.current()
+
     def work() -> tuple[Prepared, metering.Hold]:
         prep = prepare()
-        return prep, admit(gw, prep)
+        requestid.note_model(prep.model)
+        return prep, admit(gw, prep, request_id)
 
-    return await run_in_threadpool(work)
+    if gw.metrics is None:
+        return await run_in_threadpool(work)
+    gw.metrics.waiting.inc()
+    try:
+        return await run_in_threadpool(work)
+    finally:
+        gw.metrics.waiting.dec()
 
 
 async def _settle(gw: Gateway, hold: metering.Hold, completion: int) -> None:
     # shielded: a client disconnect cancels the request task, but billing must still happen
     with anyio.CancelScope(shield=True):
-        await run_in_threadpool(metering.settle_hold, gw.db, hold, completion)
+        charge = await run_in_threadpool(metering.settle_hold, gw.db, hold, completion)
+    if gw.metrics is not None:
+        gw.metrics.open_reservations.dec()
+        if charge is not None:  # exactly what the ledger row says; None: settled elsewhere
+            gw.metrics.billed(hold.model, hold.account_id, hold.prompt_tokens, completion,
+                              charge)
 
 
 async def _release(gw: Gateway, hold: metering.Hold) -> None:
     # the engine failed this request: the customer pays nothing for it
     with anyio.CancelScope(shield=True):
         await run_in_threadpool(metering.release, gw.db, hold)
+    if gw.metrics is not None:
+        gw.metrics.open_reservations.dec()
+        gw.metrics.engine_errors.labels(gw.metrics.model_label(hold.model)).inc()
 
 
 async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
@@ -236,12 +297,14 @@ async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
     Nothing reaches the client before the answer is complete, so a failed generation is
     not billed at all: its reservation is released.
     """
+    running = gw.metrics.in_engine() if gw.metrics is not None else contextlib.nullcontext()
     try:
-        scores = None
-        if prep.echo_scores:
-            scores = await gw.engine.score_prompt(prep.model, prep.params.prompt_ids,
-                                                  prep.params.top_logprobs or 0)
-        events, finished = await gw.engine.complete(prep.model, prep.params)
+        with running:
+            scores = None
+            if prep.echo_scores:
+                scores = await gw.engine.score_prompt(prep.model, prep.params.prompt_ids,
+                                                      prep.params.top_logprobs or 0)
+            events, finished = await gw.engine.complete(prep.model, prep.params)
     except Exception:
         await _release(gw, hold)
         raise
@@ -261,21 +324,33 @@ async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
     """
     delivered = 0
     failed = False
+    timer = gw.metrics.stream_timer(prep.model) if gw.metrics is not None else None
+    running = gw.metrics.in_engine() if gw.metrics is not None else contextlib.nullcontext()
     try:
-        async for ev in gw.engine.generate(prep.model, prep.params):
-            if isinstance(ev, Finished):
-                delivered = ev.completion_tokens
+        with running:
+            async for ev in _timed(gw.engine.generate(prep.model, prep.params), timer):
+                if isinstance(ev, Finished):
+                    delivered = ev.completion_tokens
+                    yield ev
+                    return
+                delivered += ev.tokens
                 yield ev
-                return
-            delivered += ev.tokens
-            yield ev
-            # after the client was handed the event: a crash now bills what it received
-            await run_in_threadpool(metering.mark_delivered, gw.db, hold.id, delivered)
+                # after the client was handed the event: a crash now bills what it received
+                await run_in_threadpool(metering.mark_delivered, gw.db, hold.id, delivered)
     except Exception:
         failed = True
         raise
     finally:
         await (_release(gw, hold) if failed else _settle(gw, hold, delivered))
+
+
+async def _timed(events: AsyncIterator[TokenEvent | Finished], timer: Any
+                 ) -> AsyncIterator[TokenEvent | Finished]:
+    # the engine's own pace, before the gateway writes or sends anything
+    async for ev in events:
+        if timer is not None and isinstance(ev, TokenEvent):
+            timer.event(ev.tokens)
+        yield ev
 
 
 def sse(payload: dict[str, Any]) -> bytes:
