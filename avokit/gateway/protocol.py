@@ -42,6 +42,86 @@ def _unsupported(name: str, value: Any, default: Any) -> Any:
     return value
 
 
+class JSONSchemaFormat(BaseModel):
+    """``response_format.json_schema``: a named JSON Schema the output must validate against."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    name: Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: Text | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: free text, any JSON object, or JSON matching a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_for_its_type(cls, value: JSONSchemaFormat | None, info: Any) -> Any:
+        kind = info.data.get("type")
+        if kind == "json_schema" and value is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        if kind != "json_schema" and value is not None:
+            raise ValueError(f"json_schema is only allowed when type is 'json_schema', not {kind!r}")
+        return value
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call; ``parameters`` is the JSON Schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """One entry of ``tools``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function to call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class FunctionCall(BaseModel):
+    """The function of a tool call; ``arguments`` is a JSON text."""
+
+    name: Text
+    arguments: Text
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made (in a response, or sent back in the history)."""
+
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class StreamOptions(BaseModel):
     """``stream_options``: include a final usage chunk."""
 
@@ -102,6 +182,8 @@ class CompletionRequest(_Request):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     user: Annotated[Text, Field(max_length=256)] | None = None
+    # vLLM's extension of the legacy endpoint (OpenAI's has none): constrain the text
+    response_format: ResponseFormat | None = None
 
     @field_validator("best_of")
     @classmethod
@@ -131,7 +213,22 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[ContentPart] | None = None
     name: Annotated[Text, Field(max_length=256)] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: Text | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _assistant_calls(cls, value: list[ToolCall] | None, info: Any) -> Any:
+        if value is not None and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_answers(cls, value: str | None, info: Any) -> Any:
+        if value is not None and info.data.get("role") != "tool":
+            raise ValueError("only tool messages carry a tool_call_id")
+        return value
 
     def text(self) -> str:
         """The message text, its parts joined."""
@@ -154,12 +251,16 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: TokenCount | None = None
     max_tokens: TokenCount | None = None
     n: int = Field(1, ge=1, le=128)
+    parallel_tool_calls: bool = True
     presence_penalty: Penalty | None = None
+    response_format: ResponseFormat | None = None
     seed: Seed | None = None
     stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = None
     top_p: float = Field(1.0, gt=0, le=1)
     user: Annotated[Text, Field(max_length=256)] | None = None
 
@@ -214,16 +315,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -235,16 +341,26 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class ToolCallDelta(BaseModel):
+    """A streamed piece of a tool call: id, type and name come with its first piece."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall | None = None
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
