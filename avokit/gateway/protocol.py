@@ -13,113 +13,37 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from avokit.gateway.protocol_text import (  # noqa: F401 (re-exported)
+    INT64_MAX,
+    INT64_MIN,
+    Penalty,
+    Seed,
+    Text,
+    TokenCount,
+)
+from avokit.gateway.protocol_tools import (  # noqa: F401 (re-exported)
+    FunctionCall,
+    FunctionDefinition,
+    JSONSchemaFormat,
+    NamedFunction,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+)
+
 # OpenAI's caps: up to 4 stop sequences; logprobs up to 20 alternatives (eval keys; customer
 # keys are capped lower by the serving layer)
 MAX_STOP, MAX_TOP_LOGPROBS = 4, 20
-
-
-def _valid_unicode(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("invalid Unicode: contains a lone UTF-16 surrogate") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_valid_unicode)]
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-# token counts fit a signed 32-bit column; anything above is over every context anyway
-TokenCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
 def _unsupported(name: str, value: Any, default: Any) -> Any:
     if value is not None and value != default:
         raise ValueError(f"{name}={value!r} is not supported by this server")
     return value
-
-
-class JSONSchemaFormat(BaseModel):
-    """``response_format.json_schema``: a named JSON Schema the output must validate against."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
-
-    name: Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-    description: Text | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    """``response_format``: free text, any JSON object, or JSON matching a schema."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
-
-    @field_validator("json_schema")
-    @classmethod
-    def _schema_for_its_type(cls, value: JSONSchemaFormat | None, info: Any) -> Any:
-        kind = info.data.get("type")
-        if kind == "json_schema" and value is None:
-            raise ValueError("json_schema is required when type is 'json_schema'")
-        if kind != "json_schema" and value is not None:
-            raise ValueError(f"json_schema is only allowed when type is 'json_schema', not {kind!r}")
-        return value
-
-
-class FunctionDefinition(BaseModel):
-    """A function the model may call; ``parameters`` is the JSON Schema of its arguments."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-    description: Text | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(BaseModel):
-    """One entry of ``tools``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: Text
-
-
-class NamedToolChoice(BaseModel):
-    """``tool_choice`` naming the one function to call."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class FunctionCall(BaseModel):
-    """The function of a tool call; ``arguments`` is a JSON text."""
-
-    name: Text
-    arguments: Text
-
-
-class ToolCall(BaseModel):
-    """A call the assistant made (in a response, or sent back in the history)."""
-
-    id: Text
-    type: Literal["function"] = "function"
-    function: FunctionCall
 
 
 class StreamOptions(BaseModel):
@@ -339,15 +263,6 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-
-
-class ToolCallDelta(BaseModel):
-    """A streamed piece of a tool call: id, type and name come with its first piece."""
-
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: FunctionCall | None = None
 
 
 class ChatDelta(BaseModel):
