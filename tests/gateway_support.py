@@ -91,7 +91,8 @@ class Server:
                 if self.cli is not None else [sys.executable, "-c", code])
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env})
-        deadline = time.time() + 60
+        # importing torch and transformers takes a minute or more on a loaded 2-core machine
+        deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")

@@ -373,6 +373,40 @@ def test_engine_batch_mixing_constrained_and_free_rows(registry: Path) -> None:
     asyncio.run(run())
 
 
+def test_a_broken_grammar_fails_its_own_row_only(registry: Path) -> None:
+    """A row whose matcher is in an error state fails alone (502); the free row batched with
+    it gets exactly the answer it gets alone."""
+    import llguidance
+    import llguidance.hf
+
+    from avokit.gateway.engines.base import Constraint, GenParams, scan_registry
+    from avokit.gateway.engines.transformers_engine import TransformersEngine
+    from avokit.gateway.errors import UpstreamError
+
+    async def run() -> None:
+        engine = TransformersEngine(scan_registry(registry), max_batch_size=8,
+                                    batch_wait_ms=50)
+        tok = engine.tokenizer(MODEL)
+        lltok = llguidance.hf.from_tokenizer(tok)
+        broken = llguidance.LLMatcher(lltok, "start: nope", log_level=0)
+        assert broken.is_error()  # the mechanism: this matcher cannot produce a mask
+        ids = list(tok("Hello").input_ids)
+        free = GenParams(ids, 12, temperature=1.0, seed=4)
+        bad = GenParams(ids, 12, temperature=1.0, seed=4,
+                        constraint=Constraint("start: nope", broken, None, lltok.vocab_size))
+        try:
+            alone, _ = await engine.complete(MODEL, free)
+            both = await asyncio.gather(engine.complete(MODEL, bad), engine.complete(MODEL, free),
+                                        return_exceptions=True)
+        finally:
+            await engine.aclose()
+        assert isinstance(both[0], UpstreamError)
+        assert not isinstance(both[1], BaseException)
+        assert [e.text for e in both[1][0]] == [e.text for e in alone]
+
+    asyncio.run(run())
+
+
 def test_grammar_cache_is_bounded(registry: Path) -> None:
     """The LRU keeps at most cache_size grammars, evicting the least recently used."""
     from avokit.gateway.engines.base import load_tokenizer
