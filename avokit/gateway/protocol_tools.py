@@ -29,7 +29,7 @@ class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
+    json_schema: JSONSchemaFormat | None = Field(None, validate_default=True)
 
     @field_validator("json_schema")
     @classmethod
