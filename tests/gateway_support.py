@@ -26,7 +26,8 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Avocados are green and tas
         "Hello world, this is a tiny model for testing the gateway. ") * 20
 
 
-def build_registry(root: Path, name: str = "avo-tiny", passed: bool = True) -> Path:
+def build_registry(root: Path, name: str = "avo-tiny", passed: bool = True,
+                   context_length: int = 256) -> Path:
     """REGISTRY/<name>/: a random tiny Llama + byte-level BPE tokenizer with a chat template."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -47,7 +48,7 @@ def build_registry(root: Path, name: str = "avo-tiny", passed: bool = True) -> P
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=256, eos_token_id=tok.eos_token_id,
+                      max_position_embeddings=context_length, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.eos_token_id, bos_token_id=None)
     model = LlamaForCausalLM(cfg)
     # spread the logits and zero eos's: greedy decoding then never stops early, so
@@ -57,7 +58,7 @@ def build_registry(root: Path, name: str = "avo-tiny", passed: bool = True) -> P
         model.lm_head.weight[tok.eos_token_id] = 0.0
     model.save_pretrained(out)
     (out / "MODEL_CARD.md").write_text(f"# {name}\n")
-    write_release_manifest(out, name, context_length=256, passed=passed)
+    write_release_manifest(out, name, context_length=context_length, passed=passed)
     return out
 
 

@@ -114,10 +114,11 @@ def test_a_customer_sees_only_its_own_account(console: Console) -> None:
     assert httpx.get(console.url + "/v1/models", headers=auth(console.bob)).status_code == 200
 
 
-def _chat(http: httpx.Client, csrf: str, max_tokens: int) -> list[dict[str, object]]:
+def _chat(http: httpx.Client, csrf: str, max_tokens: int, **extra: object
+          ) -> list[dict[str, object]]:
     r = http.post("/console/api/chat", headers={"X-CSRF-Token": csrf}, json={
         "model": "avo-tiny", "messages": [{"role": "user", "content": "Hello fox"}],
-        "temperature": 0, "max_tokens": max_tokens})
+        "temperature": 0, "max_tokens": max_tokens, **extra})
     assert r.status_code == 200, r.text
     return [json.loads(line[6:]) for line in r.text.split("\n\n") if line.startswith("data: ")]
 
@@ -146,6 +147,20 @@ def test_playground_bills_its_answer_and_the_csv_matches_the_cli(
     cli.usage(key=None, since=None, as_csv=True, db=console.db_url, account=account)
     assert csv_text.replace("\r\n", "\n") == capsys.readouterr().out.replace("\r\n", "\n")
     assert csv_text.count("\n") >= 2 and console.bob_info.id not in csv_text
+
+
+def test_playground_json_mode_switch(console: Console) -> None:
+    """The switch sends response_format json_object: the answer opens a JSON object, where
+    the same request without it does not."""
+    http, csrf = console.signin(console.alice)
+    assert 'id="json_mode"' in http.get("/console/playground").text
+
+    def text(**extra: object) -> str:
+        return "".join(str(e["text"]) for e in _chat(http, csrf, 12, **extra)
+                       if e["type"] == "delta")
+
+    assert text(json_mode=True).startswith("{")
+    assert not text(json_mode=False).startswith("{")
 
 
 def test_model_card_shows_lineage_gate_and_evaluation(console: Console) -> None:

@@ -13,27 +13,31 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from avokit.gateway.protocol_text import (  # noqa: F401 (re-exported)
+    INT64_MAX,
+    INT64_MIN,
+    Penalty,
+    Seed,
+    Text,
+    TokenCount,
+)
+from avokit.gateway.protocol_tools import (  # noqa: F401 (re-exported)
+    FunctionCall,
+    FunctionDefinition,
+    JSONSchemaFormat,
+    NamedFunction,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+)
+
 # OpenAI's caps: up to 4 stop sequences; logprobs up to 20 alternatives (eval keys; customer
 # keys are capped lower by the serving layer)
 MAX_STOP, MAX_TOP_LOGPROBS = 4, 20
-
-
-def _valid_unicode(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("invalid Unicode: contains a lone UTF-16 surrogate") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_valid_unicode)]
-Seed = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
-# token counts fit a signed 32-bit column; anything above is over every context anyway
-TokenCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
 def _unsupported(name: str, value: Any, default: Any) -> Any:
@@ -102,6 +106,8 @@ class CompletionRequest(_Request):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     user: Annotated[Text, Field(max_length=256)] | None = None
+    # vLLM's extension of the legacy endpoint (OpenAI's has none): constrain the text
+    response_format: ResponseFormat | None = None
 
     @field_validator("best_of")
     @classmethod
@@ -131,7 +137,22 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[ContentPart] | None = None
     name: Annotated[Text, Field(max_length=256)] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: Text | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _assistant_calls(cls, value: list[ToolCall] | None, info: Any) -> Any:
+        if value is not None and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_answers(cls, value: str | None, info: Any) -> Any:
+        if value is not None and info.data.get("role") != "tool":
+            raise ValueError("only tool messages carry a tool_call_id")
+        return value
 
     def text(self) -> str:
         """The message text, its parts joined."""
@@ -154,12 +175,16 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: TokenCount | None = None
     max_tokens: TokenCount | None = None
     n: int = Field(1, ge=1, le=128)
+    parallel_tool_calls: bool = True
     presence_penalty: Penalty | None = None
+    response_format: ResponseFormat | None = None
     seed: Seed | None = None
     stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[Tool] | None = None
     top_p: float = Field(1.0, gt=0, le=1)
     user: Annotated[Text, Field(max_length=256)] | None = None
 
@@ -214,16 +239,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -238,13 +268,14 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -6,7 +6,10 @@ MOCK_TOKENS (completion tokens per answer, default 8; capped by max_tokens), MOC
 (sleep between streamed chunks, default 0), MOCK_CHUNK_TOKENS (tokens per streamed chunk,
 default 1). Like vLLM, ``stream_options.continuous_usage_stats`` puts the running usage in
 every chunk. A request with max_tokens == 13 breaks the
-connection after 3 streamed tokens (to test errors after a stream started).
+connection after 3 streamed tokens (to test errors after a stream started). A request with
+vLLM's ``structured_outputs`` field answers with that field echoed as JSON,
+``{"structured_outputs": ...}`` (one piece per token), so the gateway tests can check
+what was passed through.
 
 Run: python bench/gateway/mock_upstream.py PORT
 """
@@ -45,13 +48,20 @@ async def _answer(request: Request) -> Response:
     usage = {"prompt_tokens": _n_prompt(body), "completion_tokens": n,
              "total_tokens": _n_prompt(body) + n}
     base = {"id": "mock-1", "created": int(time.time()), "model": body.get("model", "m")}
+    pieces = ["tok "] * n
+    finish = "length"
+    if "structured_outputs" in body:
+        echo = json.dumps({"structured_outputs": body["structured_outputs"]})
+        pieces, finish = [echo[i:i + 8] for i in range(0, len(echo), 8)], "stop"
+        n = len(pieces)
+        usage = {**usage, "completion_tokens": n, "total_tokens": usage["prompt_tokens"] + n}
     if not body.get("stream"):
         if chat:
             return JSONResponse({**base, "object": "chat.completion", "choices": [{
-                "index": 0, "message": {"role": "assistant", "content": "tok " * n},
-                "finish_reason": "length"}], "usage": usage})
+                "index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                "finish_reason": finish}], "usage": usage})
         return JSONResponse({**base, "object": "text_completion", "choices": [{
-            "index": 0, "text": "tok " * n, "logprobs": None, "finish_reason": "length"}],
+            "index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}],
             "usage": usage})
 
     continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
@@ -68,13 +78,13 @@ async def _answer(request: Request) -> Response:
                 await asyncio.sleep(DELAY)
             if int(max_tokens) == 13 and i == 3:
                 raise RuntimeError("mock upstream breaks the stream on purpose")
-            text = "tok " * min(CHUNK, n - i)
+            text = "".join(pieces[i:i + CHUNK])
             choice = ({"index": 0, "delta": {"content": text}, "finish_reason": None} if chat
                       else {"index": 0, "text": text, "logprobs": None, "finish_reason": None})
             payload = {**base, "choices": [choice], **running(min(i + CHUNK, n))}
             yield f"data: {json.dumps(payload)}\n\n".encode()
-        last = ({"index": 0, "delta": {}, "finish_reason": "length"} if chat
-                else {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"})
+        last = ({"index": 0, "delta": {}, "finish_reason": finish} if chat
+                else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish})
         yield f"data: {json.dumps({**base, 'choices': [last]})}\n\n".encode()
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
         yield b"data: [DONE]\n\n"

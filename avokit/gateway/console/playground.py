@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from avokit.gateway.console import web
 from avokit.gateway.console.auth import Principal
 from avokit.gateway.engines.base import Finished
-from avokit.gateway.protocol import ChatCompletionRequest, ChatMessage
+from avokit.gateway.protocol import ChatCompletionRequest, ChatMessage, ResponseFormat
 from avokit.gateway.services import serving, usage
 
 router = APIRouter()
@@ -36,6 +36,7 @@ class PlaygroundChat(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(64, ge=1, le=2**31 - 1)
+    json_mode: bool = False  # response_format json_object: the answer is decoded as JSON
 
 
 def model_caps(request: Request, who: Principal) -> list[dict[str, Any]]:
@@ -84,7 +85,9 @@ async def chat(request: Request,
     assert who.key is not None
     req = ChatCompletionRequest(model=body.model, messages=body.messages, stream=True,
                                 temperature=body.temperature, top_p=body.top_p,
-                                max_tokens=body.max_tokens)
+                                max_tokens=body.max_tokens,
+                                response_format=ResponseFormat(type="json_object") if body.json_mode
+                                else None)
     key = who.key
     prep, hold = await serving.prepare_and_admit(gw, lambda: serving.prepare_chat(gw, key, req))
 

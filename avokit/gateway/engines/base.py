@@ -56,6 +56,21 @@ def scan_registry(registry: Path) -> dict[str, ServedModel]:
     return served
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """What the output must match (``response_format``, tool calls).
+
+    ``grammar``: the llguidance grammar; ``matcher``: it compiled for the model's tokenizer and
+    never advanced (the in-process engine deep-copies it per sequence); ``upstream``: vLLM's
+    ``structured_outputs`` value, or None where the upstream decodes freely.
+    """
+
+    grammar: str
+    matcher: Any
+    upstream: dict[str, Any] | None = None
+    n_vocab: int = 0  # the tokenizer's vocabulary the matcher's masks cover
+
+
 @dataclass
 class GenParams:
     """One generation request, in token ids."""
@@ -67,6 +82,7 @@ class GenParams:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int | None = None  # None: no logprobs; n >= 0: chosen token + n alternatives
     seed: int | None = None
+    constraint: Constraint | None = None  # None: free text
 
 
 @dataclass
@@ -84,7 +100,7 @@ class TokenEvent:
 class Finished:
     """End of a generation."""
 
-    finish_reason: str  # stop | length
+    finish_reason: str  # stop (eos, a stop string, or the grammar complete) | length
     completion_tokens: int
 
 

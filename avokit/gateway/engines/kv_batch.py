@@ -93,6 +93,9 @@ def merge(a: DecodeBatch, b: DecodeBatch) -> DecodeBatch:
 
 
 Sampler = Callable[[int, torch.Tensor], int | None]
+# edits the [B, V] logits of a step in place before any row is sampled (grammar masks); None
+# when no row of the batch needs it, so free batches run exactly as before
+Masker = Callable[[torch.Tensor], None] | None
 
 
 def _cache_arg(model: Any) -> str:
@@ -107,11 +110,12 @@ def _cache_arg_of(cls: type) -> str:
 
 
 def prefill(model: Any, rows: list[Any], prompts: list[list[int]], pad_id: int, device: str,
-            sample: Sampler) -> tuple[DecodeBatch | None, Any]:
+            sample: Sampler, masker: Masker = None) -> tuple[DecodeBatch | None, Any]:
     """Read the prompts (left-padded, one forward) and sample each row's first token.
 
-    ``sample(i, logits)`` returns row i's token, or None when the row is finished. Returns the
-    batch of unfinished rows (None if none) and the model output (for tests)."""
+    ``sample(i, logits)`` returns row i's token, or None when the row is finished; ``masker``
+    edits the batch's logits first. Returns the batch of unfinished rows (None if none) and
+    the model output (for tests)."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -121,19 +125,22 @@ def prefill(model: Any, rows: list[Any], prompts: list[list[int]], pad_id: int, 
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    return _after_forward(rows, out, mask, positions[:, -1:], sample)
+    return _after_forward(rows, out, mask, positions[:, -1:], sample, masker)
 
 
-def decode_step(model: Any, batch: DecodeBatch, sample: Sampler) -> DecodeBatch | None:
+def decode_step(model: Any, batch: DecodeBatch, sample: Sampler, masker: Masker = None
+                ) -> DecodeBatch | None:
     """Feed every row its pending token, sample the next one, drop finished rows."""
     out = model(input_ids=batch.pending.view(-1, 1), attention_mask=batch.mask,
                 position_ids=batch.positions, use_cache=True, **{_cache_arg(model): batch.cache})
-    return _after_forward(batch.rows, out, batch.mask, batch.positions, sample)[0]
+    return _after_forward(batch.rows, out, batch.mask, batch.positions, sample, masker)[0]
 
 
 def _after_forward(rows: list[Any], out: Any, mask: torch.Tensor, last_pos: torch.Tensor,
-                   sample: Sampler) -> tuple[DecodeBatch | None, Any]:
+                   sample: Sampler, masker: Masker) -> tuple[DecodeBatch | None, Any]:
     logits = out.logits[:, -1, :].float()
+    if masker is not None:
+        masker(logits)
     pending = torch.zeros(len(rows), dtype=torch.long, device=mask.device)
     alive = []
     for i in range(len(rows)):

@@ -27,7 +27,8 @@ from avokit.gateway.engines.base import (
     collect,
     load_tokenizer,
 )
-from avokit.gateway.engines.kv_batch import DecodeBatch, decode_step, merge, prefill
+from avokit.gateway.engines import constrained
+from avokit.gateway.engines.kv_batch import DecodeBatch, Masker, decode_step, merge, prefill
 from avokit.gateway.errors import NotFoundError, UpstreamError
 
 
@@ -50,6 +51,7 @@ class _Row:
     text: str = ""
     done: bool = False
     gen: Any = None  # the request's torch.Generator (seeded requests)
+    matcher: Any = None  # the request's grammar state (constrained requests)
 
 
 class _ModelWorker:
@@ -116,7 +118,8 @@ class _ModelWorker:
                         joined = self._prefill(jobs)
                         batch = joined if batch is None else (merge(batch, joined) if joined else batch)
                     if batch is not None:
-                        batch = decode_step(self.model, batch, self._sampler(batch.rows))
+                        batch = decode_step(self.model, batch, self._sampler(batch.rows),
+                                            self._masker(batch.rows))
             except Exception as err:  # the shared forward pass failed: keep the worker alive
                 running = [r.job for r in batch.rows] if batch else []
                 joining = [j for j in (jobs or []) if all(j is not r for r in running)]
@@ -130,6 +133,8 @@ class _ModelWorker:
             row = _Row(job)
             try:
                 row.gen = _generator(self.torch, job.params.seed)
+                if job.params.constraint is not None:
+                    row.matcher = constrained.start(job.params.constraint)
             except Exception as err:  # a seed torch refuses fails its own request only
                 job.emit(UpstreamError(f"generation failed: {type(err).__name__}"))
                 continue
@@ -137,7 +142,21 @@ class _ModelWorker:
         if not rows:
             return None
         return prefill(self.model, rows, [r.job.params.prompt_ids for r in rows], self.pad_id,
-                       self.device, self._sampler(rows))[0]
+                       self.device, self._sampler(rows), self._masker(rows))[0]
+
+    def _masker(self, rows: list[_Row]) -> Masker:
+        """Grammar masks for the constrained rows of a step; None (no work) when none is."""
+        wanted = [(i, r.matcher, r.job.params.constraint.n_vocab) for i, r in enumerate(rows)
+                  if r.matcher is not None and not r.done]
+        if not wanted:
+            return None
+
+        def mask(logits: Any) -> None:
+            for i in constrained.mask_rows(logits, wanted):
+                rows[i].done = True  # a broken grammar fails its own request only
+                rows[i].job.emit(UpstreamError("generation failed: grammar error"))
+
+        return mask
 
     def _sampler(self, rows: list[_Row]) -> Any:
         """``sample(i, logits)``: row i's next token, or None once the row is finished."""
@@ -165,6 +184,8 @@ class _ModelWorker:
             row.done = True
             row.job.emit(Finished("stop", len(row.ids)))
             return
+        if row.matcher is not None and not constrained.advance(row.matcher, token):
+            raise ValueError("the grammar refused the sampled token")
         row.ids.append(token)
         full = self.tokenizer.decode(row.ids, skip_special_tokens=True)
         finish: str | None = None
@@ -173,6 +194,8 @@ class _ModelWorker:
             if s and cut >= 0:
                 full, finish = full[:cut], "stop"
                 break
+        if row.matcher is not None and constrained.complete(row.matcher):
+            finish = "stop"  # the grammar is complete: nothing more may follow
         if finish is None and len(row.ids) >= p.max_tokens:
             finish = "length"
         # hold back a partial multi-byte character until its bytes are complete

@@ -3,6 +3,9 @@
 The gateway tokenises the prompt (and applies the chat template) with the model's own
 tokenizer from the registry, then sends the token ids to the upstream ``/v1/completions``,
 so keys, limits, metering and model-stealing guards are identical to the in-process engine.
+A constrained request (``response_format``, tool calls) carries its JSON Schema in vLLM's
+``structured_outputs`` field; the gateway has already checked and compiled it, so a schema the
+gateway refuses never reaches the upstream.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ class VLLMEngine:
             body["seed"] = params.seed
         if params.top_logprobs is not None:
             body["logprobs"] = params.top_logprobs
+        if params.constraint is not None and params.constraint.upstream is not None:
+            # vLLM's own field (v0.12+; the guided_* fields before it are gone)
+            body["structured_outputs"] = params.constraint.upstream
         if stream:
             # continuous usage: every chunk carries the running token count, so a client that
             # leaves mid-stream is billed the upstream's count (a chunk may hold several

@@ -32,11 +32,12 @@ from avokit.gateway.protocol import (
     CompletionRequest,
     CompletionResponse,
     TokenLogprob,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
 from avokit.gateway.routes.deps import Body, gateway, json_body, parse_body
-from avokit.gateway.services import metering, serving
+from avokit.gateway.services import metering, serving, tool_calls
 from avokit.gateway.services.keys import KeyInfo
 from avokit.gateway.services.serving import Gateway, Prepared
 
@@ -97,12 +98,12 @@ class _Shape(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def delta(self, ev: TokenEvent) -> BaseModel:
-        """The chunk of one engine event."""
+    def delta(self, ev: TokenEvent) -> list[BaseModel]:
+        """The chunks of one engine event (none while it is held back)."""
 
     @abc.abstractmethod
-    def closing(self, fin: Finished) -> BaseModel:
-        """The chunk with the finish reason."""
+    def closing(self, fin: Finished) -> list[BaseModel]:
+        """The last chunks: anything held back, then the finish reason."""
 
     @abc.abstractmethod
     def usage_chunk(self, fin: Finished) -> BaseModel:
@@ -131,19 +132,27 @@ class _CompletionShape(_Shape):
             return []
         return [self._body([CompletionChoice(text=self.prep.echo_text)])]
 
-    def delta(self, ev: TokenEvent) -> BaseModel:
+    def delta(self, ev: TokenEvent) -> list[BaseModel]:
         lp = _legacy_logprobs([ev], None, 0) if self.want_logprobs else None
-        return self._body([CompletionChoice(text=ev.text, logprobs=lp)])
+        return [self._body([CompletionChoice(text=ev.text, logprobs=lp)])]
 
-    def closing(self, fin: Finished) -> BaseModel:
-        return self._body([CompletionChoice(text="", finish_reason=fin.finish_reason)])  # type: ignore
+    def closing(self, fin: Finished) -> list[BaseModel]:
+        return [self._body([CompletionChoice(text="", finish_reason=fin.finish_reason)])]  # type: ignore
 
     def usage_chunk(self, fin: Finished) -> BaseModel:
         return self._body([], _usage(self.prep, fin.completion_tokens))
 
 
 class _ChatShape(_Shape):
+    """Chat bodies; an answer that may be tool calls is held back while streaming until it is
+    known to be text (then sent as content) or ends (then sent as ``tool_calls`` deltas)."""
+
     prefix = "chatcmpl"
+
+    def __init__(self, prep: Prepared) -> None:
+        super().__init__(prep)
+        self.held: list[TokenEvent] = []
+        self.is_text = prep.tools is None
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None
                ) -> ChatCompletionChunk:
@@ -152,24 +161,50 @@ class _ChatShape(_Shape):
 
     def whole(self, events: list[TokenEvent], fin: Finished, scores: PromptScores | None
               ) -> BaseModel:
-        message = AssistantMessage(content="".join(e.text for e in events))
-        lp = _chat_logprobs(events) if self.want_logprobs else None
+        text = "".join(e.text for e in events)
+        calls = tool_calls.parse(text, self.prep.tools) if self.prep.tools else None
+        message = (AssistantMessage(tool_calls=calls) if calls else AssistantMessage(content=text))
+        lp = _chat_logprobs(events) if self.want_logprobs and not calls else None
         return ChatCompletionResponse(
             id=self.id, created=self.created, model=self.prep.model,
-            choices=[ChatChoice(message=message, logprobs=lp,
-                                finish_reason=fin.finish_reason)],  # type: ignore[arg-type]
+            choices=[ChatChoice(message=message, logprobs=lp, finish_reason=(
+                "tool_calls" if calls else fin.finish_reason))],  # type: ignore[arg-type]
             usage=_usage(self.prep, fin.completion_tokens))
 
     def opening(self) -> list[BaseModel]:
         return [self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])]
 
-    def delta(self, ev: TokenEvent) -> BaseModel:
-        lp = _chat_logprobs([ev]) if self.want_logprobs else None
-        return self._chunk([ChatChunkChoice(delta=ChatDelta(content=ev.text), logprobs=lp)])
+    def _content(self, events: list[TokenEvent]) -> BaseModel:
+        lp = _chat_logprobs(events) if self.want_logprobs else None
+        return self._chunk([ChatChunkChoice(
+            delta=ChatDelta(content="".join(e.text for e in events)), logprobs=lp)])
 
-    def closing(self, fin: Finished) -> BaseModel:
-        return self._chunk([ChatChunkChoice(delta=ChatDelta(),
-                                            finish_reason=fin.finish_reason)])  # type: ignore
+    def delta(self, ev: TokenEvent) -> list[BaseModel]:
+        if not self.is_text:
+            assert self.prep.tools is not None
+            self.held.append(ev)
+            if tool_calls.may_be_calls("".join(e.text for e in self.held), self.prep.tools):
+                return []
+            self.is_text = True
+            held, self.held = self.held, []
+            return [self._content(held)]
+        return [self._content([ev])]
+
+    def closing(self, fin: Finished) -> list[BaseModel]:
+        out: list[BaseModel] = []
+        reason = fin.finish_reason
+        if self.held:
+            assert self.prep.tools is not None
+            calls = tool_calls.parse("".join(e.text for e in self.held), self.prep.tools)
+            if calls:
+                reason = "tool_calls"
+                out += [self._chunk([ChatChunkChoice(delta=ChatDelta(tool_calls=[ToolCallDelta(
+                    index=i, id=c.id, type="function", function=c.function)]))])
+                    for i, c in enumerate(calls)]
+            else:
+                out.append(self._content(self.held))
+        return out + [self._chunk([ChatChunkChoice(delta=ChatDelta(),
+                                                   finish_reason=reason)])]  # type: ignore
 
     def usage_chunk(self, fin: Finished) -> BaseModel:
         return self._chunk([], _usage(self.prep, fin.completion_tokens))
@@ -192,11 +227,13 @@ async def _serve(gw: Gateway, prep: Prepared, hold: metering.Hold, shape: _Shape
                 yield _sse(chunk)
             async for ev in serving.stream_events(gw, prep, hold):
                 if isinstance(ev, Finished):
-                    yield _sse(shape.closing(ev))
+                    for chunk in shape.closing(ev):
+                        yield _sse(chunk)
                     if prep.include_usage:
                         yield _sse(shape.usage_chunk(ev))
                     continue
-                yield _sse(shape.delta(ev))
+                for chunk in shape.delta(ev):
+                    yield _sse(chunk)
         except Exception as err:  # the status line is gone: report in-band
             yield serving.sse_error(err)
         yield b"data: [DONE]\n\n"

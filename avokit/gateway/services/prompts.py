@@ -63,8 +63,10 @@ def encode_literal(tok: Any, text: str) -> list[int]:
     return list(literal(text, add_special_tokens=False, split_special_tokens=True).input_ids)
 
 
-def encode_chat(tok: Any, messages: list[dict[str, str]]) -> list[int]:
+def encode_chat(tok: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
     """Render ``messages`` with the model's chat template; message text stays text.
+
+    ``template_kwargs`` go to the template as they are (``tools``).
 
     When no message contains special-token text, the whole rendering is tokenised at once
     (exactly what the model was trained on). Otherwise each message's content is replaced
@@ -73,12 +75,13 @@ def encode_chat(tok: Any, messages: list[dict[str, str]]) -> list[int]:
     """
     _, specials, _ = _derived(tok)
     if not any(s in m["content"] for m in messages for s in specials):
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                       **template_kwargs)
         return list(tok(text, add_special_tokens=False).input_ids)
     marks = [f"AVOKITMSG{secrets.token_hex(8)}X{i}" for i in range(len(messages))]
     skeleton = tok.apply_chat_template(
         [{**m, "content": mark} for m, mark in zip(messages, marks)], tokenize=False,
-        add_generation_prompt=True)
+        add_generation_prompt=True, **template_kwargs)
     ids: list[int] = []
     rest = skeleton
     for message, mark in zip(messages, marks):

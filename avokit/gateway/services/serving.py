@@ -30,8 +30,16 @@ from avokit.gateway.errors import (
     ServiceUnavailableError,
 )
 from avokit.gateway.metrics import GatewayMetrics
+from avokit.gateway.grammars import (
+    GrammarCompiler,
+    GrammarSpec,
+    ToolMode,
+    response_format_spec,
+    tool_mode,
+    tools_spec,
+)
 from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
-from avokit.gateway.services import keys, metering, prompts
+from avokit.gateway.services import keys, metering, prompts, tool_calls
 from avokit.gateway.services.ratelimit import Limiter
 from avokit.gateway.services.spendcaps import SpendCapExceededError
 
@@ -51,6 +59,7 @@ class Gateway:
     max_tokens_default: int
     owner: str | None = None  # this process's lease id: its reservations name it
     metrics: GatewayMetrics | None = None
+    grammars: GrammarCompiler = field(default_factory=GrammarCompiler)
 
     async def authenticate(self, authorization: str | None) -> keys.KeyInfo:
         """:meth:`key_for` in a worker thread (it reads the database)."""
@@ -77,6 +86,7 @@ class Prepared:
     echo_text: str = ""
     echo_scores: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    tools: ToolMode | None = None  # the answer may be tool calls
 
 
 def _check_model(gw: Gateway, key: keys.KeyInfo, model: str) -> None:
@@ -154,8 +164,9 @@ def prepare_completion(gw: Gateway, key: keys.KeyInfo, req: CompletionRequest) -
     if not ids:
         raise BadRequestError("prompt: must not be empty", param="prompt")
     max_tokens = _size(gw, req.model, len(ids), req.max_tokens, "max_tokens", "prompt")
+    spec = response_format_spec(req.response_format, "response_format", gw.grammars.limits)
     params = GenParams(ids, max_tokens, req.temperature, req.top_p, _stop_list(req.stop),
-                       req.logprobs, req.seed)
+                       req.logprobs, req.seed, _constraint(gw, req.model, tok, spec))
     return Prepared(key, req.model, params, req.stream,
                     bool(req.stream_options and req.stream_options.include_usage),
                     echo_text=echo_text if req.echo else "",
@@ -177,18 +188,31 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
     if not getattr(tok, "chat_template", None):
         raise BadRequestError(f"model {req.model!r} has no chat template; use /v1/completions",
                               param="model")
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+    limits = gw.grammars.limits
+    mode = tool_mode(req.tools, req.tool_choice, req.parallel_tool_calls, limits)
+    spec = response_format_spec(req.response_format, "response_format", limits)
+    if mode is not None and spec is not None:
+        raise BadRequestError("response_format: a JSON format together with callable tools is "
+                              "not supported; send one of them, or tool_choice 'none'",
+                              param="response_format")
+    if mode is not None:
+        spec = tools_spec(mode, limits)
+    messages, template_kwargs = tool_calls.render(tok, req.messages, req.tools)
     prompts.check_fits(tok, "".join(m["content"] for m in messages),
                        gw.models[req.model].context_length, "messages")
-    ids = prompts.encode_chat(tok, messages)
+    ids = prompts.encode_chat(tok, messages, **template_kwargs)
     wanted = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     field_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _size(gw, req.model, len(ids), wanted, field_name, "messages")
     top = (req.top_logprobs or 0) if req.logprobs else None
     params = GenParams(ids, max_tokens, req.temperature, req.top_p, _stop_list(req.stop), top,
-                       req.seed)
+                       req.seed, _constraint(gw, req.model, tok, spec))
     return Prepared(key, req.model, params, req.stream,
-                    bool(req.stream_options and req.stream_options.include_usage))
+                    bool(req.stream_options and req.stream_options.include_usage), tools=mode)
+
+
+def _constraint(gw: Gateway, model: str, tok: Any, spec: GrammarSpec | None) -> Any:
+    return None if spec is None else gw.grammars.constraint(model, tok, spec)
 
 
 def _refusal_kind(err: GatewayError) -> str | None:

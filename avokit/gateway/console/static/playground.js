@@ -67,7 +67,8 @@
         body: JSON.stringify({ model: model.value, messages: messages,
           temperature: Number(document.getElementById("temperature").value),
           top_p: Number(document.getElementById("top_p").value),
-          max_tokens: Number(maxTokens.value) }),
+          max_tokens: Number(maxTokens.value),
+          json_mode: document.getElementById("json_mode").checked }),
       });
       if (!response.ok) {
         const body = await response.json().catch(() => ({}));
