@@ -224,7 +224,7 @@ def test_a_killed_run_continues_from_its_last_scored_segment(tmp_path: Path, mon
             on_checkpoint(step, step)  # the "model" is its step
         return rec.run_dir / "student"
 
-    monkeypatch.setattr(transfer, "_scores", fake_scores)
+    monkeypatch.setattr(transfer, "split_scores", fake_scores)
     monkeypatch.setattr(avokit.train, "run_training", fake_training)
     settings = dict(SETTINGS)
     with pytest.raises(Killed):

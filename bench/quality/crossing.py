@@ -64,7 +64,7 @@ from crossing_stats import ARMS, crossing_price  # noqa: E402
 from proof import _drop_unscored_checkpoints, _link, _split_texts, score  # noqa: E402
 from proof_stats import OVERALL, chosen, chosen_test_bpb  # noqa: E402
 from results_io import write_results  # noqa: E402
-from transfer import lock_settings, provenance  # noqa: E402
+from transfer import lock_settings, provenance, scored_training, split_scores  # noqa: E402
 from transfer_data import _write_json  # noqa: E402
 from transfer_stats import curves  # noqa: E402
 
@@ -155,16 +155,8 @@ def _record(runs: Path, rec: Recipe, arm: str, seed: int, settings: dict[str, An
                        "processes": [*old["processes"], provenance(runs, settings)]})
 
 
-def _scores(model: Any, tokenizer: Any, runs: Path, max_length: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    out = {split: score(model, tokenizer, *_split_texts(runs, name), max_length=max_length)
-           for split, name in (("validation", "validation"), ("test", "heldout"))}
-    return {**out, "score_wall_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg()[0]}
-
-
 def train_arm(runs: Path, arm: str, seed: int, settings: dict[str, Any]) -> None:
     """Train one (arm, seed), scoring the student after every segment; resumable per segment."""
-    from avokit.train import run_training
     from avokit.train.run import ensure_student_tokenizer
 
     rec = arm_recipe(runs, arm, seed, settings)
@@ -183,24 +175,9 @@ def train_arm(runs: Path, arm: str, seed: int, settings: dict[str, Any]) -> None
         extra["vocabulary_path"] = path
     _record(runs, rec, arm, seed, settings, extra)
     _drop_unscored_checkpoints(ckpt, segments[-1]["step"] if segments else 0)
-    clock = [time.perf_counter()]
-
-    def on_checkpoint(step: int, model: Any) -> None:
-        wall = time.perf_counter() - clock[0]  # the first segment's includes the run's setup
-        if all(s["step"] != step for s in segments):
-            segments.append({"step": step, "train_wall_s": round(wall, 1),
-                             "params": sum(p.numel() for p in model.parameters()),
-                             **_scores(model, tokenizer, runs, settings["score_max_length"])})
-            segments.sort(key=lambda s: s["step"])
-            _write_json(log_path, segments)
-            print(f"[crossing] {arm} seed {seed} step {step}: validation "
-                  f"{segments[-1]['validation'][OVERALL]:.4f} ({wall:.0f} s)", flush=True)
-        clock[0] = time.perf_counter()
-
-    run_training(rec, baseline=baseline, progress=False, on_checkpoint=on_checkpoint)
-    if len(segments) < wanted:
-        raise SystemExit(f"{rec.run_dir}: finished with {len(segments)} of {wanted} segments scored; "
-                         f"delete {rec.run_dir} to train it again")
+    scored_training(rec, baseline, segments, wanted, lambda model: {
+        "params": sum(p.numel() for p in model.parameters()),
+        **split_scores(model, tokenizer, runs, settings["score_max_length"])}, f"[crossing] {arm} seed {seed}")
     shutil.rmtree(ckpt, ignore_errors=True)  # the scores are in segments.json
 
 

@@ -34,6 +34,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,8 @@ def _record(runs: Path, run_dir: Path, arm: str, seed: int, settings: dict[str, 
                        "processes": [*old["processes"], provenance(runs, settings)]})
 
 
-def _scores(model: Any, tokenizer: Any, runs: Path, max_length: int) -> dict[str, Any]:
+def split_scores(model: Any, tokenizer: Any, runs: Path, max_length: int) -> dict[str, Any]:
+    """Validation and test (held-out) BPB of ``model``, per domain, with the wall time and load."""
     t0 = time.perf_counter()
     out = {split: score(model, tokenizer, *_split_texts(runs, name), max_length=max_length)
            for split, name in (("validation", "validation"), ("test", "heldout"))}
@@ -190,7 +192,7 @@ def score_start(runs: Path, seeds: list[int], settings: dict[str, Any]) -> dict[
         tok = load_student_tokenizer(student_dir())
         model = build_student(StudentConfig.model_validate({"pretrained": student_dir()}), tok)
         _write_json(path, {"step": 0, "train_wall_s": 0.0,
-                           **_scores(model, tok, runs, settings["score_max_length"])})
+                           **split_scores(model, tok, runs, settings["score_max_length"])})
     scores = json.loads(path.read_text())
     for seed in seeds:
         run_dir = runs / "start" / f"s{seed}"
@@ -200,12 +202,37 @@ def score_start(runs: Path, seeds: list[int], settings: dict[str, Any]) -> dict[
     return scores
 
 
+def scored_training(rec: Recipe, baseline: bool, segments: list[dict[str, Any]], wanted: int,
+                    scores: Callable[[Any], dict[str, Any]], label: str) -> None:
+    """Train ``rec`` (resuming), scoring the model at every checkpoint into ``segments`` (written
+    to ``rec.run_dir/segments.json`` each time; a step scored before a restart is not redone);
+    refuses a run that ends with fewer than ``wanted`` segments. Shared by the crossing study."""
+    from avokit.train import run_training
+
+    log_path = rec.run_dir / "segments.json"
+    clock = [time.perf_counter()]
+
+    def on_checkpoint(step: int, model: Any) -> None:
+        wall = time.perf_counter() - clock[0]  # the first segment's includes the run's setup
+        if all(s["step"] != step for s in segments):
+            segments.append({"step": step, "train_wall_s": round(wall, 1), **scores(model)})
+            segments.sort(key=lambda s: s["step"])
+            _write_json(log_path, segments)
+            print(f"{label} step {step}: validation {segments[-1]['validation'][OVERALL]:.4f} ({wall:.0f} s)",
+                  flush=True)
+        clock[0] = time.perf_counter()
+
+    run_training(rec, baseline=baseline, progress=False, on_checkpoint=on_checkpoint)
+    if len(segments) < wanted:
+        raise SystemExit(f"{rec.run_dir}: training finished with {len(segments)} of {wanted} segments scored; "
+                         f"delete {rec.run_dir} to train it again")
+
+
 def train_arm(runs: Path, arm: str, seed: int, settings: dict[str, Any], keep_checkpoints: bool = False) -> None:
     """Train one (arm, seed), scoring the student after every segment; resumable per segment."""
     import shutil
 
     from avokit.student import load_student_tokenizer
-    from avokit.train import run_training
 
     rec = arm_recipe(runs, arm, seed, settings)
     baseline = not ARMS[arm][0]
@@ -217,23 +244,8 @@ def train_arm(runs: Path, arm: str, seed: int, settings: dict[str, Any], keep_ch
         _record(runs, rec.run_dir, arm, seed, settings, rec)
         _drop_unscored_checkpoints(ckpt, segments[-1]["step"] if segments else 0)
         tokenizer = load_student_tokenizer(student_dir())
-        clock = [time.perf_counter()]
-
-        def on_checkpoint(step: int, model: Any) -> None:
-            wall = time.perf_counter() - clock[0]  # the first segment's includes the run's setup
-            if all(s["step"] != step for s in segments):  # a step scored before a restart is not redone
-                segments.append({"step": step, "train_wall_s": round(wall, 1),
-                                 **_scores(model, tokenizer, runs, settings["score_max_length"])})
-                segments.sort(key=lambda s: s["step"])
-                _write_json(log_path, segments)
-                print(f"[transfer] {arm} seed {seed} step {step}: validation "
-                      f"{segments[-1]['validation'][OVERALL]:.4f} ({wall:.0f} s)", flush=True)
-            clock[0] = time.perf_counter()
-
-        run_training(rec, baseline=baseline, progress=False, on_checkpoint=on_checkpoint)
-        if len(segments) < wanted:
-            raise SystemExit(f"{rec.run_dir}: training finished with {len(segments)} of {wanted} segments scored; "
-                             f"delete {rec.run_dir} to train it again")
+        scored_training(rec, baseline, segments, wanted, lambda model: split_scores(
+            model, tokenizer, runs, settings["score_max_length"]), f"[transfer] {arm} seed {seed}")
     if not keep_checkpoints:  # the scores are in segments.json; a checkpoint is ~1.6 GB
         shutil.rmtree(ckpt, ignore_errors=True)
 
