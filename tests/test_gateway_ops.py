@@ -111,9 +111,12 @@ def test_metrics_two_workers_scraped(registry: Path, upstream: str, tmp_path: Pa
 
         answered = asyncio.run(load())
         assert [r.status_code for r in answered] == [200] * 18
+        # limits are per worker without Redis: each worker admits this key once a minute, so
+        # of 3 requests at least one is refused, whichever workers they reach
         codes = [httpx.post(srv.url + "/v1/chat/completions", json=CHAT, headers=auth(limited),
-                            timeout=60).status_code for _ in range(2)]
-        assert codes == [200, 429]
+                            timeout=60).status_code for _ in range(3)]
+        ok, limited_429 = codes.count(200), codes.count(429)
+        assert ok >= 1 and limited_429 >= 1 and ok + limited_429 == 3, codes
         assert httpx.post(srv.url + "/v1/chat/completions", json=CHAT, headers=auth(broke),
                           timeout=60).status_code == 402
         assert httpx.post(srv.url + "/v1/chat/completions", json={**CHAT, "model": "nope"},
@@ -127,25 +130,26 @@ def test_metrics_two_workers_scraped(registry: Path, upstream: str, tmp_path: Pa
         found = samples(text)
         route = "/v1/chat/completions"
         assert total(found, "avokit_requests_total", route=route, model="avo-tiny",
-                     status="200") == 19
-        assert total(found, "avokit_requests_total", route=route, status="429") == 1
+                     status="200") == 18 + ok
+        assert total(found, "avokit_requests_total", route=route, status="429") == limited_429
         assert total(found, "avokit_requests_total", route=route, status="402") == 1
         # an unknown model is answered before a model label is given: no new label value
         assert total(found, "avokit_requests_total", route=route, model="",
                      status="404") == 1
-        assert total(found, "avokit_refusals_total", kind="rate_limit_requests") == 1
+        assert total(found, "avokit_refusals_total", kind="rate_limit_requests") == limited_429
         assert total(found, "avokit_refusals_total", kind="credit") == 1
         charges = _ledger(db, info.account_id)
         assert len(charges) == 18
         assert total(found, "avokit_generation_tokens_total", model="avo-tiny") == \
-            sum(c.completion_tokens for c in charges) + 8  # + the one-rpm key's request
+            sum(c.completion_tokens for c in charges) + 8 * ok  # + the one-rpm key's
         prompt_each = charges[0].prompt_tokens
-        assert total(found, "avokit_prompt_tokens_total") == prompt_each * 19
+        assert total(found, "avokit_prompt_tokens_total") == prompt_each * (18 + ok)
         assert total(found, "avokit_spend_micros_total") == \
-            -sum(c.amount_micros for c in charges) - charges[0].amount_micros
+            -sum(c.amount_micros for c in charges) - ok * charges[0].amount_micros
         assert total(found, "avokit_time_to_first_token_seconds_count") == 6
         assert total(found, "avokit_inter_token_latency_seconds_count") == 6 * 6  # 2-token chunks
-        assert total(found, "avokit_e2e_request_latency_seconds_count", model="avo-tiny") == 21
+        assert total(found, "avokit_e2e_request_latency_seconds_count",
+                     model="avo-tiny") == 18 + 3 + 1
         assert total(found, "avokit_open_reservations") == 0
         assert total(found, "avokit_requests_running") == 0
         assert "avokit_requests_waiting" in text and "avokit_engine_errors_total" in text
