@@ -151,6 +151,20 @@ def bucketed_divergence(
     teacher_b, student_b, present = bucket_distributions(
         student_logprobs, topk_student_ids, topk_logprobs
     )
+    return bucket_divergence(teacher_b, student_b, present, kind=kind, beta=beta, temperature=temperature)
+
+
+def bucket_divergence(
+    teacher_b: Tensor,
+    student_b: Tensor,
+    present: Tensor,
+    *,
+    kind: DivergenceName = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`bucketed_divergence` from the buckets :func:`bucket_distributions` returned (for a
+    caller that also reads them, e.g. :mod:`avokit.losses.gate`, without building them twice)."""
     teacher_t = tempered(teacher_b, temperature, present)
     student_t = tempered(student_b, temperature, present)
     values = divergence(kind, teacher_t, student_t, beta=beta, present=present)

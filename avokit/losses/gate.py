@@ -49,10 +49,15 @@ def teacher_better_gate(
     is closed.
     """
     with torch.no_grad():
-        teacher_b, student_b, present = bucket_distributions(
-            student_logprobs.detach(), topk_student_ids, topk_logprobs
-        )
-        slot = gold_bucket_slot(topk_student_ids, gold).unsqueeze(1)
+        buckets = bucket_distributions(student_logprobs.detach(), topk_student_ids, topk_logprobs)
+    return gate_from_buckets(*buckets, gold_bucket_slot(topk_student_ids, gold))
+
+
+def gate_from_buckets(teacher_b: Tensor, student_b: Tensor, present: Tensor, slot: Tensor) -> Tensor:
+    """:func:`teacher_better_gate` from buckets already built (``bucket_distributions``' outputs,
+    [M, k+1] each) and the gold token's slot [M]."""
+    with torch.no_grad():
+        slot = slot.unsqueeze(1)
         t = teacher_b.gather(1, slot).squeeze(1)
         s = student_b.gather(1, slot).squeeze(1)
         return present.gather(1, slot).squeeze(1) & (t > s)

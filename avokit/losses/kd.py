@@ -14,10 +14,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from avokit.losses.bucketed import bucketed_divergence
+from avokit.losses.bucketed import bucket_distributions, bucket_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
-from avokit.losses.gate import teacher_better_gate
+from avokit.losses.gate import gate_from_buckets, gold_bucket_slot
 from avokit.losses.uld import uld_distance
 
 
@@ -219,18 +219,17 @@ def kd_losses(
         # the teacher's ids do not matter: only its sorted probabilities at the same positions
         values, informative = uld_distance(rows, batch.topk_logprobs)
     else:
-        values, informative = bucketed_divergence(
-            rows,
-            batch.topk_student_ids,
-            batch.topk_logprobs,
-            kind=cfg.divergence,
-            beta=cfg.jsd_beta,
-            temperature=cfg.temperature,
+        buckets = bucket_distributions(rows, batch.topk_student_ids, batch.topk_logprobs)
+        values, informative = bucket_divergence(
+            *buckets, kind=cfg.divergence, beta=cfg.jsd_beta, temperature=cfg.temperature
         )
     kept = informative
     if cfg.kd_gate == "teacher_better":
-        gold = _boundary_gold(input_ids, targets, batch)
-        kept = informative & teacher_better_gate(rows, batch.topk_student_ids, batch.topk_logprobs, gold)
+        if cfg.token_loss == "uld":
+            raise ValueError("kd_gate 'teacher_better' reads the bucketed term's buckets; token_loss 'uld' has none")
+        # the gate reads the same buckets as the divergence
+        slot = gold_bucket_slot(batch.topk_student_ids, _boundary_gold(input_ids, targets, batch))
+        kept = informative & gate_from_buckets(*buckets, slot)
     elif cfg.kd_gate != "none":
         raise ValueError(f"kd_gate must be 'none' or 'teacher_better', got {cfg.kd_gate!r}")
     kd = weighted_mean(values, batch.boundary_weight * kept)
