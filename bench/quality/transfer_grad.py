@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transfer import arm_recipe  # noqa: E402
+from transfer_signal import SETTINGS  # noqa: E402
 
 from avokit.align import byteify  # noqa: E402
 from avokit.corpus import load_split  # noqa: E402
@@ -48,8 +49,6 @@ from avokit.train.run import ensure_student_tokenizer, fusion, teacher_sources  
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
-SETTINGS = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4, "warmup": 10,
-            "mixed_precision": "no"}
 
 
 def _grad(model: Any, loss: torch.Tensor, retain: bool) -> torch.Tensor:

@@ -48,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 FIELDS = ("positions", "bytes", "teacher_nats", "teacher_bytes", "student_nats", "target_nats", "in_other", "below")
 LN2 = math.log(2.0)
+# the recipe settings the diagnostics build an arm's targets with (the targets do not depend on them)
+SETTINGS = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4, "warmup": 10,
+            "mixed_precision": "no"}
 
 
 def gold_mass(ids: np.ndarray, lps: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,13 +67,11 @@ def signal(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per teacher, per domain (and ``all``): the figures in the module docstring."""
     from avokit.teachers import HFTeacher
 
-    settings = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4,
-                "warmup": 10, "mixed_precision": "no"}
     student = HFTeacher.from_dir(student_dir(), name="student", device="cpu", max_length=512)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for teacher, arm in VERDICT_KD.items():
         assert ARMS[arm][0] == [teacher]
-        recipe = arm_recipe(runs, arm, 0, settings)
+        recipe = arm_recipe(runs, arm, 0, SETTINGS)
         tokenizer = ensure_student_tokenizer(recipe)
         docs = read_split(recipe.run_dir, "train")
         s_docs = tokenize_batch_with_offsets(tokenizer, [d.text for d in docs], byteify(tokenizer))
@@ -114,11 +115,9 @@ def teacher_tail(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per teacher and domain, over its own tokens of the training split: the mean probability
     mass outside the cached top-k (what no target can place), how often the gold token is
     outside the top-k, and its mean probability there. Reads the caches only."""
-    settings = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4,
-                "warmup": 10, "mixed_precision": "no"}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for teacher, arm in VERDICT_KD.items():
-        recipe = arm_recipe(runs, arm, 0, settings)
+        recipe = arm_recipe(runs, arm, 0, SETTINGS)
         (source,) = teacher_sources(recipe, ensure_student_tokenizer(recipe))
         acc: dict[str, list[float]] = {}
         for doc in read_split(recipe.run_dir, "train"):
