@@ -30,6 +30,43 @@ class TokenizedDoc:
 
 
 @dataclass(frozen=True)
+class PrefixCuts:
+    """What the teacher's full distribution says *inside* its own gold tokens.
+
+    A student whose token starts inside teacher token ``i`` (after ``j`` of its ``L`` bytes,
+    the prefix ``u``) needs ``p(next token | it extends u)``. The top-k of position ``i`` holds
+    that only when the extending tokens happen to be among the most likely ones: measured on
+    Chinese text (Gemma 3, top-32), 30% of the mass was outside it (bench/results/transfer_signal.md).
+    So capture can store, for every proper prefix of every gold token, the log of the total
+    probability of the tokens that strictly extend it (over the full vocabulary, exact) and the
+    ``m`` most likely of them.
+
+    Shapes: ``n`` positions, ``c`` cuts in all (``sum(max(L_i - 1, 0))``), ``m`` width.
+    - offsets: int64 [n + 1]; the cuts of position ``i`` are rows ``offsets[i] + j - 1`` for
+      ``j = 1 .. L_i - 1`` (a special or one-byte gold token has none)
+    - logmass: float32 [c], log P(next token's bytes strictly extend the prefix)
+    - ids: int32 [c, m], the most likely extending ids, -1 where fewer than ``m`` exist
+    - logprobs: float32 [c, m], their log-probs (unconditional, T=1), descending, -inf padding
+    """
+
+    offsets: np.ndarray
+    logmass: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+
+    @property
+    def width(self) -> int:
+        """``m``."""
+        return int(self.ids.shape[1])
+
+    def row(self, position: int, prefix_len: int) -> int:
+        """The cut row of ``position`` after ``prefix_len`` bytes, or -1 where none is stored."""
+        lo, hi = int(self.offsets[position]), int(self.offsets[position + 1])
+        r = lo + prefix_len - 1
+        return r if prefix_len >= 1 and r < hi else -1
+
+
+@dataclass(frozen=True)
 class TeacherRecords:
     """What one teacher says about one document, one row per document token.
 
@@ -39,6 +76,7 @@ class TeacherRecords:
     - topk_ids: int32 [n, k]; topk_logprobs: float32 [n, k], sorted descending, raw T=1
     - boundary_logmass: float32 [n], log of the total probability of next tokens that start a
       new word (first byte space, newline or tab, or a special token), over the full vocabulary
+    - cuts: the mass inside each gold token (:class:`PrefixCuts`), where capture stored it
     """
 
     doc_id: str
@@ -48,6 +86,7 @@ class TeacherRecords:
     topk_ids: np.ndarray
     topk_logprobs: np.ndarray
     boundary_logmass: np.ndarray
+    cuts: PrefixCuts | None = None
 
     @property
     def n_positions(self) -> int:

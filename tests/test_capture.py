@@ -100,11 +100,12 @@ class DiesAfter(Teacher):
     def tokenize(self, texts: list[str]):  # type: ignore[no-untyped-def]
         return self.inner.tokenize(texts)
 
-    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
+              inside_top_k: int = 0) -> list[TeacherRecords]:
         self.calls -= 1
         if self.calls < 0:
             raise Killed("killed mid-capture")
-        return self.inner.score(texts, doc_ids, top_k)
+        return self.inner.score(texts, doc_ids, top_k, inside_top_k=inside_top_k)
 
 
 def test_capture_matches_full_logits(tmp_path: Path, teacher_dir: Path, corpus_file: Path) -> None:

@@ -42,6 +42,11 @@ the candidates' share, of the seen mass, that start with the last bytes); ``p * 
 inside a token the tail's share that extends ``u`` is a proportional estimate, and paths where
 the teacher would spell ``u`` with more than one token are not counted (the cache holds one
 step).
+
+Where capture stored :class:`~avokit.records.PrefixCuts` (``capture.inside_top_k``), a position
+inside a teacher token takes its candidates from the cut of ``u`` instead: the most likely tokens
+that extend ``u`` over the whole vocabulary, and ``Z`` exact (their summed mass, not an estimate
+from the top-k); the extenders beyond the stored ones stay in OTHER. At a boundary nothing changes.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avokit.align.bytes import TokenBytes
-from avokit.records import TeacherRecords, TokenizedDoc
+from avokit.records import PrefixCuts, TeacherRecords, TokenizedDoc
 
 
 class PrefixIndex:
@@ -104,12 +109,18 @@ class ConditionalTargets:
 
 def _candidates(records: TeacherRecords) -> tuple[np.ndarray, np.ndarray]:
     """Top-k ids and log-probs with the gold token appended where the top-k lacks it."""
-    ids = np.asarray(records.topk_ids, dtype=np.int64)
-    lps = np.asarray(records.topk_logprobs, dtype=np.float64)
-    gold = np.asarray(records.token_ids, dtype=np.int64)
+    return _with_gold(np.asarray(records.topk_ids, dtype=np.int64),
+                      np.asarray(records.topk_logprobs, dtype=np.float64),
+                      np.asarray(records.token_ids, dtype=np.int64), records.gold_logprob)
+
+
+def _with_gold(ids: np.ndarray, lps: np.ndarray, gold: np.ndarray, gold_lp: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate rows [r, c] with each row's gold id appended (log-prob ``gold_lp``) where the
+    row lacks it, else an empty slot (-1, -inf): [r, c + 1]."""
     missing = ~(ids == gold[:, None]).any(axis=1)
     extra_id = np.where(missing, gold, -1)[:, None]
-    extra_lp = np.where(missing, np.asarray(records.gold_logprob, dtype=np.float64), -np.inf)[:, None]
+    extra_lp = np.where(missing, np.asarray(gold_lp, dtype=np.float64), -np.inf)[:, None]
     return np.concatenate([ids, extra_id], axis=1), np.concatenate([lps, extra_lp], axis=1)
 
 
@@ -166,7 +177,18 @@ def conditional_targets(
     cand_ids, cand_lps = _candidates(records)
     # what the cache never saw at each teacher position (quantised top-k may round past 1)
     tail = np.clip(1.0 - np.exp(cand_lps).sum(axis=1), 0.0, 1.0)
-    c = cand_ids.shape[1]
+    cuts = records.cuts
+    inside_rows = _inside_rows(records, s_starts[pos] - t_starts[which], which)
+    cut_ids, cut_lps, cut_mass = cand_ids[:0], cand_lps[:0], np.zeros(0)
+    if cuts is not None:  # the cut's extenders with the gold token, like the top-k's candidates
+        owner = _cut_position(cuts)
+        cut_ids, cut_lps = _with_gold(np.asarray(cuts.ids, dtype=np.int64), np.asarray(cuts.logprobs, np.float64),
+                                      gold[owner], np.asarray(records.gold_logprob)[owner])
+        cut_mass = np.asarray(cuts.logmass, dtype=np.float64)
+        # a mass that underflowed at capture gives no normaliser: use the top-k there
+        inside_rows = np.where((inside_rows >= 0) & np.isfinite(cut_mass[np.maximum(inside_rows, 0)]
+                                                                if cut_mass.size else False), inside_rows, -1)
+    c = max(cand_ids.shape[1], cut_ids.shape[1])
     out_ids = np.full((pos.size, c), -1, dtype=np.int64)
     out_lps = np.full((pos.size, c), -np.inf, dtype=np.float64)
     table = teacher.table
@@ -176,8 +198,10 @@ def conditional_targets(
     s_ends = np.asarray(student_ends, dtype=np.int64) if student_ends is not None else None
     for row, (p, i) in enumerate(zip(pos.tolist(), which.tolist())):
         u = table[gold[i]][: s_starts[p] - t_starts[i]]
+        r = int(inside_rows[row])
+        row_ids, row_lps = (cut_ids[r], cut_lps[r]) if r >= 0 else (cand_ids[i], cand_lps[i])
         keep: list[tuple[int, int, float]] = []
-        for j, (tid, lp) in enumerate(zip(cand_ids[i].tolist(), cand_lps[i].tolist())):
+        for j, (tid, lp) in enumerate(zip(row_ids.tolist(), row_lps.tolist())):
             if tid < 0 or tid >= len(table) or lp == -np.inf:
                 continue
             tok = table[tid]
@@ -188,9 +212,10 @@ def conditional_targets(
         kept_mass = float(np.exp(np.array([k[2] for k in keep])).sum())
         # P(next token extends u) = kept mass / seen mass: the unseen tail extends u as often as
         # the candidates do. 1 at a boundary; a row sums to the seen mass, OTHER keeps the tail
-        norm = np.log(kept_mass / (1.0 - tail[i]))
+        # with a cut: Z is its exact extending mass (the unstored extenders stay in OTHER)
+        norm = float(cut_mass[r]) if r >= 0 else np.log(kept_mass / (1.0 - tail[i]))
         if s_ends is not None and s_ends[p] > t_ends[i]:  # after Z: crediting moves mass, never adds it
-            keep = _credit_real_token(keep, cand_ids[i], gold[i], index.exact(text[s_starts[p]:s_ends[p]]),
+            keep = _credit_real_token(keep, row_ids, gold[i], index.exact(text[s_starts[p]:s_ends[p]]),
                                       continuation_logprob(records, teacher, i, int(s_ends[p]), text,
                                                            (cand_ids, cand_lps, tail)))
         for (j, sid, lp) in keep:
@@ -203,6 +228,20 @@ def conditional_targets(
         student_ids=out_ids[kept],
         logprobs=out_lps[kept].astype(np.float32),
     )
+
+
+def _cut_position(cuts: PrefixCuts) -> np.ndarray:
+    """int64 [c]: the position each cut row belongs to."""
+    counts = np.diff(np.asarray(cuts.offsets, dtype=np.int64))
+    return np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+
+
+def _inside_rows(records: TeacherRecords, prefix_len: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """int64 [m]: the cut row of each target row (its teacher token ``which``, ``prefix_len``
+    bytes out), -1 at a boundary or where no cuts were captured."""
+    if records.cuts is None:
+        return np.full(which.shape, -1, dtype=np.int64)
+    return np.array([records.cuts.row(int(i), int(j)) for i, j in zip(which, prefix_len)], dtype=np.int64)
 
 
 def _credit_real_token(keep: list[tuple[int, int, float]], cand_ids: np.ndarray, gold: int,

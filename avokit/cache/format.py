@@ -16,7 +16,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from avokit.errors import CacheError
-from avokit.records import TeacherRecords
+from avokit.records import PrefixCuts, TeacherRecords
 
 FORMAT_VERSION = 1
 # Log-probs more than this many nats below the top-1 are clamped there: e**-60 is far below
@@ -38,6 +38,8 @@ class CacheSpec(BaseModel):
     # the dtype the teacher computed in (caches written before this field: float32);
     # "endpoint" where a server decided
     compute_dtype: str = "float32"
+    # width of the PrefixCuts stored per gold-token prefix (0: none; caches before this field)
+    inside_top_k: int = 0
 
     @property
     def id_bytes(self) -> int:
@@ -68,6 +70,13 @@ def schema(spec: CacheSpec) -> pa.Schema:
     ]
     fields += [pa.field(f"topk_dq_b{i}", plane) for i in range(spec.q_bytes)]
     fields += [pa.field(f"topk_id_b{i}", plane) for i in range(spec.id_bytes)]
+    if spec.inside_top_k:  # one list entry per proper prefix of the position's gold token
+        m = spec.inside_top_k
+        fields += [
+            pa.field("inside_logmass", pa.list_(pa.float32())),
+            pa.field("inside_ids", pa.list_(pa.list_(pa.int32(), m))),
+            pa.field("inside_logprobs", pa.list_(pa.list_(pa.float32(), m))),
+        ]
     return pa.schema(fields, metadata={b"avokit_cache": spec.model_dump_json().encode("utf-8")})
 
 
@@ -134,7 +143,42 @@ def encode(rec: TeacherRecords, spec: CacheSpec) -> pa.RecordBatch:
     ]
     cols += [fixed(p) for p in to_planes(dq, spec.q_bytes)]
     cols += [fixed(p) for p in to_planes(ids, spec.id_bytes)]
+    if spec.inside_top_k:
+        cols += _encode_cuts(rec, spec)
     return pa.RecordBatch.from_arrays(cols, schema=schema(spec))
+
+
+def _encode_cuts(rec: TeacherRecords, spec: CacheSpec) -> list[pa.Array]:
+    cuts, m = rec.cuts, spec.inside_top_k
+    if cuts is None or cuts.width != m or cuts.offsets.shape != (rec.n_positions + 1,):
+        raise CacheError(f"document {rec.doc_id!r}: the cache stores inside_top_k={m} prefix cuts "
+                         f"per position and the records carry {'none' if cuts is None else cuts.width}")
+    offsets = pa.array(np.asarray(cuts.offsets, dtype=np.int32))
+
+    def rows(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+        flat = pa.array(values.reshape(-1), kind)
+        return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(flat, m))
+
+    return [
+        pa.ListArray.from_arrays(offsets, pa.array(np.asarray(cuts.logmass, dtype=np.float32))),
+        rows(np.asarray(cuts.ids, dtype=np.int32), pa.int32()),
+        rows(np.asarray(cuts.logprobs, dtype=np.float32), pa.float32()),
+    ]
+
+
+def _decode_cuts(col: dict[str, pa.Array]) -> PrefixCuts | None:
+    if "inside_logmass" not in col:
+        return None
+    lengths = col["inside_logmass"].value_lengths().to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    m = col["inside_ids"].type.value_type.list_size
+    return PrefixCuts(
+        offsets=offsets,
+        logmass=col["inside_logmass"].flatten().to_numpy(zero_copy_only=False).astype(np.float32),
+        ids=col["inside_ids"].flatten().flatten().to_numpy(zero_copy_only=False).astype(np.int32).reshape(-1, m),
+        logprobs=col["inside_logprobs"].flatten().flatten().to_numpy(zero_copy_only=False)
+        .astype(np.float32).reshape(-1, m),
+    )
 
 
 def _fixed_values(col: pa.Array, k: int) -> np.ndarray:
@@ -159,4 +203,5 @@ def decode(batch: pa.RecordBatch, doc_id: str, k: int) -> TeacherRecords:
         topk_ids=ids.astype(np.int32),
         topk_logprobs=dequantise(top, step, np.cumsum(dq, axis=1)),
         boundary_logmass=col["boundary_logmass"].to_numpy(zero_copy_only=False).astype(np.float32),
+        cuts=_decode_cuts(col),
     )

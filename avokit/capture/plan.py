@@ -76,7 +76,9 @@ def plan_hash(recipe: Recipe, teacher: TeacherConfig, corpus_hash: str) -> str:
     data = {
         "corpus": corpus_hash,
         "capture": {"top_k": cap.top_k, "docs_per_shard": cap.docs_per_shard,
-                    "logprob_bits": cap.logprob_bits, "compression": cap.compression},
+                    "logprob_bits": cap.logprob_bits, "compression": cap.compression,
+                    # only when set, so the caches captured before the field keep their hash
+                    **({"inside_top_k": cap.inside_top_k} if cap.inside_top_k else {})},
         "teacher": teacher.model_dump(mode="json", exclude={"device", "weight", "dtype"}),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()

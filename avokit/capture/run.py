@@ -68,6 +68,7 @@ def _spec(recipe: Recipe, teacher: Teacher) -> CacheSpec:
         logprob_bits=recipe.capture.logprob_bits,
         compression=recipe.capture.compression,
         compute_dtype=info.dtype,
+        inside_top_k=recipe.capture.inside_top_k,
     )
 
 
@@ -170,7 +171,7 @@ def _capture_shard(
     for j in range(0, len(order), batch_size):
         idx = order[j : j + batch_size]
         ids = [docs[i].doc_id for i in idx]
-        recs = teacher.score([docs[i].text for i in idx], ids, spec.top_k)
+        recs = teacher.score([docs[i].text for i in idx], ids, spec.top_k, inside_top_k=spec.inside_top_k)
         _check_records(spec.teacher, plan, recs, ids)
         out.update(zip(idx, recs))
         on_batch(len(idx), sum(r.n_positions for r in recs))

@@ -23,6 +23,11 @@ class CaptureConfig(Section):
     vocab_chunk: int = Field(default=512, ge=1)  # positions per full-vocabulary logit chunk
     docs_per_shard: int = Field(default=256, ge=1)
     logprob_bits: Literal[8, 16] = 8
+    # > 0: also store, for every proper prefix of each gold token, the teacher's exact mass on
+    # the tokens that extend it and its `inside_top_k` most likely extenders (PrefixCuts), so a
+    # student whose tokens end inside the teacher's gets complete targets there (Chinese under
+    # a byte-level student); needs the full distribution (hf/gguf teachers, not endpoints)
+    inside_top_k: int = Field(default=0, ge=0, le=256)
     compression: Literal["zstd", "none"] = "zstd"
     # Under a teacher's `dtype: auto` that resolves to bf16: score this many training documents
     # in float32 and in bf16 first and keep float32 for a teacher whose bf16 records miss the

@@ -64,8 +64,11 @@ class Teacher(ABC):
         """Token ids with UTF-8 byte end offsets, no special tokens, for each text."""
 
     @abstractmethod
-    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
-        """Per-position records for each document (gold log-prob, top-k, boundary mass)."""
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
+              inside_top_k: int = 0) -> list[TeacherRecords]:
+        """Per-position records for each document (gold log-prob, top-k, boundary mass);
+        ``inside_top_k`` > 0 also keeps :class:`~avokit.records.PrefixCuts` of that width (a
+        backend without the full distribution raises :class:`~avokit.errors.AvokitError`)."""
 
     def close(self) -> None:
         """Release model memory or connections (default: nothing to do)."""

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from avokit.align.bytes import byteify, drop_unicode_normalizer
+from avokit.align.extending import ExtendingIndex
 from avokit.errors import AvokitError
 from avokit.precision import DType, resolve_dtype, torch_dtype
 from avokit.records import TeacherRecords
@@ -60,6 +61,7 @@ class HFTeacher(TokenizerTeacher):
         self.dropped_normalizer = drop_unicode_normalizer(tokenizer)
         self._tb = byteify(tokenizer, name=name)
         self._spec = head_spec(model, self._tb)
+        self._extending: ExtendingIndex | None = None
         self._info = TeacherInfo(
             name=name,
             backend=backend,
@@ -169,13 +171,19 @@ class HFTeacher(TokenizerTeacher):
         self.model.to(torch_dtype(dtype))
         self._info = dataclasses.replace(self._info, dtype=dtype_name(self.model))
 
-    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
+              inside_top_k: int = 0) -> list[TeacherRecords]:
         """Records for each document; long documents are scored in rolling windows."""
         if len(texts) != len(doc_ids):
             raise AvokitError(f"score: {len(texts)} texts but {len(doc_ids)} doc_ids")
         docs = self.tokenize(texts)
+        inside = None
+        if inside_top_k:
+            if self._extending is None:  # built once per teacher: sorting the vocabulary
+                self._extending = ExtendingIndex(self._tb)
+            inside = (self._extending, inside_top_k)
         return score_tokenized(self.model, docs, doc_ids, self.start_token_id, self._spec,
-                               top_k, self.max_length, self.batch_size, self.vocab_chunk)
+                               top_k, self.max_length, self.batch_size, self.vocab_chunk, inside)
 
     @torch.no_grad()
     def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:

@@ -180,10 +180,16 @@ class OpenAITeacher(TokenizerTeacher):
             lps[row] = [lp for _, lp in ranked]
         return gold, ids, lps
 
-    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
+              inside_top_k: int = 0) -> list[TeacherRecords]:
         """Records for each document; windows of ``max_length`` prompt tokens, in parallel."""
         if len(texts) != len(doc_ids):
             raise AvokitError(f"score: {len(texts)} texts but {len(doc_ids)} doc_ids")
+        if inside_top_k:
+            raise AvokitError(
+                f"teacher {self.info.name!r}: capture.inside_top_k={inside_top_k} needs the full "
+                "next-token distribution, and an endpoint returns only its top logprobs; set "
+                "capture.inside_top_k: 0 for this teacher's recipe, or score it from weights (hf/gguf)")
         docs = self.tokenize(texts)
         seqs = [np.concatenate([[self.start_token_id], d.ids]).astype(np.int64) for d in docs]
         # a prompt carries its last target too, so inputs are max_length - 1 long

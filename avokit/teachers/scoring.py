@@ -9,7 +9,7 @@ time, keeping only the gold log-prob, the top-k and the word-start log-mass of e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from avokit.align.bytes import TokenBytes
+from avokit.align.extending import ExtendingIndex
 from avokit.errors import AvokitError
 from avokit.records import TeacherRecords, TokenizedDoc
+from avokit.teachers.prefix_cuts import CutCollector
 
 WORD_START_BYTES = (b" ", b"\n", b"\t")
 # log-mass recorded where no returned top-k entry starts a word (top-k approximation only):
@@ -113,13 +115,16 @@ def head_spec(model: Any, tb: TokenBytes) -> HeadSpec:
 
 
 def score_hidden(
-    hidden: torch.Tensor, targets: torch.Tensor, spec: HeadSpec, top_k: int, vocab_chunk: int
+    hidden: torch.Tensor, targets: torch.Tensor, spec: HeadSpec, top_k: int, vocab_chunk: int,
+    on_chunk: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gold log-prob, top-k and word-start log-mass for hidden states, chunk by chunk.
 
     Shapes: ``hidden`` [P, H], ``targets`` int64 [P] -> gold float32 [P], top-k ids int64
     [P, k], top-k log-probs float32 [P, k] (descending), boundary log-mass float32 [P].
-    Normalisation is over the full logit width; top-k only among real ids.
+    Normalisation is over the full logit width; top-k only among real ids. ``on_chunk(first,
+    probs, log_total)`` sees each chunk's full distribution (``probs`` = exp(logits - peak),
+    read-only) for what else a capture keeps (:class:`avokit.teachers.prefix_cuts.CutCollector`).
     """
     n = hidden.shape[0]
     gold = torch.empty(n, dtype=torch.float32)
@@ -145,6 +150,8 @@ def score_hidden(
         # throughput, most for Gemma's 262k vocabulary.
         probs = logits.sub_(peak[:, None]).exp_()
         log_total = probs.sum(dim=-1).log()
+        if on_chunk is not None:
+            on_chunk(lo, probs, log_total)
         lse = peak + log_total
         gold[lo:hi] = (gold_logit - lse).cpu()
         top_lp[lo:hi] = (vals - lse[:, None]).cpu()
@@ -211,10 +218,15 @@ def score_tokenized(
     max_length: int,
     batch_size: int,
     vocab_chunk: int,
+    inside: tuple[ExtendingIndex, int] | None = None,
 ) -> list[TeacherRecords]:
-    """Score tokenized documents with right-padded batches of rolling windows."""
+    """Score tokenized documents with right-padded batches of rolling windows.
+
+    ``inside``: ``(index, m)`` also keeps each gold token's :class:`~avokit.records.PrefixCuts`
+    (the teacher's index of its own vocabulary, and the number of extending ids per cut)."""
     if top_k > spec.real_vocab:
         raise AvokitError(f"top_k={top_k} exceeds the teacher's vocabulary of {spec.real_vocab}")
+    cuts = CutCollector(docs, inside[0], inside[1]) if inside is not None else None
     device = spec.head.weight.device
     base = base_model(model)
     seqs = [np.concatenate([[start_id], d.ids]).astype(np.int64) for d in docs]
@@ -229,7 +241,10 @@ def score_tokenized(
         targets = torch.cat([torch.from_numpy(seqs[w.doc][w.a + w.first + 1 : w.b + 1])
                              for w in wb.windows])
         picked = hidden[wb.rows.to(device), wb.cols.to(device)]
-        gold, t_ids, t_lp, bound = score_hidden(picked, targets, spec, top_k, vocab_chunk)
+        if cuts is not None:
+            cuts.plan([(w.doc, t) for w in wb.windows for t in range(w.a + w.first, w.b)])
+        gold, t_ids, t_lp, bound = score_hidden(picked, targets, spec, top_k, vocab_chunk,
+                                                cuts.on_chunk if cuts is not None else None)
         off = 0
         for w in wb.windows:
             n_new = w.b - w.a - w.first
@@ -243,8 +258,9 @@ def score_tokenized(
     return [
         TeacherRecords(doc_id=did, token_ids=d.ids.astype(np.int32),
                        byte_ends=d.byte_ends.astype(np.int64), gold_logprob=g, topk_ids=i_,
-                       topk_logprobs=l_, boundary_logmass=bm)
-        for did, d, (g, i_, l_, bm) in zip(doc_ids, docs, out)
+                       topk_logprobs=l_, boundary_logmass=bm,
+                       cuts=cuts.result(n) if cuts is not None else None)
+        for n, (did, d, (g, i_, l_, bm)) in enumerate(zip(doc_ids, docs, out))
     ]
 
 

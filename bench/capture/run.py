@@ -64,8 +64,9 @@ class Recording(Teacher):
     def tokenize(self, texts: list[str]):  # type: ignore[no-untyped-def]
         return self.inner.tokenize(texts)
 
-    def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
-        recs = self.inner.score(texts, doc_ids, top_k)
+    def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
+              inside_top_k: int = 0) -> list[TeacherRecords]:
+        recs = self.inner.score(texts, doc_ids, top_k, inside_top_k=inside_top_k)
         self.exact.update((r.doc_id, r) for r in recs)
         return recs
 
