@@ -171,6 +171,13 @@ def test_retries_then_succeeds(server: tuple[str, FakeVLLM], hf_teacher: HFTeach
     assert rec.n_positions > 0 and fake.fail_next == 0
 
 
+def test_prefix_cuts_need_the_full_distribution(server: tuple[str, FakeVLLM], hf_teacher: HFTeacher) -> None:
+    url, fake = server
+    api = make_teacher(url, hf_teacher)
+    with pytest.raises(AvokitError, match="capture.inside_top_k=4 needs the full"):
+        api.score(["Hello there."], ["a"], TOP_K, inside_top_k=4)
+
+
 def test_failure_names_url_not_key(server: tuple[str, FakeVLLM], hf_teacher: HFTeacher) -> None:
     url, fake = server
     fake.fail_next = 100

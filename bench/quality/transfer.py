@@ -45,7 +45,7 @@ from proof import _drop_unscored_checkpoints, _split_texts, score  # noqa: E402
 from proof_stats import OVERALL, chosen, chosen_test_bpb, paired_differences  # noqa: E402
 from results_io import write_results  # noqa: E402
 from transfer_data import (GEMMA, QWEN, STUDENT, TEACHERS, _write_json, capture, data_recipe,  # noqa: E402
-                           prepare, student_dir)
+                           prepare, set_inside_top_k, student_dir)
 from transfer_render import render  # noqa: E402
 from transfer_stats import build_verdict, curves  # noqa: E402
 
@@ -72,6 +72,9 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
                        "CE + KD from Gemma, dense targets and chunk term, KD only where it raises gold"),
     "kd_gemma_gated_nochunk": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better", "chunk_weight": 0.0}},
                                "CE + KD from Gemma, dense targets, KD only where it raises gold, no chunk term"),
+    "kd_gemma_gated_half": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better", "kd_weight": 0.5,
+                                                "chunk_weight": 0.25}},
+                            "CE + KD from Gemma, gated, both teacher terms at half weight"),
     "kd_qwen_gated": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better"}},
                       "CE + KD from Qwen, dense targets and chunk term, KD only where it raises gold"),
     # not trained by default: ULD in the field's own form (GOLD), at common token boundaries only
@@ -319,6 +322,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-transfer"))
     ap.add_argument("--teacher", choices=TEACHERS, help="capture: the one teacher this process captures")
     ap.add_argument("--teachers", nargs="+", default=TEACHERS, choices=TEACHERS, help="prepare: capture these")
+    ap.add_argument("--inside-top-k", type=int, default=None,
+                    help="prepare: capture prefix cuts of this width (capture.inside_top_k) for these runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="train: these seeds (default 0 1 2); report: count only these (default: all finished)")
     ap.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
@@ -336,6 +341,8 @@ def main() -> None:
                     help="report: which arms the verdict compares (test: the pre-registered ones)")
     args = ap.parse_args()
     if args.command == "prepare":
+        if args.inside_top_k is not None:
+            set_inside_top_k(args.runs, args.inside_top_k)
         print(json.dumps(prepare(args.runs, args.teachers), indent=1, default=str)[:4000])
     elif args.command == "capture":
         if not args.teacher:

@@ -38,10 +38,29 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+OPTIONS = "options.json"  # runs/data/options.json: what these runs' captures changed from transfer.yaml
+
+
+def set_inside_top_k(runs: Path, inside_top_k: int) -> None:
+    """Record ``capture.inside_top_k`` for every capture of these runs (once: a folder whose
+    caches were captured one way is never extended another way)."""
+    path = runs / "data" / OPTIONS
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and old.get("inside_top_k", 0) != inside_top_k:
+        raise SystemExit(f"{path}: these runs capture with inside_top_k={old.get('inside_top_k', 0)}, "
+                         f"not {inside_top_k}; use another --runs folder")
+    if old is None:
+        _write_json(path, {"inside_top_k": inside_top_k})
+
+
 def data_recipe(runs: Path) -> Recipe:
-    """transfer.yaml with its run folder at ``runs/data`` and the Python file heads there."""
+    """transfer.yaml with its run folder at ``runs/data`` and the Python file heads there
+    (and ``capture.inside_top_k`` from ``runs/data/options.json``, where prepare set it)."""
     raw = yaml.safe_load(SOURCE.read_text(encoding="utf-8"))
     raw.update(name="data", runs_dir=str(runs.resolve()))
+    options = runs / "data" / OPTIONS
+    if options.is_file():
+        raw["capture"]["inside_top_k"] = json.loads(options.read_text())["inside_top_k"]
     for src in raw["corpus"]["sources"]:
         if src["kind"] != "builtin" and not Path(src["path"]).is_absolute():
             src["path"] = str((runs / "data" / src["path"]).resolve())
@@ -123,7 +142,8 @@ def prepare(runs: Path, teachers: list[str]) -> dict[str, Any]:
             "student": STUDENT, "student_dir": str(student_dir()),
             "student_tokens": {s: {**v, "total": sum(v.values())} for s, v in tokens.items()},
             "teachers_test_bpb": teacher_test_bpb(runs, TEACHERS),
-            "teacher_caches": {t: {k: c.get(k) for k in ("compute_dtype", "logprob_bits", "top_k", "n_docs", "n_tokens")}
+            "teacher_caches": {t: {k: c.get(k) for k in ("compute_dtype", "logprob_bits", "top_k", "inside_top_k",
+                                                         "n_docs", "n_tokens")}
                                for t, c in caches.items()},
             "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     _write_json(runs / "data" / "data.json", info)

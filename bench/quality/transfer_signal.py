@@ -135,6 +135,43 @@ def teacher_tail(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def cut_coverage(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Where capture stored prefix cuts (``capture.inside_top_k``): per teacher and domain, the
+    number of cuts and the mean share of each cut's extending mass that its stored extenders
+    hold (the rest is what an inside target still leaves to OTHER). Empty without cuts."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for teacher, arm in VERDICT_KD.items():
+        recipe = arm_recipe(runs, arm, 0, SETTINGS)
+        (source,) = teacher_sources(recipe, ensure_student_tokenizer(recipe))
+        acc: dict[str, list[float]] = {}
+        for doc in read_split(recipe.run_dir, "train"):
+            cuts = source.records[doc.doc_id].cuts
+            if cuts is None:
+                continue
+            stored = np.exp(cuts.logprobs.astype(np.float64)).sum(axis=1)
+            share = stored / np.maximum(np.exp(cuts.logmass.astype(np.float64)), 1e-300)
+            a = acc.setdefault(doc.domain, [0.0, 0.0])
+            a[0] += share.size
+            a[1] += float(np.clip(share, 0.0, 1.0).sum())
+        if acc:
+            out[teacher] = {dom: {"cuts": int(n), "width": int(cuts.width), "stored_share": t / n}
+                            for dom, (n, t) in sorted(acc.items())}
+    return out
+
+
+def cuts_markdown(cov: dict) -> list[str]:
+    """The prefix cuts' coverage, one row per teacher and domain."""
+    if not cov:
+        return []
+    lines = ["## Prefix cuts: the extending mass the stored extenders hold (training split, per cut)", "",
+             "| teacher | domain | cuts | stored extenders | share of the extending mass stored |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for teacher, per in cov.items():
+        for dom, v in per.items():
+            lines.append(f"| {teacher} | {dom} | {v['cuts']} | {v['width']} | {v['stored_share']:.3f} |")
+    return lines + [""]
+
+
 def tail_markdown(tail: dict) -> list[str]:
     """The teachers' unseen tail, one row per teacher and domain."""
     lines = ["## The teachers' mass outside the cached top-k (training split, per teacher token)", "",
@@ -178,17 +215,19 @@ def main() -> None:
     """Measure and write bench/results/transfer_signal.{json,md}."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-transfer")
+    ap.add_argument("--out", default="transfer_signal",
+                    help="results file stem under bench/results (e.g. transfer_signal_cuts for a cuts capture)")
     ap.add_argument("--tail-only", action="store_true",
                     help="only (re)measure the teachers' mass outside the top-k (caches only, seconds)")
     args = ap.parse_args()
     if args.tail_only:
-        path = RESULTS / "transfer_signal.json"
+        path = RESULTS / f"{args.out}.json"
         saved = json.loads(path.read_text())
         saved["tail"] = teacher_tail(args.runs)
         saved["tail_meta"] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         path.write_text(json.dumps(saved, indent=2) + "\n")
         text = to_markdown(saved["teachers"], saved["meta"]) + "\n" + "\n".join(tail_markdown(saved["tail"]))
-        (RESULTS / "transfer_signal.md").write_text(text + "\n")
+        (RESULTS / f"{args.out}.md").write_text(text + "\n")
         print(text)
         return
     start = time.perf_counter()
@@ -196,11 +235,12 @@ def main() -> None:
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
             "load": [round(x, 2) for x in os.getloadavg()], "seconds": round(time.perf_counter() - start, 1)}
     RESULTS.mkdir(exist_ok=True)
-    tail = teacher_tail(args.runs)
-    (RESULTS / "transfer_signal.json").write_text(json.dumps({"meta": meta, "teachers": res, "tail": tail},
-                                                             indent=2) + "\n")
-    text = to_markdown(res, meta) + "\n" + "\n".join(tail_markdown(tail))
-    (RESULTS / "transfer_signal.md").write_text(text + "\n")
+    tail, cov = teacher_tail(args.runs), cut_coverage(args.runs)
+    meta["runs"] = str(args.runs.resolve().relative_to(ROOT)) if args.runs.resolve().is_relative_to(ROOT) else str(args.runs)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "teachers": res, "tail": tail, "cuts": cov},
+                                                         indent=2) + "\n")
+    text = to_markdown(res, meta) + "\n" + "\n".join(tail_markdown(tail) + cuts_markdown(cov))
+    (RESULTS / f"{args.out}.md").write_text(text + "\n")
     print(text)
 
 
