@@ -119,3 +119,65 @@ def test_the_recipe_refuses_a_gate_with_uld_and_unknown_gates() -> None:
         LossConfig(token_loss="uld", kd_gate="teacher_better")
     with pytest.raises(ValidationError, match="kd_gate"):
         LossConfig(kd_gate="sometimes")
+
+
+def _chunk_batch(g: torch.Generator, bsz: int = 2, seq: int = 10, vocab: int = 11) -> TeacherBatch:
+    """Chunks of 1-3 tokens over every row (no boundaries): chunk c covers a run of positions."""
+    of = torch.full((bsz, seq), -1)
+    c = 0
+    for b in range(bsz):
+        p = 0
+        while p < seq - 1:  # the last position predicts past the row
+            n = int(torch.randint(1, 4, (1,), generator=g))
+            of[b, p : min(p + n, seq - 1)] = c
+            p, c = p + n, c + 1
+    empty = torch.zeros(0, dtype=torch.long)
+    return TeacherBatch(
+        b_idx=empty, s_pos=empty, topk_student_ids=torch.zeros(0, 4, dtype=torch.long),
+        topk_logprobs=torch.zeros(0, 4), boundary_weight=torch.zeros(0),
+        chunk_teacher_logprob=-torch.rand(c, generator=g) * 8, chunk_of_target=of,
+        chunk_weight=torch.rand(c, generator=g) + 0.5)
+
+
+def test_the_chunk_gate_keeps_the_chunks_the_teacher_finds_likelier_over_every_chunk() -> None:
+    g = torch.Generator().manual_seed(4)
+    batch = _chunk_batch(g)
+    logits = (torch.randn(2, 10, 11, generator=g) * 2).requires_grad_(True)
+    ids = torch.randint(0, 11, (2, 10), generator=g)
+    plain = kd_losses(logits, ids, batch, LossConfig())
+    gated = kd_losses(logits, ids, batch, LossConfig(chunk_gate="teacher_better"))
+    # the student's chunk log-likelihoods, from the definition
+    logp = torch.log_softmax(logits.detach(), -1)
+    gold = torch.zeros(batch.n_chunks)
+    for b in range(2):
+        for p in range(9):
+            c = int(batch.chunk_of_target[b, p])
+            if c >= 0:
+                gold[c] += logp[b, p, ids[b, p + 1]]
+    opened = batch.chunk_teacher_logprob > gold
+    assert 0 < int(opened.sum()) < batch.n_chunks
+    from avokit.losses.chunk import chunk_divergence
+
+    values = chunk_divergence(gold, batch.chunk_teacher_logprob, kind="forward_kl", beta=0.5, tau=LossConfig().chunk_tau)
+    w = batch.chunk_weight
+    assert float((gated["chunk"] * gated["chunk_share"]).detach()) == pytest.approx(
+        float((w * values * opened).sum() / batch.n_chunks), rel=1e-5)
+    assert float((plain["chunk"] * plain["chunk_share"]).detach()) == pytest.approx(
+        float((w * values).sum() / batch.n_chunks), rel=1e-5)
+    # every open chunk's gradient raises its gold tokens; closed chunks send none
+    (gated["chunk"] * gated["chunk_share"]).backward()
+    grad_gold = logits.grad.gather(2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # d loss / d gold logit, [2, 9]
+    for b in range(2):
+        for p in range(9):
+            c = int(batch.chunk_of_target[b, p])
+            if c < 0:
+                continue
+            if opened[c]:
+                assert float(grad_gold[b, p]) < 0.0
+            else:
+                assert float(logits.grad[b, p].abs().sum()) == 0.0
+
+
+def test_the_recipe_refuses_an_unknown_chunk_gate() -> None:
+    with pytest.raises(ValidationError, match="chunk_gate"):
+        LossConfig(chunk_gate="sometimes")

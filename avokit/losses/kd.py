@@ -44,6 +44,9 @@ class DivergenceSettings(Protocol):
     @property
     def kd_gate(self) -> str: ...  # none | teacher_better (avokit.losses.gate)
 
+    @property
+    def chunk_gate(self) -> str: ...  # none | teacher_better: chunks the teacher finds likelier
+
 
 @dataclass(frozen=True)
 class TeacherBatch:
@@ -198,7 +201,10 @@ def kd_losses(
     probability is informative, mapped or not), with ``cfg.kd_gate == "teacher_better"``
     summed only where the teacher's bucket of the gold token outweighs the student's
     (:mod:`avokit.losses.gate`) and still divided by every informative boundary, "chunk": weighted mean over chunks of
-    the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau)}``; both scalars,
+    the binarised chunk divergence (same cfg.divergence, cfg.chunk_tau), with ``cfg.chunk_gate
+    == "teacher_better"`` only over chunks whose teacher log-likelihood exceeds the student's
+    (there the divergence raises the student's likelihood of the gold chunk), its share still
+    counting every chunk in the window}``; both scalars,
     0 when nothing is left after masking. Unweighted by ``cfg.kd_weight``/``cfg.chunk_weight``:
     the trainer combines terms (and logs them separately). Also ``kd_share`` and
     ``chunk_share`` (scalars, no gradient, see :func:`weight_share`): ``kd * kd_share`` is
@@ -247,9 +253,16 @@ def kd_losses(
         tau=cfg.chunk_tau,
     )
     # a chunk none of whose tokens is in the window has no student likelihood to compare
-    chunk = weighted_mean(chunk_values, batch.chunk_weight * (n_tokens > 0))
-    return {"kd": kd, "chunk": chunk, "kd_share": kd_share,
-            "chunk_share": weight_share(batch.chunk_weight, n_tokens > 0)}
+    in_window = n_tokens > 0
+    open_chunks = in_window
+    if cfg.chunk_gate == "teacher_better":
+        # no gradient through the gate: it reads the gold text's likelihoods, as CE does
+        open_chunks = in_window & (batch.chunk_teacher_logprob > student_chunk.detach())
+    elif cfg.chunk_gate != "none":
+        raise ValueError(f"chunk_gate must be 'none' or 'teacher_better', got {cfg.chunk_gate!r}")
+    chunk = weighted_mean(chunk_values, batch.chunk_weight * open_chunks)
+    chunk_share = (batch.chunk_weight * open_chunks).sum() / in_window.sum().clamp(min=1)
+    return {"kd": kd, "chunk": chunk, "kd_share": kd_share, "chunk_share": chunk_share}
 
 
 def _boundary_gold(input_ids: Tensor | None, targets: Tensor | None, batch: TeacherBatch) -> Tensor:

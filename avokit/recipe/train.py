@@ -43,6 +43,10 @@ class LossConfig(Section):
     # only those where the teacher's bucket holding the gold token has more mass than the
     # student's, i.e. where KD raises the gold token (avokit.losses.gate); bucketed only
     kd_gate: Literal["none", "teacher_better"] = "none"
+    # the same for the chunk term: only chunks whose likelihood the teacher puts above the
+    # student's (there the binarised divergence raises the student's likelihood of the gold
+    # chunk; elsewhere it lowers it, against CE)
+    chunk_gate: Literal["none", "teacher_better"] = "none"
 
     @model_validator(mode="after")
     def _uld_ignores_ids_and_temperature(self) -> LossConfig:
