@@ -95,6 +95,8 @@ DEFAULT_ARMS = ["start", "ce", "kd_gemma", "kd_qwen", "uld_gemma"]
 DESIGNS: dict[str, tuple[dict[str, str], tuple[str, str, str]]] = {
     "pilot": ({GEMMA: "kd_gemma", QWEN: "kd_qwen"}, ("uld_gemma", "kd_gemma", GEMMA)),
     "test": ({GEMMA: "kd_gemma_gated", QWEN: "kd_qwen_gated"}, ("uld_gemma", "kd_gemma_gated", GEMMA)),
+    # the second test (prefix cuts, both gates, half weight): Gemma only; ULD stays the first test's
+    "cuts": ({GEMMA: "kd_gemma_gated_both_half"}, ("uld_gemma", "kd_gemma_gated_both_half", GEMMA)),
 }
 VERDICT_KD, VERDICT_ULD = DESIGNS["pilot"]
 SHARED = ("segment_steps", "batch_size", "seq_len", "lr", "warmup", "score_max_length", "mixed_precision")
