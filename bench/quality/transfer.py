@@ -81,6 +81,10 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
                                                      "chunk_gate": "teacher_better", "kd_weight": 0.5,
                                                      "chunk_weight": 0.25}},
                                  "CE + KD from Gemma, token and chunk terms gated, both at half weight"),
+    "kd_qwen_gated_both_half": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better",
+                                                   "chunk_gate": "teacher_better", "kd_weight": 0.5,
+                                                   "chunk_weight": 0.25}},
+                                "CE + KD from Qwen, token and chunk terms gated, both at half weight"),
     "kd_qwen_gated": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better"}},
                       "CE + KD from Qwen, dense targets and chunk term, KD only where it raises gold"),
     # not trained by default: ULD in the field's own form (GOLD), at common token boundaries only
