@@ -82,7 +82,7 @@ def test_student_side_matches_a_loop_reference(seed: int) -> None:
     class Cfg:
         divergence, jsd_beta, temperature, chunk_tau = "forward_kl", 0.5, 1.0, 2.0
         token_loss = "bucketed"
-        kd_gate = "none"
+        kd_gate = chunk_gate = "none"
 
     got = kd_losses(logits, None, batch, Cfg(), targets=targets, starts_word=starts_word)["chunk"]
     logp = torch.log_softmax(logits, -1)
@@ -116,7 +116,7 @@ def test_identical_debiased_likelihoods_give_zero_loss() -> None:
     class Cfg:
         divergence, jsd_beta, temperature, chunk_tau = "jsd", 0.5, 1.0, 1.0
         token_loss = "bucketed"
-        kd_gate = "none"
+        kd_gate = chunk_gate = "none"
 
     assert float(kd_losses(logits, None, batch, Cfg(), targets=targets, starts_word=starts_word)["chunk"]) < 1e-7
     with pytest.raises(ValueError, match="starts_word"):

@@ -53,6 +53,7 @@ class _Cfg:
         self.chunk_tau = chunk_tau
         self.token_loss = token_loss
         self.kd_gate = "none"
+        self.chunk_gate = "none"
 
 
 # ---------------------------------------------------------------- ce
