@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
-from complementarity_math import (  # noqa: E402
+from complementarity_math import (
     bayes_closed_nll,
     common_boundaries,
     mix_nll,
@@ -23,7 +23,7 @@ from complementarity_math import (  # noqa: E402
     span_winners,
     two_fold_fit,
 )
-from complementarity_stats import DomainTable, bootstrap_gains, point_estimate, win_shares  # noqa: E402
+from complementarity_stats import DomainTable, bootstrap_gains, point_estimate, win_shares
 
 LN2 = math.log(2.0)
 

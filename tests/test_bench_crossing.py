@@ -15,9 +15,9 @@ from test_train import make_docs, write_cache, write_corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
-import crossing  # noqa: E402
-from crossing_stats import crossing_price, price_from_test  # noqa: E402
-from proof_stats import paired_interval  # noqa: E402
+import crossing
+from crossing_stats import crossing_price, price_from_test
+from proof_stats import paired_interval
 
 DOMAINS = ("chinese", "code", "english")
 

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "gateway"))
 
-import run  # noqa: E402
+import run
 
 
 def _out(ratio: float, client: str = "aiohttp x") -> dict[str, Any]:

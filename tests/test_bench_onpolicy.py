@@ -11,9 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
-from onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb, verdict  # noqa: E402
-
-from avokit.records import TeacherRecords  # noqa: E402
+from avokit.records import TeacherRecords
+from onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb, verdict
 
 
 def _rec(ends: list[int], logprobs: list[float]) -> TeacherRecords:

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
-from proof_stats import build_proof, chosen, chosen_test_bpb, gap_closure, paired_interval  # noqa: E402
+from proof_stats import build_proof, chosen, chosen_test_bpb, gap_closure, paired_interval
 
 
 def test_paired_interval_by_hand() -> None:

@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
 
-import transfer  # noqa: E402
-from proof_stats import paired_interval  # noqa: E402
-from transfer_stats import PILOT, build_verdict, difference  # noqa: E402
+import transfer
+from proof_stats import paired_interval
+from transfer_stats import PILOT, build_verdict, difference
 
 GEMMA, QWEN = transfer.TEACHERS
 DOMAINS = ("chinese", "code", "english")
@@ -112,7 +112,7 @@ SETTINGS = {"steps": 30, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "
 
 def _segment(step: int, val: float, test: float) -> dict[str, Any]:
     return {"step": step, "train_wall_s": 10.0, "score_wall_s": 2.0, "load": 1.0,
-            "validation": _bpb({d: val for d in DOMAINS}), "test": _bpb({d: test for d in DOMAINS})}
+            "validation": _bpb(dict.fromkeys(DOMAINS, val)), "test": _bpb(dict.fromkeys(DOMAINS, test))}
 
 
 def _data(runs: Path) -> None:
@@ -205,7 +205,7 @@ def test_a_killed_run_continues_from_its_last_scored_segment(tmp_path: Path, mon
 
     def fake_scores(model: Any, tok: Any, runs_: Path, max_length: int) -> dict[str, Any]:
         scored.append(model)
-        return {"validation": _bpb({d: 2.0 - model / 100 for d in DOMAINS}), "test": _bpb({d: 2.0 for d in DOMAINS}),
+        return {"validation": _bpb(dict.fromkeys(DOMAINS, 2.0 - model / 100)), "test": _bpb(dict.fromkeys(DOMAINS, 2.0)),
                 "score_wall_s": 0.0, "load": 0.0}
 
     def fake_training(rec: Any, baseline: bool, progress: bool, on_checkpoint: Any) -> Path:
@@ -282,6 +282,7 @@ def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
 
 def test_gradient_alignment_scores_the_validation_direction_one_and_its_opposite_minus_one() -> None:
     import torch
+
     from transfer_grad import alignment
 
     g_val = torch.randn(1000, generator=torch.Generator().manual_seed(0))

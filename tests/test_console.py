@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from console_support import ADMIN_NAME, Console, csrf_of  # noqa: E402
-from gateway_support import SECRET, auth  # noqa: E402
+from console_support import ADMIN_NAME, Console, csrf_of
+from gateway_support import SECRET, auth
 
 SIGNINS_PER_MINUTE = 12
 

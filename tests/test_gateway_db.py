@@ -11,7 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from avokit.gateway.app import _every
-from avokit.gateway.db.session import AUTOCHECKPOINT_PAGES, checkpoint, make_db_engine, write_transaction
+from avokit.gateway.db.session import (
+    AUTOCHECKPOINT_PAGES,
+    checkpoint,
+    make_db_engine,
+    write_transaction,
+)
 
 
 def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -70,13 +75,13 @@ def test_tokenizers_load_at_startup_not_on_the_first_request(tmp_path: Path) -> 
     """Loading a tokenizer takes seconds; done by the first request it would stall the event
     loop for every other request, so the app loads them while it starts."""
     from fastapi.testclient import TestClient
+    from gateway_support import SECRET, build_registry
 
     from avokit.gateway.app import create_app
     from avokit.gateway.db.session import run_migrations
     from avokit.gateway.engines.base import scan_registry
     from avokit.gateway.engines.vllm import VLLMEngine
     from avokit.gateway.settings import load_settings
-    from gateway_support import SECRET, build_registry
 
     build_registry(tmp_path / "registry")
     db = f"sqlite:///{tmp_path}/g.db"

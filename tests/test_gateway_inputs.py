@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, InProcess, Server, auth, build_registry  # noqa: E402
+from gateway_support import SECRET, InProcess, Server, auth, build_registry
 
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.settings import load_settings
 
 MODEL = "avo-tiny"
 BODY = {"model": MODEL, "prompt": "Hello world", "max_tokens": 2, "temperature": 0}

@@ -320,7 +320,7 @@ def _load_tokenizer(spec: str | Path) -> Any:
 
             try:
                 return PreTrainedTokenizerFast(tokenizer_file=str(path))
-            except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exception on bad JSON
+            except Exception as err:
                 raise AvokitError(f"{path} is not a tokenizers JSON file: {err}") from None
         raise AvokitError(f"tokenizer file {path}: unknown kind (want .json, .gguf, .tiktoken[.gz], .vocab)")
     raise AvokitError(

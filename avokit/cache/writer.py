@@ -13,7 +13,6 @@ from avokit.cache.format import CacheSpec, encode, schema
 from avokit.cache.manifest import ShardInfo, file_sha256
 from avokit.records import TeacherRecords
 
-
 # Documents are grouped into record batches of at least this many positions: Arrow's
 # per-batch metadata and zstd's per-buffer framing cost ~15 B/token on 80-token documents
 # when every document is its own batch.
@@ -94,7 +93,7 @@ class ShardWriter:
         finally:
             self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(

@@ -73,7 +73,7 @@ class ReleaseManifest(Contract):
     eval: EvalSummary
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ReleaseManifest":
+    def _consistent(self) -> ReleaseManifest:
         if combined_weights_sha256(self.weights) != self.weights_sha256:
             raise ValueError("weights_sha256 is not the digest of the weights listed in `weights`")
         missing = [f for f in self.tokenizer.files if f not in self.files]

@@ -109,7 +109,7 @@ class TokenizerTeacher(Teacher):
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       add_generation_prompt=True, tokenize=False)
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        start = getattr(self, "start_token_id")
+        start = self.start_token_id
         return [int(start)] + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def decode_new(self, ids: list[int]) -> str:

@@ -18,6 +18,7 @@ from avokit.teachers.base import Sampling, TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
 
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
     if device == "auto":

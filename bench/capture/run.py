@@ -84,7 +84,7 @@ class PeakRSS:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             time.sleep(0.01)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 

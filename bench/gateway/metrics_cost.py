@@ -25,14 +25,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import (  # noqa: E402
+from run import (
     AVOKIT_FLAGS,
     CONC,
     LAT_N,

@@ -42,10 +42,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling modules, when run as a script
 
-from complementarity_io import load_documents, machine_info, open_caches  # noqa: E402
-from complementarity_math import DocScore, score_spans, simplex_grid, span_logprobs  # noqa: E402
-from complementarity_report import readme_row, render_markdown  # noqa: E402
-from complementarity_stats import (  # noqa: E402
+from complementarity_io import load_documents, machine_info, open_caches
+from complementarity_math import DocScore, score_spans, simplex_grid, span_logprobs
+from complementarity_report import readme_row, render_markdown
+from complementarity_stats import (
     DomainTable,
     bootstrap_gains,
     fitted_choices,
@@ -60,7 +60,7 @@ ALPHAS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
 GRID_STEP = 0.05
 
 
-def fusion_weights_fn(temperature: float):  # noqa: ANN201 - returns a small closure
+def fusion_weights_fn(temperature: float):
     """The trainer's ``bpb_softmax`` document weights as a numpy function of BPB [N]."""
     import torch
 
@@ -96,7 +96,7 @@ def score_corpus(recipe_path: Path, teachers: list[str], temperature: float
             skipped += 1
             continue
         scores.setdefault(doc.domain, []).append(score_spans(sp, grid, ALPHAS, fuse))
-        counts = tokens.setdefault(doc.domain, {t: 0 for t in teachers})
+        counts = tokens.setdefault(doc.domain, dict.fromkeys(teachers, 0))
         for t, r in zip(teachers, recs, strict=True):
             counts[t] += r.n_positions
     coverage["documents_in_corpus"] = len(docs)

@@ -111,8 +111,8 @@ def main() -> None:
                                                     "documents", "loadavg_samples") if k in before})
             stats[t]["processes"] = int(before.get("processes", 1)) + 1
 
-    def loader_for(name: str):  # noqa: ANN202 - the TeacherLoader signature
-        def load(config, base_dir):  # noqa: ANN001, ANN202
+    def loader_for(name: str):
+        def load(config, base_dir):
             if name not in loaded:
                 t0 = time.perf_counter()
                 loaded[name] = _KeepOpen(load_teacher(config, base_dir, recipe.capture))

@@ -78,7 +78,7 @@ def _counts_table(result: dict) -> list[str]:
     teachers = result["teachers"]
     lines = ["| domain | documents | bytes | spans | bytes/span | " + " | ".join(f"{t} tokens" for t in teachers) + " |",
              "| --- |" + " ---: |" * (4 + len(teachers))]
-    total = {t: 0 for t in teachers}
+    total = dict.fromkeys(teachers, 0)
     for d, c in result["counts"].items():
         lines.append(f"| {d} | {c['documents']} | {c['bytes']:,} | {c['spans']:,} | {c['bytes_per_span']:.2f} | "
                      + " | ".join(f"{c['teacher_tokens'][t]:,}" for t in teachers) + " |")

@@ -35,7 +35,7 @@ class DomainTable:
     cv_choice: list[int] = field(default_factory=list)
 
     @classmethod
-    def from_scores(cls, scores: list[DocScore]) -> "DomainTable":
+    def from_scores(cls, scores: list[DocScore]) -> DomainTable:
         """Stack one domain's document scores; adds the two-fold cross-fitted fixed weights."""
         if not scores:
             raise ValueError("a domain needs at least one scored document")

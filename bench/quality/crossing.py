@@ -52,23 +52,21 @@ import argparse
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from crossing_data import TEACHER, TRANSFER_DATA, crossing_recipe, prepare, teacher_dir  # noqa: E402
-from crossing_render import render  # noqa: E402
-from crossing_stats import ARMS, crossing_price  # noqa: E402
-from proof import _drop_unscored_checkpoints, _link, _split_texts, score  # noqa: E402
-from proof_stats import OVERALL, chosen, chosen_test_bpb  # noqa: E402
-from results_io import write_results  # noqa: E402
-from transfer import lock_settings, provenance, scored_training, split_scores  # noqa: E402
-from transfer_data import _write_json  # noqa: E402
-from transfer_stats import curves  # noqa: E402
-
-from avokit.recipe import Recipe  # noqa: E402
+from avokit.recipe import Recipe
+from crossing_data import TEACHER, TRANSFER_DATA, crossing_recipe, prepare, teacher_dir
+from crossing_render import render
+from crossing_stats import ARMS, crossing_price
+from proof import _drop_unscored_checkpoints, _link
+from proof_stats import chosen, chosen_test_bpb
+from results_io import write_results
+from transfer import lock_settings, provenance, scored_training, split_scores
+from transfer_data import _write_json
+from transfer_stats import curves
 
 ROOT = Path(__file__).resolve().parents[2]
 # avokit's default student's shape, narrower (~0.2M parameters besides the embeddings): on the

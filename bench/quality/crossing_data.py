@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proof import teacher_test_bpb
-from transfer_data import _write_json, data_recipe, write_python_heads
-
 from avokit.checksums import file_sha256
 from avokit.evaluate.run import cpu_model
 from avokit.recipe import Recipe
 from avokit.recipe.teachers import TeacherConfig
+from proof import teacher_test_bpb
+from transfer_data import _write_json, data_recipe, write_python_heads
 
 TEACHER = "smollm2-135m"
 # the transfer study's data folder: its split files are compared with ours, never written

@@ -39,14 +39,13 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from onpolicy_metrics import verdict  # noqa: E402  (beside this script)
-from onpolicy_report import render  # noqa: E402
-from proof import NEW, STUDENT, TEACHERS, _link, score  # noqa: E402
-from results_io import write_results  # noqa: E402
-
-from avokit.corpus import read_documents  # noqa: E402
-from avokit.corpus.build import heldout_score  # noqa: E402
-from avokit.recipe import Recipe  # noqa: E402
+from avokit.corpus import read_documents
+from avokit.corpus.build import heldout_score
+from avokit.recipe import Recipe
+from onpolicy_metrics import verdict
+from onpolicy_report import render
+from proof import NEW, STUDENT, TEACHERS, _link, score
+from results_io import write_results
 
 VARIANTS = {"offline": "KD on the corpus (cached targets)",
             "seq": "KD on the corpus + teacher-written text",
@@ -177,11 +176,11 @@ def _model_dirs(runs: Path, args: argparse.Namespace) -> list[tuple[str, int, Pa
 
 def evaluate(runs: Path, args: argparse.Namespace) -> int:
     """Evaluate every finished run not yet evaluated (teachers loaded once); returns how many."""
-    from onpolicy_eval import eval_prompts, evaluate_model
     from transformers import AutoModelForCausalLM
 
     from avokit.student import load_student_tokenizer
     from avokit.teachers.load import load_teacher
+    from onpolicy_eval import eval_prompts, evaluate_model
 
     todo = [m for m in _model_dirs(runs, args) if not m[3].is_file()]
     if not todo and not args.wait:

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb
 
 from avokit.align import byteify
 from avokit.teachers.base import Teacher
 from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import separator_prefix
 from avokit.train.on_policy import continue_prompts, live_records, student_text
+from onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from proof_stats import paired_interval
 
 from avokit.records import TeacherRecords
+from proof_stats import paired_interval
 
 
 def continuation_bits(rec: TeacherRecords, prompt_bytes: int) -> tuple[float, int]:

@@ -47,17 +47,17 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from complementarity_io import snapshot_cache  # noqa: E402  (beside this script)
-from proof_render import attach, render  # noqa: E402
-from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences  # noqa: E402
-from results_io import write_results  # noqa: E402
+import numpy as np
 
-from avokit.cache import CacheReader  # noqa: E402
-from avokit.corpus import Document, load_split, read_documents, write_documents  # noqa: E402
-from avokit.corpus.build import heldout_score  # noqa: E402
-from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb  # noqa: E402
-from avokit.recipe import Recipe, load_recipe  # noqa: E402
+from avokit.cache import CacheReader
+from avokit.corpus import Document, load_split, read_documents, write_documents
+from avokit.corpus.build import heldout_score
+from avokit.evaluate.bpb import bpb_from_records, domain_bpb, score_bpb
+from avokit.recipe import Recipe, load_recipe
+from complementarity_io import snapshot_cache
+from proof_render import attach, render
+from proof_stats import OVERALL, build_proof, chosen, chosen_test_bpb, paired_differences
+from results_io import write_results
 
 SOURCE = Path(__file__).with_name("complementarity.yaml")
 TEACHERS = ["gemma3-270m", "smollm2-135m", "qwen2.5-coder-0.5b"]

@@ -10,7 +10,6 @@ from proof_stats import OVERALL, chosen
 from results_io import write_results
 
 
-
 def mean_rows(test: dict[str, dict[int, dict[str, float]]], cols: list[str], described: dict[str, dict]) -> list[str]:
     """One Markdown row per variant (or arm) that has runs: each column's mean over its seeds,
     the seed count and its ``what`` from ``described``."""

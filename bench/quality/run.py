@@ -23,13 +23,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from avokit.capture import run_capture  # noqa: E402
-from avokit.corpus import build_corpus, load_split  # noqa: E402
-from avokit.evaluate import run_eval  # noqa: E402
-from avokit.recipe import Recipe, load_recipe  # noqa: E402
-from avokit.train import run_training  # noqa: E402
-from ensemble import ensemble_bpb  # noqa: E402  (bench/quality/ensemble.py, beside this script)
-from ensemble import render as render_ensemble  # noqa: E402
+from avokit.capture import run_capture
+from avokit.corpus import build_corpus, load_split
+from avokit.evaluate import run_eval
+from avokit.recipe import Recipe, load_recipe
+from avokit.train import run_training
+from ensemble import ensemble_bpb
+from ensemble import render as render_ensemble
 
 VARIANTS = {"b_gemma": ["gemma3-270m"], "c_smollm2": ["smollm2-135m"], "d_both": ["gemma3-270m", "smollm2-135m"]}
 

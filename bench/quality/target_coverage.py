@@ -62,8 +62,7 @@ def coverage(recipe_path: str) -> dict[str, dict[str, dict[str, float]]]:
             d_mass = _gold_mass(d_kd.dense.ids, d_kd.dense.logprobs, gold_ids[d_kd.dense.pos])
             at_boundary = np.isin(d_kd.dense.pos, b_kd.first)
             for key in (doc.domain, "all"):
-                a = acc.setdefault(key, {k: 0.0 for k in ("tokens", "b_rows", "d_rows", "b_gold", "d_gold",
-                                                            "d_gold_at_b")})
+                a = acc.setdefault(key, dict.fromkeys(("tokens", "b_rows", "d_rows", "b_gold", "d_gold", "d_gold_at_b"), 0.0))
                 a["tokens"] += s_doc.ids.size
                 a["b_rows"] += b_kd.first.size
                 a["d_rows"] += d_kd.dense.pos.size

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from avokit.recipe import Recipe
-from run import base_recipe  # bench/quality/run.py, beside this script
 from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import pack_documents, read_split
 from avokit.train.kd_data import build_teacher_batch
 from avokit.train.run import ensure_student_tokenizer, teacher_sources
+from run import base_recipe  # bench/quality/run.py, beside this script
 
 
 def teacher_signal(recipe: Recipe, n_rows: int) -> dict[str, dict[str, float]]:

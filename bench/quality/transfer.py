@@ -40,18 +40,26 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import proof  # noqa: E402
-from proof import _drop_unscored_checkpoints, _split_texts, score  # noqa: E402
-from proof_stats import OVERALL, chosen, chosen_test_bpb, paired_differences  # noqa: E402
-from results_io import write_results  # noqa: E402
-from transfer_data import (GEMMA, QWEN, STUDENT, TEACHERS, _write_json, capture, data_recipe,  # noqa: E402
-                           prepare, student_dir)
-from transfer_render import render  # noqa: E402
-from transfer_stats import build_verdict, curves  # noqa: E402
-
-from avokit.checksums import file_sha256  # noqa: E402
-from avokit.evaluate.run import cpu_model  # noqa: E402
-from avokit.recipe import Recipe  # noqa: E402
+import proof
+from avokit.checksums import file_sha256
+from avokit.evaluate.run import cpu_model
+from avokit.recipe import Recipe
+from proof import _drop_unscored_checkpoints, _split_texts, score
+from proof_stats import OVERALL, chosen, chosen_test_bpb, paired_differences
+from results_io import write_results
+from transfer_data import (
+    GEMMA,
+    QWEN,
+    STUDENT,
+    TEACHERS,
+    _write_json,
+    capture,
+    data_recipe,
+    prepare,
+    student_dir,
+)
+from transfer_render import render
+from transfer_stats import build_verdict, curves
 
 ROOT = Path(__file__).resolve().parents[2]
 CROSSING = ROOT / "bench" / "results" / "transfer_crossing.json"  # item 3a's study (crossing.py)

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from proof import teacher_test_bpb
 
 from avokit.checksums import file_sha256
 from avokit.evaluate.run import cpu_model
 from avokit.recipe import Recipe, recipe_from_dict
+from proof import teacher_test_bpb
 
 SOURCE = Path(__file__).with_name("transfer.yaml")
 SCRIPT = Path(__file__).with_name("transfer.py")

@@ -32,20 +32,20 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transfer import arm_recipe  # noqa: E402
-from transfer_signal import SETTINGS  # noqa: E402
+import numpy as np
+import torch
 
-from avokit.align import byteify  # noqa: E402
-from avokit.corpus import load_split  # noqa: E402
-from avokit.evaluate.run import cpu_model  # noqa: E402
-from avokit.losses.ce import cross_entropy  # noqa: E402
-from avokit.student import build_student  # noqa: E402
-from avokit.teachers.scoring import resolve_start_token_id  # noqa: E402
-from avokit.train.data import batch_rows, pack_documents, read_split  # noqa: E402
-from avokit.train.kd_terms import KDSetup, teacher_terms  # noqa: E402
-from avokit.train.run import ensure_student_tokenizer, fusion, teacher_sources  # noqa: E402
+from avokit.align import byteify
+from avokit.corpus import load_split
+from avokit.evaluate.run import cpu_model
+from avokit.losses.ce import cross_entropy
+from avokit.student import build_student
+from avokit.teachers.scoring import resolve_start_token_id
+from avokit.train.data import batch_rows, pack_documents, read_split
+from avokit.train.kd_terms import KDSetup, teacher_terms
+from avokit.train.run import ensure_student_tokenizer, fusion, teacher_sources
+from transfer import arm_recipe
+from transfer_signal import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

@@ -35,14 +35,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from transfer import ARMS, VERDICT_KD, arm_recipe  # noqa: E402
-from transfer_data import student_dir  # noqa: E402
+import numpy as np
 
-from avokit.align import byteify, tokenize_batch_with_offsets  # noqa: E402
-from avokit.evaluate.run import cpu_model  # noqa: E402
-from avokit.train.data import read_split  # noqa: E402
-from avokit.train.run import ensure_student_tokenizer, teacher_sources  # noqa: E402
+from avokit.align import byteify, tokenize_batch_with_offsets
+from avokit.evaluate.run import cpu_model
+from avokit.train.data import read_split
+from avokit.train.run import ensure_student_tokenizer, teacher_sources
+from transfer import ARMS, VERDICT_KD, arm_recipe
+from transfer_data import student_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

@@ -22,10 +22,10 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.train.run import machine  # noqa: E402
+from bench.train.run import machine
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "onpolicy_cost"
 

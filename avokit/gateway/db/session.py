@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -80,7 +80,7 @@ AUTOCHECKPOINT_PAGES = 10_000
 # SQLite allows one writer per file. Threads of one process queue on this lock (woken the
 # moment it is free) instead of polling SQLite's busy handler, which sleeps 1, 2, 5, 10 ms...
 # between retries; other processes still wait through busy_timeout.
-_SQLITE_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = (
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
     weakref.WeakKeyDictionary())
 
 

@@ -104,7 +104,7 @@ def _cache_arg(model: Any) -> str:
     return _cache_arg_of(type(model))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_arg_of(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 

@@ -15,9 +15,11 @@ import asyncio
 import os
 import queue
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
+from avokit.gateway.engines import constrained
 from avokit.gateway.engines.base import (
     Finished,
     GenParams,
@@ -27,7 +29,6 @@ from avokit.gateway.engines.base import (
     collect,
     load_tokenizer,
 )
-from avokit.gateway.engines import constrained
 from avokit.gateway.engines.kv_batch import DecodeBatch, Masker, decode_step, merge, prefill
 from avokit.gateway.errors import NotFoundError, UpstreamError
 

@@ -10,7 +10,7 @@ which are also the routes' declared ``response_model`` s: the OpenAPI schema is 
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
