@@ -51,8 +51,7 @@ def test_history_appends_every_run_and_the_report_lists_its_configuration(
     assert [r["run"] for r in history["runs"]] == [1, 2, 3]
     assert json.loads(path.read_text()) == history
     text = run._markdown(_out(0.3), history)
-    table = [line for line in text.splitlines() if line.startswith("| 1 ") or
-             line.startswith("| 2 ") or line.startswith("| 3 ")]
+    table = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 ", "| 3 "))]
     assert [line.split(" | ")[0] for line in table] == ["| 1", "| 3"]  # httpx's run left out
     assert "0.20 / 0.20 / 4.00x" in table[0] and table[0].endswith("| True |")
     assert "client aiohttp x" in text and "| 1.5 |" in table[1]

@@ -53,16 +53,18 @@ def test_checkpoint_is_sqlite_only() -> None:
 def test_background_job_outlives_a_failure(caplog: pytest.LogCaptureFixture) -> None:
     """One failed run (e.g. a locked database) is logged; the loop keeps running the job."""
     calls: list[int] = []
+    third = asyncio.Event()
 
     def job() -> None:
         calls.append(len(calls))
+        if len(calls) == 3:
+            third.set()
         if len(calls) == 1:
             raise RuntimeError("database is locked")
 
     async def run() -> None:
         task = asyncio.create_task(_every(0.01, "test job", job))
-        while len(calls) < 3:
-            await asyncio.sleep(0.01)
+        await third.wait()
         task.cancel()
 
     with caplog.at_level(logging.ERROR, logger="avokit.gateway"):

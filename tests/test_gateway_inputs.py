@@ -200,7 +200,7 @@ def test_logging_and_redaction_never_raise() -> None:
     log.propagate = False
     try:
         log.info(Hostile())
-        log.info("%s and %d", "sk-avo-SECRETSECRETSECRET")  # too few args
+        log.info("%s and %d", "sk-avo-SECRETSECRETSECRET")  # noqa: PLE1206 (too few args on purpose)
         log.info("bad %q format", 1)
         log.info("surrogate \ud800 sk-avo-SECRETSECRETSECRET")
         try:

@@ -471,7 +471,7 @@ def test_span_softmax_weights_follow_the_locally_better_teacher(tmp_path: Path) 
                                        rec.topk_logprobs, rec.boundary_logmass)
     sources[1].records = worse
     tok_w = span_fusion_weights(recipe, packed, sources, np.full_like(doc_w, 0.5))
-    for d, w in enumerate(tok_w):
+    for w in tok_w:
         n = w.shape[0]
         assert np.allclose(w.sum(axis=1), 1.0)
         assert (w[: n // 4, 0] > 0.9).all()  # teacher 0 leads the first half ...

@@ -9,7 +9,7 @@ handles documents with different teacher weights; a weight of 0 masks a boundary
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -98,8 +98,8 @@ class TeacherBatch:
         cls, batch_size: int, seq_len: int, k: int, device: torch.device | str = "cpu"
     ) -> TeacherBatch:
         """A batch with no boundaries and no chunks (a teacher with nothing for these rows)."""
-        long = dict(dtype=torch.long, device=device)
-        flt = dict(dtype=torch.float32, device=device)
+        long: dict[str, Any] = {"dtype": torch.long, "device": device}
+        flt: dict[str, Any] = {"dtype": torch.float32, "device": device}
         return cls(
             b_idx=torch.zeros(0, **long),
             s_pos=torch.zeros(0, **long),

@@ -67,7 +67,7 @@ class Teacher(ABC):
     def score(self, texts: list[str], doc_ids: list[str], top_k: int) -> list[TeacherRecords]:
         """Per-position records for each document (gold log-prob, top-k, boundary mass)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default no-op, not abstract: most backends hold nothing)
         """Release model memory or connections (default: nothing to do)."""
 
     def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:
