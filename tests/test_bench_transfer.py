@@ -1,4 +1,4 @@
-"""The transfer benchmark's bookkeeping (bench/quality/transfer.py, transfer_stats.py) on hand-made
+"""The transfer benchmark's bookkeeping (bench/quality/transfer/transfer.py, transfer_stats.py) on hand-made
 numbers and segment files, without any real model: the verdict, its holds rule, the pilot label,
 the report, the settings lock and the resume of a run's segment list."""
 
@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-import transfer
-from proof_stats import paired_interval
-from transfer_stats import PILOT, build_verdict, difference
+from bench.quality.fusion_proof.proof_stats import paired_interval
+from bench.quality.transfer import transfer
+from bench.quality.transfer.transfer_stats import PILOT, build_verdict, difference
 
 GEMMA, QWEN = transfer.TEACHERS
 DOMAINS = ("chinese", "code", "english")
@@ -270,7 +267,7 @@ def test_arms_table_makes_valid_recipes(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
-    from transfer_data import write_python_heads
+    from bench.quality.transfer.transfer_data import write_python_heads
 
     recipe = transfer.data_recipe(tmp_path / "runs")
     path = write_python_heads(recipe)
@@ -283,7 +280,7 @@ def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
 def test_gradient_alignment_scores_the_validation_direction_one_and_its_opposite_minus_one() -> None:
     import torch
 
-    from transfer_grad import alignment
+    from bench.quality.transfer.transfer_grad import alignment
 
     g_val = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     assert alignment(g_val, g_val) == pytest.approx({"cos": 1.0, "sign": 1.0}, abs=1e-6)

@@ -26,7 +26,7 @@ share of CPU time the hypervisor stole over the rounds. Writes bench/results/gat
 .md (this run) and appends the run to bench/results/gateway_runs.json (every run, with the
 commit it measured), so a result is never reported without the runs beside it.
 
-Usage: python bench/gateway/run.py [--litellm /tmp/litellm-venv/bin/litellm]
+Usage: python -m bench.gateway.run [--litellm /tmp/litellm-venv/bin/litellm]
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -319,7 +322,8 @@ def main() -> None:
            "results": results, "verdict": verdict}
     res_dir = ROOT / "bench/results"
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "gateway.json").write_text(json.dumps(out, indent=2))
+    # no model runs and no corpus is read: dtype and corpus are None
+    write_json(res_dir / "gateway.json", out, Provenance.collect(dtype=None))
     history = _append_run(res_dir / "gateway_runs.json", out)
     text = _markdown(out, history)
     (res_dir / "gateway.md").write_text(text)
@@ -385,7 +389,8 @@ def _append_run(path: Path, out: dict[str, Any]) -> dict[str, Any]:
     history["runs"].append({"run": len(history["runs"]) + 1,
                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             **_commit(), **out})
-    path.write_text(json.dumps(history, indent=1) + "\n")
+    history.pop("provenance", None)  # the block of the latest run (each run also has its commit)
+    write_json(path, history, Provenance.collect(dtype=None))
     return history
 
 

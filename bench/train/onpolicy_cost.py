@@ -7,13 +7,12 @@ every teacher scores them live), each followed by backward and an optimizer step
 step and per 1,000 trained tokens: wall time, and for on-policy steps the share spent sampling
 and in each teacher's live scoring. Writes bench/results/onpolicy_cost.{json,md}.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/train/onpolicy_cost.py [--steps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.train.onpolicy_cost [--steps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections import defaultdict
@@ -25,6 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+from bench.provenance import Provenance
+from bench.results_io import write_json
 from bench.train.run import machine
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "onpolicy_cost"
@@ -146,7 +147,10 @@ def main() -> None:
     result = {"machine": info, "args": vars(args), "summary": summary, "raw": res,
               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    from avokit.recipe import load_recipe
+
+    corpus = load_recipe(args.recipe).run_dir / "corpus" / "manifest.json"
+    write_json(OUT.with_suffix(".json"), result, Provenance.collect(dtype="float32", corpus=corpus))
     on, off = summary["on-policy"], summary["offline"]
     lines = ["# On-policy step vs offline step", "",
              f"{result['created']}, {info['cpu']} ({info['nproc']} cores), load {info['load_avg_at_start']} -> "
