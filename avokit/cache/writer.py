@@ -10,7 +10,8 @@ from types import TracebackType
 import pyarrow as pa
 
 from avokit.cache.format import CacheSpec, encode, schema
-from avokit.cache.manifest import ShardInfo, file_sha256
+from avokit.cache.manifest import ShardInfo
+from avokit.checksums import file_sha256
 from avokit.records import TeacherRecords
 
 # Documents are grouped into record batches of at least this many positions: Arrow's

@@ -102,7 +102,7 @@ def serve(
             serve_admin_metrics(settings.metrics_bind, path)
     from avokit.gateway.app import create_app
 
-    logging = {"log_level": log_level.value, "access_log": access_log,
+    logging: dict[str, Any] = {"log_level": log_level.value, "access_log": access_log,
                "log_config": _log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, **logging)

@@ -101,7 +101,7 @@ class Score:
     high: float
     n: int
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | list[float]]:
         """JSON form."""
         return {"value": self.value, "ci95": [self.low, self.high], "n": self.n}
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from avokit.losses.bucketed import bucket_distributions, bucket_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
+from avokit.losses.divergences import DivergenceName
 from avokit.losses.gate import gate_from_buckets, gold_bucket_slot
 from avokit.losses.uld import uld_distance
 
@@ -27,7 +28,7 @@ class DivergenceSettings(Protocol):
     recipe layer above them."""
 
     @property
-    def divergence(self) -> str: ...  # forward_kl | reverse_kl | jsd | tvd
+    def divergence(self) -> DivergenceName: ...
 
     @property
     def jsd_beta(self) -> float: ...

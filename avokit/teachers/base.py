@@ -81,6 +81,7 @@ class TokenizerTeacher(Teacher):
     ``tokenizer``, ``_tb`` (its byte table) and ``_info`` and implement ``score``."""
 
     tokenizer: Any
+    start_token_id: int  # the id each scored text is conditioned on (resolve_start_token_id)
     _tb: TokenBytes
     _info: TeacherInfo
 

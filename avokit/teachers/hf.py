@@ -153,7 +153,7 @@ class HFTeacher(TokenizerTeacher):
         except (OSError, ValueError, KeyError) as err:
             where = folder / gguf_file if gguf_file else folder
             raise AvokitError(f"teacher {name!r}: cannot load {where}: {err}") from err
-        model.to(device=resolve_device(device), dtype=torch_dtype(resolved))
+        model.to(device=resolve_device(device), dtype=torch_dtype(resolved))  # type: ignore[call-arg]  # transformers' wrapper
         target = folder / gguf_file if gguf_file else folder
         return cls(
             model, tokenizer, name=name, license=license, backend=backend,

@@ -215,7 +215,7 @@ def score_tokenized(
     """Score tokenized documents with right-padded batches of rolling windows."""
     if top_k > spec.real_vocab:
         raise AvokitError(f"top_k={top_k} exceeds the teacher's vocabulary of {spec.real_vocab}")
-    device = spec.head.weight.device
+    device: Any = spec.head.weight.device
     base = base_model(model)
     seqs = [np.concatenate([[start_id], d.ids]).astype(np.int64) for d in docs]
     out = [

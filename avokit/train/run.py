@@ -182,7 +182,7 @@ def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: K
     lines = [json.dumps({"mode": fcfg.mode, "temperature": fcfg.temperature,
                          "teachers": {s.name: s.weight for s in kd.sources}})]
     for d, doc_id in enumerate(packed.doc_ids):
-        row = {"doc_id": doc_id, "weights": {}, "bpb": {}}
+        row: dict[str, Any] = {"doc_id": doc_id, "weights": {}, "bpb": {}}
         for t, source in enumerate(kd.sources):
             hit = source.memo.get(doc_id)  # filled by fusion_weights
             row["weights"][source.name] = round(float(kd.doc_weights[d, t]), 6)

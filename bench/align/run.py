@@ -175,7 +175,7 @@ def main() -> None:
         "teachers": rows, "top_k": TOP_K,
     }
     if not args.no_forward and gemma_docs is not None:
-        fwd = gemma_forward(gemma_docs, gemma_tb)
+        fwd: dict[str, Any] = gemma_forward(gemma_docs, gemma_tb)
         g = rows["gemma3-270m"]
         align_side = (g["tokenize_offsets_s"] + g["align_s"] + g["map_topk_s"] + s_tok_s) / n_bytes
         fwd["alignment_share_of_forward"] = align_side / fwd["s_per_byte"]

@@ -47,7 +47,7 @@ def machine() -> dict:
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):  # type: ignore[no-untyped-def]
+def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):
     """A recipe, corpus and two teacher caches for one student size."""
     from test_train import make_recipe, write_cache, write_corpus
 
@@ -79,7 +79,7 @@ def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):  # type
     return recipe
 
 
-def run_one(recipe, objective: str, precision: str) -> dict:  # type: ignore[no-untyped-def]
+def run_one(recipe, objective: str, precision: str) -> dict:
     """Train from scratch of the run's student directory; tokens/s and final held-out BPB."""
     from accelerate.state import AcceleratorState
 

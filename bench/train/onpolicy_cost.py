@@ -77,7 +77,7 @@ def run(recipe_name: str, steps: int, batch: int, new_tokens: int) -> dict[str, 
     onp = on_policy_setup(recipe, tok, packed, kd)
     load_s = time.perf_counter() - t0
     totals: dict[str, float] = defaultdict(float)
-    onp_mod.sample = Timed(onp_mod.sample, "sampling", totals)  # type: ignore[assignment]
+    onp_mod.sample = Timed(onp_mod.sample, "sampling", totals)
     trained: list[int] = []
     real_pack = onp_mod.pack_documents
 
@@ -86,7 +86,7 @@ def run(recipe_name: str, steps: int, batch: int, new_tokens: int) -> dict[str, 
         trained.append(int(packed.stream.shape[0]) - 1)
         return packed
 
-    onp_mod.pack_documents = counting_pack  # type: ignore[assignment]
+    onp_mod.pack_documents = counting_pack
     for t in onp.teachers:
         t.score = Timed(t.score, f"teacher {t.info.name}", totals)  # type: ignore[method-assign]
     torch.manual_seed(0)

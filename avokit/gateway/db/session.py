@@ -11,6 +11,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -40,7 +41,7 @@ def make_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             # autocommit off at the driver so BEGIN IMMEDIATE below controls locking
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -63,7 +64,7 @@ def make_db_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+        def _begin(conn: Any) -> None:
             if conn.get_execution_options().get(READ_ONLY):
                 # one SELECT runs atomically on its own: no BEGIN, and no write lock taken
                 return

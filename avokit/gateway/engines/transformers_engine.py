@@ -69,8 +69,8 @@ class _ModelWorker:
         self.torch = torch
         self.tokenizer = load_tokenizer(served.path)
         self.dtype = resolve_dtype(dtype, device, field="AVOKIT_DTYPE")
-        self.model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch_dtype(self.dtype))
-        self.model.to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch_dtype(self.dtype))
+        self.model = model.to(device).eval()
         self.device = device
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
@@ -148,7 +148,7 @@ class _ModelWorker:
     def _masker(self, rows: list[_Row]) -> Masker:
         """Grammar masks for the constrained rows of a step; None (no work) when none is."""
         wanted = [(i, r.matcher, r.job.params.constraint.n_vocab) for i, r in enumerate(rows)
-                  if r.matcher is not None and not r.done]
+                  if r.matcher is not None and r.job.params.constraint is not None and not r.done]
         if not wanted:
             return None
 

@@ -70,7 +70,7 @@ def variant_recipe(base: Recipe, name: str, teachers: list[str], with_teachers_e
     return rec
 
 
-def timed(label: str, fn, walls: dict[str, float | str]):  # type: ignore[no-untyped-def]
+def timed(label: str, fn, walls: dict[str, float | str]):
     start = time.perf_counter()
     out = fn()
     walls[label] = round(time.perf_counter() - start, 1)

@@ -66,7 +66,7 @@ def teacher_signal(recipe: Recipe, n_rows: int) -> dict[str, dict[str, float]]:
             mass = np.array([*buckets.values(), o])
             mass = mass / mass.sum()
             ent.append(float(-(mass * np.log2(np.clip(mass, 1e-300, 1.0))).sum()))
-            top1_gold.append(bool(buckets) and max(buckets, key=buckets.get) == int(g)
+            top1_gold.append(bool(buckets) and max(buckets, key=lambda k: buckets[k]) == int(g)
                              and max(buckets.values()) > o)
         recs = [source.records[packed.doc_ids[d]] for d in range(min(len(packed.doc_ids), 400))]
         top1_p = np.concatenate([np.exp(r.topk_logprobs[:, 0]) for r in recs])
@@ -94,7 +94,7 @@ def _top1_acc(recs: list) -> np.ndarray:
     return np.concatenate([r.topk_ids[:, 0] == r.token_ids for r in recs])
 
 
-def _chunk_bytes(packed, rows: np.ndarray, source) -> int:  # type: ignore[no-untyped-def]
+def _chunk_bytes(packed, rows: np.ndarray, source) -> int:
     """Bytes covered by the chunks of these rows (from the memoised per-row arrays)."""
     total = 0
     for row in rows.tolist():

@@ -35,6 +35,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ def score_corpus(recipe_path: Path, teachers: list[str], temperature: float
     return scores, tokens, coverage
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Score, aggregate and bootstrap; returns the JSON-ready result."""
     t0 = time.perf_counter()
     teachers = args.teachers

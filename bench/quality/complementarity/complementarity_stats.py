@@ -12,6 +12,7 @@ same) and ``overall_bytes`` (all bytes pooled, so the domain with most bytes dom
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def evaluate(tables: dict[str, DomainTable], counts: dict[str, np.ndarray],
         for row, attr in FITTED.items():
             nll.setdefault(row, {})[d] = (c @ getattr(t, attr)).min(axis=1)
     nll["best_teacher_per_domain"] = nll["best_single"]
-    total_bytes = sum(nbytes.values())
+    total_bytes = cast(np.ndarray, sum(nbytes.values()))  # per bootstrap resample
     for row, by_domain in nll.items():
         bpb = {d: v / LN2 / nbytes[d] for d, v in by_domain.items()}
         bpb[BALANCED] = np.mean([bpb[d] for d in tables], axis=0)

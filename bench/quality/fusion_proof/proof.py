@@ -94,7 +94,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, Any], str]] = {
 }
 ROUTING = "routing.json"
 SINGLES = [f"b_{t}" for t in TEACHERS]
-STUDENT = {"arch": "llama", "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
+STUDENT: dict[str, Any] = {"arch": "llama", "hidden_size": 256, "intermediate_size": 768, "num_layers": 4, "num_heads": 4,
            "num_kv_heads": 2, "tokenizer": {"kind": "train", "vocab_size": 4096}}
 
 
@@ -355,7 +355,7 @@ def report(runs: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     if len(cands) >= 2 and len(shared) >= 5:  # one candidate is no choice (the confirmation runs)
         val = {v: float(np.mean([chosen(results[v][s]["segments"])["validation"][OVERALL] for s in shared]))
                for v in cands}
-        pick = min(val, key=val.get)
+        pick = min(val, key=lambda v: val[v])
         result["proof_selected"] = {**build_proof(test, singles, pick, "a_ce", teachers), "validation_bpb": val}
     # the same test for the domain-routed student (its routing was chosen on validation)
     try:

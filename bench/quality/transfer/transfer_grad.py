@@ -27,7 +27,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -136,6 +136,7 @@ def main() -> None:
     torch.manual_seed(0)
     recipe = arm_recipe(args.runs, "kd_gemma", 0, SETTINGS)
     tokenizer = ensure_student_tokenizer(recipe)
+    assert recipe.student.pretrained is not None  # arm_recipe starts from SmolLM2's folder
     student_cfg = recipe.student.model_copy(update={"pretrained": recipe.resolve(recipe.student.pretrained)})
     model = build_student(student_cfg, tokenizer)
     model.eval()  # no dropout: the gradients of one fixed function
@@ -151,7 +152,7 @@ def main() -> None:
                                                              * terms["kd_gated"].float()
                                                              + w.chunk_weight * terms["chunk"].float()),
               "ce+kd (kd_gemma_nochunk)": lambda: w.ce_weight * terms["ce"].float() + w.kd_weight * terms["kd"].float()}
-    val["all (sum of domains)"] = sum(v.float() for v in val.values()).to(torch.bfloat16)
+    val["all (sum of domains)"] = cast(torch.Tensor, sum(v.float() for v in val.values())).to(torch.bfloat16)
     res = {}
     for name, make in combos.items():
         g = make()

@@ -32,6 +32,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,7 +52,7 @@ RESULTS = ROOT / "bench" / "results"
 FIELDS = ("positions", "bytes", "teacher_nats", "teacher_bytes", "student_nats", "target_nats", "in_other", "below")
 LN2 = math.log(2.0)
 # the recipe settings the diagnostics build an arm's targets with (the targets do not depend on them)
-SETTINGS = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4, "warmup": 10,
+SETTINGS: dict[str, Any] = {"steps": 10, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4, "warmup": 10,
             "mixed_precision": "no"}
 
 

@@ -65,7 +65,7 @@ def better_than_start(teacher_bpb: Mapping[str, float], start: Mapping[str, floa
 
 
 def _below_zero(x: Mapping[str, Any] | None) -> bool:
-    return bool(x) and x.get("ci95") is not None and x["ci95"][1] < 0
+    return x is not None and bool(x) and x.get("ci95") is not None and x["ci95"][1] < 0
 
 
 def build_verdict(test: Test, teachers: Mapping[str, Mapping[str, float]], kd_arms: Mapping[str, str],
