@@ -10,8 +10,11 @@ round trip per request). Then, in ROUNDS rounds, for each target including the u
     blocks of LAT_BLOCK requests so that every target samples the same stretch of time (drifts
     in the load from other work on the machine, and the hypervisor's steal, reach every target
     alike) -> p50 / p99 over all rounds, and the p99 of each round;
-  * throughput: TPUT_N chat completions at concurrency CONC, one target after another ->
-    requests/s over all rounds, and of each round (a skewed round shows).
+  * throughput: TPUT_N chat completions at concurrency CONC, the targets taking turns in
+    bursts of TPUT_BLOCK (as the latency phase does; until 2026-12-07 one target ran all its
+    TPUT_N after another's, so a burst of outside load could land on one target alone) ->
+    requests/s over all rounds (each target's requests over the sum of its bursts' walls), and
+    of each round (a skewed round shows).
 Added latency = proxy percentile - direct-upstream percentile. One client for every target
 (aiohttp, keep-alive connections expiring before uvicorn's 5 s server timeout, so a request is
 never sent on a connection the server is closing). The client shares the machine's cores with
@@ -69,6 +72,9 @@ from gateway_support import (  # noqa: E402
 LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 4
 # sequential requests per turn of a target in the latency phase (see `_schedule`)
 LAT_BLOCK = 50
+# requests per turn of a target in the throughput phase, sent at concurrency CONC: several
+# times CONC, so the ramp-up and drain at a burst's ends stay a small part of it
+TPUT_BLOCK = 100
 # `avokit serve` as an operator runs it, without per-request access lines: LiteLLM runs at
 # LITELLM_LOG=ERROR below, which writes none either (both keep their error logging)
 AVOKIT_FLAGS = ["--no-access-log"]
@@ -109,8 +115,9 @@ def _schedule(names: list[str], n: int, block: int) -> list[tuple[str, int]]:
 
 
 async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """One round: every target's latency samples (taking turns, see `_schedule`), then each
-    target's throughput at concurrency CONC; {target: {"lat": sorted seconds, "wall": s}}."""
+    """One round: every target's latency samples, then its throughput at concurrency CONC,
+    the targets taking turns in both (see `_schedule`); {target: {"lat": sorted seconds,
+    "wall": seconds its TPUT_N throughput requests took}}."""
     async with contextlib.AsyncExitStack() as stack:
         sessions = {name: await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0),
@@ -138,7 +145,7 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
         for name, count in _schedule(list(targets), LAT_N, LAT_BLOCK):
             lat[name] += [await one(name) for _ in range(count)]
 
-        async def throughput(name: str) -> float:
+        async def burst(name: str, count: int) -> float:
             sem = asyncio.Semaphore(CONC)
 
             async def limited() -> float:
@@ -146,11 +153,13 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
                     return await one(name)
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(limited() for _ in range(TPUT_N)))
+            await asyncio.gather(*(limited() for _ in range(count)))
             return time.perf_counter() - t0
 
-        return {name: {"lat": sorted(lat[name]), "wall": await throughput(name)}
-                for name in targets}
+        wall = dict.fromkeys(targets, 0.0)
+        for name, count in _schedule(list(targets), TPUT_N, TPUT_BLOCK):
+            wall[name] += await burst(name, count)
+        return {name: {"lat": sorted(lat[name]), "wall": wall[name]} for name in targets}
 
 
 def _p99(lat: list[float]) -> float:
@@ -309,7 +318,7 @@ def main() -> None:
                "steal_pct_per_round": steal_per_round}
     out = {"machine": machine, "config": {
            "client": CLIENT, "rounds": ROUNDS, "latency_requests": LAT_N,
-           "latency_block": LAT_BLOCK,
+           "latency_block": LAT_BLOCK, "throughput_block": TPUT_BLOCK,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "
                      "real key: auth + rate limit + reserve + settle in the database per "
@@ -342,7 +351,8 @@ def _markdown(out: dict[str, Any], history: dict[str, Any]) -> str:
              + (f", the targets taking turns in blocks of {config['latency_block']}"
                 if "latency_block" in config else "") + ") + "
              f"{config['throughput_requests']} requests at concurrency {config['concurrency']} "
-             "(throughput).", "",
+             "(throughput" + (f", the targets taking turns in bursts of {config['throughput_block']}"
+                              if "throughput_block" in config else "") + ").", "",
              "| target | p50 ms | p99 ms | p99 ms per round | added p50 ms | added p99 ms "
              "| requests/s | requests/s per round |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
