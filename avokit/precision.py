@@ -17,7 +17,7 @@ import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from avokit.errors import AvokitError
 
@@ -129,7 +129,7 @@ def resolve_mixed_precision(setting: str, device: str = "auto") -> str:
     return "bf16" if device_type(device) == "cuda" and native_bf16(device) else "no"
 
 
-def torch_dtype(name: DType):  # type: ignore[no-untyped-def]
+def torch_dtype(name: DType) -> Any:  # a torch.dtype; torch is imported lazily
     """The ``torch.dtype`` of a resolved dtype name."""
     import torch
 

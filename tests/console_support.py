@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry  # noqa: E402
+from gateway_support import SECRET, Server, build_registry
 
 ADMIN_NAME = "root"
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -50,9 +50,10 @@ class Console:
     """One served gateway with two customer accounts and one administrator."""
 
     def __init__(self, tmp: Path, **env: str) -> None:
+        from typer.testing import CliRunner
+
         from avokit.cli.main import build_app
         from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
-        from typer.testing import CliRunner
 
         self.registry = build_registry(tmp / "registry").parent
         _with_evaluation(self.registry / "avo-tiny")

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from contract_fixtures import write_release_manifest  # noqa: E402
+from contract_fixtures import write_release_manifest
 
 SECRET = "test-secret-0123456789abcdef"
 CHAT_TEMPLATE = (
@@ -85,7 +85,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         code = ("import uvicorn; uvicorn.run('avokit.gateway.app:app_from_env', factory=True, "
                 f"host='127.0.0.1', port={self.port}, log_level='info')")
         argv = ([sys.executable, "-m", "avokit", "serve", *self.cli, "--port", str(self.port)]
@@ -137,7 +137,7 @@ class InProcess:
         self._lifespan: object = None
         self.http: httpx.AsyncClient
 
-    async def __aenter__(self) -> "InProcess":
+    async def __aenter__(self) -> InProcess:
         self._lifespan = self.app.router.lifespan_context(self.app)
         await self._lifespan.__aenter__()  # type: ignore[attr-defined]
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
@@ -214,7 +214,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "redis.log", "ab")
         self.proc = subprocess.Popen(
@@ -261,7 +261,7 @@ def run_mock_upstream(log_dir: Path, port: int | None = None, **mock: str) -> It
     proc.wait(10)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _worker_database(url: str) -> str:
     """Under pytest-xdist each worker gets its own database beside the CI one
     (``avokit_test_gw0``, ...; created on first use, looked up once per worker), so emptying

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
-from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
+from align_support import byte_table as _table
 from align_support import tiny_bpe
 from tokenizers import Tokenizer
 from typer.testing import CliRunner

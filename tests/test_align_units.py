@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
+from align_support import byte_table as _table
 
 from avokit.align.boundaries import Alignment, align
 from avokit.align.bytes import TokenBytes
@@ -48,7 +48,7 @@ def test_first_difference_matches_a_linear_scan_at_every_position() -> None:
     """The binary search must land exactly on the first differing byte, for every position
     and length: an off-by-one step (``lo = mid + 2``) skips the answer for some of them."""
     base = bytes(range(97, 97 + 13))
-    for n in range(0, len(base) + 1):
+    for n in range(len(base) + 1):
         want = base[:n]
         for pos in range(n):
             got = want[:pos] + b"#" + want[pos + 1:]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from align_support import byte_table as _table  # noqa: E402  (tests/, on sys.path)
+from align_support import byte_table as _table
 from align_support import time_limit, tiny_bpe
 from tokenizers import (
     Encoding,

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-from complementarity_math import (  # noqa: E402
+from bench.quality.complementarity.complementarity_math import (
     bayes_closed_nll,
     common_boundaries,
     mix_nll,
@@ -23,7 +19,12 @@ from complementarity_math import (  # noqa: E402
     span_winners,
     two_fold_fit,
 )
-from complementarity_stats import DomainTable, bootstrap_gains, point_estimate, win_shares  # noqa: E402
+from bench.quality.complementarity.complementarity_stats import (
+    DomainTable,
+    bootstrap_gains,
+    point_estimate,
+    win_shares,
+)
 
 LN2 = math.log(2.0)
 
@@ -108,7 +109,7 @@ def _uniform_fusion(bpb: np.ndarray) -> np.ndarray:
 
 
 def _table(docs: list[np.ndarray], span_bytes: int = 4) -> DomainTable:
-    from complementarity_math import Spans
+    from bench.quality.complementarity.complementarity_math import Spans
 
     grid = simplex_grid(2, 0.5)
     scores = [score_spans(Spans(lp, np.full(lp.shape[1], span_bytes)), grid, [0.1], _uniform_fusion)
@@ -164,7 +165,7 @@ def test_bootstrap_interval_contains_the_point_gain() -> None:
 def test_balanced_order_keeps_domains_level() -> None:
     from collections import Counter
 
-    from complementarity_capture import balanced_order
+    from bench.quality.complementarity.complementarity_capture import balanced_order
 
     # corpus order: three English shards, then two code, then one Chinese
     shards = [Counter(english=10), Counter(english=10), Counter(english=10),

@@ -1,4 +1,4 @@
-"""The crossing-price study's bookkeeping (bench/quality/crossing.py, crossing_stats.py): the
+"""The crossing-price study's bookkeeping (bench/quality/crossing/crossing.py, crossing_stats.py): the
 price paired by seed on hand-made numbers, and the arms' recipes: the shared variant really
 takes avokit's same-vocabulary path (identity map, no byte-conditional targets), the own
 variant the byte alignment."""
@@ -6,18 +6,15 @@ variant the byte alignment."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_train import make_docs, write_cache, write_corpus
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-import crossing  # noqa: E402
-from crossing_stats import crossing_price, price_from_test  # noqa: E402
-from proof_stats import paired_interval  # noqa: E402
+from bench.quality.crossing import crossing
+from bench.quality.crossing.crossing_stats import crossing_price, price_from_test
+from bench.quality.fusion_proof.proof_stats import paired_interval
 
 DOMAINS = ("chinese", "code", "english")
 

@@ -3,16 +3,14 @@ round, the history of runs and the Markdown that reports every run beside the la
 
 from __future__ import annotations
 
+import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "gateway"))
-
-import run  # noqa: E402
+from bench.gateway import run
 
 
 def _out(ratio: float, client: str = "aiohttp x") -> dict[str, Any]:
@@ -49,10 +47,11 @@ def test_history_appends_every_run_and_the_report_lists_its_configuration(
     run._append_run(path, _out(0.9, client="httpx"))  # another configuration
     history = run._append_run(path, _out(0.3))
     assert [r["run"] for r in history["runs"]] == [1, 2, 3]
-    assert json.loads(path.read_text()) == history
+    saved = json.loads(path.read_text())
+    assert saved.pop("provenance")["commit"]  # the shared writer's block (bench/provenance.py)
+    assert saved == history
     text = run._markdown(_out(0.3), history)
-    table = [line for line in text.splitlines() if line.startswith("| 1 ") or
-             line.startswith("| 2 ") or line.startswith("| 3 ")]
+    table = [line for line in text.splitlines() if line.startswith(("| 1 ", "| 2 ", "| 3 "))]
     assert [line.split(" | ")[0] for line in table] == ["| 1", "| 3"]  # httpx's run left out
     assert "0.20 / 0.20 / 4.00x" in table[0] and table[0].endswith("| True |")
     assert "client aiohttp x" in text and "| 1.5 |" in table[1]
@@ -73,3 +72,49 @@ def test_steal_share_between_two_readings() -> None:
     assert run._steal_pct((5, 5), (5, 5)) == 0.0  # nothing ran: no division by zero
     busy, steal = run._cpu_ticks()
     assert busy > 0 and steal >= 0
+
+
+def test_a_round_interleaves_the_throughput_phase_between_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both phases of `_round` take turns between targets: two real local HTTP servers record
+    the order their requests arrive in; after the warm-up and latency requests, the throughput
+    requests come in bursts of TPUT_BLOCK, alternating targets."""
+    from aiohttp import web
+
+    monkeypatch.setattr(run, "WARMUP", 1)
+    monkeypatch.setattr(run, "LAT_N", 4)
+    monkeypatch.setattr(run, "LAT_BLOCK", 2)
+    monkeypatch.setattr(run, "TPUT_N", 8)
+    monkeypatch.setattr(run, "TPUT_BLOCK", 4)
+    monkeypatch.setattr(run, "CONC", 2)
+    arrivals: list[str] = []
+
+    def app(name: str) -> web.Application:
+        async def chat(request: web.Request) -> web.Response:
+            arrivals.append(name)
+            return web.json_response({"usage": {"completion_tokens": 8}})
+
+        a = web.Application()
+        a.router.add_post("/v1/chat/completions", chat)
+        return a
+
+    async def main() -> dict[str, dict[str, object]]:
+        runners, targets = [], {}
+        for name in ("a", "b"):
+            runner = web.AppRunner(app(name))
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            runners.append(runner)
+            targets[name] = (f"http://127.0.0.1:{port}", "key")
+        try:
+            return await run._round(targets)
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    out = asyncio.run(main())
+    assert arrivals[:4] == ["a", "a", "b", "b"]  # the first request and one warm-up each
+    assert arrivals[4:12] == ["a", "a", "b", "b"] * 2  # latency: blocks of 2
+    assert arrivals[12:] == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4  # throughput: bursts of 4
+    assert all(len(r["lat"]) == 4 and r["wall"] > 0 for r in out.values())

@@ -1,19 +1,19 @@
-"""The on-policy comparison's metrics (bench/quality/onpolicy_metrics.py) on hand-made numbers."""
+"""The on-policy comparison's metrics (bench/quality/onpolicy/onpolicy_metrics.py) on hand-made numbers."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-from onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb, verdict  # noqa: E402
-
-from avokit.records import TeacherRecords  # noqa: E402
+from avokit.records import TeacherRecords
+from bench.quality.onpolicy.onpolicy_metrics import (
+    continuation_bits,
+    distinct_n,
+    pooled_bpb,
+    verdict,
+)
 
 
 def _rec(ends: list[int], logprobs: list[float]) -> TeacherRecords:

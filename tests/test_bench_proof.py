@@ -1,15 +1,16 @@
-"""The fusion proof's statistics (bench/quality/proof_stats.py) on hand-made numbers."""
+"""The fusion proof's statistics (bench/quality/fusion_proof/proof_stats.py) on hand-made numbers."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-from proof_stats import build_proof, chosen, chosen_test_bpb, gap_closure, paired_interval  # noqa: E402
+from bench.quality.fusion_proof.proof_stats import (
+    build_proof,
+    chosen,
+    chosen_test_bpb,
+    gap_closure,
+    paired_interval,
+)
 
 
 def test_paired_interval_by_hand() -> None:
@@ -70,7 +71,7 @@ def test_proof_pairs_seeds_and_picks_best_single_per_domain() -> None:
 
 
 def test_paired_differences_use_shared_seeds_only() -> None:
-    from proof_stats import paired_differences
+    from bench.quality.fusion_proof.proof_stats import paired_differences
 
     test = {"a": {0: {"overall": 1.0, "x": 2.0}, 1: {"overall": 2.0, "x": 2.0}, 2: {"overall": 9.0, "x": 9.0}},
             "b": {0: {"overall": 0.5, "x": 1.0}, 1: {"overall": 1.0, "x": 1.0}}}

@@ -1,4 +1,4 @@
-"""The transfer benchmark's bookkeeping (bench/quality/transfer.py, transfer_stats.py) on hand-made
+"""The transfer benchmark's bookkeeping (bench/quality/transfer/transfer.py, transfer_stats.py) on hand-made
 numbers and segment files, without any real model: the verdict, its holds rule, the pilot label,
 the report, the settings lock and the resume of a run's segment list."""
 
@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "quality"))
-
-import transfer  # noqa: E402
-from proof_stats import paired_interval  # noqa: E402
-from transfer_stats import PILOT, build_verdict, difference  # noqa: E402
+from bench.quality.fusion_proof.proof_stats import paired_interval
+from bench.quality.transfer import transfer
+from bench.quality.transfer.transfer_stats import PILOT, build_verdict, difference
 
 GEMMA, QWEN = transfer.TEACHERS
 DOMAINS = ("chinese", "code", "english")
@@ -112,7 +109,7 @@ SETTINGS = {"steps": 30, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "
 
 def _segment(step: int, val: float, test: float) -> dict[str, Any]:
     return {"step": step, "train_wall_s": 10.0, "score_wall_s": 2.0, "load": 1.0,
-            "validation": _bpb({d: val for d in DOMAINS}), "test": _bpb({d: test for d in DOMAINS})}
+            "validation": _bpb(dict.fromkeys(DOMAINS, val)), "test": _bpb(dict.fromkeys(DOMAINS, test))}
 
 
 def _data(runs: Path) -> None:
@@ -205,7 +202,7 @@ def test_a_killed_run_continues_from_its_last_scored_segment(tmp_path: Path, mon
 
     def fake_scores(model: Any, tok: Any, runs_: Path, max_length: int) -> dict[str, Any]:
         scored.append(model)
-        return {"validation": _bpb({d: 2.0 - model / 100 for d in DOMAINS}), "test": _bpb({d: 2.0 for d in DOMAINS}),
+        return {"validation": _bpb(dict.fromkeys(DOMAINS, 2.0 - model / 100)), "test": _bpb(dict.fromkeys(DOMAINS, 2.0)),
                 "score_wall_s": 0.0, "load": 0.0}
 
     def fake_training(rec: Any, baseline: bool, progress: bool, on_checkpoint: Any) -> Path:
@@ -270,7 +267,7 @@ def test_arms_table_makes_valid_recipes(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
-    from transfer_data import write_python_heads
+    from bench.quality.transfer.transfer_data import write_python_heads
 
     recipe = transfer.data_recipe(tmp_path / "runs")
     path = write_python_heads(recipe)
@@ -282,7 +279,8 @@ def test_python_files_are_one_source_text_each(tmp_path: Path) -> None:
 
 def test_gradient_alignment_scores_the_validation_direction_one_and_its_opposite_minus_one() -> None:
     import torch
-    from transfer_grad import alignment
+
+    from bench.quality.transfer.transfer_grad import alignment
 
     g_val = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     assert alignment(g_val, g_val) == pytest.approx({"cos": 1.0, "sign": 1.0}, abs=1e-6)

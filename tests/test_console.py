@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from console_support import ADMIN_NAME, Console, csrf_of  # noqa: E402
-from gateway_support import SECRET, auth  # noqa: E402
+from console_support import ADMIN_NAME, Console, csrf_of
+from gateway_support import SECRET, auth
 
 SIGNINS_PER_MINUTE = 12
 
@@ -244,12 +245,16 @@ def test_usage_pages_show_a_window_of_days(console: Console) -> None:
     for bad in ("0", "367", "abc", "-5"):
         r = http.get(f"/console/usage?days={bad}")
         assert r.status_code == 400 and "days: must be a whole number" in r.text, bad
-        assert http.get(f"/console/usage.csv?days={bad}").status_code == 400
+        assert "Sign out" in r.text  # the refusal is a console page for the signed-in customer
+        r = http.get(f"/console/usage.csv?days={bad}")
+        assert r.status_code == 400 and "days: must be a whole number" in r.text, bad
     admin, r = console.admin_signin()
     assert r.status_code == 303
     assert "old-model" not in admin.get("/console/admin/usage.csv").text
     assert "old-model" in admin.get("/console/admin/usage.csv?days=366").text
-    assert admin.get("/console/admin/usage?days=x").status_code == 400
+    for path in ("/console/admin/usage?days=x", "/console/admin/usage.csv?days=0"):
+        r = admin.get(path)
+        assert r.status_code == 400 and "days: must be a whole number" in r.text and "Sign out" in r.text
 
 
 def test_signin_attempts_are_rate_limited(console: Console) -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from console_support import ADMIN_NAME, ADMIN_PASSWORD, Console  # noqa: E402
-from gateway_support import auth  # noqa: E402
+from console_support import ADMIN_NAME, ADMIN_PASSWORD, Console
+from gateway_support import auth
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():

@@ -15,7 +15,7 @@ from avokit.gateway.engines.base import scan_registry
 from avokit.gateway.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from contract_fixtures import metrics, write_release_manifest  # noqa: E402
+from contract_fixtures import metrics, write_release_manifest
 
 SECRET = "test-secret-0123456789abcdef"
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -19,7 +20,7 @@ from avokit.gateway.db.session import make_db_engine, run_migrations, session_fa
 from avokit.gateway.services import keys
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream  # noqa: E402
+from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "avo-tiny"

@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import (  # noqa: E402
+from gateway_support import (
     SECRET,
     InProcess,
     RedisServer,
@@ -26,8 +26,8 @@ from gateway_support import (  # noqa: E402
     run_mock_upstream,
 )
 
-from avokit.gateway.services import keys, spendcaps  # noqa: E402
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.services import keys, spendcaps
+from avokit.gateway.settings import load_settings
 
 PRICE = {"*": {"input": 1000, "output": 1000}}
 # the mock upstream answers exactly max_tokens (8) tokens: worst case == charge, so the number

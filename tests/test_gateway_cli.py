@@ -8,7 +8,7 @@ import pytest
 
 from avokit.cli import gateway as cli
 from avokit.gateway.db.session import make_db_engine, session_factory
-from avokit.gateway.errors import ConfigError
+from avokit.gateway.errors import AuthenticationError, ConfigError
 from avokit.gateway.services import keys, metering
 from avokit.gateway.services.audit import audit_entries
 
@@ -33,7 +33,7 @@ def test_keys_lifecycle_and_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     new = cli.keys_rotate(info.id, grace_s=0.0, db=db)
     with sessions() as s:
         assert keys.authenticate(s, SECRET, new).account_id == info.account_id
-        with pytest.raises(Exception):  # grace 0: the old key is already expired
+        with pytest.raises(AuthenticationError):  # grace 0: the old key is already expired
             keys.authenticate(s, SECRET, key)
     with sessions() as s:
         new_id = keys.authenticate(s, SECRET, new).id

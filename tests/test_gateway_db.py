@@ -11,7 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from avokit.gateway.app import _every
-from avokit.gateway.db.session import AUTOCHECKPOINT_PAGES, checkpoint, make_db_engine, write_transaction
+from avokit.gateway.db.session import (
+    AUTOCHECKPOINT_PAGES,
+    checkpoint,
+    make_db_engine,
+    write_transaction,
+)
 
 
 def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
@@ -48,16 +53,18 @@ def test_checkpoint_is_sqlite_only() -> None:
 def test_background_job_outlives_a_failure(caplog: pytest.LogCaptureFixture) -> None:
     """One failed run (e.g. a locked database) is logged; the loop keeps running the job."""
     calls: list[int] = []
+    third = asyncio.Event()
 
     def job() -> None:
         calls.append(len(calls))
+        if len(calls) == 3:
+            third.set()
         if len(calls) == 1:
             raise RuntimeError("database is locked")
 
     async def run() -> None:
         task = asyncio.create_task(_every(0.01, "test job", job))
-        while len(calls) < 3:
-            await asyncio.sleep(0.01)
+        await third.wait()
         task.cancel()
 
     with caplog.at_level(logging.ERROR, logger="avokit.gateway"):
@@ -70,13 +77,13 @@ def test_tokenizers_load_at_startup_not_on_the_first_request(tmp_path: Path) -> 
     """Loading a tokenizer takes seconds; done by the first request it would stall the event
     loop for every other request, so the app loads them while it starts."""
     from fastapi.testclient import TestClient
+    from gateway_support import SECRET, build_registry
 
     from avokit.gateway.app import create_app
     from avokit.gateway.db.session import run_migrations
     from avokit.gateway.engines.base import scan_registry
     from avokit.gateway.engines.vllm import VLLMEngine
     from avokit.gateway.settings import load_settings
-    from gateway_support import SECRET, build_registry
 
     build_registry(tmp_path / "registry")
     db = f"sqlite:///{tmp_path}/g.db"

@@ -18,17 +18,18 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, InProcess, auth, build_registry  # noqa: E402
+from gateway_support import SECRET, InProcess, auth, build_registry
 
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.settings import load_settings
 
 MODEL = "avo-tiny"
 VICTIM = {"model": MODEL, "prompt": "Avocados are green", "max_tokens": 4, "temperature": 0}

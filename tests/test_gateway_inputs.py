@@ -19,9 +19,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, InProcess, Server, auth, build_registry  # noqa: E402
+from gateway_support import SECRET, InProcess, Server, auth, build_registry
 
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.settings import load_settings
 
 MODEL = "avo-tiny"
 BODY = {"model": MODEL, "prompt": "Hello world", "max_tokens": 2, "temperature": 0}
@@ -200,7 +200,7 @@ def test_logging_and_redaction_never_raise() -> None:
     log.propagate = False
     try:
         log.info(Hostile())
-        log.info("%s and %d", "sk-avo-SECRETSECRETSECRET")  # too few args
+        log.info("%s and %d", "sk-avo-SECRETSECRETSECRET")  # noqa: PLE1206 (too few args on purpose)
         log.info("bad %q format", 1)
         log.info("surrogate \ud800 sk-avo-SECRETSECRETSECRET")
         try:

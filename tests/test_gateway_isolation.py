@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, InProcess, auth, build_registry, free_port  # noqa: E402
+from gateway_support import SECRET, InProcess, auth, build_registry, free_port
 
-from avokit.gateway.engines.base import GenParams, scan_registry  # noqa: E402
-from avokit.gateway.engines.transformers_engine import TransformersEngine  # noqa: E402
-from avokit.gateway.errors import GatewayError  # noqa: E402
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.engines.base import GenParams, scan_registry
+from avokit.gateway.engines.transformers_engine import TransformersEngine
+from avokit.gateway.errors import GatewayError
+from avokit.gateway.settings import load_settings
 
 MODEL = "avo-tiny"
 

@@ -8,15 +8,16 @@ import asyncio
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import (  # noqa: E402
+from gateway_support import (
     SECRET,
     InProcess,
     RedisServer,
@@ -28,7 +29,7 @@ from gateway_support import (  # noqa: E402
     run_mock_upstream,
 )
 
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.settings import load_settings
 
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "secret prompt words"}],
         "max_tokens": 8}

@@ -3,26 +3,23 @@ start on the same host, or when its lease runs out), not after a fixed delay."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
-import httpx
 import openai
 import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, free_port, run_mock_upstream  # noqa: E402
+from gateway_support import SECRET, Server, build_registry, run_mock_upstream
 
-from avokit.gateway.db.models import Instance, LedgerEntry, Reservation  # noqa: E402
-from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory  # noqa: E402
-from avokit.gateway.services import keys, leases, metering  # noqa: E402
-from avokit.gateway.services.audit import utcnow  # noqa: E402
+from avokit.gateway.db.models import Instance, LedgerEntry, Reservation
+from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
+from avokit.gateway.services import keys, leases, metering
+from avokit.gateway.services.audit import utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "avo-tiny"

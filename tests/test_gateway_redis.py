@@ -11,16 +11,17 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from console_support import csrf_of  # noqa: E402
-from gateway_support import (  # noqa: E402
+from console_support import csrf_of
+from gateway_support import (
     SECRET,
     InProcess,
     RedisServer,
@@ -32,9 +33,9 @@ from gateway_support import (  # noqa: E402
     redis_server_binary,
 )
 
-from avokit.gateway.errors import RateLimitError, ServiceUnavailableError  # noqa: E402
-from avokit.gateway.services.shared_limits import RedisRateLimiter  # noqa: E402
-from avokit.gateway.settings import load_settings  # noqa: E402
+from avokit.gateway.errors import RateLimitError, ServiceUnavailableError
+from avokit.gateway.services.shared_limits import RedisRateLimiter
+from avokit.gateway.settings import load_settings
 
 MODEL = "avo-tiny"
 BODY = {"model": MODEL, "prompt": "Hello", "max_tokens": 1, "temperature": 0}

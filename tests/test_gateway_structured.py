@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import openai
@@ -23,7 +24,7 @@ from avokit.gateway.db.session import make_db_engine, run_migrations, session_fa
 from avokit.gateway.services import keys
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, run_mock_upstream  # noqa: E402
+from gateway_support import SECRET, Server, build_registry, run_mock_upstream
 
 MODEL = "avo-tiny"
 N = 50  # requests per "every answer validates" check (the bar)

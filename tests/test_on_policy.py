@@ -62,6 +62,34 @@ def test_a_student_equal_to_its_teacher_has_zero_on_policy_loss(tiny_model_facto
     assert all(text[:n] in DOCS[0] + DOCS[1] and len(text) > n for text, n in a)
 
 
+def test_on_policy_loss_draws_its_prompts_once(tiny_model_factory: Any, smollm2_tokenizer: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The samples and the domains they are weighed by come from one draw of prompt picks."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from avokit.train import on_policy
+
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama")
+    onp = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(max_new_tokens=4, top_k=8), DOCS)
+    onp = replace(onp, prompt_domains=["english", "numbers"])
+    seen: list[list[str]] = []
+    real_fuse = onp.fuse
+
+    def fuse(packed: Any, sources: Any) -> Any:
+        seen.append(list(packed.domains))
+        return real_fuse(packed, sources)
+
+    calls: list[np.ndarray] = []
+    real = on_policy.prompt_picks
+    monkeypatch.setattr(on_policy, "prompt_picks", lambda *a: calls.append(real(*a)) or calls[-1])
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir).train()
+    on_policy.on_policy_loss(student, student, replace(onp, fuse=fuse), step=5, micro=1, batch_size=2, device="cpu")
+    assert len(calls) == 1
+    assert seen == [[onp.prompt_domains[i] for i in calls[0]]]
+
+
 def test_on_policy_loss_by_hand_for_a_uniform_student(tiny_model_factory: Any, smollm2_tokenizer: Any) -> None:
     """A student whose head is zero predicts 1/V for every token; with one teacher over the same
     vocabulary the on-policy terms are then, by hand from the teacher's own records of the

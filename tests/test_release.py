@@ -12,7 +12,7 @@ import pytest
 from avokit.evaluate.release import ReleaseError, release
 
 sys.path.insert(0, str(Path(__file__).parent))
-from contract_fixtures import metrics  # noqa: E402
+from contract_fixtures import metrics
 
 
 def _run(tmp: Path, passed: bool) -> Path:

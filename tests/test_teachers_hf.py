@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gguf_support import write_gguf
 
 from avokit.errors import AvokitError
 from avokit.recipe.teachers import TeacherConfig
 from avokit.teachers import HFTeacher, load_teacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import plan_windows, word_start_mask
-from gguf_support import write_gguf
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.\nIt was\ta naïve café — 東京 🍣!",

@@ -471,11 +471,39 @@ def test_span_softmax_weights_follow_the_locally_better_teacher(tmp_path: Path) 
                                        rec.topk_logprobs, rec.boundary_logmass)
     sources[1].records = worse
     tok_w = span_fusion_weights(recipe, packed, sources, np.full_like(doc_w, 0.5))
-    for d, w in enumerate(tok_w):
+    for w in tok_w:
         n = w.shape[0]
         assert np.allclose(w.sum(axis=1), 1.0)
         assert (w[: n // 4, 0] > 0.9).all()  # teacher 0 leads the first half ...
         assert np.allclose(w[-(n // 4):], 0.5)  # ... and the teachers share the second
+
+
+def test_fusion_computes_the_teacher_priors_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fusion`` (document and span weights) builds the priors once and both use them: the
+    result equals the two functions called apart, which compute them each."""
+    from avokit.student import train_student_tokenizer
+    from avokit.teachers.registry import registry_tokenizer
+    from avokit.train import run as train_run
+    from avokit.train.data import read_split
+
+    run_dir = tmp_path / "runs" / "tiny"
+    write_corpus(run_dir, n_train=4, n_heldout=2)
+    train = read_split(run_dir, "train")
+    student = train_student_tokenizer([d.text for d in train], 512, run_dir / "tokenizer")
+    for name in ("smol", "gemma"):
+        write_cache(run_dir / "cache" / name, name, registry_tokenizer("smollm2-135m"), train)
+    recipe = make_recipe(tmp_path, fusion={"mode": "span_softmax", "window": 0, "temperature": 0.1})
+    sources = train_run.teacher_sources(recipe, student)
+    packed = pack_documents(train, student, 64, student.eos_token_id)
+    apart_doc = train_run.fusion_weights(recipe, packed, sources)
+    apart_span = train_run.span_fusion_weights(recipe, packed, sources, apart_doc)
+    calls = []
+    real = train_run.teacher_priors
+    monkeypatch.setattr(train_run, "teacher_priors", lambda *a: calls.append(1) or real(*a))
+    doc_w, span_w = train_run.fusion(recipe, packed, sources)
+    assert len(calls) == 1
+    assert np.array_equal(doc_w, apart_doc)
+    assert span_w is not None and all(np.array_equal(a, b) for a, b in zip(span_w, apart_span))
 
 
 def test_in_training_evaluation_scores_the_validation_split_when_there_is_one(tmp_path: Path) -> None:

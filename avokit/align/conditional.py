@@ -232,7 +232,8 @@ def conditional_targets(
 
 def _cut_position(cuts: PrefixCuts) -> np.ndarray:
     """int64 [c]: the position each cut row belongs to."""
-    counts = np.diff(np.asarray(cuts.offsets, dtype=np.int64))
+    offsets = np.asarray(cuts.offsets, dtype=np.int64)
+    counts: np.ndarray = offsets[1:] - offsets[:-1]
     return np.repeat(np.arange(counts.size, dtype=np.int64), counts)
 
 

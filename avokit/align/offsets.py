@@ -134,9 +134,10 @@ def _is_backend(tokenizer: Any) -> bool:
 def _encode_batch(tokenizer: Any, texts: list[str], with_offsets: bool) -> list[Any]:
     """Encodings (``ids``, ``offsets``) from the Rust tokenizer, encoded in parallel."""
     backend = tokenizer if _is_backend(tokenizer) else tokenizer.backend_tokenizer
-    return backend.encode_batch_fast(texts, add_special_tokens=False) if (
+    encodings: list[Any] = backend.encode_batch_fast(texts, add_special_tokens=False) if (
         not with_offsets and hasattr(backend, "encode_batch_fast")
     ) else backend.encode_batch(texts, add_special_tokens=False)
+    return encodings
 
 
 def tokenize_batch_with_offsets(

@@ -168,10 +168,12 @@ def ranks_to_fast_tokenizer(
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     class _RankConverter(TikTokenConverter):
-        def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:
+        @staticmethod  # as in TikTokenConverter, which calls it through self
+        def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
             return ranks
 
-    backend = _RankConverter(vocab_file="<ranks>", pattern=pattern).converted()
+    # transformers' converter and tokenizer constructors carry no annotations
+    backend = _RankConverter(vocab_file="<ranks>", pattern=pattern).converted()  # type: ignore[no-untyped-call]
     base = backend.get_vocab_size(with_added_tokens=False)
     ordered = sorted(specials.items(), key=lambda kv: kv[1])
     if ordered and ordered[0][1] < base:
@@ -192,7 +194,7 @@ def ranks_to_fast_tokenizer(
     if wrong:
         raise AvokitError(f"special tokens landed on wrong ids: {wrong[:3]}")
     eos = next((c for c in ("<|endoftext|>", "<|end|>") if c in specials), None)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos)  # type: ignore[no-untyped-call]
 
 
 def _cached(key: str, build: Any) -> Any:
@@ -319,8 +321,8 @@ def _load_tokenizer(spec: str | Path) -> Any:
             from transformers import PreTrainedTokenizerFast
 
             try:
-                return PreTrainedTokenizerFast(tokenizer_file=str(path))
-            except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exception on bad JSON
+                return PreTrainedTokenizerFast(tokenizer_file=str(path))  # type: ignore[no-untyped-call]
+            except Exception as err:
                 raise AvokitError(f"{path} is not a tokenizers JSON file: {err}") from None
         raise AvokitError(f"tokenizer file {path}: unknown kind (want .json, .gguf, .tiktoken[.gz], .vocab)")
     raise AvokitError(

@@ -235,7 +235,7 @@ def first_token_map(
     a prefix of them (a tokenizer that adds a dummy-prefix space fails this test), else the
     longest student token that is a prefix of the bytes, else -1. Returns int64 [V_teacher].
     """
-    out = np.asarray(exact, dtype=np.int64).copy()
+    out: np.ndarray = np.asarray(exact, dtype=np.int64).copy()
     if out.shape != (teacher.size,):
         raise ValueError(f"exact map has shape {out.shape}, teacher has {teacher.size} ids")
     todo = [i for i, b in enumerate(teacher.table) if out[i] < 0 and b and not teacher.special[i]]
@@ -268,8 +268,8 @@ def first_token_map(
             continue
         b = teacher.table[i]
         for n in range(min(len(b), longest), 0, -1):
-            j = preferred.get(b[:n])
-            if j is not None:
-                out[i] = j
+            hit = preferred.get(b[:n])
+            if hit is not None:
+                out[i] = hit
                 break
     return out

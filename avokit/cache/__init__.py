@@ -4,7 +4,13 @@ Writer and reader are separate; training only needs :class:`CacheReader` and
 
 from avokit.cache.build import write_manifest
 from avokit.cache.format import FORMAT_VERSION, CacheSpec, decode, dequantise, encode, quantise
-from avokit.cache.manifest import CacheManifest, ShardInfo, finished_shard, read_manifest, record_progress
+from avokit.cache.manifest import (
+    CacheManifest,
+    ShardInfo,
+    finished_shard,
+    read_manifest,
+    record_progress,
+)
 from avokit.cache.reader import CacheReader, load_cache_tokenizer
 from avokit.cache.writer import ShardWriter
 

@@ -110,7 +110,8 @@ def quantise(topk_logprobs: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarr
 
 def dequantise(top: np.ndarray, step: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Inverse of :func:`quantise`: float32 [n, k]."""
-    return (top[:, None] - q.astype(np.float32) * step[:, None]).astype(np.float32)
+    out: np.ndarray = (top[:, None] - q.astype(np.float32) * step[:, None]).astype(np.float32)
+    return out
 
 
 def encode(rec: TeacherRecords, spec: CacheSpec) -> pa.RecordBatch:
@@ -182,7 +183,7 @@ def _decode_cuts(col: dict[str, pa.Array]) -> PrefixCuts | None:
 
 
 def _fixed_values(col: pa.Array, k: int) -> np.ndarray:
-    flat = col.flatten().to_numpy(zero_copy_only=False)
+    flat: np.ndarray = col.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(-1, k)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import pyarrow as pa
 
 from avokit.cache.format import CacheSpec, decode
-from avokit.cache.manifest import TOKENIZER_DIR, CacheManifest, file_sha256, read_manifest
+from avokit.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
+from avokit.checksums import file_sha256
 from avokit.errors import CacheError
 from avokit.records import TeacherRecords
 
@@ -138,7 +139,8 @@ class CacheReader(Mapping[str, TeacherRecords]):
                 continue
             reader = self._shard(s)
             locs = _doc_locations(info.batch_docs, info.doc_tokens)
-            batch, current = None, -1
+            batch: Any = None  # a pyarrow RecordBatch, read when the first document needs it
+            current = -1
             for doc_id, (b, row, n) in zip(info.doc_ids, locs):
                 if b != current:
                     batch, current = reader.get_batch(b), b

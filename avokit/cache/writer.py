@@ -10,9 +10,9 @@ from types import TracebackType
 import pyarrow as pa
 
 from avokit.cache.format import CacheSpec, encode, schema
-from avokit.cache.manifest import ShardInfo, file_sha256
+from avokit.cache.manifest import ShardInfo
+from avokit.checksums import file_sha256
 from avokit.records import TeacherRecords
-
 
 # Documents are grouped into record batches of at least this many positions: Arrow's
 # per-batch metadata and zstd's per-buffer framing cost ~15 B/token on 80-token documents
@@ -94,7 +94,7 @@ class ShardWriter:
         finally:
             self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,8 +12,8 @@ from rich.table import Table
 
 def capture_command(
     recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="capture only this teacher"),
-    shard: Optional[str] = typer.Option(
+    teacher: str | None = typer.Option(None, "--teacher", help="capture only this teacher"),
+    shard: str | None = typer.Option(
         None, "--shard", help="i/n: this machine captures shards i, i+n, ... of n machines"
     ),
 ) -> list[Path]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -47,8 +47,8 @@ def print_plan(plan: Plan, console: Console) -> None:
 def distill_command(
     recipe: Annotated[str, typer.Argument(help=f"recipe YAML or built-in name ({', '.join(BUILTIN_RECIPES)})")] = "avocado-mini",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and exit")] = False,
-    stages: Annotated[Optional[str], typer.Option(help=f"comma-separated subset of {','.join(STAGES)}")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="model registry directory for release")] = None,
+    stages: Annotated[str | None, typer.Option(help=f"comma-separated subset of {','.join(STAGES)}")] = None,
+    registry: Annotated[Path | None, typer.Option(help="model registry directory for release")] = None,
 ) -> None:
     """Run corpus -> (generate) -> capture -> train -> baseline -> eval -> release; skips done work."""
     console = Console()

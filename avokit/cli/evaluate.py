@@ -4,7 +4,6 @@ thin views over :func:`avokit.evaluate.run_eval` and :func:`avokit.evaluate.rele
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -33,9 +32,9 @@ def eval_command(recipe: str = typer.Argument(..., help="recipe YAML file or bui
 
 def release_command(
     run_dir: Path = typer.Argument(..., help="the run directory, e.g. runs/avocado-mini"),
-    name: Optional[str] = typer.Option(
+    name: str | None = typer.Option(
         None, "--name", help="model name in the registry [default: the recipe's release.name, else its name]"),
-    registry: Optional[Path] = typer.Option(
+    registry: Path | None = typer.Option(
         None, "--registry", help="model registry directory [default: the recipe's release.registry]"),
 ) -> Path:
     """Copy a student that passed its gate into the registry with a model card."""

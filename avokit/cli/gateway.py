@@ -7,7 +7,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -56,28 +56,28 @@ class LogLevel(str, Enum):
 
 def serve(
     registry: Path = typer.Option(None, "--registry", help="model registry directory"),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     workers: int = typer.Option(1, "--workers", min=1),
-    engine: Optional[str] = typer.Option(None, "--engine", help="transformers | vllm"),
-    upstream: Optional[str] = typer.Option(None, "--upstream", help="vLLM server URL"),
-    dtype: Optional[str] = typer.Option(
+    engine: str | None = typer.Option(None, "--engine", help="transformers | vllm"),
+    upstream: str | None = typer.Option(None, "--upstream", help="vLLM server URL"),
+    dtype: str | None = typer.Option(
         None, "--dtype", help="in-process engine: auto (bf16 where the CPU or GPU computes it "
         "natively, else float32; default AVOKIT_DTYPE) | float32 | bfloat16 | float16"),
-    redis: Optional[str] = typer.Option(
+    redis: str | None = typer.Option(
         None, "--redis", help="Redis URL: rpm/tpm limits shared by every replica using it "
         "(default AVOKIT_REDIS_URL; unset = per-process limits)"),
-    max_body_bytes: Optional[int] = typer.Option(
+    max_body_bytes: int | None = typer.Option(
         None, "--max-body-bytes", help="largest request body; larger ones get 413"),
-    env_file: Optional[Path] = typer.Option(None, "--env-file", help="settings file"),
+    env_file: Path | None = typer.Option(None, "--env-file", help="settings file"),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", case_sensitive=False,
                                        help="server log level"),
     access_log: bool = typer.Option(
         True, "--access-log/--no-access-log",
         help="one log line per HTTP request, ending with its request id (the ledger records "
         "every billed request either way)"),
-    metrics_bind: Optional[str] = typer.Option(
+    metrics_bind: str | None = typer.Option(
         None, "--metrics-bind", help="HOST:PORT of a separate, token-less Prometheus listener "
         "summing every worker (default AVOKIT_METRICS_BIND; bind it to an admin network)"),
 ) -> None:
@@ -102,7 +102,7 @@ def serve(
             serve_admin_metrics(settings.metrics_bind, path)
     from avokit.gateway.app import create_app
 
-    logging = {"log_level": log_level.value, "access_log": access_log,
+    logging: dict[str, Any] = {"log_level": log_level.value, "access_log": access_log,
                "log_config": _log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, **logging)
@@ -141,12 +141,12 @@ def keys_create(
     rpm: int = typer.Option(60, "--rpm"),
     tpm: int = typer.Option(100_000, "--tpm"),
     credit: int = typer.Option(0, "--credit", help="initial prepaid credit, micro-units"),
-    expires_days: Optional[float] = typer.Option(None, "--expires-days"),
-    spend_cap: Optional[int] = typer.Option(
+    expires_days: float | None = typer.Option(None, "--expires-days"),
+    spend_cap: int | None = typer.Option(
         None, "--spend-cap", help="most this key may be charged per --cap-period, micro-units"),
-    cap_period: Optional[str] = typer.Option(
+    cap_period: str | None = typer.Option(
         None, "--cap-period", help="day | month (UTC calendar) for --spend-cap"),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> str:
     """Create a key; the key is printed once and never stored."""
     from avokit.gateway.services import keys
@@ -174,11 +174,11 @@ def keys_create(
 
 def keys_update(
     key_id: str = typer.Argument(...),
-    spend_cap: Optional[int] = typer.Option(
+    spend_cap: int | None = typer.Option(
         None, "--spend-cap", help="most this key may be charged per --cap-period, micro-units"),
     cap_period: str = typer.Option("month", "--cap-period", help="day | month (UTC calendar)"),
     no_spend_cap: bool = typer.Option(False, "--no-spend-cap", help="remove the key's cap"),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Change a key's spend cap (applies from the next request, on every replica)."""
     from avokit.gateway.services import keys
@@ -191,7 +191,7 @@ def keys_update(
                                                 f"spend cap {spend_cap} per {cap_period}"))
 
 
-def keys_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def keys_list(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """List keys (ids, never secrets) with their account balance."""
     from avokit.gateway.services import keys
 
@@ -209,7 +209,7 @@ def keys_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> N
 
 
 def keys_revoke(key_id: str = typer.Argument(...),
-                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+                db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Revoke a key now (all replicas)."""
     from avokit.gateway.services import keys
 
@@ -220,7 +220,7 @@ def keys_revoke(key_id: str = typer.Argument(...),
 
 def keys_rotate(key_id: str = typer.Argument(...),
                 grace_s: float = typer.Option(3600.0, "--grace-s", help="old key stays valid"),
-                db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> str:
+                db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> str:
     """Issue a replacement key; the old one expires after the grace period."""
     from avokit.gateway.services import keys
 
@@ -234,7 +234,7 @@ def keys_rotate(key_id: str = typer.Argument(...),
 
 def keys_topup(key_id: str = typer.Argument(...),
                amount: int = typer.Argument(..., help="micro-units"),
-               db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> int:
+               db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> int:
     """Add prepaid credit to the key's account."""
     from avokit.gateway.services import metering
 
@@ -245,12 +245,12 @@ def keys_topup(key_id: str = typer.Argument(...),
 
 
 def usage(
-    key: Optional[str] = typer.Option(None, "--key", help="key id"),
-    since: Optional[datetime] = typer.Option(None, "--since", help="ISO date/time (UTC)"),
+    key: str | None = typer.Option(None, "--key", help="key id"),
+    since: datetime | None = typer.Option(None, "--since", help="ISO date/time (UTC)"),
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout"),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     # Annotated, so a direct call (tests, scripts) that leaves it out gets None, not an Option
-    account: Annotated[Optional[int], typer.Option(
+    account: Annotated[int | None, typer.Option(
         "--account", help="account id (every key of it)")] = None,
 ) -> None:
     """Billed usage from the ledger."""
@@ -279,7 +279,7 @@ def admin_create(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="read the password from the first line of stdin "
         "(scripts); otherwise it is prompted for, twice, without echo"),
-    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Create a web-console administrator (/console/admin); there is no default one."""
     from avokit.gateway.services import admins
@@ -296,7 +296,7 @@ def admin_create(
 ADMIN_NAME_OPTION = typer.Option(..., "--name", help="the administrator's name")
 
 
-def admin_list(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def admin_list(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Web-console administrators: name, created, disabled."""
     from avokit.gateway.services import admins
 
@@ -319,13 +319,13 @@ def _set_admin_disabled(name: str, db: str | None, disabled: bool) -> None:
 
 
 def admin_disable(name: str = ADMIN_NAME_OPTION,
-                  db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+                  db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Disable an administrator: sign-ins refused, open sessions end at their next page."""
     _set_admin_disabled(name, db, True)
 
 
 def admin_enable(name: str = ADMIN_NAME_OPTION,
-                 db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+                 db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Re-enable a disabled administrator."""
     _set_admin_disabled(name, db, False)
 

@@ -8,7 +8,6 @@ configs/accelerate/{ddp_gpu,fsdp,deepspeed}.yaml -m avokit train RECIPE``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -18,10 +17,10 @@ def train_command(
     recipe: str = typer.Argument(..., help="recipe YAML file or built-in recipe name"),
     baseline: bool = typer.Option(False, "--baseline", help="CE-only baseline (same data, steps, seed)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar (logs only)"),
-    nproc: Optional[int] = typer.Option(
+    nproc: int | None = typer.Option(
         None, "--nproc", help="train on N local processes in one process group (torchrun; "
         "gloo on CPUs, one process per GPU with NCCL)"),
-) -> Optional[Path]:
+) -> Path | None:
     """Train the student (or the baseline) of RECIPE; resumes from the newest checkpoint."""
     if nproc is not None:
         from avokit.train.launch import launch_training

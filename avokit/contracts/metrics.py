@@ -4,13 +4,13 @@ per task. Written by :func:`avokit.evaluate.run_eval`; read by release, the CLI 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import ConfigDict, Field
 
 from avokit.contracts.base import Contract, read_versioned
 
-EVAL_SCHEMA_VERSION = 1
+EVAL_SCHEMA_VERSION: Final = 1
 REGENERATE = "run `avokit eval RECIPE` again"
 
 

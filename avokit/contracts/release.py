@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, model_validator
 
@@ -14,7 +14,7 @@ from avokit.checksums import file_sha256
 from avokit.contracts.base import Contract, ContractError, read_versioned
 from avokit.contracts.metrics import DataLineage, GateVerdict, TeacherLineage
 
-RELEASE_SCHEMA_VERSION = 1
+RELEASE_SCHEMA_VERSION: Final = 1
 MANIFEST_NAME = "release.json"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 REGENERATE = "release the run again with `avokit release RUN_DIR --name NAME` (after `avokit eval`)"
@@ -73,7 +73,7 @@ class ReleaseManifest(Contract):
     eval: EvalSummary
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ReleaseManifest":
+    def _consistent(self) -> ReleaseManifest:
         if combined_weights_sha256(self.weights) != self.weights_sha256:
             raise ValueError("weights_sha256 is not the digest of the weights listed in `weights`")
         missing = [f for f in self.tokenizer.files if f not in self.files]

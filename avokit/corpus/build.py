@@ -78,7 +78,7 @@ def config_hash(recipe: Recipe) -> str:
 
 def heldout_score(doc_id: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by (seed, doc_id): the split never depends on order."""
-    h = hashlib.sha256(f"{seed}:{doc_id}".encode("utf-8")).digest()
+    h = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2.0**64
 
 

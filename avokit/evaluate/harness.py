@@ -56,7 +56,8 @@ class AvokitLM(LM):
         dev = device_type(device) if device == "auto" else device
         resolved = resolve_dtype(dtype, dev, field="--model_args dtype")
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(resolved)).to(dev).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(resolved))
+        self.model = model.to(dev).eval()
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         ctx = getattr(self.model.config, "max_position_embeddings", None) or 1024
         self.max_length = int(max_length) if max_length else int(ctx)

@@ -9,10 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
-def read_train_log(path: Path) -> list[dict[str, object]]:
+def read_train_log(path: Path) -> list[dict[str, Any]]:
     """Entries of a train_log.jsonl; unreadable lines are skipped (a killed run may leave half a line)."""
     if not path.is_file():
         return []
@@ -25,7 +25,7 @@ def read_train_log(path: Path) -> list[dict[str, object]]:
     return out
 
 
-def plot_training_curves(logs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
     """Training loss and held-out BPB against step, one line per model; None if no logs.
 
     The left panel draws each model's cross-entropy (solid), the term student and baseline

@@ -131,7 +131,7 @@ def _teacher_loader() -> Any:
     """``load_teacher(config, base_dir)`` from the teachers package (contract: exported from
     ``avokit.teachers``; it lives in ``avokit.teachers.load``)."""
     try:
-        from avokit.teachers import load_teacher  # type: ignore[attr-defined]
+        from avokit.teachers import load_teacher
     except ImportError:
         from avokit.teachers.load import load_teacher
     return load_teacher
@@ -224,7 +224,7 @@ def _score_all(
 def _distillation(recipe: Recipe) -> dict[str, Any]:
     """The recipe's loss and fusion settings and the student's logged mean teacher weights."""
     log = read_train_log(recipe.run_dir / "student" / "train_log.jsonl")
-    weights = next((e["teacher_weights"] for e in reversed(log) if e.get("teacher_weights")), {})
+    weights: dict[str, Any] = next((e["teacher_weights"] for e in reversed(log) if e.get("teacher_weights")), {})
     loss, fusion = recipe.train.loss, recipe.train.fusion
     return {"targets": loss.targets, "chunk_debias": loss.chunk_debias, "token_loss": loss.token_loss,
             "fusion_mode": fusion.mode, "fusion_temperature": fusion.temperature,

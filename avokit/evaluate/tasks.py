@@ -80,7 +80,7 @@ class Task:
     max_new_tokens: int = 32
     n_available: int = 0  # items before the max_items cap
 
-    def subset(self, max_items: int | None) -> "Task":
+    def subset(self, max_items: int | None) -> Task:
         """A fixed, deterministic subset: items ordered by a hash of their id, first max_items.
 
         Hash order (not file order) so the subset is not biased by how the file is sorted,
@@ -101,7 +101,7 @@ class Score:
     high: float
     n: int
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | list[float]]:
         """JSON form."""
         return {"value": self.value, "ci95": [self.low, self.high], "n": self.n}
 

@@ -7,7 +7,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -23,8 +24,8 @@ from avokit.gateway.routes import completions, health, models
 from avokit.gateway.routes import metrics as metrics_route
 from avokit.gateway.routes.deps import COMPONENT_REF
 from avokit.gateway.services import leases, prompts
-from avokit.gateway.services.readiness import Readiness
 from avokit.gateway.services.ratelimit import Limiter, RateLimiter
+from avokit.gateway.services.readiness import Readiness
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
 from avokit.gateway.settings import GatewaySettings, load_settings

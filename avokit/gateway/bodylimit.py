@@ -7,7 +7,8 @@ so neither a declared nor an undeclared oversized body is ever buffered past the
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from avokit.gateway.errors import PayloadTooLargeError
 

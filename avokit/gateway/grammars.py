@@ -30,7 +30,7 @@ from avokit.gateway.protocol import NamedToolChoice, ResponseFormat, Tool
 
 CALL_MARKER = "<tool_call>"
 # compact JSON: no free whitespace, so a model cannot spend its tokens on blanks
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS: Any = {"whitespace_flexible": False}  # llguidance's JsonCompileOptions
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -97,7 +97,8 @@ def response_format_spec(fmt: ResponseFormat | None, param: str, limits: Grammar
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        schema, upstream = _ANY_OBJECT, {"json_object": True}
+        schema = _ANY_OBJECT
+        upstream: dict[str, Any] = {"json_object": True}
         param = f"{param}.type"
     else:
         assert fmt.json_schema is not None

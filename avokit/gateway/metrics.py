@@ -25,10 +25,19 @@ import hashlib
 import hmac
 import os
 import time
-from typing import Any, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST, multiprocess, values
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 from avokit.gateway.metrics_admin import MULTIPROC_ENV
 
@@ -147,7 +156,7 @@ class GatewayMetrics:
         finally:
             self.running.dec()
 
-    def stream_timer(self, model: str) -> "StreamTimer":
+    def stream_timer(self, model: str) -> StreamTimer:
         """Times one streamed generation from now (right after its admission)."""
         return StreamTimer(self, self.model_label(model))
 

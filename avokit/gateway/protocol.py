@@ -315,10 +315,11 @@ class ErrorResponse(BaseModel):
 
 
 # declared on every key-protected route, so the OpenAPI schema lists what can come back
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+_OK_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "the response object; with stream=true, server-sent events of the "
                          "chunk objects, ending with `data: [DONE]`"},
-} | {
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = _OK_RESPONSE | {
     status: {"model": ErrorResponse, "description": what} for status, what in [
         (400, "invalid request: names the parameter (context_length_exceeded, ...)"),
         (401, "missing, unknown, revoked or expired key"),

@@ -16,8 +16,9 @@ import contextvars
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 HEADER = "x-request-id"
 _HEADER_BYTES = HEADER.encode()

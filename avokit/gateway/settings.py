@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,11 +94,11 @@ def load_settings(env_file: Path | None = None, **overrides: object) -> GatewayS
     the environment variable it is read from."""
     from pydantic import ValidationError
 
-    clean = {k: v for k, v in overrides.items() if v is not None}
+    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
         if env_file is not None:
-            return GatewaySettings(_env_file=env_file, **clean)  # type: ignore[call-arg]
-        return GatewaySettings(**clean)  # type: ignore[arg-type]
+            return GatewaySettings(_env_file=env_file, **clean)
+        return GatewaySettings(**clean)
     except ValidationError as err:
         from avokit.gateway.errors import ConfigError
 

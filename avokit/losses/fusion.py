@@ -98,7 +98,7 @@ def mean_teacher_weights(weights: Tensor, names: Sequence[str]) -> dict[str, flo
     if weights.dim() != 2 or weights.shape[1] != len(names):
         raise ValueError(f"weights {tuple(weights.shape)} do not match {len(names)} teacher names")
     if weights.shape[0] == 0:
-        return {name: 0.0 for name in names}
+        return dict.fromkeys(names, 0.0)
     means = weights.detach().float().mean(dim=0).tolist()
     return {name: float(w) for name, w in zip(names, means, strict=True)}
 

@@ -9,7 +9,7 @@ handles documents with different teacher weights; a weight of 0 masks a boundary
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from torch import Tensor
 from avokit.losses.bucketed import bucket_distributions, bucket_divergence
 from avokit.losses.ce import shifted_targets, target_logprobs
 from avokit.losses.chunk import chunk_divergence, student_chunk_logprobs, word_start_logmass
+from avokit.losses.divergences import DivergenceName
 from avokit.losses.gate import gate_from_buckets, gold_bucket_slot
 from avokit.losses.uld import uld_distance
 
@@ -27,7 +28,7 @@ class DivergenceSettings(Protocol):
     recipe layer above them."""
 
     @property
-    def divergence(self) -> str: ...  # forward_kl | reverse_kl | jsd | tvd
+    def divergence(self) -> DivergenceName: ...
 
     @property
     def jsd_beta(self) -> float: ...
@@ -101,8 +102,8 @@ class TeacherBatch:
         cls, batch_size: int, seq_len: int, k: int, device: torch.device | str = "cpu"
     ) -> TeacherBatch:
         """A batch with no boundaries and no chunks (a teacher with nothing for these rows)."""
-        long = dict(dtype=torch.long, device=device)
-        flt = dict(dtype=torch.float32, device=device)
+        long: dict[str, Any] = {"dtype": torch.long, "device": device}
+        flt: dict[str, Any] = {"dtype": torch.float32, "device": device}
         return cls(
             b_idx=torch.zeros(0, **long),
             s_pos=torch.zeros(0, **long),

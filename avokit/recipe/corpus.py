@@ -40,7 +40,7 @@ class CorpusSource(Section):
     license: str | None = None  # the licence of a file source's text, recorded per document
 
     @model_validator(mode="after")
-    def _needs_name_or_path(self) -> "CorpusSource":
+    def _needs_name_or_path(self) -> CorpusSource:
         if self.kind == "builtin" and not self.name:
             raise ValueError("a builtin source needs `name`")
         if self.kind != "builtin" and self.path is None:
@@ -62,7 +62,7 @@ class CorpusConfig(Section):
     near_dup_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self) -> "CorpusConfig":
+    def _fractions_leave_training_data(self) -> CorpusConfig:
         if self.heldout_fraction + self.validation_fraction >= 1.0:
             raise ValueError("validation_fraction: heldout_fraction + validation_fraction must be "
                              f"below 1 (got {self.heldout_fraction} + {self.validation_fraction})")

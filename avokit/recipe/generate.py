@@ -28,7 +28,7 @@ class PromptSource(Section):
     domain: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 
     @model_validator(mode="after")
-    def _path_matches_kind(self) -> "PromptSource":
+    def _path_matches_kind(self) -> PromptSource:
         if self.kind == "jsonl" and self.path is None:
             raise ValueError("a jsonl prompt source needs `path`")
         if self.kind == "corpus" and self.path is not None:

@@ -33,7 +33,7 @@ class Recipe(Section):
     base_dir: Path = Field(default=Path("."), exclude=True)
 
     @model_validator(mode="after")
-    def _unique_teachers(self) -> "Recipe":
+    def _unique_teachers(self) -> Recipe:
         seen: set[str] = set()
         for t in self.teachers:
             if t.name in seen:

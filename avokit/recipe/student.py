@@ -18,7 +18,7 @@ class StudentTokenizerConfig(Section):
     path: Path | None = None
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "StudentTokenizerConfig":
+    def _path_needed(self) -> StudentTokenizerConfig:
         if self.kind == "path" and self.path is None:
             raise ValueError("a `path` tokenizer needs `path`")
         return self
@@ -39,7 +39,7 @@ class StudentConfig(Section):
     tokenizer: StudentTokenizerConfig = StudentTokenizerConfig()
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "StudentConfig":
+    def _heads_divide(self) -> StudentConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.num_heads % self.num_kv_heads:

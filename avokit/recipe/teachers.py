@@ -44,7 +44,7 @@ class TeacherConfig(Section):
     params: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "TeacherConfig":
+    def _kind_fields(self) -> TeacherConfig:
         if self.kind in ("hf", "gguf") and self.path is None:
             raise ValueError(f"a {self.kind} teacher needs `path`")
         if self.kind == "openai" and not self.model:

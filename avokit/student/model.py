@@ -52,7 +52,8 @@ def build_student(config: StudentConfig, tokenizer: Any) -> Any:
             model = AutoModelForCausalLM.from_pretrained(str(config.pretrained), dtype="float32")
         except Exception as err:  # missing/corrupt files surface as several exception types
             raise AvokitError(f"student.pretrained: cannot load {config.pretrained}: {err}") from err
-        if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        embeddings: Any = model.get_input_embeddings()
+        if embeddings.weight.shape[0] != len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
     else:
         model = AutoModelForCausalLM.from_config(student_hf_config(config, tokenizer))

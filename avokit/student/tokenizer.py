@@ -84,6 +84,7 @@ def load_student_tokenizer(path: Path) -> Any:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = Path(path)
+    tok: Any  # a fast or a SentencePiece tokenizer
     try:
         if path.is_file():
             tok = PreTrainedTokenizerFast(tokenizer_file=str(path))

@@ -70,7 +70,7 @@ class Teacher(ABC):
         ``inside_top_k`` > 0 also keeps :class:`~avokit.records.PrefixCuts` of that width (a
         backend without the full distribution raises :class:`~avokit.errors.AvokitError`)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a default no-op, not abstract: most backends hold nothing)
         """Release model memory or connections (default: nothing to do)."""
 
     def generate(self, prompt: str, sampling: Sampling, *, n: int, seed: int, chat: bool = False) -> list[str]:
@@ -84,6 +84,7 @@ class TokenizerTeacher(Teacher):
     ``tokenizer``, ``_tb`` (its byte table) and ``_info`` and implement ``score``."""
 
     tokenizer: Any
+    start_token_id: int  # the id each scored text is conditioned on (resolve_start_token_id)
     _tb: TokenBytes
     _info: TeacherInfo
 
@@ -112,7 +113,7 @@ class TokenizerTeacher(Teacher):
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                       add_generation_prompt=True, tokenize=False)
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        start = getattr(self, "start_token_id")
+        start = self.start_token_id
         return [int(start)] + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def decode_new(self, ids: list[int]) -> str:

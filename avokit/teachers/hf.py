@@ -19,6 +19,7 @@ from avokit.teachers.base import Sampling, TeacherInfo, TokenizerTeacher
 from avokit.teachers.fingerprint import tokenizer_fingerprint, weight_files, weights_fingerprint
 from avokit.teachers.scoring import head_spec, resolve_start_token_id, score_tokenized
 
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else unchanged."""
     if device == "auto":
@@ -154,7 +155,7 @@ class HFTeacher(TokenizerTeacher):
         except (OSError, ValueError, KeyError) as err:
             where = folder / gguf_file if gguf_file else folder
             raise AvokitError(f"teacher {name!r}: cannot load {where}: {err}") from err
-        model.to(device=resolve_device(device), dtype=torch_dtype(resolved))
+        model.to(device=resolve_device(device), dtype=torch_dtype(resolved))  # type: ignore[call-arg]  # transformers' wrapper
         target = folder / gguf_file if gguf_file else folder
         return cls(
             model, tokenizer, name=name, license=license, backend=backend,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from avokit.errors import AvokitError
 from avokit.recipe.capture import CaptureConfig
@@ -26,7 +27,7 @@ def load_teacher(
     from avokit.teachers.hf import HFTeacher
 
     cap = capture or CaptureConfig()
-    common: dict[str, int] = {"max_length": config.max_length, "batch_size": cap.batch_size,
+    common: dict[str, Any] = {"max_length": config.max_length, "batch_size": cap.batch_size,
                               "vocab_chunk": cap.vocab_chunk}
     if config.kind == "registry":
         from avokit.catalog import teacher_entry

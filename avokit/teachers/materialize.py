@@ -71,7 +71,7 @@ def float32_dir(name: str, gguf: Path, tokenizer: Callable[[], Any]) -> tuple[Pa
     except (OSError, ValueError, KeyError) as err:
         raise AvokitError(f"teacher {name!r}: cannot load {gguf}: {err}") from err
     # the dequantised model is plain float32; the GGUF quantizer only blocks serialisation
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)

@@ -227,7 +227,7 @@ def score_tokenized(
     if top_k > spec.real_vocab:
         raise AvokitError(f"top_k={top_k} exceeds the teacher's vocabulary of {spec.real_vocab}")
     cuts = CutCollector(docs, inside[0], inside[1]) if inside is not None else None
-    device = spec.head.weight.device
+    device: Any = spec.head.weight.device
     base = base_model(model)
     seqs = [np.concatenate([[start_id], d.ids]).astype(np.int64) for d in docs]
     out = [

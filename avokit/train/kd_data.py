@@ -240,7 +240,7 @@ def row_kd(packed: PackedCorpus, row: int, source: TeacherSource,
         # at the same per-boundary weight. Dropping it made a rarely chosen teacher count more.
         w = doc_weight(d)  # a scalar, or one weight per student token (span-level fusion)
 
-        def at(pos: np.ndarray) -> np.ndarray:
+        def at(pos: np.ndarray, w: Any = w) -> np.ndarray:  # bound now: called in this iteration only
             return np.asarray(w, dtype=np.float32)[pos] if np.ndim(w) else np.full(pos.size, w, np.float32)
 
         offset = int(packed.doc_start[d]) - lo  # logit position of token i = offset + i

@@ -23,7 +23,7 @@ class KDSetup:
     sources: list[TeacherSource]
     doc_weights: np.ndarray
     loss_cfg: Any = None  # avokit.recipe.train.LossConfig
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[Any, Any] = field(default_factory=dict)  # memoised per (what, width, device)
     token_weights: list[np.ndarray] | None = None
     student_bytes: TokenBytes | None = None  # set: debiased chunk terms (train.loss.chunk_debias)
     # int64 [D]: leading tokens of each document that are context only (on-policy prompts)
@@ -42,8 +42,9 @@ class KDSetup:
 
     def weight_of(self, t: int) -> Callable[[int], float | np.ndarray]:
         """Teacher ``t``'s fusion weight of document ``d``: per token where span-level."""
-        if self.token_weights is not None:
-            return lambda d: self.token_weights[d][:, t]
+        tokens = self.token_weights  # bound: a lambda does not keep the None check
+        if tokens is not None:
+            return lambda d: tokens[d][:, t]
         return lambda d: float(self.doc_weights[d, t])
 
 
@@ -63,7 +64,8 @@ def teacher_terms(logits: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
 
     out: dict[str, dict[str, torch.Tensor]] = {}
     for t, source in enumerate(kd.sources):
-        context = None if kd.context_tokens is None else (lambda d: int(kd.context_tokens[d]))
+        ctx = kd.context_tokens
+        context = None if ctx is None else (lambda d, ctx=ctx: int(ctx[d]))
         arrays = build_teacher_batch(packed, rows, source, kd.weight_of(t), context)
         batch = TeacherBatch(**arrays.to_torch(device))
         terms = kd_losses(logits, None, batch, kd.loss_cfg, logprobs, targets=targets,

@@ -257,8 +257,8 @@ def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorp
             optimizer.zero_grad(set_to_none=True)
         for key, val in (("loss", loss.detach()), *parts.items()):
             sums[key] += float(val) / cfg.grad_accum
-        for name, val in shares.items():
-            per_teacher[name] = per_teacher.get(name, 0.0) + val / cfg.grad_accum
+        for name, share in shares.items():
+            per_teacher[name] = per_teacher.get(name, 0.0) + share / cfg.grad_accum
     return sums, per_teacher, np.concatenate(seen)
 
 
@@ -314,7 +314,7 @@ def train_loop(
                                      tok_last / max(now - t_last, 1e-9), log.elapsed_before + now - t_begin)
                 t_last, tok_last = now, 0
                 record.update(topology.record(cfg.batch_size), rows_by_rank=_rows_by_rank(accelerator, rows))
-                if is_eval:
+                if is_eval and heldout is not None:  # is_eval implies it; said again for the checker
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
                                                         accelerator, eval_max_rows, cfg.batch_size)
                     record["eval_split"] = eval_split  # which split the in-training BPB scores

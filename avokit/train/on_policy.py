@@ -120,11 +120,14 @@ def continue_prompts(model: Any, prompts: list[np.ndarray], separator: int, max_
 
 
 def sample(model: Any, onp: OnPolicy, step: int, micro: int, batch_size: int,
-           device: Any, rank: int = 0) -> list[tuple[str, int]]:
+           device: Any, rank: int = 0, picks: np.ndarray | None = None) -> list[tuple[str, int]]:
     """``batch_size`` continuations by the student: ``(text, prompt_chars)`` each, where the
     first ``prompt_chars`` characters are the document prefix it was given. Each process
-    (``rank``) samples its own prompts and text."""
-    prompts = [onp.prompts[i] for i in prompt_picks(onp, step, micro, batch_size, rank)]
+    (``rank``) samples its own prompts and text; ``picks``: :func:`prompt_picks` of these
+    arguments, drawn here when not given."""
+    if picks is None:
+        picks = prompt_picks(onp, step, micro, batch_size, rank)
+    prompts = [onp.prompts[i] for i in picks]
     torch.manual_seed(int(heldout_score(f"sample:{step}:{micro}:{rank}", onp.seed) * 2**31))
     news = continue_prompts(model, prompts, onp.separator, onp.cfg.max_new_tokens, onp.cfg.temperature, device)
     samples = []
@@ -150,10 +153,10 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     """Loss of one on-policy micro-batch, its detached parts (ce = 0, kd, chunk) and each
     teacher's share. ``generator``: the unwrapped model that samples; ``model`` computes the
     logits that get gradients (the same weights)."""
-    samples = sample(generator, onp, step, micro, batch_size, device, rank)
+    picks = prompt_picks(onp, step, micro, batch_size, rank)  # once: the samples and their domains
+    samples = sample(generator, onp, step, micro, batch_size, device, rank, picks)
     # a sample belongs to its prompt's domain (per-domain fusion weighs it like its document)
-    domains = ([onp.prompt_domains[i] for i in prompt_picks(onp, step, micro, batch_size, rank)]
-               if onp.prompt_domains else ["on-policy"] * len(samples))
+    domains = [onp.prompt_domains[i] for i in picks] if onp.prompt_domains else ["on-policy"] * len(samples)
     docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy", domain=dom)
             for i, ((text, _), dom) in enumerate(zip(samples, domains))]
     texts = [d.text for d in docs]

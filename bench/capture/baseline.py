@@ -88,5 +88,5 @@ def hf_dense_forward(teacher: HFTeacher, batches: list[ModelBatch]) -> None:
     """``model(...).logits``: dense [B, T, V] logits per batch, padding included."""
     device = next(teacher.model.parameters()).device
     for b in batches:
-        teacher.model(input_ids=b.ids.to(device), attention_mask=b.mask.to(device),
-                      use_cache=False).logits
+        _ = teacher.model(input_ids=b.ids.to(device), attention_mask=b.mask.to(device),
+                          use_cache=False).logits

@@ -9,12 +9,12 @@ KL(float32 || bf16) is measured on the first ``--kl-docs`` documents' first ``--
 positions (dense logits; a [tokens, 262k] float32 tensor is ~0.27 GB for Gemma).
 
 Corpora: the main job's (built-in recipe avocado-mini, every document) and a domain-balanced
-slice of the complementarity corpus (bench/quality/complementarity.yaml, ``--comp-docs`` per
+slice of the complementarity corpus (bench/quality/complementarity/complementarity.yaml, ``--comp-docs`` per
 domain). Writes bench/results/bf16_fidelity.{json,md}; one process per teacher with
 ``--teachers NAME --out-json PATH``, then ``--merge`` the parts.
 
-    .venv/bin/python bench/capture/fidelity.py --teachers smollm2-135m --out-json /tmp/f-smol.json
-    .venv/bin/python bench/capture/fidelity.py --merge /tmp/f-*.json
+    .venv/bin/python -m bench.capture.fidelity --teachers smollm2-135m --out-json /tmp/f-smol.json
+    .venv/bin/python -m bench.capture.fidelity --merge /tmp/f-*.json
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from avokit.teachers.fidelity import (
     compare_records,
     full_kl,
 )
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -163,7 +165,7 @@ def main() -> None:
         result = {"machine": parts[0]["machine"], "settings": parts[0]["settings"],
                   "rows": [r for p in parts for r in p["rows"]], "parts": [p["machine"] for p in parts]}
         result["all_pass"] = all(r["passes"] for r in result["rows"])
-        (RESULTS / "bf16_fidelity.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(RESULTS / "bf16_fidelity.json", result, Provenance.collect(dtype="float32,bfloat16"))
         write_md(result, RESULTS / "bf16_fidelity.md")
         return
     if args.threads:
@@ -176,7 +178,7 @@ def main() -> None:
         for name in args.teachers:
             result["rows"] += bench_teacher(name, sets, args.kl_docs, args.kl_tokens)
     out = args.out_json or RESULTS / "bf16_fidelity.json"
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out, result, Provenance.collect(dtype="float32,bfloat16"))
     if args.out_json is None:
         write_md(result, RESULTS / "bf16_fidelity.md")
 

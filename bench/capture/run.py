@@ -14,7 +14,7 @@ fresh capture, in alternating order. The ratio uses the fastest round of each si
 disturbed by other jobs); the median-based ratio is reported next to it.
 
 Writes bench/results/capture.json and capture.md. Usage:
-    .venv/bin/python bench/capture/run.py [--docs 32] [--rounds 3] [--teachers smollm2-135m gemma3-270m]
+    .venv/bin/python -m bench.capture.run [--docs 32] [--rounds 3] [--teachers smollm2-135m gemma3-270m]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from baseline import bare_forward, capture_batches, hf_dense_forward, scored_positions
 
 from avokit.cache import CacheReader, CacheSpec, ShardWriter
 from avokit.capture import run_capture, stored_vs_exact_kl
@@ -41,6 +40,9 @@ from avokit.corpus import build_corpus
 from avokit.recipe import Recipe, load_recipe
 from avokit.records import TeacherRecords
 from avokit.teachers import HFTeacher, Teacher, TeacherInfo, load_teacher
+from bench.capture.baseline import bare_forward, capture_batches, hf_dense_forward, scored_positions
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,10 +60,10 @@ class Recording(Teacher):
         return self.inner.info
 
     @property
-    def token_bytes(self):  # type: ignore[no-untyped-def]
+    def token_bytes(self):
         return self.inner.token_bytes
 
-    def tokenize(self, texts: list[str]):  # type: ignore[no-untyped-def]
+    def tokenize(self, texts: list[str]):
         return self.inner.tokenize(texts)
 
     def score(self, texts: list[str], doc_ids: list[str], top_k: int, *,
@@ -85,7 +87,7 @@ class PeakRSS:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             time.sleep(0.01)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 
@@ -174,10 +176,14 @@ def bench_teacher(recipe: Recipe, name: str, scratch: Path, rounds: int, dtype: 
     bare_forward(inner, batches[:1])  # warm-up: first-call allocations and kernel selection
     hf_dense_forward(inner, batches[:1])
     sides: dict[str, list[float]] = {"bare": [], "hf_dense": [], "capture": []}
+    def fresh_capture() -> None:
+        clear_cache(cache)
+        capture()
+
     runs: dict[str, Callable[[], None]] = {
         "bare": lambda: bare_forward(inner, batches),
         "hf_dense": lambda: hf_dense_forward(inner, batches),
-        "capture": lambda: (clear_cache(cache), capture())[1],
+        "capture": fresh_capture,
     }
     for r in range(rounds):
         # the dense reference only in the first round: it is not part of the ratio
@@ -306,6 +312,8 @@ def write_md(result: dict, path: Path) -> None:
 def merge(files: list[Path], out: Path) -> None:
     """Write one capture.json/.md from per-teacher runs that used the same settings."""
     parts = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    for part in parts:  # each part's own block; the merged file gets the merging process's
+        part.pop("provenance", None)
     keys = ("docs", "rounds", "top_k", "batch_size", "vocab_chunk")
     for p, f in zip(parts[1:], files[1:]):
         if any(p[k] != parts[0][k] for k in keys) or p["machine"] != parts[0]["machine"]:
@@ -316,8 +324,8 @@ def merge(files: list[Path], out: Path) -> None:
     if speedups:
         result["bf16_speedup_per_teacher"] = speedups
         result["bf16_speedup"] = min(speedups.values())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "capture.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    dtypes = sorted({str(r.get("dtype", "float32")) for r in result["teachers"]})
+    write_json(out / "capture.json", result, Provenance.collect(dtype=",".join(dtypes)))
     write_md(result, out / "capture.md")
 
 
@@ -351,6 +359,8 @@ def main() -> None:
     capture = base.capture.model_copy(update={"bf16_check_docs": 0})
     recipe = base.model_copy(update={"runs_dir": scratch / "runs", "corpus": corpus, "capture": capture})
     build_corpus(recipe)
+    # before the scratch folder (and the corpus in it) is removed
+    prov = Provenance.collect(dtype=",".join(args.dtypes), corpus=recipe.run_dir / "corpus" / "manifest.json")
     result = {"machine": machine(), "docs": args.docs, "rounds": args.rounds,
               "top_k": recipe.capture.top_k, "batch_size": recipe.capture.batch_size,
               "vocab_chunk": recipe.capture.vocab_chunk, "teachers": []}
@@ -366,8 +376,7 @@ def main() -> None:
     if speedups:
         result["bf16_speedup_per_teacher"] = speedups
         result["bf16_speedup"] = min(speedups.values())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "capture.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out / "capture.json", result, prov)
     write_md(result, args.out / "capture.md")
 
 

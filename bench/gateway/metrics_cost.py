@@ -12,27 +12,24 @@ Targets, each with its own SQLite database, in front of the same mock upstream:
 Target: avokit-metrics >= 98% of avokit-base's requests/s. Writes
 bench/results/gateway_metrics.json and .md with the CPU model, load and steal.
 
-Usage: python bench/gateway/metrics_cost.py [--base COMMIT]
+Usage: python -m bench.gateway.metrics_cost [--base COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import (  # noqa: E402
+from bench.gateway.run import (
     AVOKIT_FLAGS,
     CONC,
     LAT_N,
@@ -53,6 +50,8 @@ from run import (  # noqa: E402
     build_registry,
     free_port,
 )
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 
 def main() -> None:
@@ -126,7 +125,7 @@ def main() -> None:
            "avokit_metrics_requests_counted": served,
            "results": {n: {k: v for k, v in r.items() if k != "lat"} for n, r in results.items()},
            "rps_ratio_metrics_vs_base": round(ratio, 4), "target_met": ratio >= 0.98}
-    (ROOT / "bench/results/gateway_metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_json(ROOT / "bench/results/gateway_metrics.json", out, Provenance.collect(dtype=None))
     (ROOT / "bench/results/gateway_metrics.md").write_text(_markdown(out))
     print(_markdown(out))
 

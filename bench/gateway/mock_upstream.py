@@ -11,7 +11,7 @@ vLLM's ``structured_outputs`` field answers with that field echoed as JSON,
 ``{"structured_outputs": ...}`` (one piece per token), so the gateway tests can check
 what was passed through.
 
-Run: python bench/gateway/mock_upstream.py PORT
+Run: python -m bench.gateway.mock_upstream PORT
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request

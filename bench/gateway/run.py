@@ -10,8 +10,11 @@ round trip per request). Then, in ROUNDS rounds, for each target including the u
     blocks of LAT_BLOCK requests so that every target samples the same stretch of time (drifts
     in the load from other work on the machine, and the hypervisor's steal, reach every target
     alike) -> p50 / p99 over all rounds, and the p99 of each round;
-  * throughput: TPUT_N chat completions at concurrency CONC, one target after another ->
-    requests/s over all rounds, and of each round (a skewed round shows).
+  * throughput: TPUT_N chat completions at concurrency CONC, the targets taking turns in
+    bursts of TPUT_BLOCK (as the latency phase does; until 2026-12-07 one target ran all its
+    TPUT_N after another's, so a burst of outside load could land on one target alone) ->
+    requests/s over all rounds (each target's requests over the sum of its bursts' walls), and
+    of each round (a skewed round shows).
 Added latency = proxy percentile - direct-upstream percentile. One client for every target
 (aiohttp, keep-alive connections expiring before uvicorn's 5 s server timeout, so a request is
 never sent on a connection the server is closing). The client shares the machine's cores with
@@ -26,7 +29,7 @@ share of CPU time the hypervisor stole over the rounds. Writes bench/results/gat
 .md (this run) and appends the run to bench/results/gateway_runs.json (every run, with the
 commit it measured), so a result is never reported without the runs beside it.
 
-Usage: python bench/gateway/run.py [--litellm /tmp/litellm-venv/bin/litellm]
+Usage: python -m bench.gateway.run [--litellm /tmp/litellm-venv/bin/litellm]
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench.provenance import Provenance
+from bench.results_io import write_json
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from gateway_support import (  # noqa: E402
@@ -66,6 +72,9 @@ from gateway_support import (  # noqa: E402
 LAT_N, TPUT_N, CONC, WARMUP, ROUNDS = 1000, 400, 32, 30, 4
 # sequential requests per turn of a target in the latency phase (see `_schedule`)
 LAT_BLOCK = 50
+# requests per turn of a target in the throughput phase, sent at concurrency CONC: several
+# times CONC, so the ramp-up and drain at a burst's ends stay a small part of it
+TPUT_BLOCK = 100
 # `avokit serve` as an operator runs it, without per-request access lines: LiteLLM runs at
 # LITELLM_LOG=ERROR below, which writes none either (both keep their error logging)
 AVOKIT_FLAGS = ["--no-access-log"]
@@ -106,8 +115,9 @@ def _schedule(names: list[str], n: int, block: int) -> list[tuple[str, int]]:
 
 
 async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """One round: every target's latency samples (taking turns, see `_schedule`), then each
-    target's throughput at concurrency CONC; {target: {"lat": sorted seconds, "wall": s}}."""
+    """One round: every target's latency samples, then its throughput at concurrency CONC,
+    the targets taking turns in both (see `_schedule`); {target: {"lat": sorted seconds,
+    "wall": seconds its TPUT_N throughput requests took}}."""
     async with contextlib.AsyncExitStack() as stack:
         sessions = {name: await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0),
@@ -135,7 +145,7 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
         for name, count in _schedule(list(targets), LAT_N, LAT_BLOCK):
             lat[name] += [await one(name) for _ in range(count)]
 
-        async def throughput(name: str) -> float:
+        async def burst(name: str, count: int) -> float:
             sem = asyncio.Semaphore(CONC)
 
             async def limited() -> float:
@@ -143,11 +153,13 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
                     return await one(name)
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(limited() for _ in range(TPUT_N)))
+            await asyncio.gather(*(limited() for _ in range(count)))
             return time.perf_counter() - t0
 
-        return {name: {"lat": sorted(lat[name]), "wall": await throughput(name)}
-                for name in targets}
+        wall = dict.fromkeys(targets, 0.0)
+        for name, count in _schedule(list(targets), TPUT_N, TPUT_BLOCK):
+            wall[name] += await burst(name, count)
+        return {name: {"lat": sorted(lat[name]), "wall": wall[name]} for name in targets}
 
 
 def _p99(lat: list[float]) -> float:
@@ -194,9 +206,9 @@ def _load1() -> float:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), platform.processor())
-    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), platform.processor())
+    mem = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**20, 1),
             "python": platform.python_version()}
 
@@ -306,7 +318,7 @@ def main() -> None:
                "steal_pct_per_round": steal_per_round}
     out = {"machine": machine, "config": {
            "client": CLIENT, "rounds": ROUNDS, "latency_requests": LAT_N,
-           "latency_block": LAT_BLOCK,
+           "latency_block": LAT_BLOCK, "throughput_block": TPUT_BLOCK,
            "throughput_requests": TPUT_N, "concurrency": CONC, "warmup": WARMUP, "body": BODY,
            "avokit": "`avokit serve --no-access-log`, engine=vllm, 1 worker, SQLite WAL, "
                      "real key: auth + rate limit + reserve + settle in the database per "
@@ -319,7 +331,8 @@ def main() -> None:
            "results": results, "verdict": verdict}
     res_dir = ROOT / "bench/results"
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "gateway.json").write_text(json.dumps(out, indent=2))
+    # no model runs and no corpus is read: dtype and corpus are None
+    write_json(res_dir / "gateway.json", out, Provenance.collect(dtype=None))
     history = _append_run(res_dir / "gateway_runs.json", out)
     text = _markdown(out, history)
     (res_dir / "gateway.md").write_text(text)
@@ -338,7 +351,8 @@ def _markdown(out: dict[str, Any], history: dict[str, Any]) -> str:
              + (f", the targets taking turns in blocks of {config['latency_block']}"
                 if "latency_block" in config else "") + ") + "
              f"{config['throughput_requests']} requests at concurrency {config['concurrency']} "
-             "(throughput).", "",
+             "(throughput" + (f", the targets taking turns in bursts of {config['throughput_block']}"
+                              if "throughput_block" in config else "") + ").", "",
              "| target | p50 ms | p99 ms | p99 ms per round | added p50 ms | added p99 ms "
              "| requests/s | requests/s per round |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
@@ -385,7 +399,8 @@ def _append_run(path: Path, out: dict[str, Any]) -> dict[str, Any]:
     history["runs"].append({"run": len(history["runs"]) + 1,
                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             **_commit(), **out})
-    path.write_text(json.dumps(history, indent=1) + "\n")
+    history.pop("provenance", None)  # the block of the latest run (each run also has its commit)
+    write_json(path, history, Provenance.collect(dtype=None))
     return history
 
 

@@ -12,14 +12,13 @@ The model: ``--model DIR`` (a Hugging Face directory), else SmolLM2-135M from av
 cache when present (49k vocabulary: the mask's cost grows with it), else the tests' tiny random
 model. Writes bench/results/structured.json and .md with the CPU model and the load average.
 
-Usage: python bench/gateway/structured.py [--model DIR] [--rounds 3] [--batch 4] [--tokens 48]
+Usage: python -m bench.gateway.structured [--model DIR] [--rounds 3] [--batch 4] [--tokens 48]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -28,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -174,6 +176,6 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=48)
     result = asyncio.run(main(parser.parse_args()))
     out = ROOT / "bench/results"
-    (out / "structured.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "structured.json", result, Provenance.collect(dtype="float32"))
     (out / "structured.md").write_text(_markdown(result))
     print(_markdown(result))

@@ -9,7 +9,7 @@ weights and optimizer state, bf16 matmuls, the loss math in float32). Same seed,
 and steps within each pair; tokens/s of the training loop and held-out BPB after the last
 step. Writes bench/results/train_dtype.{json,md}.
 
-    .venv/bin/python bench/train/dtype.py [--steps 6] [--sizes 4m 135m]
+    .venv/bin/python -m bench.train.dtype [--steps 6] [--sizes 4m 135m]
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -44,7 +47,7 @@ def machine() -> dict:
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):  # type: ignore[no-untyped-def]
+def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):
     """A recipe, corpus and two teacher caches for one student size."""
     from test_train import make_recipe, write_cache, write_corpus
 
@@ -76,7 +79,7 @@ def prepare(tmp: Path, size: str, steps: int, batch: int, seq_len: int):  # type
     return recipe
 
 
-def run_one(recipe, objective: str, precision: str) -> dict:  # type: ignore[no-untyped-def]
+def run_one(recipe, objective: str, precision: str) -> dict:
     """Train from scratch of the run's student directory; tokens/s and final held-out BPB."""
     from accelerate.state import AcceleratorState
 
@@ -150,7 +153,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_dtype.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    # the corpus is synthetic (tests' write_corpus, fixed seed): the commit determines it
+    write_json(RESULTS / "train_dtype.json", result, Provenance.collect(dtype="float32,bf16"))
     write_md(result, RESULTS / "train_dtype.md")
 
 

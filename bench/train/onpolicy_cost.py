@@ -7,13 +7,12 @@ every teacher scores them live), each followed by backward and an optimizer step
 step and per 1,000 trained tokens: wall time, and for on-policy steps the share spent sampling
 and in each teacher's live scoring. Writes bench/results/onpolicy_cost.{json,md}.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/train/onpolicy_cost.py [--steps 3]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.train.onpolicy_cost [--steps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections import defaultdict
@@ -22,10 +21,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from bench.train.run import machine  # noqa: E402
+from bench.provenance import Provenance
+from bench.results_io import write_json
+from bench.train.run import machine
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "onpolicy_cost"
 
@@ -76,7 +77,7 @@ def run(recipe_name: str, steps: int, batch: int, new_tokens: int) -> dict[str, 
     onp = on_policy_setup(recipe, tok, packed, kd)
     load_s = time.perf_counter() - t0
     totals: dict[str, float] = defaultdict(float)
-    onp_mod.sample = Timed(onp_mod.sample, "sampling", totals)  # type: ignore[assignment]
+    onp_mod.sample = Timed(onp_mod.sample, "sampling", totals)
     trained: list[int] = []
     real_pack = onp_mod.pack_documents
 
@@ -85,7 +86,7 @@ def run(recipe_name: str, steps: int, batch: int, new_tokens: int) -> dict[str, 
         trained.append(int(packed.stream.shape[0]) - 1)
         return packed
 
-    onp_mod.pack_documents = counting_pack  # type: ignore[assignment]
+    onp_mod.pack_documents = counting_pack
     for t in onp.teachers:
         t.score = Timed(t.score, f"teacher {t.info.name}", totals)  # type: ignore[method-assign]
     torch.manual_seed(0)
@@ -146,7 +147,10 @@ def main() -> None:
     result = {"machine": info, "args": vars(args), "summary": summary, "raw": res,
               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    from avokit.recipe import load_recipe
+
+    corpus = load_recipe(args.recipe).run_dir / "corpus" / "manifest.json"
+    write_json(OUT.with_suffix(".json"), result, Provenance.collect(dtype="float32", corpus=corpus))
     on, off = summary["on-policy"], summary["offline"]
     lines = ["# On-policy step vs offline step", "",
              f"{result['created']}, {info['cpu']} ({info['nproc']} cores), load {info['load_avg_at_start']} -> "

@@ -5,7 +5,7 @@ SmolLM2 (byte-level BPE, 49k) and Gemma 3 (SentencePiece, 262k) ones, then train
 student twice (baseline = CE only; student = CE + KD + chunk terms from both teachers) and
 reads the logged throughput. Writes bench/results/train.{json,md}.
 
-Run: .venv/bin/python bench/train/run.py [--steps 30]
+Run: .venv/bin/python -m bench.train.run [--steps 30]
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.provenance import Provenance
+from bench.results_io import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -87,7 +90,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train.json").write_text(json.dumps(report, indent=2))
+    # the corpus is synthetic (tests' write_corpus, fixed seed): the commit determines it
+    write_json(out_dir / "train.json", report, Provenance.collect(dtype="float32"))
     m = report["machine"]
     lines = ["# Student training throughput: KD (two cached teachers) vs CE-only", "",
              (f"Machine: {m['nproc']} cores, {m['cpu']}, {m['ram_gib']} GiB RAM, torch {m['torch']}, "

@@ -142,30 +142,22 @@ def revoke(request: Request, key_id: str, posted: web.AdminPost) -> Response:
 
 
 @router.get("/usage", response_class=HTMLResponse)
-def usage_page(request: Request, who: web.Admin, days: str = "") -> Response:
+def usage_page(request: Request, who: web.Admin, window: web.AdminWindow) -> Response:
     """Usage across accounts over the last ``days`` days: per day and per account."""
-    try:
-        window, since = web.usage_window(days)
-    except ConfigError as err:
-        return web.render(request, "message.html", who, status=400, message=str(err))
     with session_factory(web.gw(request).db)() as s:
-        rows = metering.usage(s, since=since)
+        rows = metering.usage(s, since=window.since)
     per_account: dict[int | None, int] = {}
     for r in rows:
         per_account[r.account_id] = per_account.get(r.account_id, 0) + r.cost_micros
-    return web.render(request, "admin_usage.html", who, per_account=per_account, days=window,
+    return web.render(request, "admin_usage.html", who, per_account=per_account, days=window.days,
                       day_choices=web.USAGE_DAY_CHOICES, **usage_context(rows, "account"))
 
 
 @router.get("/usage.csv")
-def usage_csv(request: Request, who: web.Admin, days: str = "") -> Response:
+def usage_csv(request: Request, who: web.Admin, window: web.AdminWindow) -> Response:
     """Every charge of the last ``days`` days, as ``avokit usage --csv`` writes it."""
-    try:
-        _, since = web.usage_window(days)
-    except ConfigError as err:
-        return web.render(request, "message.html", who, status=400, message=str(err))
     with session_factory(web.gw(request).db)() as s:
-        rows = metering.usage(s, since=since)
+        rows = metering.usage(s, since=window.since)
     return web.csv_download(usage.usage_csv(rows), "usage-all.csv")
 
 

@@ -140,15 +140,11 @@ def _account_rows(request: Request, who: Principal, key_id: str | None, since: d
 
 
 @router.get("/console/usage", response_class=HTMLResponse)
-def usage_page(request: Request, who: web.Customer, key: str = "", days: str = "") -> Response:
+def usage_page(request: Request, who: web.Customer, window: web.CustomerWindow, key: str = "") -> Response:
     """Spend and tokens per day and per key over the last ``days`` days, remaining credit,
     the CSV download."""
     try:
-        window, since = web.usage_window(days)
-    except ConfigError as err:
-        return web.render(request, "message.html", who, status=400, message=str(err))
-    try:
-        rows = _account_rows(request, who, key, since)
+        rows = _account_rows(request, who, key, window.since)
     except ConfigError as err:
         return web.render(request, "message.html", who, status=404, message=str(err))
     with session_factory(web.gw(request).db)() as s:
@@ -156,20 +152,16 @@ def usage_page(request: Request, who: web.Customer, key: str = "", days: str = "
         account_keys = keys.account_keys(s, who.account_id)
     assert account is not None
     return web.render(request, "usage.html", who, account=account, keys=account_keys,
-                      selected=key, days=window, day_choices=web.USAGE_DAY_CHOICES,
+                      selected=key, days=window.days, day_choices=web.USAGE_DAY_CHOICES,
                       **usage_context(rows, "key"))
 
 
 @router.get("/console/usage.csv")
-def usage_csv(request: Request, who: web.Customer, key: str = "", days: str = "") -> Response:
+def usage_csv(request: Request, who: web.Customer, window: web.CustomerWindow, key: str = "") -> Response:
     """The account's (or one of its keys') charges of the last ``days`` days, as
     ``avokit usage --csv`` writes them."""
     try:
-        _, since = web.usage_window(days)
-    except ConfigError as err:
-        return web.render(request, "message.html", who, status=400, message=str(err))
-    try:
-        rows = _account_rows(request, who, key, since)
+        rows = _account_rows(request, who, key, window.since)
     except ConfigError as err:
         return web.render(request, "message.html", who, status=404, message=str(err))
     name = f"usage-{key or f'account-{who.account_id}'}.csv"

@@ -9,7 +9,8 @@ key. Each answer ends with its token counts and the amount the ledger charged fo
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError

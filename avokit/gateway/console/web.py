@@ -130,6 +130,44 @@ def usage_window(days: str) -> tuple[int, datetime]:
     return n, datetime.now(timezone.utc) - timedelta(days=n)
 
 
+class UsageQueryRefused(Exception):
+    """A usage page's ``days`` that is no window: the page says why, with a 400."""
+
+    def __init__(self, who: Principal, message: str) -> None:
+        super().__init__(message)
+        self.who = who
+
+
+@dataclass(frozen=True)
+class Window:
+    """The usage pages' window: the last ``days`` days, from ``since`` (UTC)."""
+
+    days: int
+    since: datetime
+
+
+def _window(who: Principal, days: str) -> Window:
+    try:
+        n, since = usage_window(days)
+    except ConfigError as err:
+        raise UsageQueryRefused(who, str(err)) from None
+    return Window(n, since)
+
+
+def customer_window(who: Customer, days: str = "") -> Window:
+    """The ``days`` query of a customer's usage page or CSV (a dependency)."""
+    return _window(who, days)
+
+
+def admin_window(who: Admin, days: str = "") -> Window:
+    """The ``days`` query of the administrators' usage page or CSV (a dependency)."""
+    return _window(who, days)
+
+
+CustomerWindow = Annotated[Window, Depends(customer_window)]
+AdminWindow = Annotated[Window, Depends(admin_window)]
+
+
 def client_address(request: Request) -> str:
     """The peer address sign-in attempts are counted against."""
     return request.client.host if request.client else "unknown"
@@ -213,7 +251,13 @@ async def _csrf_refused(request: Request, exc: Exception) -> Response:
                                    "param": "csrf", "code": "csrf_refused"}}, 403)
 
 
-EXCEPTION_HANDLERS = {SignInRequired: _signin_required, CsrfRefused: _csrf_refused}
+async def _usage_query_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UsageQueryRefused)
+    return render(request, "message.html", exc.who, status=400, message=str(exc))
+
+
+EXCEPTION_HANDLERS = {SignInRequired: _signin_required, CsrfRefused: _csrf_refused,
+                      UsageQueryRefused: _usage_query_refused}
 
 
 class SecurityHeaders:

@@ -13,7 +13,8 @@ SQLite, the driver's implicit transaction on PostgreSQL.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Dialect

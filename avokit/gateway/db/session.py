@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -24,7 +25,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for plain ``postgresql://`` URLs."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
@@ -40,7 +41,7 @@ def make_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             # autocommit off at the driver so BEGIN IMMEDIATE below controls locking
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -63,7 +64,7 @@ def make_db_engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn) -> None:  # type: ignore[no-untyped-def]
+        def _begin(conn: Any) -> None:
             if conn.get_execution_options().get(READ_ONLY):
                 # one SELECT runs atomically on its own: no BEGIN, and no write lock taken
                 return
@@ -80,7 +81,7 @@ AUTOCHECKPOINT_PAGES = 10_000
 # SQLite allows one writer per file. Threads of one process queue on this lock (woken the
 # moment it is free) instead of polling SQLite's busy handler, which sleeps 1, 2, 5, 10 ms...
 # between retries; other processes still wait through busy_timeout.
-_SQLITE_WRITE_LOCKS: "weakref.WeakKeyDictionary[Engine, threading.Lock]" = (
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
     weakref.WeakKeyDictionary())
 
 

@@ -7,9 +7,10 @@ so metering counts the same tokens the engine sees) and stream :class:`TokenEven
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 from avokit.contracts.base import ContractError
 from avokit.contracts.release import read_release_manifest, verify_release_files

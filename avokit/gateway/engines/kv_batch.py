@@ -101,11 +101,12 @@ Masker = Callable[[torch.Tensor], None] | None
 def _cache_arg(model: Any) -> str:
     """The forward's name for the KV cache: ``cache`` (transformers 5.2x), else the older
     ``past_key_values``. Looked up once per model class: this runs on every decode step."""
-    return _cache_arg_of(type(model))
+    model_class: Any = type(model)  # typeshed's type[Any] is not Hashable to functools.cache
+    return _cache_arg_of(model_class)
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_arg_of(cls: type) -> str:
+@functools.cache
+def _cache_arg_of(cls: Any) -> str:  # a model class
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 

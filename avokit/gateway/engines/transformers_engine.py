@@ -15,9 +15,11 @@ import asyncio
 import os
 import queue
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
+from avokit.gateway.engines import constrained
 from avokit.gateway.engines.base import (
     Finished,
     GenParams,
@@ -27,7 +29,6 @@ from avokit.gateway.engines.base import (
     collect,
     load_tokenizer,
 )
-from avokit.gateway.engines import constrained
 from avokit.gateway.engines.kv_batch import DecodeBatch, Masker, decode_step, merge, prefill
 from avokit.gateway.errors import NotFoundError, UpstreamError
 
@@ -68,8 +69,8 @@ class _ModelWorker:
         self.torch = torch
         self.tokenizer = load_tokenizer(served.path)
         self.dtype = resolve_dtype(dtype, device, field="AVOKIT_DTYPE")
-        self.model = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch_dtype(self.dtype))
-        self.model.to(device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(served.path), dtype=torch_dtype(self.dtype))
+        self.model = model.to(device).eval()
         self.device = device
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
@@ -147,7 +148,7 @@ class _ModelWorker:
     def _masker(self, rows: list[_Row]) -> Masker:
         """Grammar masks for the constrained rows of a step; None (no work) when none is."""
         wanted = [(i, r.matcher, r.job.params.constraint.n_vocab) for i, r in enumerate(rows)
-                  if r.matcher is not None and not r.done]
+                  if r.matcher is not None and r.job.params.constraint is not None and not r.done]
         if not wanted:
             return None
 

@@ -10,7 +10,7 @@ which are also the routes' declared ``response_model`` s: the OpenAPI schema is 
 from __future__ import annotations
 
 import abc
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -124,7 +124,7 @@ class _CompletionShape(_Shape):
         lp = _legacy_logprobs(events, scores, len(echo)) if self.want_logprobs else None
         text = echo + "".join(e.text for e in events)
         return self._body([CompletionChoice(text=text, logprobs=lp,
-                                            finish_reason=fin.finish_reason)],  # type: ignore
+                                            finish_reason=fin.finish_reason)],
                           _usage(self.prep, fin.completion_tokens))
 
     def opening(self) -> list[BaseModel]:
@@ -137,7 +137,7 @@ class _CompletionShape(_Shape):
         return [self._body([CompletionChoice(text=ev.text, logprobs=lp)])]
 
     def closing(self, fin: Finished) -> list[BaseModel]:
-        return [self._body([CompletionChoice(text="", finish_reason=fin.finish_reason)])]  # type: ignore
+        return [self._body([CompletionChoice(text="", finish_reason=fin.finish_reason)])]
 
     def usage_chunk(self, fin: Finished) -> BaseModel:
         return self._body([], _usage(self.prep, fin.completion_tokens))
@@ -168,7 +168,7 @@ class _ChatShape(_Shape):
         return ChatCompletionResponse(
             id=self.id, created=self.created, model=self.prep.model,
             choices=[ChatChoice(message=message, logprobs=lp, finish_reason=(
-                "tool_calls" if calls else fin.finish_reason))],  # type: ignore[arg-type]
+                "tool_calls" if calls else fin.finish_reason))],
             usage=_usage(self.prep, fin.completion_tokens))
 
     def opening(self) -> list[BaseModel]:
@@ -204,7 +204,7 @@ class _ChatShape(_Shape):
             else:
                 out.append(self._content(self.held))
         return out + [self._chunk([ChatChunkChoice(delta=ChatDelta(),
-                                                   finish_reason=reason)])]  # type: ignore
+                                                   finish_reason=reason)])]
 
     def usage_chunk(self, fin: Finished) -> BaseModel:
         return self._chunk([], _usage(self.prep, fin.completion_tokens))

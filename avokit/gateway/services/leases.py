@@ -22,8 +22,9 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, Table, delete, select, update
 
 from avokit.gateway.db.models import Instance, Reservation
 from avokit.gateway.db.session import read_connection, write_transaction
@@ -31,7 +32,7 @@ from avokit.gateway.services import metering
 from avokit.gateway.services.audit import as_utc, utcnow
 
 log = logging.getLogger("avokit.gateway")
-_INST, _RES = Instance.__table__, Reservation.__table__
+_INST, _RES = cast(Table, Instance.__table__), cast(Table, Reservation.__table__)  # typed FromClause
 
 
 def _host() -> str:

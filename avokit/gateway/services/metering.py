@@ -26,8 +26,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
@@ -38,7 +39,8 @@ from avokit.gateway.services import spendcaps
 from avokit.gateway.services.audit import record, utcnow
 from avokit.gateway.services.spendcaps import SpendCap
 
-_ACC, _RES, _LEDGER = Account.__table__, Reservation.__table__, LedgerEntry.__table__
+# a declarative class's __table__ is typed FromClause; it is a Table (insert/update/delete need one)
+_ACC, _RES, _LEDGER = (cast(Table, m.__table__) for m in (Account, Reservation, LedgerEntry))
 
 # Built once and compiled once per database: these run on every request.
 _HOLD = FastStatement(

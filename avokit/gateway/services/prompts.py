@@ -19,7 +19,7 @@ from avokit.gateway.errors import BadRequestError
 
 _LOCK = threading.Lock()
 # per tokenizer: (a copy that splits special tokens, their texts, the longest token in bytes)
-_DERIVED: "weakref.WeakKeyDictionary[Any, tuple[Any, tuple[str, ...], int]]" = (
+_DERIVED: weakref.WeakKeyDictionary[Any, tuple[Any, tuple[str, ...], int]] = (
     weakref.WeakKeyDictionary())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 
 KEY_PATTERN = re.compile(r"sk-avo-[A-Za-z0-9_\-]{4,}")
 REDACTED = "sk-avo-[REDACTED]"
@@ -17,7 +18,8 @@ def redact(text: str) -> str:
 UNLOGGABLE = "[avokit: a log message could not be formatted; dropped]"
 
 
-def _redacted_args(args: object) -> object:
+def _redacted_args(args: tuple[object, ...] | Mapping[str, object] | None
+                   ) -> tuple[object, ...] | Mapping[str, object] | None:
     # keep the args' shape: formatters such as uvicorn's access log unpack them
     if isinstance(args, tuple):
         return tuple(redact(a) if isinstance(a, str) else a for a in args)

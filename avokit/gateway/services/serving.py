@@ -11,8 +11,9 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import anyio
 from sqlalchemy import Engine as Database
@@ -29,7 +30,6 @@ from avokit.gateway.errors import (
     RateLimitError,
     ServiceUnavailableError,
 )
-from avokit.gateway.metrics import GatewayMetrics
 from avokit.gateway.grammars import (
     GrammarCompiler,
     GrammarSpec,
@@ -38,6 +38,7 @@ from avokit.gateway.grammars import (
     tool_mode,
     tools_spec,
 )
+from avokit.gateway.metrics import GatewayMetrics
 from avokit.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from avokit.gateway.services import keys, metering, prompts, tool_calls
 from avokit.gateway.services.ratelimit import Limiter

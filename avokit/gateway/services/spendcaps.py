@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,7 +28,7 @@ from avokit.gateway.errors import InsufficientCreditError
 from avokit.gateway.services.audit import utcnow
 
 PERIODS = ("day", "month")
-_SPEND = KeySpend.__table__
+_SPEND = cast(Table, KeySpend.__table__)  # typed FromClause
 
 
 class SpendCapExceededError(InsufficientCreditError):

@@ -18,7 +18,8 @@ import secrets
 from typing import Any
 
 from avokit.gateway.grammars import CALL_MARKER, ToolMode
-from avokit.gateway.protocol import ChatMessage, FunctionCall, Tool, ToolCall
+from avokit.gateway.protocol import ChatMessage
+from avokit.gateway.protocol_tools import FunctionCall, Tool, ToolCall
 
 _INSTRUCTIONS = ("Functions:\n{tools}\nTo call: " + CALL_MARKER
                  + '[{{"name":NAME,"arguments":{{...}}}}]')

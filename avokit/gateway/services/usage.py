@@ -7,9 +7,10 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session

@@ -1,0 +1,1 @@
+"""avokit's benchmarks: speed, size and quality targets, each writing bench/results/<name>.json and .md."""

@@ -1,0 +1,1 @@
+"""Quality studies, one package per study (bench/quality/README.md)."""

@@ -1,0 +1,71 @@
+"""Evaluation of one student in the on-policy comparison: it continues held-out prompts, and
+every teacher judges the continuation (bits per byte), per domain and pooled; distinct-n of
+what it wrote. The sampling seed is the same for every run, so runs differ only by weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from avokit.align import byteify
+from avokit.teachers.base import Teacher
+from avokit.teachers.scoring import resolve_start_token_id
+from avokit.train.data import separator_prefix
+from avokit.train.on_policy import continue_prompts, live_records, student_text
+from bench.quality.onpolicy.onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """A held-out document's first student tokens (after the packing's separator prefix)."""
+
+    doc_id: str
+    domain: str
+    ids: np.ndarray
+
+
+def eval_prompts(docs: list[Any], tok: Any, n_tokens: int) -> list[EvalPrompt]:
+    """One prompt per document: the start of the document as training packs it."""
+    prefix = separator_prefix(tok.eos_token_id, resolve_start_token_id(tok))
+    return [EvalPrompt(d.doc_id, d.domain, np.asarray(prefix + tok(d.text, add_special_tokens=False).input_ids[:n_tokens]))
+            for d in docs]
+
+
+def continue_eval_prompts(model: Any, tok: Any, prompts: list[EvalPrompt], new_tokens: int, seed: int,
+                          batch: int = 16) -> list[np.ndarray]:
+    """The student's new token ids for each prompt, sampled at temperature 1 (stops at EOS)."""
+    torch.manual_seed(seed)
+    out: list[np.ndarray] = []
+    for i in range(0, len(prompts), batch):
+        out += continue_prompts(model, [p.ids for p in prompts[i:i + batch]], tok.eos_token_id, new_tokens, 1.0, "cpu")
+    return out
+
+
+def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Mapping[str, Teacher],
+                   new_tokens: int, sample_seed: int) -> dict[str, Any]:
+    """Teacher-judged bits per byte of the student's continuations (each teacher, per domain
+    and over every prompt pooled; ``teacher_nll`` = the mean over teachers) and distinct-2/3."""
+    tb = byteify(tok, name="student")
+    new = continue_eval_prompts(model, tok, prompts, new_tokens, sample_seed)
+    prompt_texts = [student_text(p.ids, tb) for p in prompts]
+    texts = [pt + student_text(n, tb) for pt, n in zip(prompt_texts, new)]
+    doc_ids = [f"eval:{p.doc_id}" for p in prompts]
+    per_teacher: dict[str, dict[str, float]] = {}
+    skipped: dict[str, int] = {}
+    for name, teacher in teachers.items():
+        records = live_records(teacher, texts, doc_ids, 1)
+        parts: dict[str, list[tuple[float, int]]] = {}
+        for p, pt, did in zip(prompts, prompt_texts, doc_ids):
+            if did in records:
+                parts.setdefault(p.domain, []).append(continuation_bits(records[did], len(pt.encode("utf-8"))))
+        skipped[name] = len(prompts) - len(records)
+        per_teacher[name] = {"pooled": pooled_bpb([x for v in parts.values() for x in v]),
+                             **{dom: pooled_bpb(v) for dom, v in sorted(parts.items())}}
+    return {"teacher_bpb": per_teacher, "teacher_nll": float(np.mean([v["pooled"] for v in per_teacher.values()])),
+            "distinct2": distinct_n([n.tolist() for n in new], 2), "distinct3": distinct_n([n.tolist() for n in new], 3),
+            "mean_new_tokens": float(np.mean([len(n) for n in new])), "unscored_by_teacher": skipped,
+            "samples": [{"doc_id": p.doc_id, "domain": p.domain, "text": t} for p, t in zip(prompts[:6], texts[:6])]}
