@@ -296,3 +296,48 @@ def test_alert_survives_kill_9_between_spend_and_delivery(registry: Path, upstre
         receiver.stop()
     (payload,) = verified(receiver, webhooks.signing_secret(SECRET, info.account_id, 0))
     assert payload["id"] == row.id and payload["data"]["request_id"] == row.request_id
+
+
+def test_cli_sets_alerts_lists_and_delivers_the_outbox(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from typer.testing import CliRunner
+
+    from avokit.cli import gateway_alerts as cli
+    from avokit.cli.main import main
+
+    monkeypatch.setenv("AVOKIT_SECRET", SECRET)
+    db = f"sqlite:///{tmp_path}/cli.db"
+    run_migrations(db)
+    engine = make_db_engine(db)
+    with session_factory(engine).begin() as s:
+        _, info = keys.create_key(s, SECRET, name="c", prices=PRICE, credit_micros=1000)
+    options: dict[str, Any] = {"off": False, "low_credit": 950, "cap_percents": None,
+                               "rotate_secret": False, "db": db}
+    with pytest.raises(ConfigError, match="--url"):
+        cli.accounts_alerts(info.account_id, url=None, **options)
+    with pytest.raises(ConfigError, match="cap_percents"):
+        cli.accounts_alerts(info.account_id, url="https://example.com/h",
+                            **{**options, "cap_percents": "80,x"})
+    with pytest.raises(SystemExit) as stopped:  # the CLI's one-line error naming the field
+        main(["accounts", "alerts", str(info.account_id), "--url", "http://example.com/h",
+              "--db", db])
+    assert stopped.value.code == 2 and "alert_url" in capsys.readouterr().err
+    receiver = Receiver(free_port())  # not listening yet
+    cli.accounts_alerts(info.account_id, url=receiver.url, **options)
+    assert capsys.readouterr().out.strip() == webhooks.signing_secret(SECRET, info.account_id, 0)
+    hold = metering.reserve(engine, account_id=info.account_id, key_id=info.id, model="m",
+                            prompt_tokens=60, max_tokens=0, price_in=10**6, price_out=0)
+    metering.settle_hold(engine, hold, 0)
+    runner = CliRunner()
+    from avokit.cli.main import build_app
+
+    out = runner.invoke(build_app(), ["alerts", "deliver", "--once", "--db", db])
+    assert out.exit_code == 0 and "1 pending" in out.output, out.output
+    out = runner.invoke(build_app(), ["alerts", "list", "--status", "pending", "--db", db],
+                        env={"COLUMNS": "300"})  # one table row per line
+    assert out.exit_code == 0 and "credit.low" in out.output and "ConnectError" in out.output
+    out = runner.invoke(build_app(), ["alerts", "list", "--status", "lost", "--db", db])
+    assert out.exit_code != 0 and "--status" in str(out.exception)
+    engine.dispose()

@@ -13,8 +13,8 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from avokit.gateway.db.session import session_factory
 from avokit.gateway.db.models import Account
+from avokit.gateway.db.session import session_factory
 from avokit.gateway.errors import BadRequestError, NotFoundError, PermissionDeniedError
 from avokit.gateway.protocol import ERROR_RESPONSES
 from avokit.gateway.protocol_usage import GroupBy, UsageBucket, UsageReport, UsageTotals
