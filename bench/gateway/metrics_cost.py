@@ -65,6 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", default="59871da", help="commit measured as avokit-base")
     parser.add_argument("--rounds", type=int, default=8, help="A/B rounds (order alternates)")
+    parser.add_argument("--latency-requests", type=int, default=LAT_N,
+                        help="sequential requests per target and round (the verdict is "
+                        "requests/s; fewer make a round shorter on a busy machine)")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds: at least 2 (the order alternates between rounds)")
@@ -124,7 +127,9 @@ def main() -> None:
             order = list(targets) if i % 2 == 0 else list(reversed(targets))
             orders.append(order)
             round_load.append(round(_load1(), 2))
-            for name, measured in asyncio.run(_round({n: targets[n] for n in order})).items():
+            measured_round = asyncio.run(_round({n: targets[n] for n in order},
+                                                args.latency_requests))
+            for name, measured in measured_round.items():
                 raw[name].append(measured)
         load_end, probe_end, ticks_end = _load1(), _probe_ms(), _cpu_ticks()
         stop.set()
@@ -148,7 +153,8 @@ def main() -> None:
                        "probe_ms_start": probe_start, "probe_ms_end": probe_end,
                        "steal_pct": _steal_pct(ticks_start, ticks_end)},
            "commit": _commit(), "base": args.base, "rounds": args.rounds,
-           "round_orders": orders, "round_load1": round_load, "latency_requests": LAT_N,
+           "round_orders": orders, "round_load1": round_load,
+           "latency_requests": args.latency_requests,
            "throughput_requests": TPUT_N, "concurrency": CONC, "scrapes": scrapes,
            "avokit_metrics_requests_counted": served,
            "results": {n: {k: v for k, v in r.items() if k != "lat"} for n, r in results.items()},

@@ -105,9 +105,11 @@ def _schedule(names: list[str], n: int, block: int) -> list[tuple[str, int]]:
     return out
 
 
-async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """One round: every target's latency samples (taking turns, see `_schedule`), then each
-    target's throughput at concurrency CONC; {target: {"lat": sorted seconds, "wall": s}}."""
+async def _round(targets: dict[str, tuple[str, str]], lat_n: int = LAT_N
+                 ) -> dict[str, dict[str, Any]]:
+    """One round: every target's ``lat_n`` latency samples (taking turns, see `_schedule`),
+    then each target's throughput at concurrency CONC; {target: {"lat": sorted seconds,
+    "wall": s}}."""
     async with contextlib.AsyncExitStack() as stack:
         sessions = {name: await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0),
@@ -132,7 +134,7 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
             for _ in range(WARMUP):
                 await one(name)
         lat: dict[str, list[float]] = {name: [] for name in targets}
-        for name, count in _schedule(list(targets), LAT_N, LAT_BLOCK):
+        for name, count in _schedule(list(targets), lat_n, LAT_BLOCK):
             lat[name] += [await one(name) for _ in range(count)]
 
         async def throughput(name: str) -> float:

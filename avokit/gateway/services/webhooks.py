@@ -39,7 +39,7 @@ import httpx
 from sqlalchemy import Engine, Table, or_, select, update
 
 from avokit.gateway.db.models import Account, AlertOutbox
-from avokit.gateway.db.session import write_transaction
+from avokit.gateway.db.session import read_connection, write_transaction
 from avokit.gateway.errors import ConfigError
 from avokit.gateway.services.audit import utcnow
 
@@ -110,9 +110,15 @@ class Due:
 def claim(db: Engine, owner: str, policy: DeliveryPolicy) -> list[Due]:
     """Lease up to ``policy.batch`` due rows to ``owner`` (committed on return)."""
     now = utcnow()
-    due = (select(_OUT.c.id).where(_OUT.c.status == "pending", _OUT.c.next_attempt_at <= now,
-                                   or_(_OUT.c.lease_until.is_(None), _OUT.c.lease_until < now))
-           .order_by(_OUT.c.next_attempt_at).limit(policy.batch)
+    free = (_OUT.c.status == "pending", _OUT.c.next_attempt_at <= now,
+            or_(_OUT.c.lease_until.is_(None), _OUT.c.lease_until < now))
+    # most polls find nothing: look without a write transaction (on SQLite, without taking
+    # the one write lock that every request's reservation needs)
+    with read_connection(db) as conn:
+        if conn.scalar(select(_OUT.c.id).where(*free).limit(1)) is None:
+            return []
+    due = (select(_OUT.c.id).where(*free).order_by(_OUT.c.next_attempt_at)
+           .limit(policy.batch)
            .with_for_update(skip_locked=True))  # nothing on SQLite: BEGIN IMMEDIATE locks
     with write_transaction(db) as conn:
         ids = list(conn.scalars(due))
