@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "avokit.cli.distill",
     "avokit.cli.evaluate",
     "avokit.cli.gateway",
+    "avokit.cli.gateway_alerts",
 ]
 
 

@@ -20,7 +20,7 @@ from avokit.gateway.engines.base import Engine, ServedModel, scan_registry
 from avokit.gateway.errors import ConfigError, install_error_handler
 from avokit.gateway.metrics import GatewayMetrics, RequestMetrics
 from avokit.gateway.requestid import RequestIds, install_request_id_logging, model_of
-from avokit.gateway.routes import completions, health, models
+from avokit.gateway.routes import completions, health, models, usage
 from avokit.gateway.routes import metrics as metrics_route
 from avokit.gateway.routes.deps import COMPONENT_REF
 from avokit.gateway.services import leases, prompts
@@ -28,6 +28,7 @@ from avokit.gateway.services.ratelimit import Limiter, RateLimiter
 from avokit.gateway.services.readiness import Readiness
 from avokit.gateway.services.redaction import install_redaction
 from avokit.gateway.services.serving import Gateway
+from avokit.gateway.services.webhooks import AlertDelivery
 from avokit.gateway.settings import GatewaySettings, load_settings
 
 log = logging.getLogger("avokit.gateway")
@@ -119,6 +120,9 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
                  asyncio.create_task(_every(settings.reconcile_interval_s,
                                             "reclaim reservations of stopped processes",
                                             reclaim))]
+        if settings.alert_delivery:
+            delivery = AlertDelivery(db, secret, lease.id, settings.delivery_policy())
+            tasks.append(asyncio.create_task(delivery.run(settings.alert_poll_s)))
         if is_sqlite(db):
             tasks.append(asyncio.create_task(_every(
                 settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
@@ -145,6 +149,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     app.include_router(metrics_route.router)
     app.include_router(models.router)
     app.include_router(completions.router)
+    app.include_router(usage.router)
     install_console(app, settings)
     # each added one wraps the ones before: an oversized body is refused before anything
     # reads or parses it, and is still counted and answered with its request id

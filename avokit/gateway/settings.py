@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from avokit.gateway.services.webhooks import DeliveryPolicy
 
 
 class GatewaySettings(BaseSettings):
@@ -54,6 +57,25 @@ class GatewaySettings(BaseSettings):
     # /health/ready: how long one check may take; how long an engine check's result is kept
     ready_timeout_s: float = Field(5.0, gt=0)
     ready_engine_interval_s: float = Field(10.0, ge=0)
+
+    # alert webhooks (services/webhooks.py): every `avokit serve` process delivers the outbox
+    # (several share it safely); off: deliver with `avokit alerts deliver` instead
+    alert_delivery: bool = True
+    alert_poll_s: float = Field(2.0, gt=0, description="how often the outbox is polled")
+    alert_retry_base_s: float = Field(5.0, gt=0, description="first retry delay")
+    alert_retry_max_s: float = Field(3600.0, gt=0, description="longest retry delay")
+    alert_max_attempts: int = Field(15, ge=1, description="attempts before a row is failed")
+    alert_timeout_s: float = Field(10.0, gt=0, description="one POST's time limit")
+    alert_lease_s: float = Field(60.0, gt=0, description="how long a claimed row is held")
+
+    def delivery_policy(self) -> DeliveryPolicy:
+        """The alert delivery worker's retry policy from these settings."""
+        from avokit.gateway.services.webhooks import DeliveryPolicy
+
+        return DeliveryPolicy(base_s=self.alert_retry_base_s,
+                              max_backoff_s=self.alert_retry_max_s,
+                              max_attempts=self.alert_max_attempts,
+                              timeout_s=self.alert_timeout_s, lease_s=self.alert_lease_s)
 
     @field_validator("metrics_token")
     @classmethod

@@ -12,7 +12,13 @@ Targets, each with its own SQLite database, in front of the same mock upstream:
 Target: avokit-metrics >= 98% of avokit-base's requests/s. Writes
 bench/results/gateway_metrics.json and .md with the CPU model, load and steal.
 
-Usage: python -m bench.gateway.metrics_cost [--base COMMIT]
+The rounds interleave the arms: every round measures each target (latency in turns, then
+throughput one target after another), and the order is reversed every other round, so load
+from outside (this machine is shared) falls on every arm alike. The verdict is the median of
+the per-round ratios avokit-metrics / avokit-base, each round's pair measured back to back;
+the 1-minute load average before each round is recorded beside it.
+
+Usage: python -m bench.gateway.metrics_cost [--base COMMIT] [--rounds N]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +41,7 @@ from bench.gateway.run import (
     CONC,
     LAT_N,
     ROOT,
-    ROUNDS,
+    SECRET,
     TPUT_N,
     Server,
     _commit,
@@ -57,7 +64,13 @@ from bench.results_io import write_json
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", default="59871da", help="commit measured as avokit-base")
+    parser.add_argument("--rounds", type=int, default=8, help="A/B rounds (order alternates)")
+    parser.add_argument("--latency-requests", type=int, default=LAT_N,
+                        help="sequential requests per target and round (the verdict is "
+                        "requests/s; fewer make a round shorter on a busy machine)")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds: at least 2 (the order alternates between rounds)")
     tmp = Path(tempfile.mkdtemp(prefix="avokit-bench-metrics-"))
     base_src = tmp / "base"
     base_src.mkdir()
@@ -78,12 +91,21 @@ def main() -> None:
         build_registry(tmp / "registry")
         admin = free_port()
         targets: dict[str, tuple[str, str]] = {"direct": (upstream, "none")}
+        # the base's own code: PYTHONSAFEPATH keeps `python -m avokit` from importing this
+        # checkout from the working directory ahead of PYTHONPATH (before this, avokit-base
+        # ran the current code), and its database is made by its own migrations
+        base_env = {"PYTHONPATH": str(base_src), "PYTHONSAFEPATH": "1"}
+        # base and metrics next to each other: each round measures that pair back to back
         for name, extra, flags in [
-                ("avokit-base", {"PYTHONPATH": str(base_src)}, []),
                 ("avokit", {}, []),
+                ("avokit-base", base_env, []),
                 ("avokit-metrics", {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")},
                  ["--metrics-bind", f"127.0.0.1:{admin}"])]:
-            key, env = _database(tmp / f"{name}.db", tmp / "registry", upstream)
+            if name == "avokit-base":
+                key, env = _base_database(tmp / f"{name}.db", tmp / "registry", upstream,
+                                          base_env)
+            else:
+                key, env = _database(tmp / f"{name}.db", tmp / "registry", upstream)
             srv = Server({**env, **extra}, tmp / f"{name}.log", cli=[*AVOKIT_FLAGS, *flags],
                          start_timeout_s=300).start()
             servers.append(srv)
@@ -99,8 +121,15 @@ def main() -> None:
         scraper.start()
         load_start, probe_start, ticks_start = _load1(), _probe_ms(), _cpu_ticks()
         raw: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-        for _ in range(ROUNDS):
-            for name, measured in asyncio.run(_round(targets)).items():
+        orders: list[list[str]] = []
+        round_load: list[float] = []
+        for i in range(args.rounds):
+            order = list(targets) if i % 2 == 0 else list(reversed(targets))
+            orders.append(order)
+            round_load.append(round(_load1(), 2))
+            measured_round = asyncio.run(_round({n: targets[n] for n in order},
+                                                args.latency_requests))
+            for name, measured in measured_round.items():
                 raw[name].append(measured)
         load_end, probe_end, ticks_end = _load1(), _probe_ms(), _cpu_ticks()
         stop.set()
@@ -114,20 +143,42 @@ def main() -> None:
             up.terminate()
             up.wait(20)
     results = {name: _summary(rounds) for name, rounds in raw.items()}
-    ratio = results["avokit-metrics"]["rps"] / results["avokit-base"]["rps"]
+    per_round = [round(m / b, 4) for m, b in zip(results["avokit-metrics"]["rps_per_round"],
+                                                  results["avokit-base"]["rps_per_round"])]
+    ratio = statistics.median(per_round)
     served = sum(float(line.rsplit(" ", 1)[1]) for line in final.splitlines()
                  if line.startswith("avokit_requests_total{") and 'status="200"' in line)
-    out = {"machine": {**_machine(), "load1_start": load_start, "load1_end": load_end,
+    out = {"machine": {**_machine(), "nice": os.nice(0), "load1_start": load_start,
+                       "load1_end": load_end,
                        "probe_ms_start": probe_start, "probe_ms_end": probe_end,
                        "steal_pct": _steal_pct(ticks_start, ticks_end)},
-           "commit": _commit(), "base": args.base, "rounds": ROUNDS, "latency_requests": LAT_N,
+           "commit": _commit(), "base": args.base, "rounds": args.rounds,
+           "round_orders": orders, "round_load1": round_load,
+           "latency_requests": args.latency_requests,
            "throughput_requests": TPUT_N, "concurrency": CONC, "scrapes": scrapes,
            "avokit_metrics_requests_counted": served,
            "results": {n: {k: v for k, v in r.items() if k != "lat"} for n, r in results.items()},
+           "rps_ratio_per_round": per_round,
            "rps_ratio_metrics_vs_base": round(ratio, 4), "target_met": ratio >= 0.98}
     write_json(ROOT / "bench/results/gateway_metrics.json", out, Provenance.collect(dtype=None))
     (ROOT / "bench/results/gateway_metrics.md").write_text(_markdown(out))
     print(_markdown(out))
+
+
+def _base_database(path: Path, registry: Path, upstream: str, base_env: dict[str, str]
+                   ) -> tuple[str, dict[str, str]]:
+    """:func:`run._database` run by the base commit's code (its own migrations), in a
+    subprocess whose ``base_env`` imports only that code."""
+    # the repository root goes last: `bench` (run.py's results writer) resolves there, while
+    # `avokit` still resolves to the base commit's checkout first on base_env's PYTHONPATH
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); sys.path.append({str(ROOT)!r}); "
+            f"from pathlib import Path; from run import _database; "
+            f"print(_database(Path({str(path)!r}), Path({str(registry)!r}), {upstream!r})[0])")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, env={**os.environ, **base_env})
+    key = done.stdout.strip().splitlines()[-1]
+    return key, {"AVOKIT_REGISTRY": str(registry), "AVOKIT_DB_URL": f"sqlite:///{path}",
+                 "AVOKIT_SECRET": SECRET, "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream}
 
 
 def _markdown(out: dict[str, Any]) -> str:
@@ -135,14 +186,21 @@ def _markdown(out: dict[str, Any]) -> str:
              f"Machine: {out['machine']}", "",
              f"Commit {out['commit']}, base {out['base']}; {out['rounds']} rounds, each "
              f"{out['latency_requests']} sequential requests per target (turns) + "
-             f"{out['throughput_requests']} at concurrency {out['concurrency']}; the admin "
+             f"{out['throughput_requests']} at concurrency {out['concurrency']}, the target "
+             "order reversed every other round; the admin "
              f"listener scraped {out['scrapes']} times during the rounds.", "",
+             "| round | order | load1 before | metrics / base requests/s |",
+             "| ---: | --- | ---: | ---: |"]
+    for i, (order, load, r) in enumerate(zip(out["round_orders"], out["round_load1"],
+                                             out["rps_ratio_per_round"])):
+        lines.append(f"| {i + 1} | {' → '.join(order)} | {load:.1f} | {r:.3f} |")
+    lines += ["",
              "| target | p50 ms | p99 ms | requests/s | requests/s per round |",
              "| --- | ---: | ---: | ---: | --- |"]
     for name, r in out["results"].items():
         lines.append(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} | "
                      f"{', '.join(f'{x:.0f}' for x in r['rps_per_round'])} |")
-    lines += ["", f"avokit-metrics / avokit-base requests/s: "
+    lines += ["", f"avokit-metrics / avokit-base requests/s, median of the per-round ratios: "
               f"{out['rps_ratio_metrics_vs_base']:.3f} (target >= 0.98): "
               f"{'met' if out['target_met'] else 'NOT met'}. Requests counted by "
               f"avokit_requests_total (200) on the metrics target: "

@@ -114,10 +114,12 @@ def _schedule(names: list[str], n: int, block: int) -> list[tuple[str, int]]:
     return out
 
 
-async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """One round: every target's latency samples, then its throughput at concurrency CONC,
-    the targets taking turns in both (see `_schedule`); {target: {"lat": sorted seconds,
-    "wall": seconds its TPUT_N throughput requests took}}."""
+async def _round(targets: dict[str, tuple[str, str]], lat_n: int | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """One round: every target's ``lat_n`` (default ``LAT_N``) latency samples, then its
+    throughput at concurrency CONC, the targets taking turns in both (see `_schedule`);
+    {target: {"lat": sorted seconds, "wall": seconds its TPUT_N throughput requests took}}."""
+    lat_n = LAT_N if lat_n is None else lat_n  # read at call time, as TPUT_N is
     async with contextlib.AsyncExitStack() as stack:
         sessions = {name: await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONC, keepalive_timeout=4.0),
@@ -142,7 +144,7 @@ async def _round(targets: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any
             for _ in range(WARMUP):
                 await one(name)
         lat: dict[str, list[float]] = {name: [] for name in targets}
-        for name, count in _schedule(list(targets), LAT_N, LAT_BLOCK):
+        for name, count in _schedule(list(targets), lat_n, LAT_BLOCK):
             lat[name] += [await one(name) for _ in range(count)]
 
         async def burst(name: str, count: int) -> float:

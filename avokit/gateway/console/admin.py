@@ -1,5 +1,5 @@
-"""The admin console at /console/admin: accounts and top-ups, every key, usage across
-accounts, the audit log and the released models.
+"""The admin console at /console/admin: accounts (top-ups, alert webhooks), every key (spend
+caps, revocation), usage across accounts, the audit log and the released models.
 
 Administrators sign in with a name and password created by ``avokit admin create`` (there is
 no default one). A customer session is not an admin session: its cookie is never read here.
@@ -29,8 +29,9 @@ from avokit.gateway.console.customer import (
 from avokit.gateway.db.models import Account, ApiKey
 from avokit.gateway.db.session import session_factory
 from avokit.gateway.errors import ConfigError, RateLimitError, ServiceUnavailableError
-from avokit.gateway.services import admins, audit, keys, metering, usage
+from avokit.gateway.services import admins, alerts, audit, keys, metering, usage, webhooks
 from avokit.gateway.services.audit import record
+from avokit.gateway.services.spendcaps import PERIODS
 
 router = APIRouter(prefix="/console/admin")
 AUDIT_PAGE = 500
@@ -120,14 +121,58 @@ def create_account(request: Request, posted: web.AdminPost) -> Response:
     return accounts_page(request, posted.who, new_key=plaintext, new_key_id=info.id)
 
 
-@router.get("/keys", response_class=HTMLResponse)
-def all_keys(request: Request, who: web.Admin) -> Response:
-    """Every key of every account."""
+def keys_page(request: Request, who: Principal, status: int = 200, **extra: Any) -> Response:
+    """Every key of every account, with the spend-cap and revoke forms."""
     with session_factory(web.gw(request).db)() as s:
         rows = keys.list_keys(s)
         last = usage.last_used(s, [k.id for k, _ in rows])
-    return web.render(request, "admin_keys.html", who, rows=rows, last_used=last,
-                      states={k.id: key_state(k) for k, _ in rows})
+    return web.render(request, "admin_keys.html", who, status=status, rows=rows,
+                      last_used=last, states={k.id: key_state(k) for k, _ in rows},
+                      periods=PERIODS, **extra)
+
+
+@router.get("/keys", response_class=HTMLResponse)
+def all_keys(request: Request, who: web.Admin) -> Response:
+    """Every key of every account."""
+    return keys_page(request, who)
+
+
+@router.post("/keys/{key_id}/spend_cap", response_class=HTMLResponse)
+def spend_cap(request: Request, key_id: str, posted: web.AdminPost) -> Response:
+    """Set a key's spend cap per period, or remove it (an empty cap); audited, and applied
+    from the next request on every replica."""
+    try:
+        text = posted.text("spend_cap_micros")
+        cap = whole(posted, "spend_cap_micros") if text else None
+        period = posted.text("cap_period", "month") if cap is not None else None
+        with session_factory(web.gw(request).db).begin() as s:
+            keys.set_spend_cap(s, key_id, cap, period, actor=posted.who.actor)
+    except ConfigError as err:
+        return keys_page(request, posted.who, status=400, error=str(err))
+    return web.redirect("/console/admin/keys")
+
+
+@router.post("/accounts/{account_id}/alerts", response_class=HTMLResponse)
+def account_alerts(request: Request, account_id: int, posted: web.AdminPost) -> Response:
+    """Set an account's alert webhook and thresholds (an empty URL turns alerts off); shows
+    the signing secret its receiver verifies with."""
+    url = posted.text("alert_url") or None
+    try:
+        low = whole(posted, "low_credit_micros") if posted.text("low_credit_micros") else None
+        percents_text = posted.text("cap_percents")
+        percents = alerts.parse_percents(percents_text) if percents_text else None
+        with session_factory(web.gw(request).db).begin() as s:
+            account = alerts.configure(s, account_id, url=url, low_credit_micros=low,
+                                       cap_percents=percents,
+                                       rotate_secret=posted.text("rotate_secret") == "on",
+                                       actor=posted.who.actor)
+            version = account.alert_secret_version
+    except ConfigError as err:
+        return accounts_page(request, posted.who, status=400, error=str(err))
+    if url is None:
+        return web.redirect("/console/admin")
+    secret = webhooks.signing_secret(web.gw(request).secret, account_id, version)
+    return accounts_page(request, posted.who, alert_secret=secret, alert_account=account_id)
 
 
 @router.post("/keys/{key_id}/revoke")

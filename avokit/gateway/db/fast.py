@@ -45,7 +45,8 @@ class _Compiled:
                 self.bind_procs[name] = proc
         self.result_procs: list[Processor | None] = [
             col.type.dialect_impl(dialect).result_processor(dialect, None)
-            for col in getattr(stmt, "selected_columns", [])]
+            # a SELECT's columns, or an INSERT/UPDATE's RETURNING columns
+            for col in getattr(stmt, "exported_columns", [])]
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         merged = {**self.defaults, **values}
@@ -95,11 +96,13 @@ class Cursor:
         return int(self._cursor.rowcount)
 
     def first(self, stmt: FastStatement, values: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Run a SELECT; its first row with column types applied, or None."""
+        """Run a SELECT (or an UPDATE ... RETURNING); its first row with column types
+        applied, or None. Every row is fetched, so the statement is finished on return (a
+        SQLite statement still stepping would hold up the commit)."""
         compiled = stmt.for_dialect(self._dialect)
         self._cursor.execute(compiled.sql, compiled.params(values))
-        raw = self._cursor.fetchone()
-        return None if raw is None else compiled.row(tuple(raw))
+        rows = self._cursor.fetchall()
+        return compiled.row(tuple(rows[0])) if rows else None
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -26,6 +26,13 @@ class Account(Base):
     credit_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # alerts (services/alerts.py): the webhook they are posted to (None: no alerts), the
+    # version its signing secret is derived from, and the thresholds
+    alert_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    alert_secret_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    alert_low_credit_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # percents of a capped key's period cap; None: the default (80 and 100)
+    alert_cap_percents: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
 
 
 class ApiKey(Base):
@@ -121,6 +128,32 @@ class LedgerEntry(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     request_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+
+
+class AlertOutbox(Base):
+    """An alert to post to its account's webhook, written in the transaction of the spend that
+    crossed its threshold; its id is the idempotency key the receiver sees on every attempt."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (Index("ix_alert_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_...
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    kind: Mapped[str] = mapped_column(String(40))  # credit.low | spend_cap.threshold
+    # at most one row per (key, period, threshold): a cap alert fires once per period
+    dedupe: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    payload: Mapped[str] = mapped_column(Text)  # the exact JSON body, the same on every attempt
+    status: Mapped[str] = mapped_column(String(12))  # pending | delivered | failed | dropped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the delivery worker that claimed it, until when (another may take it after that)
+    lease_owner: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class AuditEntry(Base):

@@ -13,6 +13,9 @@ settle real usage after (exactly once), release a failed request's hold.
 * ``release``: a request the engine failed is not billed; its hold is freed, no ledger row.
 * spend caps: a capped key's worst case is also held against its period's cap in the same
   transaction, and settled or released with it (:mod:`avokit.gateway.services.spendcaps`).
+* alerts: a charge that takes the balance below the account's low-credit threshold, or a
+  capped key's spend past a percent of its cap, writes its alert to the outbox in the same
+  transaction (:mod:`avokit.gateway.services.alerts`).
 * ``reconcile``: on start-up (and periodically) settles reservations left open by a dead
   process (its lease, :mod:`avokit.gateway.services.leases`), billing what was delivered.
 
@@ -35,7 +38,7 @@ from avokit.gateway.db.fast import Cursor, FastStatement, fast_write
 from avokit.gateway.db.models import Account, ApiKey, LedgerEntry, Reservation
 from avokit.gateway.db.session import read_connection
 from avokit.gateway.errors import ConfigError, InsufficientCreditError
-from avokit.gateway.services import spendcaps
+from avokit.gateway.services import alerts, spendcaps
 from avokit.gateway.services.audit import record, utcnow
 from avokit.gateway.services.spendcaps import SpendCap
 
@@ -64,11 +67,15 @@ _CLAIM = FastStatement(
     .where(_RES.c.id == bindparam("rid"), _RES.c.status == "open")
     .values(status="settled", delivered_tokens=bindparam("delivered"),
             updated_at=bindparam("now")))
+# the new balance and the account's alert settings come back with the charge itself: the
+# alert checks (services/alerts.py) cost no extra statement
 _CHARGE = FastStatement(
     update(_ACC)
     .where(_ACC.c.id == bindparam("acc"))
     .values(credit_micros=_ACC.c.credit_micros - bindparam("charge"),
-            reserved_micros=_ACC.c.reserved_micros - bindparam("held")))
+            reserved_micros=_ACC.c.reserved_micros - bindparam("held"))
+    .returning(_ACC.c.credit_micros, _ACC.c.alert_url, _ACC.c.alert_low_credit_micros,
+               _ACC.c.alert_cap_percents))
 _NEW_LEDGER = FastStatement(insert(_LEDGER).values(
     account_id=bindparam("acc"), key_id=bindparam("key"), reservation_id=bindparam("rid"),
     kind="charge", amount_micros=bindparam("amount"), model=bindparam("model_name"),
@@ -187,14 +194,21 @@ def _settle_in(cur: Cursor, hold: Hold, completion: int, prompt: int) -> int | N
     # never charge more than was reserved: the reservation was the customer's promise
     charge = min(cost_micros(prompt, completion, hold.price_in, hold.price_out),
                  hold.reserved_micros)
-    cur.execute(_CHARGE, {"acc": hold.account_id, "charge": charge,
-                          "held": hold.reserved_micros})
+    account = cur.first(_CHARGE, {"acc": hold.account_id, "charge": charge,
+                                  "held": hold.reserved_micros})
+    assert account is not None, "a reservation's account is never deleted"
+    cap_spent = None
     if hold.cap_period_start is not None:
-        spendcaps.settle(cur, hold.key_id, hold.cap_period_start, charge, hold.reserved_micros)
+        cap_spent = spendcaps.settle(cur, hold.key_id, hold.cap_period_start, charge,
+                                     hold.reserved_micros)
     cur.execute(_NEW_LEDGER, {
         "acc": hold.account_id, "key": hold.key_id, "rid": hold.id, "amount": -charge,
         "model_name": hold.model, "prompt": prompt, "completion": completion, "now": now,
         "request_id": hold.request_id})
+    # in this transaction: the alert commits with the charge that crossed its threshold
+    alerts.after_charge(cur, alerts.Charged(hold.account_id, hold.key_id, charge,
+                                            hold.request_id, hold.cap_period_start, cap_spent),
+                        alerts.account_alerts(account))
     return charge
 
 
@@ -269,8 +283,9 @@ class UsageRow:
 
 
 def usage(session: Session, key_id: str | None = None, since: datetime | None = None,
-          account_id: int | None = None) -> list[UsageRow]:
-    """Charges from the ledger, oldest first, filtered by key, account and start time."""
+          account_id: int | None = None, until: datetime | None = None) -> list[UsageRow]:
+    """Charges from the ledger, oldest first, filtered by key, account and time window
+    (``since`` included, ``until`` excluded): what every usage view, CSV and API reads."""
     query = select(LedgerEntry).where(LedgerEntry.kind == "charge").order_by(LedgerEntry.id)
     if key_id is not None:
         query = query.where(LedgerEntry.key_id == key_id)
@@ -278,6 +293,8 @@ def usage(session: Session, key_id: str | None = None, since: datetime | None = 
         query = query.where(LedgerEntry.account_id == account_id)
     if since is not None:
         query = query.where(LedgerEntry.created_at >= since)
+    if until is not None:
+        query = query.where(LedgerEntry.created_at < until)
     return [UsageRow(e.created_at, e.key_id, e.model, e.prompt_tokens, e.completion_tokens,
                      -e.amount_micros, e.account_id) for e in session.scalars(query)]
 

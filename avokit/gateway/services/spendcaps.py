@@ -81,7 +81,8 @@ _CAP_CHARGE = FastStatement(
     update(_SPEND)
     .where(_SPEND.c.key_id == bindparam("key"), _SPEND.c.period_start == bindparam("start"))
     .values(spent_micros=_SPEND.c.spent_micros + bindparam("charge"),
-            reserved_micros=_SPEND.c.reserved_micros - bindparam("held")))
+            reserved_micros=_SPEND.c.reserved_micros - bindparam("held"))
+    .returning(_SPEND.c.spent_micros))
 
 
 def hold(cur: Cursor, key_id: str, cap: SpendCap, worst: int) -> datetime:
@@ -100,9 +101,12 @@ def hold(cur: Cursor, key_id: str, cap: SpendCap, worst: int) -> datetime:
     return start
 
 
-def settle(cur: Cursor, key_id: str, start: datetime, charge: int, held: int) -> None:
-    """Move a settled request's hold to spent, at its exact charge (``charge=0`` releases)."""
-    cur.execute(_CAP_CHARGE, {"key": key_id, "start": start, "charge": charge, "held": held})
+def settle(cur: Cursor, key_id: str, start: datetime, charge: int, held: int) -> int | None:
+    """Move a settled request's hold to spent, at its exact charge (``charge=0`` releases);
+    returns the period's spend after it (None if the period row is gone)."""
+    row = cur.first(_CAP_CHARGE, {"key": key_id, "start": start, "charge": charge,
+                                  "held": held})
+    return None if row is None else int(row[0])
 
 
 def spent(session: Session, key_id: str, period: str, now: datetime | None = None
