@@ -10,115 +10,34 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
-from avokit.gateway.services import keys
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, run_mock_upstream
-
-MODEL = "avo-tiny"
-N = 50  # requests per "every answer validates" check (the issue's bar)
-T = TypeVar("T")
-
-
-def _each_seed(check: Callable[[int], T]) -> list[T]:
-    """``check(seed)`` for seeds 0..N-1, eight at a time: the server batches them, so the
-    constrained rows are checked inside shared batches too."""
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(check, range(N)))
-
-
-class Address(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    city: str = Field(max_length=6)
-    zip: int = Field(ge=0, le=99999)
-
-
-class Person(BaseModel):
-    """Nested object, array, enum, bounded fields; every field required (strict)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(max_length=8)
-    role: Literal["admin", "user", "guest"]
-    address: Address
-    tags: list[Literal["a", "b", "c"]] = Field(max_length=3)
-    active: bool
-
-
-class WeatherArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    city: str = Field(max_length=6)
-    unit: Literal["c", "f"]
-
-
-def _strict(model: type[BaseModel]) -> dict[str, Any]:
-    from openai.lib._pydantic import to_strict_json_schema
-
-    return to_strict_json_schema(model)
-
-
-PERSON = {"type": "json_schema",
-          "json_schema": {"name": "person", "schema": _strict(Person), "strict": True}}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
-                                           "parameters": _strict(WeatherArgs), "strict": True}},
-         {"type": "function", "function": {"name": "get_time", "parameters": {
-             "type": "object", "properties": {"tz": {"enum": ["utc", "cet"]}},
-             "required": ["tz"], "additionalProperties": False}}}]
-ARGS = {"get_weather": WeatherArgs}
-MESSAGES = [{"role": "user", "content": "Tell me about someone."}]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    build_registry(root, MODEL, context_length=1024)  # room for the tool listing
-    return root
-
-
-def _key(url: str) -> str:
-    run_migrations(url)
-    with session_factory(make_db_engine(url)).begin() as s:
-        key, _ = keys.create_key(s, SECRET, name="t", credit_micros=10**9, rpm=100_000,
-                                 tpm=10**8, prices={"*": {"input": 1000, "output": 3000}})
-    return key
-
-
-@pytest.fixture(scope="module")
-def served(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    tmp = tmp_path_factory.mktemp("structured")
-    url = f"sqlite:///{tmp}/gateway.db"
-    key = _key(url)
-    srv = Server({"AVOKIT_REGISTRY": str(registry), "AVOKIT_DB_URL": url,
-                  "AVOKIT_SECRET": SECRET, "AVOKIT_BATCH_WAIT_MS": "2"}, tmp / "server.log").start()
-    yield srv, key
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(served: tuple[Server, str]) -> openai.OpenAI:
-    srv, key = served
-    return openai.OpenAI(base_url=srv.url + "/v1", api_key=key, max_retries=0)
-
-
-def _parses(text: str | None) -> bool:
-    try:
-        json.loads(text or "")
-        return True
-    except ValueError:
-        return False
+from gateway_support import SECRET, Server, run_mock_upstream
+from structured_support import (  # noqa: F401  (client, registry, served: fixtures)
+    MESSAGES,
+    MODEL,
+    PERSON,
+    TOOLS,
+    Address,
+    Person,
+    WeatherArgs,
+    calls_validate,
+    client,
+    each_seed,
+    make_key,
+    parses,
+    registry,
+    served,
+)
 
 
 def test_free_output_of_the_random_model_does_not_parse(client: openai.OpenAI) -> None:
@@ -127,7 +46,7 @@ def test_free_output_of_the_random_model_does_not_parse(client: openai.OpenAI) -
         texts = list(pool.map(lambda seed: client.chat.completions.create(
             model=MODEL, messages=MESSAGES, seed=seed, temperature=1, max_tokens=80
         ).choices[0].message.content, range(10)))
-    assert not any(_parses(t) for t in texts), texts
+    assert not any(parses(t) for t in texts), texts
     assert not any((t or "").startswith('{"name":') for t in texts)
 
 
@@ -141,7 +60,7 @@ def test_json_schema_validates_for_every_seed(client: openai.OpenAI) -> None:
         Person.model_validate_json(choice.message.content or "")
         assert r.usage is not None and r.usage.completion_tokens > 0
 
-    _each_seed(check)
+    each_seed(check)
 
 
 def test_json_schema_streamed_validates_for_every_seed(client: openai.OpenAI) -> None:
@@ -163,7 +82,7 @@ def test_json_schema_streamed_validates_for_every_seed(client: openai.OpenAI) ->
         Person.model_validate_json(text)
         assert usage is not None and usage.completion_tokens > 0
 
-    _each_seed(check)
+    each_seed(check)
 
 
 def test_the_sdk_parse_helper_returns_the_parsed_object(client: openai.OpenAI) -> None:
@@ -178,7 +97,7 @@ def test_max_tokens_cutting_the_json_says_length(client: openai.OpenAI) -> None:
                                        response_format=PERSON)  # type: ignore[arg-type]
     assert r.choices[0].finish_reason == "length"
     text = r.choices[0].message.content or ""
-    assert text.startswith('{"') and not _parses(text)
+    assert text.startswith('{"') and not parses(text)
     assert r.usage is not None and r.usage.completion_tokens == 6  # billed like any token
 
 
@@ -201,20 +120,6 @@ def test_legacy_completions_take_response_format(served: tuple[Server, str]) -> 
     Person.model_validate_json(r.json()["choices"][0]["text"])
 
 
-def _calls_validate(message: Any, single: bool) -> list[str]:
-    assert message.content is None and message.tool_calls
-    if single:
-        assert len(message.tool_calls) == 1
-    for call in message.tool_calls:
-        assert call.id.startswith("call_") and call.type == "function"
-        args = json.loads(call.function.arguments)
-        if call.function.name in ARGS:
-            ARGS[call.function.name].model_validate(args)
-        else:
-            assert call.function.name == "get_time" and args["tz"] in ("utc", "cet")
-    return [c.function.name for c in message.tool_calls]
-
-
 def test_tool_choice_required_gives_valid_calls(client: openai.OpenAI) -> None:
     def check(seed: int) -> list[str]:
         r = client.chat.completions.create(
@@ -222,9 +127,9 @@ def test_tool_choice_required_gives_valid_calls(client: openai.OpenAI) -> None:
             temperature=1, max_tokens=200, tools=TOOLS, tool_choice="required",  # type: ignore
             parallel_tool_calls=False)
         assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
-        return _calls_validate(r.choices[0].message, single=True)
+        return calls_validate(r.choices[0].message, single=True)
 
-    _each_seed(check)
+    each_seed(check)
 
 
 def test_tool_calls_streamed_in_openai_shape(client: openai.OpenAI) -> None:
@@ -253,14 +158,14 @@ def test_tool_calls_streamed_in_openai_shape(client: openai.OpenAI) -> None:
         else:
             assert call["name"] == "get_time" and args["tz"] in ("utc", "cet")
 
-    _each_seed(check)
+    each_seed(check)
 
 
 def test_named_tool_choice(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Time?"}], seed=5, max_tokens=200,
         tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}})
-    assert _calls_validate(r.choices[0].message, single=True) == ["get_time"]
+    assert calls_validate(r.choices[0].message, single=True) == ["get_time"]
 
 
 def test_parallel_tool_calls_decide_whether_a_second_call_may_follow(registry: Path) -> None:
@@ -336,7 +241,8 @@ def test_tool_history_and_auto_choice(client: openai.OpenAI) -> None:
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"a": {"$ref": "#/properties/b"}}}}}]},
      "tools[0].function.parameters"),
-    ({"tools": TOOLS, "response_format": PERSON}, "response_format"),
+    ({"tools": TOOLS, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "strng"}}}}, "response_format.json_schema.schema"),
 ])
 def test_bad_schemas_and_tool_lists_are_400s_naming_the_field(
         served: tuple[Server, str], body: dict[str, Any], param: str) -> None:
@@ -386,7 +292,7 @@ def test_engine_batch_mixing_constrained_and_free_rows(registry: Path) -> None:
                 assert fin == "stop"
                 Person.model_validate_json(out)
             else:
-                assert fin == "length" and not _parses(out)
+                assert fin == "length" and not parses(out)
         assert compiler.cached() == 1
         first = compiler.constraint(MODEL, tok, spec).matcher
         assert compiler.constraint(MODEL, tok, spec).matcher is first  # compiled once
@@ -461,7 +367,7 @@ def test_vllm_upstream_gets_the_schema_in_its_own_field(
         registry: Path, upstream: str, tmp_path: Path, stream: bool) -> None:
     """The mock upstream echoes vLLM's ``structured_outputs`` field back as its answer."""
     url = f"sqlite:///{tmp_path}/gateway.db"
-    key = _key(url)
+    key = make_key(url)
     srv = Server({"AVOKIT_REGISTRY": str(registry), "AVOKIT_DB_URL": url,
                   "AVOKIT_SECRET": SECRET, "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream},
                  tmp_path / "server.log").start()

@@ -8,8 +8,9 @@ queued. Compiled grammars sit in a bounded LRU keyed by the model and the canoni
 schema; every request deep-copies its own matcher from there (compile once per distinct schema).
 
 Tool calls are written by the model as a JSON array ``[{"name": ..., "arguments": {...}}]``;
-with ``tool_choice`` ``auto`` the answer is either free text or :data:`CALL_MARKER` followed by
-that array (the model chooses with its first tokens). llguidance needs no torch: a replica in
+with ``tool_choice`` ``auto`` the answer is either free text (JSON under the schema when
+``response_format`` asks for JSON) or :data:`CALL_MARKER` followed by that array (the model
+chooses with its first tokens). llguidance needs no torch: a replica in
 front of vLLM validates schemas the same way and passes them on in vLLM's own field.
 """
 
@@ -55,6 +56,7 @@ class GrammarSpec:
     param: str
     upstream: dict[str, Any] | None
     key: str
+    schema: dict[str, Any] | None = None  # the JSON Schema of a response_format answer
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def response_format_spec(fmt: ResponseFormat | None, param: str, limits: Grammar
         upstream = {"json": schema}
     key = _check_size(schema, param, limits)
     grammar = llguidance.LLMatcher.grammar_from_json_schema(key, defaults=_JSON_OPTIONS)
-    return GrammarSpec(grammar, param, upstream, "json:" + key)
+    return GrammarSpec(grammar, param, upstream, "json:" + key, schema)
 
 
 def tool_mode(tools: list[Tool] | None, choice: str | NamedToolChoice | None, parallel: bool,
@@ -183,9 +185,20 @@ def calls_schema(mode: ToolMode, limits: GrammarLimits) -> dict[str, Any]:
     return schema
 
 
-def tools_spec(mode: ToolMode, limits: GrammarLimits) -> GrammarSpec:
-    """The grammar of a tool-calling answer: the call array (``required``, ``named``), or
-    free text that does not start with :data:`CALL_MARKER` or the marker then calls (``auto``)."""
+def _json_rule(schema: dict[str, Any]) -> str:
+    """A Lark ``%json`` body: the schema with the gateway's compact-JSON options."""
+    return json.dumps({"x-guidance": _JSON_OPTIONS, **schema}, ensure_ascii=False)
+
+
+def tools_spec(mode: ToolMode, limits: GrammarLimits, answer: GrammarSpec | None = None
+               ) -> GrammarSpec:
+    """The grammar of a tool-calling answer.
+
+    ``required`` / ``named``: the call array alone (a call is what this turn must be, so a
+    ``response_format`` applies to a later turn). ``auto``: :data:`CALL_MARKER` then the calls,
+    or else the answer: free text that does not start with the marker, or, with ``answer``
+    (the request's ``response_format``), JSON under its schema; the model picks the branch with
+    its first tokens (a JSON value never starts with ``<``)."""
     import llguidance
 
     schema = calls_schema(mode, limits)
@@ -194,13 +207,16 @@ def tools_spec(mode: ToolMode, limits: GrammarLimits) -> GrammarSpec:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(key, defaults=_JSON_OPTIONS)
         return GrammarSpec(grammar, "tools", {"json": schema}, "calls:" + key)
     marker = json.dumps(CALL_MARKER)
-    lark = (f"start: TEXT | {marker} calls\n"
-            f"TEXT: /(?s:.*)/ & ~/(?s:{_regex_literal(CALL_MARKER)}.*)/\n"
-            f"calls: %json {json.dumps({'x-guidance': _JSON_OPTIONS, **schema})}\n")
+    if answer is not None and answer.schema is not None:
+        start, cache_key = "answer", f"auto:{key}|{answer.key}"
+        rule = f"answer: %json {_json_rule(answer.schema)}\n"
+    else:
+        start, cache_key = "TEXT", "auto:" + key
+        rule = f"TEXT: /(?s:.*)/ & ~/(?s:{_regex_literal(CALL_MARKER)}.*)/\n"
+    lark = f"start: {start} | {marker} calls\n{rule}calls: %json {_json_rule(schema)}\n"
     # vLLM's grammar field takes backend-specific syntax: its auto mode decodes freely and
     # the gateway parses the answer the same way
-    return GrammarSpec(llguidance.LLMatcher.grammar_from_lark(lark), "tools", None,
-                       "auto:" + key)
+    return GrammarSpec(llguidance.LLMatcher.grammar_from_lark(lark), "tools", None, cache_key)
 
 
 def _regex_literal(text: str) -> str:

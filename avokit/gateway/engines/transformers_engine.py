@@ -77,6 +77,7 @@ class _ModelWorker:
         self.eos = set(_eos_ids(self.model, self.tokenizer))
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(self.eos) if self.eos else 0)
+        self.masks: constrained.TokenMasks | None = None  # the bitmask buffer, made on first use
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
         self.lock = threading.Lock()  # scoring and batches share the model
         self.thread = threading.Thread(target=self._run, name=f"avokit-gen-{served.name}",
@@ -146,14 +147,21 @@ class _ModelWorker:
                        self.device, self._sampler(rows), self._masker(rows))[0]
 
     def _masker(self, rows: list[_Row]) -> Masker:
-        """Grammar masks for the constrained rows of a step; None (no work) when none is."""
-        wanted = [(i, r.matcher, r.job.params.constraint.n_vocab) for i, r in enumerate(rows)
+        """Grammar masks for the constrained rows of a step; None (no mask work at all) when
+        none is."""
+        wanted = [(i, r) for i, r in enumerate(rows)
                   if r.matcher is not None and r.job.params.constraint is not None and not r.done]
         if not wanted:
             return None
+        first = wanted[0][1].job.params.constraint
+        assert first is not None  # the rows above all have one
+        n_vocab = first.n_vocab  # one tokenizer per worker
+        if self.masks is None or self.masks.n_vocab != n_vocab:
+            self.masks = constrained.TokenMasks(n_vocab, self.max_batch)
+        masks = self.masks
 
         def mask(logits: Any) -> None:
-            for i in constrained.mask_rows(logits, wanted):
+            for i in masks.mask_rows(logits, [(i, r.matcher) for i, r in wanted]):
                 rows[i].done = True  # a broken grammar fails its own request only
                 rows[i].job.emit(UpstreamError("generation failed: grammar error"))
 

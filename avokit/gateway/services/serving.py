@@ -192,12 +192,10 @@ def prepare_chat(gw: Gateway, key: keys.KeyInfo, req: ChatCompletionRequest) -> 
     limits = gw.grammars.limits
     mode = tool_mode(req.tools, req.tool_choice, req.parallel_tool_calls, limits)
     spec = response_format_spec(req.response_format, "response_format", limits)
-    if mode is not None and spec is not None:
-        raise BadRequestError("response_format: a JSON format together with callable tools is "
-                              "not supported; send one of them, or tool_choice 'none'",
-                              param="response_format")
     if mode is not None:
-        spec = tools_spec(mode, limits)
+        if spec is not None:  # its own compile first: a bad schema is a 400 naming its field
+            _constraint(gw, req.model, tok, spec)
+        spec = tools_spec(mode, limits, answer=spec)
     messages, template_kwargs = tool_calls.render(tok, req.messages, req.tools)
     prompts.check_fits(tok, "".join(m["content"] for m in messages),
                        gw.models[req.model].context_length, "messages")
