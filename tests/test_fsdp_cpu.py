@@ -9,7 +9,6 @@ transformers loads and that trained like the DDP run of the same recipe.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from avokit.recipe.train import TrainConfig
 from avokit.train.sharding import ParamShares, avokit_shards
 from avokit.train.topology import Topology, check_requested_distribution
 
-# a ~60k-parameter student, 4 steps of 2 micro-batches (a checkpoint after 2), one evaluation of
+# a ~32k-parameter student, 4 steps of 2 micro-batches (a checkpoint after 2), one evaluation of
 # 17 held-out rows in batches of 8: rank 0 scores 9 rows in two forwards, rank 1 8 rows in one,
 # then one more on no rows (a sharded forward needs every rank)
 TINY_STUDENT = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
