@@ -9,7 +9,9 @@ and a ~1M-parameter student from config), then prints what it proved:
    world size G, MULTI_GPU, nccl, and the ranks' rows of each global batch are disjoint;
 2. ``accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes G``: the run
    says FSDP, and the gathered student is one Hugging Face directory that loads;
-3. both runs' losses match within bf16 tolerance (same data, seed and global batch).
+3. both runs' losses match within bf16 tolerance (same data, seed and global batch);
+4. with two GPUs or more, ``avokit train RECIPE --nproc G`` with ``train.parallel: fsdp`` (avokit's
+   own FSDP2, the path CPUs take): each rank holds only its part of the parameters.
 
 With one GPU the runs have world size 1 and the check says so (it proves bf16 and the launch
 path, not the process group). Exit code 0 only when every check held.
@@ -44,7 +46,7 @@ def _corpus(run_dir: Path) -> None:
                                  "source": ["synthetic"] * n}), run_dir / "corpus" / f"{split}.parquet")
 
 
-def _recipe(work: Path, name: str, world: int) -> Path:
+def _recipe(work: Path, name: str, world: int, parallel: str = "ddp") -> Path:
     data = {
         "name": name, "runs_dir": str(work / "runs"),
         "corpus": {"sources": [{"kind": "builtin", "name": "lambada-passages"}]},
@@ -53,7 +55,7 @@ def _recipe(work: Path, name: str, world: int) -> Path:
                     "num_kv_heads": 2, "tokenizer": {"vocab_size": 512}},
         "train": {"steps": 8, "batch_size": 4 * world, "seq_len": 128, "lr": 3e-3, "warmup_steps": 2,
                   "log_every": 1, "eval_every": 8, "checkpoint_every": 4, "eval_max_rows": 8,
-                  "mixed_precision": "bf16"},
+                  "mixed_precision": "bf16", "parallel": parallel},
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -111,6 +113,13 @@ def main() -> int:
     check(sum(p.numel() for p in model.parameters()) > 0, "FSDP2: the gathered student loads as one HF directory")
     worst = max(abs(a["loss"] - b["loss"]) / max(1.0, abs(a["loss"])) for a, b in zip(log, flog))
     check(worst < 3e-2, f"DDP and FSDP2 losses agree (worst relative gap {worst:.4f}, bf16)")
+    if world > 1:
+        own = _recipe(work, "own_fsdp", world, parallel="fsdp")
+        _run([sys.executable, "-m", "avokit", "train", str(own), "--baseline", "--no-progress", "--nproc", str(world)])
+        olog = _log(work, "own_fsdp")
+        held, full = olog[0]["params_by_rank"], olog[0]["params"]
+        check(olog[0]["distributed_type"] == "FSDP" and sum(held) == full and max(held) < full,
+              f"train.parallel: fsdp on {world} GPUs: the ranks hold {held} of {full} parameter elements")
     print(f"{len(failures)} check(s) failed" if failures else "every check held")
     return 1 if failures else 0
 

@@ -39,6 +39,10 @@ def _train_log(path: Path, start: float, timed: bool = False) -> None:
     path.write_text("".join(json.dumps({"step": s, "loss": start / (1 + s / 10), "lr": 1e-3, "tokens": 512 * s,
                                         "ce": start / (1 + s / 10) - (0.3 if timed else 0.0),
                                         **({"elapsed_s": 1.5 * s} if timed else {}),
+                                        # the process group every line of today's loop records
+                                        **({"world_size": 2, "distributed_type": "MULTI_CPU", "backend": "gloo",
+                                            "rows_per_rank": 4, "params": 10, "params_by_rank": [10, 10]}
+                                           if timed else {}),
                                         **({"heldout_bpb": start / (1 + s / 12)} if s % 5 == 0 else {})}) + "\n"
                             for s in range(1, 21)))
 
@@ -146,6 +150,13 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     assert "| student | " in md and "| 128 | live |" in md  # the scoring window is stated
     assert "training wall time 30.0 s" in md and "baseline: 20 logged steps" in md
     assert m["training"]["student"]["wall_time_s"] == 30.0 and m["training"]["baseline"]["wall_time_s"] is None
+    # the process group each model trained on, from its log (None where an old log lacks it)
+    assert {k: m["training"]["student"][k] for k in ("world_size", "distributed_type", "backend", "rows_per_rank",
+                                                     "params_by_rank")} == \
+        {"world_size": 2, "distributed_type": "MULTI_CPU", "backend": "gloo", "rows_per_rank": 4,
+         "params_by_rank": [10, 10]}
+    assert m["training"]["baseline"]["world_size"] is None and m["training"]["baseline"]["distributed_type"] is None
+    assert "on 2 processes (MULTI_CPU, gloo; 4 rows of each global batch per process)" in md
 
     # weights changed after the evaluation: the verdict no longer applies to them
     weights = run_dir / "student" / "model.safetensors"

@@ -46,6 +46,7 @@ def _env() -> dict[str, str]:
 
 
 def test_two_processes_split_each_global_batch_and_match_one(tmp_path: Path) -> None:
+    from avokit.evaluate.run import training_summary
     from avokit.teachers.scoring import resolve_start_token_id
     from avokit.train import run_training
     from avokit.train.data import batch_rows, pack_documents, read_split
@@ -81,6 +82,12 @@ def test_two_processes_split_each_global_batch_and_match_one(tmp_path: Path) -> 
         assert abs(a["loss"] - b["loss"]) < 2e-3 * max(1.0, abs(a["loss"])), (a, b)
         assert a["tokens"] == b["tokens"]
     assert np.isfinite(two[-1]["heldout_bpb"]) and abs(one[-1]["heldout_bpb"] - two[-1]["heldout_bpb"]) < 5e-3
+    # and what `avokit eval` puts in metrics.json's `training` from these logs
+    summary = training_summary(ddp.run_dir)["baseline"]
+    assert (summary.world_size, summary.distributed_type, summary.backend, summary.rows_per_rank) == \
+        (2, "MULTI_CPU", "gloo", 4)
+    assert summary.params_by_rank == [two[0]["params"]] * 2  # DDP: every process holds all of it
+    assert training_summary(single.run_dir)["baseline"].world_size == 1
 
 
 def test_accelerate_cpu_launcher_that_starts_one_process_is_refused(tmp_path: Path) -> None:
@@ -138,3 +145,16 @@ def test_torchrun_without_a_gpu_gets_a_cpu_group() -> None:
     use_cpu_group_if_no_accelerator(single)
     use_cpu_group_if_no_accelerator(chosen)
     assert single == {} and chosen["ACCELERATE_USE_CPU"] == "false"  # a user's choice is kept
+
+
+def test_nproc_is_the_documented_torchrun_command() -> None:
+    """docs/scale-out.md: `avokit train RECIPE --nproc 2` is `torchrun --standalone --nproc-per-node 2
+    -m avokit train RECIPE` with a CPU group and the cores split between the processes."""
+    from avokit.train.launch import launch_command, launch_env
+
+    assert launch_command(2, ["r.yaml", "--no-progress"]) == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "avokit", "train", "r.yaml", "--no-progress"]
+    env = launch_env(2, {"PATH": "/bin"}, has_cuda=False, cpu_count=8)
+    assert env == {"PATH": "/bin", "AVOKIT_NPROC": "2", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "4"}
+    assert "ACCELERATE_USE_CPU" not in launch_env(2, {}, has_cuda=True, cpu_count=8)

@@ -34,8 +34,11 @@ def train_command(
     from avokit.train import run_training
 
     out = run_training(load_recipe(recipe), baseline=baseline, progress=not no_progress)
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         Console().print(f"[green]trained[/green] {out}")
+    # every rank leaves the group before the interpreter tears down the backend's threads
+    state.destroy_process_group()
     return out
 
 

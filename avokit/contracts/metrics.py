@@ -144,12 +144,18 @@ class GateVerdict(Contract):
 
 
 class TrainingSummary(Contract):
-    """What the training log of one trained model says."""
+    """What the training log of one trained model says: progress, and the process group its
+    last logged step ran on (None for logs written before it was recorded)."""
 
     steps: int
     tokens: int
     final_loss: float | None
     wall_time_s: float | None  # None for logs written before elapsed_s was logged
+    world_size: int | None = None  # processes in the training's process group
+    distributed_type: str | None = None  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+    backend: str | None = None  # gloo, nccl; None for one process
+    rows_per_rank: int | None = None  # each process's rows of every global micro-batch
+    params_by_rank: list[int] | None = None  # parameter elements each process held (sharded: its part)
 
 
 class ModelInfo(Contract):

@@ -201,8 +201,11 @@ def _cost_section(metrics: dict[str, Any], log: list[dict[str, Any]]) -> list[st
         wall = t.get("wall_time_s")
         when = (f", training wall time {wall:.1f} s (${wall / 3600 * rate:.4f} at ${rate}/hour)"
                 if wall is not None else ", training wall time not logged")
+        group = (f", on {t['world_size']} process{'es' if t['world_size'] != 1 else ''} "
+                 f"({t['distributed_type']}, {t.get('backend') or 'no backend'}; {t.get('rows_per_rank')} rows "
+                 "of each global batch per process)" if t.get("world_size") else "")
         lines.append(f"- {m}: {t['steps']} logged steps, {t['tokens']} training tokens, "
-                     f"final loss {_fmt(t['final_loss'])}{when}")
+                     f"final loss {_fmt(t['final_loss'])}{when}{group}")
     lines += [f"- hardware (this evaluation): {hw['cpu']} ({hw['cores']} cores), {hw['ram_gib']} GiB RAM, "
               f"accelerator: {hw['accelerator']}",
               f"- evaluation wall time: {metrics['wall_time_s']:.1f} s; cost at ${rate}/hour: "

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from avokit.contracts.metrics import EVAL_SCHEMA_VERSION, EvalMetrics
+from avokit.contracts.metrics import EVAL_SCHEMA_VERSION, EvalMetrics, TrainingSummary
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
 from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
@@ -137,17 +137,23 @@ def _teacher_loader() -> Any:
     return load_teacher
 
 
-def _training_summary(run_dir: Path) -> dict[str, Any]:
+def training_summary(run_dir: Path) -> dict[str, TrainingSummary]:
+    """metrics.json's ``training``: per trained model (student, baseline), what its
+    train_log.jsonl says, the process group of its last logged step included."""
     out = {}
     for m in MODEL_DIRS:
         log = read_train_log(run_dir / m / "train_log.jsonl")
         losses = [e["loss"] for e in log if e.get("loss") is not None]
         walls = [float(e["elapsed_s"]) for e in log if e.get("elapsed_s") is not None]
-        out[m] = {"steps": max((int(e.get("step", 0)) for e in log), default=0),
-                  "tokens": max((int(e.get("tokens", 0)) for e in log), default=0),
-                  "final_loss": float(losses[-1]) if losses else None,
-                  # train-loop wall time summed over every (resumed) process run; None for old logs
-                  "wall_time_s": walls[-1] if walls else None}
+        group: dict[str, Any] = next((e for e in reversed(log) if "world_size" in e), {})
+        out[m] = TrainingSummary(
+            steps=max((int(e.get("step", 0)) for e in log), default=0),
+            tokens=max((int(e.get("tokens", 0)) for e in log), default=0),
+            final_loss=float(losses[-1]) if losses else None,
+            # train-loop wall time summed over every (resumed) process run; None for old logs
+            wall_time_s=walls[-1] if walls else None,
+            **{k: group.get(k) for k in ("world_size", "distributed_type", "backend", "rows_per_rank",
+                                         "params_by_rank")})
     return out
 
 
@@ -321,7 +327,7 @@ def run_eval(recipe: Recipe) -> Path:
         "release_license": recipe.release.license,
         "release_registry": str(recipe.resolve(recipe.release.registry)),
         "release_name": recipe.release.name or recipe.name,
-        "training": _training_summary(run_dir),
+        "training": {m: t.model_dump(mode="json") for m, t in training_summary(run_dir).items()},
         "models": infos,
         "student_config": recipe.student.model_dump(mode="json"),
         "teachers": _teacher_lineage(recipe, infos),

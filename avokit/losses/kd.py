@@ -246,6 +246,14 @@ def kd_losses(
 
     student_chunk, n_tokens = _student_chunks(student_logits, input_ids, batch, student_logprobs, targets,
                                               starts_word)
+    chunk, chunk_share = _chunk_term(student_chunk, n_tokens, batch, cfg)
+    return {"kd": kd, "chunk": chunk, "kd_share": kd_share, "chunk_share": chunk_share}
+
+
+def _chunk_term(student_chunk: Tensor, n_tokens: Tensor, batch: TeacherBatch,
+                cfg: DivergenceSettings) -> tuple[Tensor, Tensor]:
+    """The chunk term of :func:`kd_losses` and its share, from the student's chunk
+    log-likelihoods [C] and the number of each chunk's tokens in the window [C]."""
     chunk_values = chunk_divergence(
         student_chunk,
         batch.chunk_teacher_logprob,
@@ -262,8 +270,7 @@ def kd_losses(
     elif cfg.chunk_gate != "none":
         raise ValueError(f"chunk_gate must be 'none' or 'teacher_better', got {cfg.chunk_gate!r}")
     chunk = weighted_mean(chunk_values, batch.chunk_weight * open_chunks)
-    chunk_share = (batch.chunk_weight * open_chunks).sum() / in_window.sum().clamp(min=1)
-    return {"kd": kd, "chunk": chunk, "kd_share": kd_share, "chunk_share": chunk_share}
+    return chunk, (batch.chunk_weight * open_chunks).sum() / in_window.sum().clamp(min=1)
 
 
 def _boundary_gold(input_ids: Tensor | None, targets: Tensor | None, batch: TeacherBatch) -> Tensor:

@@ -117,6 +117,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.1, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    # how the student is spread over the run's processes: "ddp" every process holds all of it
+    # (or as an `accelerate launch` FSDP / DeepSpeed config on GPUs says); "fsdp" avokit shards
+    # it with FSDP2 (torch's fully_shard, every transformer block and the root) over all the
+    # processes, on CPUs (gloo) too, where Accelerate forms no FSDP (avokit.train.sharding)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     gradient_checkpointing: bool = False
     eval_every: int = Field(default=50, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
@@ -125,3 +130,17 @@ class TrainConfig(Section):
     loss: LossConfig = LossConfig()
     fusion: FusionConfig = FusionConfig()
     on_policy: OnPolicyConfig | None = None
+
+    @model_validator(mode="after")
+    def _fsdp_supports_the_run(self) -> TrainConfig:
+        if self.parallel != "fsdp":
+            return self
+        if self.on_policy is not None:
+            # each rank samples its own prompts to its own length, while every forward of a
+            # sharded student gathers parameters from all ranks at once
+            raise ValueError("parallel 'fsdp' cannot run on_policy (each rank samples its own lengths; a "
+                             "sharded student needs every rank in each forward): use parallel 'ddp'")
+        if self.mixed_precision == "fp16":
+            raise ValueError("parallel 'fsdp' trains in float32 or bf16: set mixed_precision to 'bf16' or 'no' "
+                             "(fp16 needs Accelerate's gradient scaler, which a student avokit shards has not)")
+        return self

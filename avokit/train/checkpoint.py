@@ -1,5 +1,9 @@
 """Checkpoints: Accelerate's full state (model, optimizer, scheduler, RNG) + avokit's data cursor.
 
+Where avokit sharded the student itself (``train.parallel: fsdp``) Accelerate saves the
+scheduler and RNG, and the model and optimizer go to ``sharded/`` through
+``torch.distributed.checkpoint`` (one part per rank; :mod:`avokit.train.sharding`).
+
 A checkpoint is written into ``step-NNNNNNNN.tmp`` and renamed into place only when complete,
 so a run killed mid-write (even with kill -9) resumes from the previous complete one.
 """
@@ -10,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+from avokit.train.sharding import SHARDED_DIR, load_sharded, save_sharded
 
 CURSOR = "cursor.json"
 
@@ -32,11 +38,13 @@ def latest_checkpoint(root: Path) -> tuple[Path, int] | None:
     return best
 
 
-def save_checkpoint(accelerator: Any, root: Path, step: int, keep: int = 2) -> Path:
+def save_checkpoint(accelerator: Any, root: Path, step: int, keep: int = 2,
+                    sharded: tuple[Any, Any] | None = None) -> Path:
     """Save the full training state after ``step`` optimizer steps; keep the newest ``keep``.
 
     Every process takes part (sharded optimizers save their own shards); the main process
-    writes the cursor and renames the folder.
+    writes the cursor and renames the folder. ``sharded``: the (model, optimizer) avokit
+    sharded, which Accelerate does not hold; each rank writes its part of them.
     """
     final = _step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -45,6 +53,8 @@ def save_checkpoint(accelerator: Any, root: Path, step: int, keep: int = 2) -> P
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if sharded is not None:
+        save_sharded(*sharded, tmp / SHARDED_DIR)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # The cursor is the data position: batches are a pure function of the step counter.
@@ -58,7 +68,10 @@ def save_checkpoint(accelerator: Any, root: Path, step: int, keep: int = 2) -> P
     return final
 
 
-def load_checkpoint(accelerator: Any, path: Path) -> int:
-    """Restore the training state from ``path``; returns the step to continue after."""
+def load_checkpoint(accelerator: Any, path: Path, sharded: tuple[Any, Any] | None = None) -> int:
+    """Restore the training state from ``path`` (and into ``sharded``'s model and optimizer,
+    each rank its part); returns the step to continue after."""
     accelerator.load_state(str(path))
+    if sharded is not None:
+        load_sharded(*sharded, path / SHARDED_DIR)
     return int(json.loads((path / CURSOR).read_text())["step"])

@@ -1,9 +1,12 @@
 """The training loop on Hugging Face Accelerate: the same code on one CPU or many GPUs.
 
 Distribution (DDP, FSDP, DeepSpeed) comes from the launcher (``avokit train --nproc N``,
-torchrun, ``accelerate launch`` configs); this loop only slices each global batch by rank, and
-every log line records the process group and the rows each rank trained on. Loss = ce_weight * CE + sum over teachers of
-(kd_weight * kd + chunk_weight * chunk, a teacher's own term weights where its recipe entry
+torchrun, ``accelerate launch`` configs), or, with ``train.parallel: fsdp`` where Accelerate
+formed no FSDP (CPUs), from avokit sharding the student itself (:mod:`avokit.train.sharding`);
+this loop slices each global batch by rank, and every log line records the process group, the
+parameter elements each rank holds and the rows each rank trained on.
+
+Loss = ce_weight * CE + sum over teachers of (kd_weight * kd + chunk_weight * chunk, a teacher's own term weights where its recipe entry
 sets them), each teacher's terms scaled by its fusion weights,
 which carry the recipe's teacher weights (see ``_teacher_terms``).
 """
@@ -15,6 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avokit.errors import AvokitError
 from avokit.losses.ce import cross_entropy
-from avokit.precision import resolve_mixed_precision
 from avokit.recipe.train import TrainConfig
-from avokit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from avokit.train.checkpoint import save_checkpoint
 from avokit.train.data import PackedCorpus, batch_rows, rank_slice
+from avokit.train.engine import Engine, param_shares, prepare_engine, save_final
 from avokit.train.kd_terms import KDSetup, teacher_loss
 from avokit.train.on_policy import OnPolicy, on_policy_loss
-from avokit.train.schedule import lr_factor
 from avokit.train.topology import Topology, check_requested_distribution, current_topology
 
 LN2 = math.log(2.0)
@@ -52,17 +56,23 @@ def heldout_bpb(model: Any, packed: PackedCorpus, accelerator: Any, max_rows: in
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     nbytes = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    for i in range(0, mine.shape[0], batch):
-        part = mine[i : i + batch]
+    # as many forwards on every rank as on the one with the most rows: a sharded model gathers
+    # its parameters from all ranks in each forward, so a rank out of rows still runs one (on
+    # row 0, counted as nothing) rather than leave the others waiting
+    n_forwards = -(-len(rows[0 :: accelerator.num_processes]) // batch)
+    for i in range(n_forwards):
+        part = mine[i * batch : (i + 1) * batch]
+        counted = part.size > 0
+        part = part if counted else rows[:1]
         x, y = packed.row_tokens(part)
         tgt_idx = part[:, None] * packed.seq_len + 1 + np.arange(packed.seq_len)[None, :]
-        keep = torch.from_numpy(~packed.is_sep[tgt_idx]).to(accelerator.device)
+        keep = torch.from_numpy(~packed.is_sep[tgt_idx] & counted).to(accelerator.device)
         xt = torch.from_numpy(x).to(accelerator.device)
         yt = torch.from_numpy(y).to(accelerator.device)
         logits = model(input_ids=xt).logits.float()
         tok_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none")
         nll += (tok_nll.view_as(yt) * keep).sum().double()
-        nbytes += float(packed.token_bytes[tgt_idx].sum())
+        nbytes += float(packed.token_bytes[tgt_idx].sum()) if counted else 0.0
     model.train(was_training)
     nll = accelerator.reduce(nll, reduction="sum")
     nbytes = accelerator.reduce(nbytes, reduction="sum")
@@ -78,19 +88,6 @@ def _truncate_log(path: Path, step: int) -> float:
     kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
     path.write_text("".join(ln + "\n" for ln in kept))
     return float(json.loads(kept[-1]).get("elapsed_s", 0.0)) if kept else 0.0
-
-
-def _optimizer(model: Any, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW without decay on biases and norms, and the warmup-cosine schedule."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    return optimizer, scheduler
 
 
 def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup | None, loss_cfg: Any,
@@ -160,44 +157,6 @@ class _RunLog:
             self.writer.close()
 
 
-def _save_final(accelerator: Any, model: Any, out_dir: Path) -> Any:
-    """Write the whole model to ``out_dir`` and return it unwrapped, on every process.
-
-    Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of the weights: every process
-    takes part in gathering the full state dict, and the main one writes the whole model."""
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
-    accelerator.wait_for_everyone()
-    return unwrapped
-
-
-def _prepare(model: Any, cfg: TrainConfig, out_dir: Path) -> tuple[Any, Any, Any, Any, int]:
-    """Accelerator, prepared model and optimizer, the scheduler, and the step to start from
-    (the newest complete checkpoint's, else 0)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum)
-    set_seed(cfg.seed)
-    if cfg.gradient_checkpointing:
-        # transformers 5 renamed the switch; keep working on both spellings
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
-        model.config.use_cache = False
-    # The scheduler is stepped by hand once per optimizer step (not through accelerate.prepare,
-    # which would step it once per process) and checkpointed alongside the rest.
-    optimizer, scheduler = _optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    found = latest_checkpoint(out_dir / "checkpoints")
-    start = load_checkpoint(accelerator, found[0]) if found is not None else 0
-    return accelerator, model, optimizer, scheduler, start
-
-
 def _log_record(accelerator: Any, sums: dict[str, float], done: int, lr: float, tokens: int,
                 tokens_per_s: float, elapsed: float) -> dict[str, Any]:
     """One train_log.jsonl line: losses averaged over processes, throughput, wall time."""
@@ -223,11 +182,11 @@ def _progress_bar(total: int, start: int, enabled: bool) -> tuple[Any, Any]:
     return bar, bar.add_task("train", total=total, completed=start, info="")
 
 
-def _checkpoint(accelerator: Any, model: Any, out_dir: Path, done: int,
-                on_checkpoint: Callable[[int, Any], None] | None) -> None:
+def _checkpoint(run: Engine, out_dir: Path, done: int, on_checkpoint: Callable[[int, Any], None] | None) -> None:
     """Save the training state after ``done`` steps, then hand the model to ``on_checkpoint``
     (main process) and put it back in training mode."""
-    save_checkpoint(accelerator, out_dir / "checkpoints", done)
+    accelerator, model = run.accelerator, run.model
+    save_checkpoint(accelerator, out_dir / "checkpoints", done, sharded=run.sharded_state)
     if on_checkpoint is not None:
         if accelerator.is_main_process:
             on_checkpoint(done, accelerator.unwrap_model(model))
@@ -235,11 +194,12 @@ def _checkpoint(accelerator: Any, model: Any, out_dir: Path, done: int,
         accelerator.wait_for_everyone()
 
 
-def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorpus, kd: KDSetup | None,
-                loss_cfg: Any, on_policy: OnPolicy | None, cfg: TrainConfig,
+def _train_step(run: Engine, packed: PackedCorpus, kd: KDSetup | None, loss_cfg: Any,
+                on_policy: OnPolicy | None, cfg: TrainConfig,
                 step: int) -> tuple[dict[str, float], dict[str, float], np.ndarray]:
     """One optimizer step over ``grad_accum`` micro-batches; the mean loss parts, each
     teacher's share and the rows this process trained on (int64 [grad_accum * rows per rank])."""
+    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
     world, rank = accelerator.num_processes, accelerator.process_index
     sums: dict[str, float] = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "chunk": 0.0}
     per_teacher: dict[str, float] = {}
@@ -249,12 +209,15 @@ def _train_step(accelerator: Any, model: Any, optimizer: Any, packed: PackedCorp
                           rank, world)
         seen.append(rows)
         with accelerator.accumulate(model), accelerator.autocast():
+            if run.sharded:  # reduce-scatter the gradients on the step's last micro-batch only
+                model.set_requires_gradient_sync(accelerator.sync_gradients)
             loss, parts, shares = _step_loss(accelerator, model, packed, rows, kd, loss_cfg, on_policy, step, micro)
             accelerator.backward(loss)
+            # (a prepared optimizer skips the other micro-batches itself; a sharded one is plain)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         for key, val in (("loss", loss.detach()), *parts.items()):
             sums[key] += float(val) / cfg.grad_accum
         for name, share in shares.items():
@@ -287,9 +250,16 @@ def train_loop(
     model is put back in training mode after it. ``on_policy``: a share of the micro-batches
     is written by the student and scored live by the teachers (:mod:`avokit.train.on_policy`).
     """
-    accelerator, model, optimizer, scheduler, start = _prepare(model, cfg, out_dir)
+    run = prepare_engine(model, cfg, out_dir)
+    accelerator, model, scheduler, start = run.accelerator, run.model, run.scheduler, run.start
+    if run.sharded and on_checkpoint is not None:
+        raise AvokitError("on_checkpoint hands the main process the whole model, which train.parallel: fsdp "
+                          "never holds on one process; use train.parallel: ddp")
     topology = current_topology(accelerator.state)
     check_requested_distribution(os.environ, topology)
+    if run.sharded:  # Accelerate formed a plain group; the student is sharded with FSDP2 by avokit
+        topology = replace(topology, distributed_type="FSDP")
+    shares = param_shares(accelerator, model, run.sharded)
     log = _RunLog(out_dir, start, accelerator.is_main_process, topology)
     loss_cfg = kd.loss_cfg if kd else cfg.loss
     model.train()
@@ -300,8 +270,7 @@ def train_loop(
     t_begin = t_last
     with bar:
         for step in range(start, cfg.steps):
-            sums, per_teacher, rows = _train_step(accelerator, model, optimizer, packed, kd, loss_cfg, on_policy,
-                                            cfg, step)
+            sums, per_teacher, rows = _train_step(run, packed, kd, loss_cfg, on_policy, cfg, step)
             lr_now = scheduler.get_last_lr()[0]
             scheduler.step()
             done = step + 1
@@ -313,7 +282,8 @@ def train_loop(
                 record = _log_record(accelerator, sums, done, lr_now, tokens_seen,
                                      tok_last / max(now - t_last, 1e-9), log.elapsed_before + now - t_begin)
                 t_last, tok_last = now, 0
-                record.update(topology.record(cfg.batch_size), rows_by_rank=_rows_by_rank(accelerator, rows))
+                record.update(topology.record(cfg.batch_size), **shares.record(),
+                              rows_by_rank=_rows_by_rank(accelerator, rows))
                 if is_eval and heldout is not None:  # is_eval implies it; said again for the checker
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
                                                         accelerator, eval_max_rows, cfg.batch_size)
@@ -326,9 +296,9 @@ def train_loop(
             bar.update(task, completed=done)
             # the last step is checkpointed too: raising train.steps later continues from it
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _checkpoint(accelerator, model, out_dir, done, on_checkpoint)
+                _checkpoint(run, out_dir, done, on_checkpoint)
                 if done < cfg.steps and stop_after is not None and stop_after(done):
                     log.close()
                     raise TrainingInterrupted(f"stopped after step {done}")
     log.close()
-    return _save_final(accelerator, model, out_dir)
+    return save_final(accelerator, model, out_dir, run.sharded)

@@ -111,7 +111,8 @@ def check_requested_distribution(env: Mapping[str, str], topology: Topology) -> 
             raise AvokitError(
                 f"the launcher asked for {label} ({flag}=true) but Accelerate formed "
                 f"{topology.distributed_type}; Accelerate runs {label} only on GPUs (or other "
-                "accelerators), so on CPUs train with DDP (`avokit train RECIPE --nproc N`)")
+                "accelerators). On CPUs: `avokit train RECIPE --nproc N` (DDP), with train.parallel: "
+                "fsdp in the recipe to shard the student (FSDP2 by avokit)")
 
 
 def current_topology(state: Any = None) -> Topology:
