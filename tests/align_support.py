@@ -12,6 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from avokit.align.bytes import TokenBytes
+from avokit.records import TokenizedDoc
 
 
 def byte_table(pieces: list[bytes], fallback: frozenset[int] = frozenset(),
@@ -61,3 +62,18 @@ def tiny_bpe(corpus: list[str], specials: list[str], vocab_size: int,
                                   special_tokens=specials, show_progress=False)
     tok.train_from_iterator(corpus, trainer=trainer)
     return tok
+
+
+def greedy_doc(text: bytes, tb: TokenBytes) -> TokenizedDoc:
+    """Longest-match tokenization of ``text`` with ``tb`` (every single byte must be a token)."""
+    ids, ends, pos = [], [], 0
+    longest = max(len(b) for b in tb.table)
+    while pos < len(text):
+        for n in range(min(longest, len(text) - pos), 0, -1):
+            hit = tb.preferred.get(text[pos : pos + n])
+            if hit is not None:
+                ids.append(hit)
+                pos += n
+                ends.append(pos)
+                break
+    return TokenizedDoc(np.array(ids, np.int64), np.array(ends, np.int64), len(text))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from align_support import greedy_doc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,21 +26,6 @@ def _tb(pieces: list[bytes], name: str) -> TokenBytes:
         preferred.setdefault(b, i)
     return TokenBytes(name, "byte_level", list(pieces), np.zeros(len(pieces), bool),
                       np.zeros(len(pieces), bool), {}, preferred)
-
-
-def _greedy(text: bytes, tb: TokenBytes) -> TokenizedDoc:
-    """Longest-match tokenization (every single byte is in the vocabularies used here)."""
-    ids, ends, pos = [], [], 0
-    longest = max(len(b) for b in tb.table)
-    while pos < len(text):
-        for n in range(min(longest, len(text) - pos), 0, -1):
-            hit = tb.preferred.get(text[pos : pos + n])
-            if hit is not None:
-                ids.append(hit)
-                pos += n
-                ends.append(pos)
-                break
-    return TokenizedDoc(np.array(ids, np.int64), np.array(ends, np.int64), len(text))
 
 
 def _records(doc: TokenizedDoc, topk_ids: np.ndarray, topk_lp: np.ndarray, gold_lp: np.ndarray) -> TeacherRecords:
@@ -125,7 +111,7 @@ def cases(draw: st.DrawFn) -> tuple:
     t_pieces, s_pieces = vocab(12), vocab(8)
     text = bytes(ALPHABET[x % len(ALPHABET)] for x in draw(st.binary(min_size=1, max_size=24)))
     teacher, student = _tb(t_pieces, "t"), _tb(s_pieces, "s")
-    t_doc, s_doc = _greedy(text, teacher), _greedy(text, student)
+    t_doc, s_doc = greedy_doc(text, teacher), greedy_doc(text, student)
     n, k = t_doc.ids.size, draw(st.integers(1, 4))
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     topk = np.stack([rng.choice(len(t_pieces), size=min(k, len(t_pieces)), replace=False) for _ in range(n)])

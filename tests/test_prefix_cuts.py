@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from align_support import greedy_doc
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ from avokit.capture import run_capture
 from avokit.corpus import load_split
 from avokit.errors import CacheError
 from avokit.recipe import recipe_from_dict
-from avokit.records import PrefixCuts, TeacherRecords, TokenizedDoc
+from avokit.records import PrefixCuts, TeacherRecords
 from avokit.teachers import HFTeacher
 from avokit.teachers.prefix_cuts import cuts_reference
 
@@ -163,20 +164,6 @@ def test_capture_stage_writes_cuts_and_a_new_plan(tmp_path: Path, teacher_dir: P
         run_capture(same_dir)
 
 
-def _greedy(text: bytes, tb: TokenBytes) -> TokenizedDoc:
-    ids, ends, pos = [], [], 0
-    longest = max(len(b) for b in tb.table)
-    while pos < len(text):
-        for n in range(min(longest, len(text) - pos), 0, -1):
-            hit = tb.preferred.get(text[pos : pos + n])
-            if hit is not None:
-                ids.append(hit)
-                pos += n
-                ends.append(pos)
-                break
-    return TokenizedDoc(np.array(ids, np.int64), np.array(ends, np.int64), len(text))
-
-
 ALPHABET = [b"a", b"b", b"c", b" "]
 
 
@@ -189,7 +176,7 @@ def test_conditional_targets_with_cuts_are_the_full_conditional(t_extra: list[st
     teacher = _tb(ALPHABET + [w.encode() for w in t_extra if w.encode() not in ALPHABET])
     student = _tb(ALPHABET + [w.encode() for w in s_extra if w.encode() not in ALPHABET])
     text = text_s.encode()
-    t_doc, s_doc = _greedy(text, teacher), _greedy(text, student)
+    t_doc, s_doc = greedy_doc(text, teacher), greedy_doc(text, student)
     n, v = t_doc.ids.size, teacher.size
     rng = np.random.default_rng(seed)
     logp = np.log(rng.dirichlet(np.full(v, 0.3), size=n).clip(1e-12, None))
