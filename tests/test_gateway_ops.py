@@ -29,6 +29,7 @@ from gateway_support import (
     run_mock_upstream,
 )
 
+from avokit.gateway.errors import ConfigError
 from avokit.gateway.settings import load_settings
 
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "secret prompt words"}],
@@ -182,6 +183,34 @@ def test_metrics_route_is_absent_without_a_token(registry: Path, upstream: str,
             assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
     asyncio.run(run())
+
+
+def test_metrics_turned_off_keep_and_serve_nothing(registry: Path, upstream: str,
+                                                  tmp_path: Path) -> None:
+    async def run() -> None:
+        token = "metrics-token-0123456789"
+        on = load_settings(registry=registry, db_url=f"sqlite:///{tmp_path}/on.db", secret=SECRET,
+                           engine="vllm", upstream=upstream, metrics_token=token)
+        off = on.model_copy(update={"metrics_enabled": False, "db_url": f"sqlite:///{tmp_path}/off.db"})
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with InProcess(on) as gw:  # the mechanism: with metrics on, the same token scrapes
+            key, _ = gw.key(credit_micros=10**9)
+            r = await gw.http.post("/v1/chat/completions", headers=auth(key), json={
+                "model": "avo-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            assert r.status_code == 200
+            assert "avokit_requests_total" in (await gw.http.get("/metrics", headers=bearer)).text
+        async with InProcess(off) as gw:
+            assert gw.app.state.metrics is None
+            key, _ = gw.key(credit_micros=10**9)
+            r = await gw.http.post("/v1/chat/completions", headers=auth(key), json={
+                "model": "avo-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+            assert r.status_code == 200 and r.headers["x-request-id"]
+            r = await gw.http.get("/metrics", headers=bearer)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+    asyncio.run(run())
+    with pytest.raises(ConfigError, match=r"metrics_enabled \(AVOKIT_METRICS_ENABLED\).*metrics_bind"):
+        load_settings(registry=registry, secret=SECRET, metrics_enabled=False, metrics_bind="127.0.0.1:9100")
 
 
 def test_ready_follows_database_redis_and_upstream(registry: Path, tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     # a key of its own for the account label's hash: the key HMAC secret is never reused
     salt = (hmac.new(secret.encode(), b"avokit metrics account label", hashlib.sha256)
             .hexdigest() if settings.metrics_account_labels else None)
-    metrics = GatewayMetrics(served, account_salt=salt)
+    metrics = GatewayMetrics(served, account_salt=salt) if settings.metrics_enabled else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,7 +135,8 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
             await asyncio.to_thread(limiter.close)
             await asyncio.to_thread(leases.unregister, db, lease)
             db.dispose()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
 
     # no docs or schema routes: the only keyless API routes are /health, /health/live and
     # /health/ready (the console's pages need a console session, but its sign-in pages and
@@ -154,7 +155,8 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     # each added one wraps the ones before: an oversized body is refused before anything
     # reads or parses it, and is still counted and answered with its request id
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics, model_of=model_of)
+    if metrics is not None:
+        app.add_middleware(RequestMetrics, metrics=metrics, model_of=model_of)
     app.add_middleware(RequestIds)
     app.openapi = _true_openapi(app)  # type: ignore[method-assign]
     return app

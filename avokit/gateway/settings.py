@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ class GatewaySettings(BaseSettings):
     metrics_bind: str | None = Field(None, description="HOST:PORT of the metrics listener")
     # label spend by a keyed hash of the account id (off: one series per model only)
     metrics_account_labels: bool = False
+    # off: no metric is kept or served (no /metrics, no listener): for operators who scrape
+    # nothing, and the "metrics off" arm of bench/gateway/metrics_cost.py
+    metrics_enabled: bool = True
     # /health/ready: how long one check may take; how long an engine check's result is kept
     ready_timeout_s: float = Field(5.0, gt=0)
     ready_engine_interval_s: float = Field(10.0, ge=0)
@@ -89,6 +92,15 @@ class GatewaySettings(BaseSettings):
     def _host_port(cls, value: str | None) -> str | None:
         if value is not None:
             split_bind(value)
+        return value
+
+    @field_validator("metrics_enabled")
+    @classmethod
+    def _listener_needs_metrics(cls, value: bool, info: ValidationInfo) -> bool:
+        # declared after metrics_bind, so that one is already validated here
+        if not value and info.data.get("metrics_bind") is not None:
+            raise ValueError("off, but metrics_bind (AVOKIT_METRICS_BIND) asks for a metrics "
+                             "listener: unset one of the two")
         return value
 
     def require_secret(self) -> str:

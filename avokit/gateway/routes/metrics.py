@@ -23,13 +23,13 @@ router = APIRouter()
 async def metrics(request: Request, authorization: str | None = Header(None)) -> Response:
     """The process's (or every worker's) metrics in the Prometheus text format."""
     token: str | None = request.app.state.metrics_token
-    if not token:
+    if not token or request.app.state.metrics is None:  # no token, or metrics turned off
         raise NotFoundError("Not Found", code="not_found")
     presented = (authorization or "")[7:].strip() if (authorization or "")[:7].lower() \
         == "bearer " else ""
     if not hmac.compare_digest(presented.encode(), token.encode()):
         raise AuthenticationError()
-    collected: GatewayMetrics = request.app.state.metrics
+    collected: GatewayMetrics = request.app.state.metrics  # not None: checked above
     # in multiprocess mode this reads every worker's files: off the event loop
     body = await asyncio.to_thread(collected.exposition)
     return Response(body, media_type=collected.content_type)
