@@ -178,16 +178,13 @@ def conditional_targets(
     # what the cache never saw at each teacher position (quantised top-k may round past 1)
     tail = np.clip(1.0 - np.exp(cand_lps).sum(axis=1), 0.0, 1.0)
     cuts = records.cuts
-    inside_rows = _inside_rows(records, s_starts[pos] - t_starts[which], which)
+    inside_rows = _inside_rows(cuts, s_starts[pos] - t_starts[which], which)
     cut_ids, cut_lps, cut_mass = cand_ids[:0], cand_lps[:0], np.zeros(0)
     if cuts is not None:  # the cut's extenders with the gold token, like the top-k's candidates
         owner = _cut_position(cuts)
         cut_ids, cut_lps = _with_gold(np.asarray(cuts.ids, dtype=np.int64), np.asarray(cuts.logprobs, np.float64),
                                       gold[owner], np.asarray(records.gold_logprob)[owner])
         cut_mass = np.asarray(cuts.logmass, dtype=np.float64)
-        # a mass that underflowed at capture gives no normaliser: use the top-k there
-        inside_rows = np.where((inside_rows >= 0) & np.isfinite(cut_mass[np.maximum(inside_rows, 0)]
-                                                                if cut_mass.size else False), inside_rows, -1)
     c = max(cand_ids.shape[1], cut_ids.shape[1])
     out_ids = np.full((pos.size, c), -1, dtype=np.int64)
     out_lps = np.full((pos.size, c), -np.inf, dtype=np.float64)
@@ -237,12 +234,15 @@ def _cut_position(cuts: PrefixCuts) -> np.ndarray:
     return np.repeat(np.arange(counts.size, dtype=np.int64), counts)
 
 
-def _inside_rows(records: TeacherRecords, prefix_len: np.ndarray, which: np.ndarray) -> np.ndarray:
+def _inside_rows(cuts: PrefixCuts | None, prefix_len: np.ndarray, which: np.ndarray) -> np.ndarray:
     """int64 [m]: the cut row of each target row (its teacher token ``which``, ``prefix_len``
-    bytes out), -1 at a boundary or where no cuts were captured."""
-    if records.cuts is None:
+    bytes out); -1 at a boundary, where no cuts were captured, or where the cut's mass
+    underflowed at capture (no normaliser: the top-k serves there)."""
+    if cuts is None:
         return np.full(which.shape, -1, dtype=np.int64)
-    return np.array([records.cuts.row(int(i), int(j)) for i, j in zip(which, prefix_len)], dtype=np.int64)
+    rows = np.array([cuts.row(int(i), int(j)) for i, j in zip(which, prefix_len)], dtype=np.int64)
+    finite = np.append(np.isfinite(np.asarray(cuts.logmass, dtype=np.float64)), False)
+    return np.where(finite[rows], rows, -1)  # row -1 reads the appended False
 
 
 def _credit_real_token(keep: list[tuple[int, int, float]], cand_ids: np.ndarray, gold: int,

@@ -69,6 +69,9 @@ ROOT = Path(__file__).resolve().parents[3]
 CROSSING = ROOT / "bench" / "results" / "transfer_crossing.json"  # item 3a's study (crossing.py)
 # avokit's own alignment as in the pilot: byte-conditional dense targets + debiased chunk term
 AVOKIT = {"targets": "dense", "chunk_debias": True}
+# the second test's configuration: both gates, both teacher terms at half weight
+BOTH_GATES_HALF = {**AVOKIT, "kd_gate": "teacher_better", "chunk_gate": "teacher_better", "kd_weight": 0.5,
+                   "chunk_weight": 0.25}
 # name -> (teachers, changes to the recipe's train section (None: not trained), what it is)
 ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
     "start": ([], None, "the pretrained student, untouched (scored, not trained)"),
@@ -89,13 +92,9 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
                             "CE + KD from Gemma, gated, both teacher terms at half weight"),
     "kd_gemma_gated_both": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better", "chunk_gate": "teacher_better"}},
                             "CE + KD from Gemma, token and chunk terms only where they raise the gold text"),
-    "kd_gemma_gated_both_half": ([GEMMA], {"loss": {**AVOKIT, "kd_gate": "teacher_better",
-                                                     "chunk_gate": "teacher_better", "kd_weight": 0.5,
-                                                     "chunk_weight": 0.25}},
+    "kd_gemma_gated_both_half": ([GEMMA], {"loss": BOTH_GATES_HALF},
                                  "CE + KD from Gemma, token and chunk terms gated, both at half weight"),
-    "kd_qwen_gated_both_half": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better",
-                                                   "chunk_gate": "teacher_better", "kd_weight": 0.5,
-                                                   "chunk_weight": 0.25}},
+    "kd_qwen_gated_both_half": ([QWEN], {"loss": BOTH_GATES_HALF},
                                 "CE + KD from Qwen, token and chunk terms gated, both at half weight"),
     "kd_qwen_gated": ([QWEN], {"loss": {**AVOKIT, "kd_gate": "teacher_better"}},
                       "CE + KD from Qwen, dense targets and chunk term, KD only where it raises gold"),

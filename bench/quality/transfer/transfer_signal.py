@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from avokit.align import byteify, tokenize_batch_with_offsets
 from avokit.evaluate.run import cpu_model
+from avokit.records import TeacherRecords
 from avokit.train.data import read_split
 from avokit.train.run import ensure_student_tokenizer, teacher_sources
 from bench.provenance import Provenance
@@ -114,54 +116,56 @@ def signal(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def _train_records(runs: Path) -> Iterator[tuple[str, str, TeacherRecords]]:
+    """(teacher, domain, its cached records) for every training document of each teacher."""
+    for teacher, arm in VERDICT_KD.items():
+        recipe = arm_recipe(runs, arm, 0, SETTINGS)
+        (source,) = teacher_sources(recipe, ensure_student_tokenizer(recipe))
+        for doc in read_split(recipe.run_dir, "train"):
+            yield teacher, doc.domain, source.records[doc.doc_id]
+
+
 def teacher_tail(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per teacher and domain, over its own tokens of the training split: the mean probability
     mass outside the cached top-k (what no target can place), how often the gold token is
     outside the top-k, and its mean probability there. Reads the caches only."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for teacher, arm in VERDICT_KD.items():
-        recipe = arm_recipe(runs, arm, 0, SETTINGS)
-        (source,) = teacher_sources(recipe, ensure_student_tokenizer(recipe))
-        acc: dict[str, list[float]] = {}
-        for doc in read_split(recipe.run_dir, "train"):
-            rec = source.records[doc.doc_id]
-            tail = 1.0 - np.exp(rec.topk_logprobs.astype(np.float64)).sum(axis=1)
-            outside = ~(rec.topk_ids == rec.token_ids[:, None]).any(axis=1)
-            gold_p = np.exp(rec.gold_logprob.astype(np.float64))
-            a = acc.setdefault(doc.domain, [0.0, 0.0, 0.0, 0.0])
-            a[0] += tail.size
-            a[1] += float(tail.sum())
-            a[2] += float(outside.sum())
-            a[3] += float(gold_p[outside].sum())
-        out[teacher] = {dom: {"teacher_tokens": int(n), "top_k": int(rec.topk_ids.shape[1]), "tail_mass": t / n, "gold_outside_topk": o / n, "gold_prob_outside": g / max(o, 1)}
-                        for dom, (n, t, o, g) in sorted(acc.items())}
-    return out
+    acc: dict[str, dict[str, list[float]]] = {}
+    top_k: dict[str, int] = {}
+    for teacher, domain, rec in _train_records(runs):
+        tail = 1.0 - np.exp(rec.topk_logprobs.astype(np.float64)).sum(axis=1)
+        outside = ~(rec.topk_ids == rec.token_ids[:, None]).any(axis=1)
+        gold_p = np.exp(rec.gold_logprob.astype(np.float64))
+        a = acc.setdefault(teacher, {}).setdefault(domain, [0.0, 0.0, 0.0, 0.0])
+        a[0] += tail.size
+        a[1] += float(tail.sum())
+        a[2] += float(outside.sum())
+        a[3] += float(gold_p[outside].sum())
+        top_k[teacher] = rec.k
+    return {teacher: {dom: {"teacher_tokens": int(n), "top_k": top_k[teacher], "tail_mass": t / n,
+                            "gold_outside_topk": o / n, "gold_prob_outside": g / max(o, 1)}
+                      for dom, (n, t, o, g) in sorted(per.items())}
+            for teacher, per in acc.items()}
 
 
 def cut_coverage(runs: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Where capture stored prefix cuts (``capture.inside_top_k``): per teacher and domain, the
     number of cuts and the mean share of each cut's extending mass that its stored extenders
     hold (the rest is what an inside target still leaves to OTHER). Empty without cuts."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for teacher, arm in VERDICT_KD.items():
-        recipe = arm_recipe(runs, arm, 0, SETTINGS)
-        (source,) = teacher_sources(recipe, ensure_student_tokenizer(recipe))
-        acc: dict[str, list[float]] = {}
-        width = 0
-        for doc in read_split(recipe.run_dir, "train"):
-            cuts = source.records[doc.doc_id].cuts
-            if cuts is None:
-                continue
-            width = cuts.width
-            stored = np.exp(cuts.logprobs.astype(np.float64)).sum(axis=1)
-            share = stored / np.maximum(np.exp(cuts.logmass.astype(np.float64)), 1e-300)
-            a = acc.setdefault(doc.domain, [0.0, 0.0])
-            a[0] += share.size
-            a[1] += float(np.clip(share, 0.0, 1.0).sum())
-        if acc:
-            out[teacher] = {dom: {"cuts": int(n), "width": width, "stored_share": t / n}
-                            for dom, (n, t) in sorted(acc.items())}
-    return out
+    acc: dict[str, dict[str, list[float]]] = {}
+    width: dict[str, int] = {}
+    for teacher, domain, rec in _train_records(runs):
+        cuts = rec.cuts
+        if cuts is None:
+            continue
+        stored = np.exp(cuts.logprobs.astype(np.float64)).sum(axis=1)
+        share = stored / np.maximum(np.exp(cuts.logmass.astype(np.float64)), 1e-300)
+        a = acc.setdefault(teacher, {}).setdefault(domain, [0.0, 0.0])
+        a[0] += share.size
+        a[1] += float(np.clip(share, 0.0, 1.0).sum())
+        width[teacher] = cuts.width
+    return {teacher: {dom: {"cuts": int(n), "width": width[teacher], "stored_share": t / n}
+                      for dom, (n, t) in sorted(per.items())}
+            for teacher, per in acc.items()}
 
 
 def cuts_markdown(cov: dict) -> list[str]:
