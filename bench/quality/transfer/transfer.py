@@ -112,6 +112,8 @@ DESIGNS: dict[str, tuple[dict[str, str], tuple[str, str, str]]] = {
     "test": ({GEMMA: "kd_gemma_gated", QWEN: "kd_qwen_gated"}, ("uld_gemma", "kd_gemma_gated", GEMMA)),
     # the second test (prefix cuts, both gates, half weight): Gemma only; ULD stays the first test's
     "cuts": ({GEMMA: "kd_gemma_gated_both_half"}, ("uld_gemma", "kd_gemma_gated_both_half", GEMMA)),
+    # the third test (60 steps, checkpoints chosen on validation): Gemma only; ULD stays the first test's
+    "long": ({GEMMA: "kd_gemma_gated_half"}, ("uld_gemma", "kd_gemma_gated_half", GEMMA)),
 }
 VERDICT_KD, VERDICT_ULD = DESIGNS["pilot"]
 SHARED = ("segment_steps", "batch_size", "seq_len", "lr", "warmup", "score_max_length", "mixed_precision")
