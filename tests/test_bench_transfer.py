@@ -149,11 +149,16 @@ def test_report_chooses_on_validation_and_writes_the_verdict(tmp_path: Path) -> 
     assert saved["chosen_step"]["ce"]["0"] == 20 and saved["chosen_step"]["kd_gemma"]["0"] == 30
     assert v["per_teacher"][GEMMA]["kd_minus_ce"]["mean"] == pytest.approx(-0.1 + 0.002 * 5 / 3)
     assert v["per_teacher"][QWEN]["seeds"] == 0 and v["holds"] is True  # KD better on every domain
+    # at equal steps (the last, 30: no checkpoint chosen) CE's overtrained test is 1.0: KD is worse there
+    eq = v["equal_steps"]
+    assert eq["step"] == 30 and eq["per_teacher"][GEMMA]["seeds"] == 3
+    assert eq["per_teacher"][GEMMA]["kd_minus_ce"]["mean"] == pytest.approx(0.6 + 0.01 + 0.002 * 5 / 3)
     assert any(u.startswith("kd_qwen/s0") for u in saved["unfinished"])
     assert saved["budget"]["tokens_per_run"] == 30 * 4 * 256
     assert saved["records"]["commit"] == ["c0ffee" * 7] and saved["records"]["dtype"] == ["float32"]
     md = out.with_suffix(".md").read_text()
     assert "**Verdict (3 seeds): holds**" in md and "Pilot" not in md
+    assert "at equal steps (step 30 for both arms" in md
     assert "| start |" in md and "teacher gemma3-270m" in md and "issue 31 item 3a): not measured" in md
     # the same runs counted on two seeds only: a pilot, never a result
     pilot = transfer.report(runs, out, [0, 1], crossing=tmp_path / "no-crossing.json")["verdict"]

@@ -62,7 +62,7 @@ from bench.quality.transfer.transfer_data import (
     student_dir,
 )
 from bench.quality.transfer.transfer_render import render
-from bench.quality.transfer.transfer_stats import build_verdict, curves
+from bench.quality.transfer.transfer_stats import build_verdict, curves, equal_steps
 from bench.results_io import write_results
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -308,6 +308,7 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot"
     kd_arms, uld = DESIGNS[design]
     verdict = build_verdict(test, teachers, kd_arms, uld, GEMMA, seeds=seeds, student=STUDENT)
     verdict["design"] = design
+    verdict["equal_steps"] = equal_steps(results, kd_arms, settings["steps"], seeds=seeds)  # no checkpoint chosen
     if crossing.is_file():  # item 3a, its own study (crossing.py): carried into the verdict as it stands
         from bench.quality.crossing.crossing_stats import crossing_price
 

@@ -42,6 +42,12 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {t} | {p['arm']} | {p['seeds']} | {_cell(p['kd_minus_ce'])} | "
                      + " | ".join(_cell(p["per_domain"].get(d)) for d in domains)
                      + f" | {'-' if better is None else ', '.join(better) or 'none'} |")
+    eq = v.get("equal_steps")
+    if eq:
+        lines += ["", f"The same at equal steps (step {eq['step']} for both arms, no checkpoint chosen):", "",
+                  "| teacher | arm | seeds | " + " | ".join(cols) + " |", "| --- | --- | ---: |" + " ---: |" * len(cols)]
+        lines += [f"| {t} | {p['arm']} | {p['seeds']} | {_cell(p['kd_minus_ce'])} | "
+                  + " | ".join(_cell(p["per_domain"].get(d)) for d in domains) + " |" for t, p in eq["per_teacher"].items()]
     u = v["uld_minus_avokit"]
     lines += ["", f"ULD minus avokit's alignment ({u['arm']} minus {u['reference']}, teacher {u['teacher']}, "
                   f"{u['seeds']} seeds): overall {_cell(u)}; "

@@ -117,6 +117,21 @@ def build_verdict(test: Test, teachers: Mapping[str, Mapping[str, float]], kd_ar
             "holds": bool(meets and n >= MIN_SEEDS), "holds_teacher": holds_teacher, "why": why}
 
 
+def equal_steps(runs: Mapping[str, Mapping[int, Mapping[str, Any]]], arms: Mapping[str, str], step: int,
+                baseline: str = "ce", seeds: Collection[int] | None = None) -> dict[str, Any]:
+    """Each teacher's KD arm minus ``baseline`` in test BPB at one ``step`` for both (no checkpoint
+    chosen: equal steps and data order), paired by seed as :func:`difference`."""
+    test = {arm: {seed: dict(seg["test"]) for seed, run in by.items() for seg in run["segments"]
+                  if int(seg["step"]) == step} for arm, by in runs.items()}
+    out: dict[str, Any] = {"step": step, "per_teacher": {}}
+    for teacher, arm in arms.items():
+        diff = difference(test, arm, baseline, seeds)
+        out["per_teacher"][teacher] = {"arm": arm, "seeds": len(diff["seeds"]), "seed_ids": diff["seeds"],
+                                       "kd_minus_ce": {"mean": diff["mean"], "ci95": diff["ci95"]},
+                                       "per_domain": diff["per_domain"]}
+    return out
+
+
 def curves(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[int, dict[str, Any]]]:
     """arm -> step -> mean validation and test BPB (domain-balanced) over the seeds scored at
     that step, and how many: whether the curves have flattened."""
