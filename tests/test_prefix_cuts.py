@@ -167,56 +167,120 @@ def test_capture_stage_writes_cuts_and_a_new_plan(tmp_path: Path, teacher_dir: P
 ALPHABET = [b"a", b"b", b"c", b" "]
 
 
+class _Case:
+    """A random teacher's full distribution over a tiny vocabulary on one text, and its records
+    with a top-``k`` and cuts of a given width."""
+
+    def __init__(self, t_extra: list[str], s_extra: list[str], text_s: str, seed: int) -> None:
+        self.teacher = _tb(ALPHABET + [w.encode() for w in t_extra if w.encode() not in ALPHABET])
+        self.student = _tb(ALPHABET + [w.encode() for w in s_extra if w.encode() not in ALPHABET])
+        self.text = text_s.encode()
+        self.t_doc, self.s_doc = greedy_doc(self.text, self.teacher), greedy_doc(self.text, self.student)
+        n, v = self.t_doc.ids.size, self.teacher.size
+        rng = np.random.default_rng(seed)
+        logp = np.log(rng.dirichlet(np.full(v, 0.3), size=n).clip(1e-12, None))
+        self.logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        self.gold_lp = self.logp[np.arange(n), self.t_doc.ids]
+        self.order = np.argsort(-self.logp, axis=1, kind="stable")
+        self.index = PrefixIndex(self.student)
+
+    def cuts(self, width: int) -> PrefixCuts:
+        v = self.teacher.size
+        ref = cuts_reference(self.logp, self.t_doc.ids, self.teacher.table, self.teacher.special, width)
+        counts = [len(r) for r in ref]
+        rows = [c for per in ref for c in per]
+        ids = np.full((len(rows), v), -1, np.int32)
+        lps = np.full((len(rows), v), -np.inf, np.float32)
+        for r, (_, top) in enumerate(rows):
+            ids[r, : len(top)] = [t for t, _ in top]
+            lps[r, : len(top)] = [lp for _, lp in top]
+        return PrefixCuts(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                          np.array([m for m, _ in rows], np.float32).reshape(-1), ids, lps)
+
+    def records(self, k: int, cuts: PrefixCuts | None) -> TeacherRecords:
+        n = self.t_doc.ids.size
+        ids = self.order[:, :k]
+        return TeacherRecords("d", self.t_doc.ids.astype(np.int32), self.t_doc.byte_ends,
+                              self.gold_lp.astype(np.float32), ids.astype(np.int32),
+                              np.take_along_axis(self.logp, ids, 1).astype(np.float32), np.zeros(n, np.float32), cuts)
+
+    def targets(self, k: int, cuts: PrefixCuts | None, ends: bool = False):  # type: ignore[no-untyped-def]
+        return conditional_targets(self.records(k, cuts), self.teacher, self.s_doc.starts, self.index,
+                                   self.s_doc.byte_ends if ends else None)
+
+
+def _buckets(ct, row: int) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    out: dict[int, float] = {}
+    for sid, lp in zip(ct.student_ids[row].tolist(), ct.logprobs[row].tolist()):
+        if lp > -math.inf:
+            out[sid] = out.get(sid, 0.0) + math.exp(lp)
+    return out
+
+
+CASES = (st.lists(st.text(alphabet="abc ", min_size=2, max_size=4), min_size=3, max_size=12, unique=True),
+         st.lists(st.text(alphabet="abc ", min_size=2, max_size=3), min_size=0, max_size=6, unique=True),
+         st.text(alphabet="abc ", min_size=4, max_size=20), st.integers(0, 2**31 - 1))
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.text(alphabet="abc ", min_size=2, max_size=4), min_size=3, max_size=12, unique=True),
-       st.lists(st.text(alphabet="abc ", min_size=2, max_size=3), min_size=0, max_size=6, unique=True),
-       st.text(alphabet="abc ", min_size=4, max_size=20), st.integers(0, 2**31 - 1))
+@given(*CASES)
 def test_conditional_targets_with_cuts_are_the_full_conditional(t_extra: list[str], s_extra: list[str],
                                                                 text_s: str, seed: int) -> None:
-    teacher = _tb(ALPHABET + [w.encode() for w in t_extra if w.encode() not in ALPHABET])
-    student = _tb(ALPHABET + [w.encode() for w in s_extra if w.encode() not in ALPHABET])
-    text = text_s.encode()
-    t_doc, s_doc = greedy_doc(text, teacher), greedy_doc(text, student)
-    n, v = t_doc.ids.size, teacher.size
-    rng = np.random.default_rng(seed)
-    logp = np.log(rng.dirichlet(np.full(v, 0.3), size=n).clip(1e-12, None))
-    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-    gold_lp = logp[np.arange(n), t_doc.ids]
-    order = np.argsort(-logp, axis=1, kind="stable")
-
-    def records(k: int, cuts: PrefixCuts | None) -> TeacherRecords:
-        ids = order[:, :k]
-        return TeacherRecords("d", t_doc.ids.astype(np.int32), t_doc.byte_ends, gold_lp.astype(np.float32),
-                              ids.astype(np.int32), np.take_along_axis(logp, ids, 1).astype(np.float32),
-                              np.zeros(n, np.float32), cuts)
-
-    ref = cuts_reference(logp, t_doc.ids, teacher.table, teacher.special, v)
-    counts = [len(r) for r in ref]
-    rows = [c for per in ref for c in per]
-    ids = np.full((len(rows), v), -1, np.int32)
-    lps = np.full((len(rows), v), -np.inf, np.float32)
-    for r, (_, top) in enumerate(rows):
-        ids[r, : len(top)] = [t for t, _ in top]
-        lps[r, : len(top)] = [lp for _, lp in top]
-    cuts = PrefixCuts(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                      np.array([m for m, _ in rows], np.float32).reshape(-1), ids, lps)
-    index = PrefixIndex(student)
-    exact = conditional_targets(records(v, None), teacher, s_doc.starts, index)  # full top-k: exact
-    small = conditional_targets(records(2, cuts), teacher, s_doc.starts, index)  # top-2 + cuts
+    case = _Case(t_extra, s_extra, text_s, seed)
+    v = case.teacher.size
+    exact = case.targets(v, None)  # full top-k: exact
+    small = case.targets(2, case.cuts(v))  # top-2 + cuts holding every extender
     np.testing.assert_array_equal(exact.student_pos, small.student_pos)
     assume(bool(exact.inside.any()))  # the cases that matter: student tokens inside the teacher's
-
-    def buckets(ct, row: int) -> dict[int, float]:  # type: ignore[no-untyped-def]
-        out: dict[int, float] = {}
-        for sid, lp in zip(ct.student_ids[row].tolist(), ct.logprobs[row].tolist()):
-            if lp > -math.inf:
-                out[sid] = out.get(sid, 0.0) + math.exp(lp)
-        return out
-
     for row in range(exact.n_positions):
         if not exact.inside[row]:
             continue  # at a boundary the top-2 is what it always was; inside, the cut is exact
-        a, b = buckets(exact, row), buckets(small, row)
+        a, b = _buckets(exact, row), _buckets(small, row)
         assert a.keys() == b.keys()
         for sid in a:
             assert b[sid] == pytest.approx(a[sid], rel=1e-4, abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(CASES[0], CASES[2], CASES[3], st.integers(1, 2))
+def test_gold_piece_bucket_is_exact_from_the_cut(t_extra: list[str], text_s: str, seed: int, width: int) -> None:
+    """Top-2 and cuts of one or two extenders: wherever the student's token ends inside the
+    teacher's, its bucket holds P(the next bytes start with it | what is out), as the full
+    distribution says, short only of the token spelling exactly those bytes when it is not stored."""
+    case = _Case(t_extra, [], text_s, seed)  # one-byte student tokens: every bucket is one byte
+    v, table = case.teacher.size, case.teacher.table
+    exact = case.targets(v, case.cuts(v), ends=True)
+    small = case.targets(2, case.cuts(width), ends=True)
+    np.testing.assert_array_equal(exact.student_pos, small.student_pos)
+    t_ends = case.t_doc.byte_ends.astype(np.int64)
+    checked = 0
+    for row, p in enumerate(exact.student_pos.tolist()):
+        b, e = int(case.s_doc.starts[p]), int(case.s_doc.byte_ends[p])
+        i = int(np.searchsorted(t_ends, b, side="right"))
+        if e >= t_ends[i]:
+            continue  # the student's token reaches the teacher token's end: no cut says more
+        t_start = int(t_ends[i - 1]) if i else 0
+        u, whole = case.text[t_start:b], case.text[t_start:e]
+        z = sum(math.exp(case.logp[i, t]) for t, tb in enumerate(table) if len(tb) > len(u) and tb.startswith(u))
+        equal = next((t for t, tb in enumerate(table) if tb == whole), None)
+        stored = set(small_ids(case, i, len(u), width))
+        missing = math.exp(case.logp[i, equal]) / z if equal is not None and equal not in stored else 0.0
+        gold = int(case.s_doc.ids[p])
+        want, got = _buckets(exact, row)[gold], _buckets(small, row).get(gold, 0.0)
+        assert want - missing - 1e-5 <= got <= want + 1e-5
+        if missing == 0.0:
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+        checked += 1
+    assume(checked > 0)
+
+
+def small_ids(case: _Case, i: int, prefix_len: int, width: int) -> list[int]:
+    """The candidates a row of ``case.targets(2, case.cuts(width))`` reads at teacher token ``i``
+    after ``prefix_len`` bytes: the top-2 at a boundary, the cut's stored extenders inside; and gold."""
+    gold = int(case.t_doc.ids[i])
+    if prefix_len == 0:
+        return [*case.order[i, :2].tolist(), gold]
+    u = case.teacher.table[gold][:prefix_len]
+    ext = sorted((t for t, tb in enumerate(case.teacher.table) if len(tb) > len(u) and tb.startswith(u)),
+                 key=lambda t: -case.logp[i, t])
+    return [*ext[:width], gold]

@@ -47,6 +47,16 @@ Where capture stored :class:`~avokit.records.PrefixCuts` (``capture.inside_top_k
 inside a teacher token takes its candidates from the cut of ``u`` instead: the most likely tokens
 that extend ``u`` over the whole vocabulary, and ``Z`` exact (their summed mass, not an estimate
 from the top-k); the extenders beyond the stored ones stay in OTHER. At a boundary nothing changes.
+
+One bucket can be made exact even where the stored candidates are few: the student's own (gold)
+token. Where it ends inside the teacher token (the student's piece ``s`` is a proper part of what
+is left of it, as for the one- and two-byte pieces of a Chinese character), the cut of ``u + s``
+holds the exact mass of every teacher token that strictly extends ``u + s``; what of it the row's
+candidates do not hold goes to the student's gold token instead of OTHER, so that bucket holds
+``P(the next bytes start with s | u)`` up to the token spelling exactly ``u + s`` when it is not a
+candidate. This applies where ``Z`` is exact too (a cut row, or a boundary, where ``Z = 1``);
+the unstored extenders of ``u + s`` whose bytes the student would start with a longer token of
+its own are counted for the gold token (the cache cannot tell them apart).
 """
 
 from __future__ import annotations
@@ -185,7 +195,9 @@ def conditional_targets(
         cut_ids, cut_lps = _with_gold(np.asarray(cuts.ids, dtype=np.int64), np.asarray(cuts.logprobs, np.float64),
                                       gold[owner], np.asarray(records.gold_logprob)[owner])
         cut_mass = np.asarray(cuts.logmass, dtype=np.float64)
-    c = max(cand_ids.shape[1], cut_ids.shape[1])
+    # with cuts and the student's ends, one more slot per row: the gold piece's unstored mass
+    gold_slot = cuts is not None and student_ends is not None
+    c = max(cand_ids.shape[1], cut_ids.shape[1]) + int(gold_slot)
     out_ids = np.full((pos.size, c), -1, dtype=np.int64)
     out_lps = np.full((pos.size, c), -np.inf, dtype=np.float64)
     table = teacher.table
@@ -215,6 +227,12 @@ def conditional_targets(
             keep = _credit_real_token(keep, row_ids, gold[i], index.exact(text[s_starts[p]:s_ends[p]]),
                                       continuation_logprob(records, teacher, i, int(s_ends[p]), text,
                                                            (cand_ids, cand_lps, tail)))
+        elif gold_slot and s_ends is not None and (r >= 0 or not u):  # Z exact: a cut, or a boundary
+            assert cuts is not None
+            piece = text[s_starts[p]:s_ends[p]]
+            sid, extra = index.exact(piece), _gold_piece_rest(cuts, cut_mass, i, u + piece, keep, row_ids, table)
+            if sid >= 0 and extra is not None:
+                keep.append((c - 1, sid, extra))
         for (j, sid, lp) in keep:
             out_ids[row, j] = sid
             out_lps[row, j] = lp - norm
@@ -243,6 +261,23 @@ def _inside_rows(cuts: PrefixCuts | None, prefix_len: np.ndarray, which: np.ndar
     rows = np.array([cuts.row(int(i), int(j)) for i, j in zip(which, prefix_len)], dtype=np.int64)
     finite = np.append(np.isfinite(np.asarray(cuts.logmass, dtype=np.float64)), False)
     return np.where(finite[rows], rows, -1)  # row -1 reads the appended False
+
+
+def _gold_piece_rest(cuts: PrefixCuts, cut_mass: np.ndarray, i: int, prefix: bytes,
+                     keep: list[tuple[int, int, float]], row_ids: np.ndarray, table: list[bytes]) -> float | None:
+    """log of the mass of teacher tokens that strictly extend ``prefix`` (the emitted bytes and the
+    student's gold piece, which ends inside teacher token ``i``) and are not among the row's
+    candidates ``keep``: the cut of ``prefix`` minus the stored ones. None where the cut is
+    missing or nothing (beyond rounding) is left."""
+    r = cuts.row(i, len(prefix))
+    if r < 0 or not np.isfinite(cut_mass[r]):
+        return None
+    total = math.exp(float(cut_mass[r]))
+    stored = sum(math.exp(lp) for j, _, lp in keep
+                 if len(table[int(row_ids[j])]) > len(prefix) and table[int(row_ids[j])].startswith(prefix))
+    rest = total - stored
+    # float32 log-probs: a rest within their rounding of the total is no mass
+    return math.log(rest) if rest > 1e-5 * total else None
 
 
 def _credit_real_token(keep: list[tuple[int, int, float]], cand_ids: np.ndarray, gold: int,
