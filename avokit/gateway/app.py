@@ -146,11 +146,13 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
     app.state.metrics = metrics
     app.state.metrics_token = settings.metrics_token.get_secret_value() or None
     install_error_handler(app)
+    # the generation routes first: a request is matched against the routes in order (each
+    # costs a regular-expression match and scope copies), and no two routes share a path
+    app.include_router(completions.router)
+    app.include_router(models.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
-    app.include_router(models.router)
-    app.include_router(completions.router)
-    app.include_router(usage.router)
     install_console(app, settings)
     # each added one wraps the ones before: an oversized body is refused before anything
     # reads or parses it, and is still counted and answered with its request id

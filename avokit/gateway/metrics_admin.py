@@ -41,8 +41,10 @@ def single_process_values() -> None:
     is set (files summed across processes are only needed with several workers, and each
     value written to one costs a lock and a system call on every request)."""
     if os.environ.pop(MULTIPROC_ENV, None) is not None:
-        log.info("one worker: metrics kept in the process (%s is used with --workers > 1)",
-                 MULTIPROC_ENV)
+        # a warning: a setting the operator made is not used (and this runs before uvicorn
+        # configures logging, where only warnings reach stderr)
+        log.warning("one worker: metrics kept in the process; %s is used with --workers > 1 "
+                    "only", MULTIPROC_ENV)
 
 
 def multiprocess_registry(path: str) -> CollectorRegistry:
