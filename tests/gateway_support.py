@@ -102,6 +102,7 @@ class Server:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop()  # the caller never gets this server to stop: do not leave it running
         raise RuntimeError("server did not start")
 
     def kill9(self) -> None:
