@@ -171,7 +171,7 @@ class GatewayMetrics:
 
     def series(self, model: str | None) -> ModelSeries:
         """The bound children of ``model``'s label (``other`` for a model not served)."""
-        label = model if model in self.models else OTHER_MODEL
+        label = self.model_label(model)
         found = self._series.get(label)
         if found is None:
             # two threads may both get here: labels() hands both the same children
