@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_support import (
@@ -27,6 +26,8 @@ from gateway_support import (
     free_port,
     redis_server_binary,
     run_mock_upstream,
+    samples,
+    total,
 )
 
 from avokit.gateway.errors import ConfigError
@@ -47,21 +48,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # 8 tokens, 2 per chunk, 20 ms apart: streams are long enough to leave mid-way
     yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8",
                                  MOCK_DELAY_S="0.02", MOCK_CHUNK_TOKENS="2")
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus exposition, by name and sorted labels."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(found: dict[tuple[str, Any], float], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(v for (n, ls), v in found.items()
-               if n == name and all((k, v2) in ls for k, v2 in labels.items()))
 
 
 def _ledger(db: str, account_id: int) -> list[Any]:

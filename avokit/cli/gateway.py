@@ -86,26 +86,32 @@ def serve(
 
     import uvicorn
 
+    from avokit.gateway import metrics_admin
     from avokit.gateway.db.session import run_migrations
-    from avokit.gateway.metrics_admin import prepare_multiprocess_dir, serve_admin_metrics
 
     settings = load_settings(env_file, registry=registry, db_url=db, engine=engine,
                              upstream=upstream, redis_url=redis, max_body_bytes=max_body_bytes,
                              dtype=dtype, metrics_bind=metrics_bind)
     settings.require_secret()
     run_migrations(settings.db_url)  # once, before workers start
-    if workers > 1 or settings.metrics_bind:
-        # before the app (and prometheus-client) is imported: every process writes its
-        # metrics to files there, and each exposition sums them
-        path = prepare_multiprocess_dir()
+    # before the app (and prometheus-client) is imported: several workers write their
+    # metrics to files that each exposition sums; one keeps them in the process
+    if workers > 1:
+        path = metrics_admin.prepare_multiprocess_dir()
         if settings.metrics_bind:
-            serve_admin_metrics(settings.metrics_bind, path)
+            metrics_admin.serve_admin_metrics(settings.metrics_bind,
+                                              metrics_admin.multiprocess_registry(path))
+    else:
+        metrics_admin.single_process_values()
     from avokit.gateway.app import create_app
 
     logging: dict[str, Any] = {"log_level": log_level.value, "access_log": access_log,
                "log_config": _log_config()}
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, **logging)
+        app = create_app(settings)
+        if settings.metrics_bind:  # metrics are on: settings refuse a listener without them
+            metrics_admin.serve_admin_metrics(settings.metrics_bind, app.state.metrics.registry)
+        uvicorn.run(app, host=host, port=port, **logging)
         return
     # worker processes rebuild the app from the environment
     for name, value in settings.model_dump(mode="json").items():

@@ -7,10 +7,17 @@ carry no key, secret or prompt text: ``route`` is the matched route's path templ
 ``status`` the HTTP status, ``kind`` a fixed refusal kind; ``account`` (spend only, and only
 with ``AVOKIT_METRICS_ACCOUNT_LABELS=1``) is a keyed hash of the account id.
 
-Several uvicorn workers: with ``PROMETHEUS_MULTIPROC_DIR`` set before the workers start
-(``avokit serve`` does it), every process writes its values to files there and an exposition
-sums them (gauges of live processes only). Replicas: each serves its own ``/metrics``;
-Prometheus scrapes each and sums across them (the ``instance`` label tells them apart).
+One worker keeps its values in the process. Several uvicorn workers: with
+``PROMETHEUS_MULTIPROC_DIR`` set before the workers start (``avokit serve --workers N`` does it,
+and only then: every value written to a memory-mapped file costs a lock and a system call),
+every process writes its values to files there and an exposition sums them (gauges of live
+processes only). Replicas: each serves its own ``/metrics``; Prometheus scrapes each and sums
+across them (the ``instance`` label tells them apart).
+
+The request path is kept cheap (it runs on every request): the labelled children a request
+writes are bound once and kept (``labels()`` costs a validation, a lock and a dictionary lookup
+per call), in maps bounded by the label policy above (route templates x served models and
+``other`` x HTTP statuses).
 
 Where they are served (never unauthenticated on the customer port): ``/metrics`` on the API
 port answers only ``Authorization: Bearer $AVOKIT_METRICS_TOKEN`` (404 without a token
@@ -20,12 +27,13 @@ separate admin address.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import (
@@ -39,7 +47,7 @@ from prometheus_client import (
     values,
 )
 
-from avokit.gateway.metrics_admin import MULTIPROC_ENV
+from avokit.gateway.metrics_admin import MULTIPROC_ENV, multiprocess_registry
 
 OTHER_MODEL = "other"
 # refusal kinds (the ``kind`` label of avokit_refusals_total)
@@ -72,9 +80,37 @@ def multiprocess_dir() -> str | None:
 
 def multiprocess_exposition(path: str) -> bytes:
     """Every process's metrics under ``path``, summed (what the admin listener serves)."""
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
-    return generate_latest(registry)
+    return generate_latest(multiprocess_registry(path))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSeries:
+    """The children of one ``model`` label value, bound once (see the module docstring)."""
+
+    prompt_tokens: Counter
+    generation_tokens: Counter
+    spend: Counter | None  # None with account labels: bound per account when charged
+    engine_errors: Counter
+    ttft: Histogram
+    itl: Histogram
+    e2e: Histogram
+
+
+class GaugeSpan:
+    """A reusable context manager: the gauge is one higher while a block runs (no generator
+    and no allocation per use, unlike ``contextlib.contextmanager``)."""
+
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._gauge.dec()
 
 
 class GatewayMetrics:
@@ -121,15 +157,30 @@ class GatewayMetrics:
         self.open_reservations = Gauge("avokit_open_reservations", "Credit reservations held "
                                        "by live requests of this process", registry=reg,
                                        multiprocess_mode="livesum")
+        self.in_engine = GaugeSpan(self.running)  # ``with metrics.in_engine:`` a running request
         # created at zero, so a dashboard sees every kind before the first refusal
-        for kind in REFUSAL_KINDS:
-            self.refusals.labels(kind)
+        self._refusal = {kind: self.refusals.labels(kind) for kind in REFUSAL_KINDS}
         for model in self.models:
             self.engine_errors.labels(model)
+        self._series: dict[str, ModelSeries] = {}
+        self._answered: dict[tuple[str, str, int], Counter] = {}
 
     def model_label(self, model: str | None) -> str:
         """A served model's name, else ``other`` (clients must not grow the label set)."""
         return model if model in self.models else OTHER_MODEL
+
+    def series(self, model: str | None) -> ModelSeries:
+        """The bound children of ``model``'s label (``other`` for a model not served)."""
+        label = self.model_label(model)
+        found = self._series.get(label)
+        if found is None:
+            # two threads may both get here: labels() hands both the same children
+            found = self._series[label] = ModelSeries(
+                self.prompt_tokens.labels(label), self.generation_tokens.labels(label),
+                self.spend.labels(label) if self._salt is None else None,
+                self.engine_errors.labels(label), self.ttft.labels(label),
+                self.itl.labels(label), self.e2e.labels(label))
+        return found
 
     def account_label(self, account_id: int) -> str:
         """A keyed hash of the account id (12 hex digits)."""
@@ -139,26 +190,37 @@ class GatewayMetrics:
     def billed(self, model: str, account_id: int, prompt: int, completion: int,
                charge: int) -> None:
         """One settled request: its tokens and its charge (exactly what the ledger got)."""
-        label = self.model_label(model)
-        self.prompt_tokens.labels(label).inc(prompt)
-        self.generation_tokens.labels(label).inc(completion)
-        if self._salt is not None:
-            self.spend.labels(label, self.account_label(account_id)).inc(charge)
-        else:
-            self.spend.labels(label).inc(charge)
+        series = self.series(model)
+        series.prompt_tokens.inc(prompt)
+        series.generation_tokens.inc(completion)
+        if series.spend is not None:
+            series.spend.inc(charge)
+        else:  # opt-in, and one child per account: bound here, not kept by this class
+            self.spend.labels(self.model_label(model), self.account_label(account_id)).inc(charge)
 
-    @contextlib.contextmanager
-    def in_engine(self) -> Iterator[None]:
-        """Count a request as running while the block runs."""
-        self.running.inc()
-        try:
-            yield
-        finally:
-            self.running.dec()
+    def refused(self, kind: str) -> None:
+        """One admission refused, by kind (one of :data:`REFUSAL_KINDS`)."""
+        self._refusal[kind].inc()
+
+    def engine_failed(self, model: str) -> None:
+        """The engine failed one generation of ``model``."""
+        self.series(model).engine_errors.inc()
+
+    def answered(self, route: str, model: str | None, status: int, seconds: float) -> None:
+        """One HTTP request answered: counted by route, model and status; a generation
+        request (``model`` given) is also timed end to end."""
+        label = "" if model is None else self.model_label(model)
+        key = (route, label, status)
+        counter = self._answered.get(key)
+        if counter is None:
+            counter = self._answered[key] = self.requests.labels(route, label, str(status))
+        counter.inc()
+        if model is not None:
+            self.series(label).e2e.observe(seconds)
 
     def stream_timer(self, model: str) -> StreamTimer:
         """Times one streamed generation from now (right after its admission)."""
-        return StreamTimer(self, self.model_label(model))
+        return StreamTimer(self.series(model))
 
     def exposition(self) -> bytes:
         """The text format: every worker's values when multiprocess, else this process's."""
@@ -175,9 +237,9 @@ class GatewayMetrics:
 class StreamTimer:
     """Time to first token and inter-token latency of one stream."""
 
-    def __init__(self, metrics: GatewayMetrics, label: str) -> None:
-        self._ttft = metrics.ttft.labels(label)
-        self._itl = metrics.itl.labels(label)
+    def __init__(self, series: ModelSeries) -> None:
+        self._ttft = series.ttft
+        self._itl = series.itl
         self._last: float | None = None
         self._start = time.perf_counter()
 
@@ -222,9 +284,5 @@ class RequestMetrics:
             await self.app(scope, receive, observed)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            model = self._model_of(scope)
-            label = metrics.model_label(model) if model is not None else ""
-            metrics.requests.labels(path, label, str(status)).inc()
-            if model is not None:
-                metrics.e2e.labels(label).observe(time.perf_counter() - start)
+            metrics.answered(getattr(route, "path", None) or "unmatched", self._model_of(scope),
+                             status, time.perf_counter() - start)

@@ -7,10 +7,10 @@ Targets, each with its own SQLite database, in front of the same mock upstream:
     ``git archive`` and imported through PYTHONPATH): no metrics, no request ids;
   * avokit-off: this version with metrics turned off (``AVOKIT_METRICS_ENABLED=0``: nothing
     kept, no middleware), the same code otherwise;
-  * avokit: this version, one worker (metrics kept in the process: /metrics behind its token);
-  * avokit-metrics: this version with ``--metrics-bind`` (multiprocess mode: every value
-    written to a memory-mapped file, as with several workers), the admin listener scraped
-    once a second during the rounds, as Prometheus would.
+  * avokit-metrics: this version as an operator runs it with metrics, ``avokit serve
+    --metrics-bind`` (one worker: values kept in the process, the admin listener serving
+    them from a thread of it; multiprocess files are for several workers), the admin
+    listener scraped once a second during the rounds, as Prometheus would.
 Target (issue 35): metrics on cost <= 2% of the requests/s: avokit-metrics >= 98% of avokit-off,
 the same commit with metrics off. Also reported: avokit-metrics / avokit-base, which adds everything
 else that changed since the base (request ids, spend caps, alerts, ...). Writes
@@ -23,7 +23,7 @@ the per-round ratios avokit-metrics / avokit-off, each round's pair measured bac
 mean and its standard error are reported beside it);
 the 1-minute load average before each round is recorded beside it.
 
-Usage: python -m bench.gateway.metrics_cost [--base COMMIT] [--rounds N]
+Usage: python -m bench.gateway.metrics_cost [--base COMMIT] [--rounds N] [--latency-requests N]
 """
 
 from __future__ import annotations
@@ -100,13 +100,12 @@ def main() -> None:
         # checkout from the working directory ahead of PYTHONPATH (before this, avokit-base
         # ran the current code), and its database is made by its own migrations
         base_env = {"PYTHONPATH": str(base_src), "PYTHONSAFEPATH": "1"}
-        # base and metrics next to each other: each round measures that pair back to back
+        # metrics off and on next to each other: each round measures the verdict's pair
+        # back to back
         for name, extra, flags in [
-                ("avokit-off", {"AVOKIT_METRICS_ENABLED": "0"}, []),
-                ("avokit", {}, []),
                 ("avokit-base", base_env, []),
-                ("avokit-metrics", {"PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")},
-                 ["--metrics-bind", f"127.0.0.1:{admin}"])]:
+                ("avokit-off", {"AVOKIT_METRICS_ENABLED": "0"}, []),
+                ("avokit-metrics", {}, ["--metrics-bind", f"127.0.0.1:{admin}"])]:
             if name == "avokit-base":
                 key, env = _base_database(tmp / f"{name}.db", tmp / "registry", upstream,
                                           base_env)

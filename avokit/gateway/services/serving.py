@@ -260,7 +260,7 @@ def admit(gw: Gateway, prep: Prepared, request_id: str | None = None) -> meterin
     except GatewayError as err:
         kind = _refusal_kind(err)
         if gw.metrics is not None and kind is not None:
-            gw.metrics.refusals.labels(kind).inc()
+            gw.metrics.refused(kind)
         raise
     if gw.metrics is not None:
         gw.metrics.open_reservations.inc()
@@ -310,7 +310,7 @@ async def _release(gw: Gateway, hold: metering.Hold) -> None:
         await run_in_threadpool(metering.release, gw.db, hold)
     if gw.metrics is not None:
         gw.metrics.open_reservations.dec()
-        gw.metrics.engine_errors.labels(gw.metrics.model_label(hold.model)).inc()
+        gw.metrics.engine_failed(hold.model)
 
 
 async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
@@ -320,7 +320,7 @@ async def run_to_end(gw: Gateway, prep: Prepared, hold: metering.Hold
     Nothing reaches the client before the answer is complete, so a failed generation is
     not billed at all: its reservation is released.
     """
-    running = gw.metrics.in_engine() if gw.metrics is not None else contextlib.nullcontext()
+    running = gw.metrics.in_engine if gw.metrics is not None else contextlib.nullcontext()
     try:
         with running:
             scores = None
@@ -348,7 +348,7 @@ async def stream_events(gw: Gateway, prep: Prepared, hold: metering.Hold
     delivered = 0
     failed = False
     timer = gw.metrics.stream_timer(prep.model) if gw.metrics is not None else None
-    running = gw.metrics.in_engine() if gw.metrics is not None else contextlib.nullcontext()
+    running = gw.metrics.in_engine if gw.metrics is not None else contextlib.nullcontext()
     try:
         with running:
             async for ev in _timed(gw.engine.generate(prep.model, prep.params), timer):
