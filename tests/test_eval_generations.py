@@ -25,8 +25,9 @@ def test_prompts_end_before_a_word_or_after_cjk_punctuation() -> None:
     assert cut_prompt("The river ran under the bridge", 14) == "The river ran"
     assert cut_prompt("这个酒店很好，早餐也不错。房间干净", 30) == "这个酒店很好，"  # 21 bytes, up to the comma
     assert cut_prompt("东京东京东京", 7) == "东京"  # no break: a whole-character cut
-    docs = [Document("a1", "short", "en"), Document("a2", "x " * 40, "en"), Document("c1", "y " * 40, "code"),
-            Document("a3", "z " * 40, "en"), Document("a4", "w " * 40, "en")]
+    docs = [Document(i, text, "test", domain=dom) for i, text, dom in (
+        ("a1", "short", "en"), ("a2", "x " * 40, "en"), ("c1", "y " * 40, "code"), ("a3", "z " * 40, "en"),
+        ("a4", "w " * 40, "en"))]
     prompts = heldout_prompts(docs, GenerationConfig(prompts_per_domain=2, prompt_bytes=16))
     assert [(p.doc_id, p.domain) for p in prompts] == [("c1", "code"), ("a2", "en"), ("a3", "en")]
     assert all(d.text.startswith(p.text) and p.text + p.rest == d.text

@@ -48,8 +48,10 @@ def fake_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_fa
         params=sum(p.numel() for p in model.parameters()), vocab_size=len(smollm2_tokenizer),
         tokenizer_kind="byte_level", license="Apache-2.0", license_file=None, start_token="<|endoftext|>",
         gguf_file="tiny.gguf", upstream="test/tiny", provenance="a test"))
-    monkeypatch.setattr(registry, "locate_teacher", lambda name: gguf)
-    monkeypatch.setattr(registry, "registry_tokenizer", lambda name: smollm2_tokenizer)
+    real_locate, real_tokenizer = registry.locate_teacher, registry.registry_tokenizer
+    monkeypatch.setattr(registry, "locate_teacher", lambda name: gguf if name == FAKE else real_locate(name))
+    monkeypatch.setattr(registry, "registry_tokenizer",
+                        lambda name: smollm2_tokenizer if name == FAKE else real_tokenizer(name))
     return gguf
 
 

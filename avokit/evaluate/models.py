@@ -16,7 +16,7 @@ from avokit.evaluate.bpb import BpbResult, bpb_from_records, score_bpb
 from avokit.evaluate.contamination import ContaminationReport
 from avokit.evaluate.generations import GenerationJudge
 from avokit.evaluate.tasks import Task, TaskResult, run_task
-from avokit.recipe import Recipe
+from avokit.recipe import Recipe, TeacherConfig
 from avokit.teachers.base import Teacher
 
 MODEL_DIRS = ("student", "baseline")
@@ -84,6 +84,14 @@ def _teacher_loader() -> Any:
     return load_teacher
 
 
+def _load_checked_teacher(recipe: Recipe, teacher: TeacherConfig) -> Teacher:
+    """``teacher`` in the dtype its cache was captured in (float32 where its bf16 check failed)."""
+    from avokit.teachers.fidelity import checked_config
+
+    loaded: Teacher = _teacher_loader()(checked_config(recipe, teacher), recipe.base_dir)
+    return loaded
+
+
 def _model_info(teacher: Teacher) -> dict[str, Any]:
     return {"license": teacher.info.license, "params": teacher.info.params,
             "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
@@ -124,15 +132,10 @@ def score_all(
     every teacher, one model in memory at a time: teachers are GBs on a shared CPU box. With
     a ``judge``, the student-like models write their continuations and the teachers judge
     them while each is loaded (so no model is loaded twice)."""
-    from avokit.teachers.fidelity import checked_config
-
     loaders = _student_loaders(recipe)
     writers = {name for name, _ in loaders}
     if recipe.eval.include_teachers:
-        load_teacher = _teacher_loader()
-        # in the dtype each teacher's cache was captured in (float32 where its bf16 check failed)
-        loaders += [(t.name, lambda t=t: load_teacher(checked_config(recipe, t), recipe.base_dir))
-                    for t in recipe.teachers]
+        loaders += [(t.name, functools.partial(_load_checked_teacher, recipe, t)) for t in recipe.teachers]
     bpb: dict[str, BpbResult] = {}
     task_metrics: dict[str, Any] = {}
     infos: dict[str, dict[str, Any]] = {}

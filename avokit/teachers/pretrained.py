@@ -72,14 +72,14 @@ def resolve_pretrained(recipe: Recipe) -> PretrainedStart | None:
             raise AvokitError(f"student.pretrained: registry model {name!r}: {err}") from err
         return PretrainedStart(folder, name, fingerprint, frozenset(model_identities(folder) | {fingerprint}),
                                teacher_entry(name).start_token)
-    folder = student.pretrained_dir(recipe.base_dir)
-    assert folder is not None  # not a registry name, so a directory
-    if not (folder / "config.json").is_file():
-        raise AvokitError(f"student.pretrained: {folder} is not a Hugging Face model directory (no config.json)")
-    ids = model_identities(folder)
+    local = student.pretrained_dir(recipe.base_dir)
+    assert local is not None  # not a registry name, so a directory
+    if not (local / "config.json").is_file():
+        raise AvokitError(f"student.pretrained: {local} is not a Hugging Face model directory (no config.json)")
+    ids = model_identities(local)
     # a registry model's copy named as a directory keeps its GGUF's identity, like a teacher's
-    fingerprint = _gguf_fingerprint(folder) or weights_fingerprint(weight_files(folder))
-    return PretrainedStart(folder, None, fingerprint, frozenset(ids))
+    fingerprint = _gguf_fingerprint(local) or weights_fingerprint(weight_files(local))
+    return PretrainedStart(local, None, fingerprint, frozenset(ids))
 
 
 def teacher_identities(recipe: Recipe, index: int) -> set[str]:
