@@ -93,8 +93,9 @@ def teacher_identities(recipe: Recipe, index: int) -> set[str]:
             return {weights_fingerprint([locate_teacher(t.registry_name)])}
         except MissingPackageError:
             return set()
-    if t.kind in ("hf", "gguf") and t.path is not None and recipe.resolve(t.path).exists():
-        return model_identities(recipe.resolve(t.path))
+    path = recipe.resolve(t.path) if t.kind in ("hf", "gguf") and t.path is not None else None
+    if path is not None and path.exists() and weight_files(path):  # a CE baseline needs no teacher weights
+        return model_identities(path)
     return set()
 
 
