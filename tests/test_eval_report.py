@@ -109,7 +109,7 @@ def test_eval_report_gate_log_and_release(recipe_dir: Path) -> None:
     # A cache whose held-out text is not today's (same doc id, other bytes) is refused, not used.
     from avokit.corpus import load_split
     from avokit.errors import AvokitError
-    from avokit.evaluate.run import cached_bpb
+    from avokit.evaluate.models import cached_bpb
     from avokit.teachers.load import load_teacher
 
     rec = load_recipe(recipe_file)

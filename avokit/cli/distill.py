@@ -32,7 +32,10 @@ def print_plan(plan: Plan, console: Console) -> None:
                       "yes" if s.done else "")
     console.print(table)
     console.print(f"corpus: {_fmt_num(plan.corpus_bytes)}B of text ({plan.corpus_bytes_source})")
-    console.print(f"student: {_fmt_num(plan.student_params)} parameters")
+    size = plan.student
+    params = f"{_fmt_num(size.params)} parameters, " if size.params is not None else "size unknown, "
+    console.print(f"student: {params}{_fmt_num(size.forward_flops_per_token)} FLOPs per token forward "
+                  f"(from {size.source})")
     for name, n in plan.teacher_params.items():
         console.print(f"teacher {name}: {_fmt_num(n) + ' parameters' if n else 'size unknown (set params:)'}")
     console.print(f"teacher cache: ~{_fmt_num(plan.cache_bytes)}B")

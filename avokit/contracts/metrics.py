@@ -208,6 +208,28 @@ class Distillation(Contract):
     teacher_weights: dict[str, float]  # teacher -> mean fusion weight; empty if not logged
 
 
+class PromptGeneration(Contract):
+    """One held-out prompt, each model's greedy continuation and each teacher's BPB of it."""
+
+    doc_id: str
+    domain: str
+    prompt: str
+    continuations: dict[str, str]  # model (start, baseline, student, reference) -> text
+    bpb: dict[str, dict[str, float | None]]  # judging teacher -> model -> BPB (None: nothing written)
+
+
+class Generations(Contract):
+    """Generation quality (avokit.evaluate.generations): the teachers judge what the models write."""
+
+    max_new_tokens: int
+    prompt_bytes: int
+    prompts_per_domain: int
+    judges: list[str]  # the teachers that scored the continuations
+    bpb: dict[str, dict[str, dict[str, float | None]]]  # judge -> model -> domain (and "all") -> BPB
+    mean: dict[str, dict[str, float | None]]  # model -> domain (and "all") -> mean over the judges
+    prompts: list[PromptGeneration]
+
+
 class EvalMetrics(Contract):
     """The whole of ``metrics.json``."""
 
@@ -236,6 +258,7 @@ class EvalMetrics(Contract):
     teachers: list[TeacherLineage]
     data: DataLineage
     distillation: Distillation | None = None  # None in metrics written before it was recorded
+    generations: Generations | None = None  # None when eval.generation.prompts_per_domain is 0
 
     def write(self, path: Path) -> None:
         """Write as indented JSON."""

@@ -32,7 +32,7 @@ def combined_weights_sha256(weights: dict[str, str]) -> str:
 class TokenizerInfo(Contract):
     """The student's own tokenizer as shipped."""
 
-    kind: str  # recipe student.tokenizer.kind: "train" (BPE on the corpus) or "path"
+    kind: str  # resolved student.tokenizer.kind: "train" (BPE on the corpus), "path" or "pretrained"
     vocab_size: int | None
     files: list[str]  # the shipped tokenizer files (their sha256 are in ReleaseManifest.files)
 

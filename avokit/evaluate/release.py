@@ -73,8 +73,9 @@ def model_card(name: str, config: dict[str, Any], metrics: EvalMetrics, context_
     tr = metrics.training.get("student")
     student = metrics.models.get("student")
     tok_cfg = metrics.student_config.get("tokenizer", {})
-    tok_origin = ("a byte-level BPE trained on the recipe's training corpus" if tok_cfg.get("kind") == "train"
-                  else f"loaded from {tok_cfg.get('path', '?')}")
+    tok_origin = {"train": "a byte-level BPE trained on the recipe's training corpus",
+                  "pretrained": f"the pretrained start's own ({metrics.student_config.get('pretrained')})"
+                  }.get(tok_cfg.get("kind", ""), f"loaded from {tok_cfg.get('path', '?')}")
     lines = [
         f"# {name}", "",
         f"Distilled by avokit from recipe `{metrics.recipe}` (evaluation run {metrics.eval_run}, {metrics.created}).", "",

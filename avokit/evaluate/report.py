@@ -15,6 +15,7 @@ from avokit.evaluate.plots import (
     plot_training_curves,
     read_train_log,
 )
+from avokit.evaluate.report_generations import generation_section
 from avokit.evaluate.tasks import Task
 
 
@@ -126,6 +127,10 @@ def _bpb_section(metrics: dict[str, Any]) -> list[str]:
         dtype = captured.get(m) if b["source"] == "cache" else models.get(m, {}).get("dtype")
         lines.append(f"| {m} | {b['bpb']:.4f} | {b['tokens']} | {b['tokens'] / max(1, b['bytes']):.3f} | "
                      f"{window} | {b['source']} | {_fmt(dtype)} |")
+    if "start" in metrics["bpb"]:
+        lines += ["", "`start` is the pretrained student before any training (its weights as loaded), so "
+                  "start -> baseline shows what training on the corpus alone changed and baseline -> student "
+                  "what the teachers added."]
     held_domains = ho.get("domains", {})
     lines += ["", "### Per domain", "",
               "Bits per byte within each domain's held-out documents (" +
@@ -221,7 +226,8 @@ def _cost_section(metrics: dict[str, Any], log: list[dict[str, Any]]) -> list[st
 
 def render_markdown(metrics: dict[str, Any], log: list[dict[str, Any]], plots: list[Path]) -> str:
     """report.md from metrics.json and the whole evaluation log."""
-    lines = (_gate_section(metrics, log) + _bpb_section(metrics) + _distillation_section(metrics)
+    lines = (_gate_section(metrics, log) + _bpb_section(metrics) + generation_section(metrics.get("generations"))
+             + _distillation_section(metrics)
              + _task_section(metrics)
              + _contamination_section(metrics["contamination"]) + _cost_section(metrics, log)
              + ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots])

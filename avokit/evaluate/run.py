@@ -3,7 +3,6 @@ the gate verdict; the report. Every call is appended to report/eval_log.jsonl.""
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
 import time
@@ -18,20 +17,19 @@ import torch
 from avokit.contracts.metrics import EVAL_SCHEMA_VERSION, EvalMetrics, TrainingSummary
 from avokit.corpus import Document, load_split
 from avokit.errors import AvokitError
-from avokit.evaluate.bpb import BpbResult, bpb_from_records, domain_bpb, score_bpb
-from avokit.evaluate.contamination import ContaminationReport, check_contamination
+from avokit.evaluate.bpb import BpbResult, domain_bpb
+from avokit.evaluate.contamination import check_contamination
 from avokit.evaluate.gate import check_gate
+from avokit.evaluate.generations import GenerationJudge, heldout_prompts
 from avokit.evaluate.lineage import cached_teacher_dtype, cached_teacher_fingerprint, data_lineage
+from avokit.evaluate.models import MODEL_DIRS, score_all
 from avokit.evaluate.plots import read_train_log
 from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
 from avokit.evaluate.runlog import append_entry, read_log
 from avokit.evaluate.suites import load_builtin_task
-from avokit.evaluate.tasks import Task, TaskResult, load_task, run_task
+from avokit.evaluate.tasks import Task, load_task
 from avokit.recipe import Recipe
-from avokit.teachers.base import Teacher
-
-MODEL_DIRS = ("student", "baseline")
 
 
 def cpu_model() -> str:
@@ -74,67 +72,6 @@ def training_texts(recipe: Recipe) -> list[str]:
             if "text" in table.column_names:
                 texts.extend(str(t) for t in table.column("text").to_pylist())
     return texts
-
-
-def _task_metrics(res: TaskResult, dirty: set[str]) -> dict[str, Any]:
-    clean = set(res.correct) - dirty
-    out: dict[str, Any] = {k: v.as_dict() for k, v in res.scores().items()}
-    out["clean"] = {k: v.as_dict() for k, v in res.scores(clean).items()}
-    out["dirty"] = {k: v.as_dict() for k, v in res.scores(set(res.correct) & dirty).items()}
-    return out
-
-
-def cached_bpb(recipe: Recipe, teacher: Teacher, texts: dict[str, str]) -> BpbResult | None:
-    """The teacher's held-out BPB from its capture cache, or None where the cache is absent
-    or misses a held-out document. The cache must come from this very teacher (fingerprint)."""
-    from avokit.cache import CacheReader
-
-    path = recipe.run_dir / "cache" / teacher.info.name
-    if not (path / "manifest.json").is_file():
-        return None
-    reader = CacheReader(path, expect_teacher_fingerprint=teacher.info.fingerprint)
-    ids = [d for d, t in texts.items() if t]
-    if any(d not in reader for d in ids):
-        return None
-    records = [reader[d] for d in ids]
-    # same doc_id is not same text: a cache from an older corpus would score other bytes, so
-    # the teacher's tokenization of today's held-out text must be exactly the cached one
-    for rec, tok in zip(records, teacher.tokenize([texts[d] for d in ids])):
-        if not (np.array_equal(rec.token_ids, tok.ids) and np.array_equal(rec.byte_ends, tok.byte_ends)):
-            raise AvokitError(f"{path}: cached tokens of held-out document {rec.doc_id!r} do not match its "
-                              "current text (cache from another corpus?); run `avokit capture` again or set "
-                              "eval.teacher_bpb: live")
-    return bpb_from_records(teacher.info.name, records, texts, source="cache")
-
-
-def _evaluate_model(
-    teacher: Teacher, name: str, texts: dict[str, str], tasks: list[Task], recipe: Recipe,
-    contamination: ContaminationReport, use_cache: bool = False,
-) -> tuple[BpbResult, dict[str, Any]]:
-    bpb = cached_bpb(recipe, teacher, texts) if use_cache and recipe.eval.teacher_bpb != "live" else None
-    if bpb is None and use_cache and recipe.eval.teacher_bpb == "cache":
-        raise AvokitError(f"eval.teacher_bpb: cache: {recipe.run_dir / 'cache' / name} does not cover every "
-                          "held-out document; run `avokit capture` or set teacher_bpb: auto")
-    if bpb is None:
-        bpb = score_bpb(teacher, texts, batch_size=recipe.eval.batch_size, name=name)
-    model, tok = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
-    task_out: dict[str, Any] = {}
-    if tasks and (model is None or tok is None):
-        raise AvokitError(f"{name}: task scoring needs a local model (`hf`, `gguf` or `registry` teacher)")
-    for task in tasks:
-        res = run_task(model, tok, task, recipe.eval.max_length, recipe.eval.batch_size)
-        task_out[task.name] = _task_metrics(res, contamination.dirty_ids(task.name))
-    return bpb, task_out
-
-
-def _teacher_loader() -> Any:
-    """``load_teacher(config, base_dir)`` from the teachers package (contract: exported from
-    ``avokit.teachers``; it lives in ``avokit.teachers.load``)."""
-    try:
-        from avokit.teachers import load_teacher
-    except ImportError:
-        from avokit.teachers.load import load_teacher
-    return load_teacher
 
 
 def training_summary(run_dir: Path) -> dict[str, TrainingSummary]:
@@ -180,51 +117,6 @@ def domain_contamination(recipe: Recipe, tasks: list[Task]) -> dict[str, dict[st
         out[dom] = {"docs": sum(d.domain == dom for d in train), "contaminated_items": len(rep.items),
                     "rate": rep.overall_rate, "per_task": rep.per_task}
     return out
-
-
-def _model_info(teacher: Teacher) -> dict[str, Any]:
-    return {"license": teacher.info.license, "params": teacher.info.params,
-            "backend": teacher.info.backend, "tokenizer": teacher.info.tokenizer_kind,
-            "vocab_size": teacher.info.vocab_size,
-            # tokens of context per scoring window (live scoring; the capture used the
-            # teacher's own max_length too): part of what the BPB means
-            "window": getattr(teacher, "max_length", None), "fingerprint": teacher.info.fingerprint,
-            "dtype": teacher.info.dtype}
-
-
-def _score_all(
-    recipe: Recipe, texts: dict[str, str], tasks: list[Task], contamination: ContaminationReport
-) -> tuple[dict[str, BpbResult], dict[str, Any], dict[str, dict[str, Any]]]:
-    """BPB and task scores of student, baseline and (if asked) every teacher, one model in
-    memory at a time: teachers are GBs on a shared CPU box."""
-    from avokit.teachers.fidelity import checked_config
-    from avokit.teachers.hf import HFTeacher
-
-    run_dir = recipe.run_dir
-    loaders: list[tuple[str, Any]] = [
-        (m, lambda m=m: HFTeacher.from_dir(run_dir / m, name=m, device="auto", max_length=recipe.eval.max_length))
-        for m in MODEL_DIRS
-    ]
-    if recipe.eval.include_teachers:
-        load_teacher = _teacher_loader()
-        # in the dtype each teacher's cache was captured in (float32 where its bf16 check failed)
-        loaders += [(t.name, lambda t=t: load_teacher(checked_config(recipe, t), recipe.base_dir))
-                    for t in recipe.teachers]
-    bpb: dict[str, BpbResult] = {}
-    task_metrics: dict[str, Any] = {}
-    infos: dict[str, dict[str, Any]] = {}
-    for name, load in loaders:
-        teacher = load()
-        infos[name] = _model_info(teacher)
-        try:
-            scored = tasks if name in MODEL_DIRS or recipe.eval.teacher_tasks else []
-            bpb[name], task_metrics[name] = _evaluate_model(teacher, name, texts, scored, recipe, contamination,
-                                                            use_cache=name not in MODEL_DIRS)
-        finally:
-            teacher.close()
-            del teacher
-            gc.collect()
-    return bpb, task_metrics, infos
 
 
 def _distillation(recipe: Recipe) -> dict[str, Any]:
@@ -282,14 +174,17 @@ def run_eval(recipe: Recipe) -> Path:
     for m in MODEL_DIRS:
         if not (run_dir / m / "config.json").is_file():
             raise AvokitError(f"{run_dir / m}: no trained model (config.json missing); run `avokit train` first")
-    heldout = balanced_subset(load_split(recipe, "heldout"), recipe.eval.bpb_max_docs)
+    whole = load_split(recipe, "heldout")
+    heldout = balanced_subset(whole, recipe.eval.bpb_max_docs)
     texts = {d.doc_id: d.text for d in heldout}
     domains = {d.doc_id: d.domain for d in heldout}
     tasks = load_tasks(recipe)
     train_texts = training_texts(recipe)
     contamination = check_contamination(train_texts, tasks, n=recipe.eval.ngram)
     export_eval_items(tasks, report_dir / "eval_items.jsonl")
-    bpb, task_metrics, infos = _score_all(recipe, texts, tasks, contamination)
+    gen = recipe.eval.generation
+    judge = GenerationJudge(heldout_prompts(whole, gen), gen) if gen.prompts_per_domain else None
+    bpb, task_metrics, infos = score_all(recipe, texts, tasks, contamination, judge)
 
     student_acc = {t: task_metrics["student"][t]["clean"]["acc"]["value"] for t in task_metrics["student"]
                    if task_metrics["student"][t]["clean"]["acc"]["n"]}
@@ -329,10 +224,14 @@ def run_eval(recipe: Recipe) -> Path:
         "release_name": recipe.release.name or recipe.name,
         "training": {m: t.model_dump(mode="json") for m, t in training_summary(run_dir).items()},
         "models": infos,
-        "student_config": recipe.student.model_dump(mode="json"),
+        # `auto` resolved: the tokenizer the run really used
+        "student_config": {**recipe.student.model_dump(mode="json"),
+                           "tokenizer": {**recipe.student.tokenizer.model_dump(mode="json"),
+                                         "kind": recipe.student.tokenizer_kind}},
         "teachers": _teacher_lineage(recipe, infos),
         "data": data_lineage(run_dir, [t.name for t in recipe.teachers]),
         "distillation": _distillation(recipe),
+        "generations": judge.as_metrics() if judge is not None else None,
     }
     typed = EvalMetrics.model_validate(metrics)  # the contract, checked before anything is written
     plots = write_plots(metrics, run_dir, report_dir)

@@ -2,7 +2,9 @@
 
 Token counts come from the built corpus when it exists, else from an upper bound on the
 sources (file sizes, capped by ``max_docs x max_chars``). FLOPs use the usual estimates:
-2·N per token for a forward pass (capture, evaluation), 6·N per token for training.
+2·N per token for a teacher's forward pass (capture, evaluation); the student's forward FLOPs
+per token come from its config (:mod:`avokit.pipeline.student_size`: a pretrained student's
+real size, attention included), three of them per training token.
 GPU-hours assume an H100 at 989 dense bf16 TFLOP/s and a stated model-FLOPs utilisation.
 """
 
@@ -12,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avokit.pipeline.student_size import StudentSize, student_size
 from avokit.recipe import Recipe, TeacherConfig
 
 H100_BF16_FLOPS = 989e12
@@ -43,9 +46,14 @@ class Plan:
     corpus_bytes_source: str
     stages: list[StagePlan]
     cache_bytes: int
-    student_params: int
+    student: StudentSize
     teacher_params: dict[str, int | None]
     missing_inputs: list[str] = field(default_factory=list)
+
+    @property
+    def student_params(self) -> int | None:
+        """The student's parameter count (None: a pretrained student not on this machine)."""
+        return self.student.params
 
     @property
     def total_flops(self) -> float:
@@ -87,31 +95,6 @@ def _source_bytes(recipe: Recipe) -> tuple[int, str]:
     return total, "upper bound from the sources"
 
 
-class _VocabOnly:
-    """Stands in for the not-yet-trained student tokenizer: only its size matters here."""
-
-    bos_token_id = eos_token_id = pad_token_id = None
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def __len__(self) -> int:
-        return self._size
-
-
-def student_param_count(recipe: Recipe) -> int:
-    """Exact parameter count of the recipe's student, built on the meta device (no memory)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from avokit.student.model import student_hf_config
-
-    cfg = student_hf_config(recipe.student, _VocabOnly(recipe.student.tokenizer.vocab_size))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
 def teacher_param_count(recipe: Recipe, teacher: TeacherConfig) -> int | None:
     """Declared, registry or config-derived parameter count; None when unknown."""
     if teacher.params:
@@ -143,6 +126,9 @@ def _missing_inputs(recipe: Recipe) -> list[str]:
             value = getattr(t, fname)
             if value is not None and not recipe.resolve(value).exists():
                 missing.append(f"teachers[{i}].{fname}: {recipe.resolve(value)}")
+    folder = recipe.student.pretrained_dir(recipe.base_dir)
+    if folder is not None and not folder.exists():
+        missing.append(f"student.pretrained: {folder}")
     return missing
 
 
@@ -151,7 +137,8 @@ def make_plan(recipe: Recipe) -> Plan:
     corpus_bytes, how = _source_bytes(recipe)
     corpus_tokens = int(corpus_bytes / BYTES_PER_TOKEN_TEXT)
     heldout_tokens = int(corpus_tokens * recipe.corpus.heldout_fraction)
-    n_student = student_param_count(recipe)
+    size = student_size(recipe)
+    fwd = size.forward_flops_per_token
     teacher_params = {t.name: teacher_param_count(recipe, t) for t in recipe.teachers}
     tr = recipe.train
     train_tokens = tr.steps * tr.batch_size * tr.grad_accum * tr.seq_len
@@ -178,14 +165,16 @@ def make_plan(recipe: Recipe) -> Plan:
     for variant in ("student", "baseline"):
         kind = "CE + KD from all teachers" if variant == "student" else "CE only (baseline)"
         stages.append(StagePlan(f"train:{variant}", f"{tr.steps} steps, {kind}", train_tokens,
-                                6.0 * n_student * train_tokens,
+                                3.0 * fwd * train_tokens,
                                 (run / variant / "model.safetensors").is_file()))
-    eval_flops = 2.0 * heldout_tokens * (2 * n_student + sum(n or 0 for n in teacher_params.values()))
+    # student, baseline and, for a pretrained student, its untouched start
+    n_scored = 3 if recipe.student.pretrained is not None else 2
+    eval_flops = heldout_tokens * (n_scored * fwd + 2.0 * sum(n or 0 for n in teacher_params.values()))
     stages.append(StagePlan("eval", f"held-out BPB + {', '.join(recipe.eval.tasks) or 'no tasks'}",
                             heldout_tokens, eval_flops, (run / "report" / "metrics.json").is_file()))
     stages.append(StagePlan("release", f"gate, then registry {recipe.release.registry}", 0, 0.0))
     # Budget per stored position: ~3 B per top-k entry (id + quantised log-prob, compressed)
     # plus ~8 B of per-position scalars; the capture manifest reports the measured figure.
     cache_bytes = int(corpus_tokens * (recipe.capture.top_k * 3 + 8) * len(recipe.teachers))
-    return Plan(recipe.name, run, corpus_bytes, how, stages, cache_bytes, n_student, teacher_params,
+    return Plan(recipe.name, run, corpus_bytes, how, stages, cache_bytes, size, teacher_params,
                 _missing_inputs(recipe))

@@ -10,6 +10,19 @@ from pydantic import Field
 from avokit.recipe.base import Section
 
 
+class GenerationConfig(Section):
+    """Generation quality: greedy continuations of held-out prompts, judged by the teachers.
+
+    Per domain, the first ``prompts_per_domain`` held-out documents (corpus order) that are
+    longer than ``prompt_bytes``; each prompt is the document's opening, cut at the last
+    whitespace or CJK punctuation within ``prompt_bytes`` UTF-8 bytes.
+    """
+
+    prompts_per_domain: int = Field(default=3, ge=0)  # 0: no generation section
+    prompt_bytes: int = Field(default=256, ge=16)
+    max_new_tokens: int = Field(default=48, ge=1, le=1024)
+
+
 class EvalConfig(Section):
     """What to evaluate: held-out BPB and task suites, for student, baseline and teachers."""
 
@@ -29,6 +42,7 @@ class EvalConfig(Section):
     # document (exact stored gold log-probs, same numbers), else scores live
     teacher_bpb: Literal["auto", "live", "cache"] = "auto"
     cost_per_hour: float = Field(default=0.0, ge=0.0)  # $/hour of the machine; 0 = a CPU you own
+    generation: GenerationConfig = GenerationConfig()
 
 
 class GateConfig(Section):

@@ -83,11 +83,16 @@ def _check_paths(recipe: Recipe, source: str) -> None:
     for i, t in enumerate(recipe.teachers):
         checks.append((f"teachers[{i}].path", t.path))
         checks.append((f"teachers[{i}].tokenizer", t.tokenizer))
-    checks.append(("student.pretrained", recipe.student.pretrained))
+    checks.append(("student.pretrained", recipe.student.pretrained_dir(recipe.base_dir)))
     checks.append(("student.tokenizer.path", recipe.student.tokenizer.path))
     for field, path in checks:
         if path is not None and not recipe.resolve(path).exists():
-            raise RecipeError(f"{source}: {field}: file not found: {recipe.resolve(path)}")
+            hint = ""
+            if field == "student.pretrained":
+                from avokit.catalog import TEACHERS
+
+                hint = f" (nor a registry model: {', '.join(sorted(TEACHERS))})"
+            raise RecipeError(f"{source}: {field}: file not found: {recipe.resolve(path)}{hint}")
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

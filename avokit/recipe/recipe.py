@@ -50,6 +50,25 @@ class Recipe(Section):
                 raise ValueError(f"generate.teachers: unknown teacher(s) {unknown} (teachers: {sorted(seen)})")
         return self
 
+    @model_validator(mode="after")
+    def _student_not_a_teacher(self) -> Recipe:
+        """A pretrained student that is also a teacher would distil a model into itself: the
+        names and paths are compared here; the weights' fingerprints where they are loaded
+        (:func:`avokit.teachers.pretrained.check_not_a_teacher`)."""
+        student = self.student
+        if student.pretrained is None:
+            return self
+        folder = student.pretrained_dir(self.base_dir)
+        for i, t in enumerate(self.teachers):
+            same_name = t.kind == "registry" and t.registry_name == student.registry_name
+            same_path = folder is not None and t.path is not None and self.resolve(t.path) == folder
+            if same_name or same_path:
+                field = "path" if same_path else ("model" if t.model else "name")
+                raise ValueError(f"student.pretrained ({student.pretrained}) is also teachers[{i}].{field} "
+                                 f"({t.name!r}): a model cannot be distilled into itself; drop that teacher "
+                                 "or start from another model")
+        return self
+
     @property
     def generating_teachers(self) -> list[str]:
         """The teachers the generate stage runs (all of them when the section lists none)."""

@@ -90,11 +90,14 @@ class HFTeacher(TokenizerTeacher):
         vocab_chunk: int = 512,
         fingerprint: str | None = None,
         backend: str = "hf",
+        tokenizer: Any = None,
     ) -> HFTeacher:
         """Load a Hugging Face model directory (config.json + weights + tokenizer files).
 
         ``fingerprint`` replaces the one computed from the weight files where the directory is
         a converted copy of other weights (registry teachers: their GGUF is their identity).
+        ``tokenizer`` replaces the directory's own (a pretrained student scored with the run's
+        copy of its tokenizer, whose start token may be set).
         ``dtype``: ``auto`` (bf16 where ``device`` computes it natively, else float32, see
         :mod:`avokit.precision`) or an explicit ``float32`` / ``bfloat16`` / ``float16``.
         """
@@ -102,7 +105,7 @@ class HFTeacher(TokenizerTeacher):
         if not (path / "config.json").is_file():
             raise AvokitError(f"{path} is not a Hugging Face model directory (no config.json)")
         return cls._load(path, None, name or path.name, license, device, dtype, backend,
-                         start_token, max_length, batch_size, vocab_chunk, tokenizer=None,
+                         start_token, max_length, batch_size, vocab_chunk, tokenizer=tokenizer,
                          fingerprint=fingerprint)
 
     @classmethod

@@ -31,12 +31,10 @@ def load_teacher(
                               "vocab_chunk": cap.vocab_chunk}
     if config.kind == "registry":
         from avokit.catalog import teacher_entry
-        from avokit.teachers.materialize import float32_dir
-        from avokit.teachers.registry import locate_teacher, registry_tokenizer
+        from avokit.teachers.registry import registry_model_dir
 
         entry = teacher_entry(config.registry_name)
-        folder, fingerprint = float32_dir(entry.name, locate_teacher(entry.name),
-                                          lambda: registry_tokenizer(entry.name))
+        folder, fingerprint = registry_model_dir(entry.name)
         return HFTeacher.from_dir(
             folder, name=config.name, license=entry.license, device=config.device, dtype=config.dtype,
             start_token=config.start_token or entry.start_token, fingerprint=fingerprint,

@@ -86,3 +86,12 @@ def float32_dir(name: str, gguf: Path, tokenizer: Callable[[], Any]) -> tuple[Pa
     except OSError:  # another process renamed its copy in between: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return target, fingerprint
+
+
+def find_converted(name: str) -> Path | None:
+    """An existing float32 copy of registry model ``name`` (the newest complete one), found
+    without reading its GGUF; None where none was converted on this machine yet."""
+    root = cache_dir() / "teachers"
+    found = [p for p in root.glob(f"{name}-float32-*") if p.is_dir() and ".tmp" not in p.name
+             and (read_source(p) or {}).get("layout") == LAYOUT_VERSION]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -16,6 +16,7 @@ from avokit.catalog import TeacherEntry, teacher_entry
 from avokit.errors import AvokitError, MissingPackageError
 from avokit.paths import cache_dir
 from avokit.teachers.assemble import assemble_gguf
+from avokit.teachers.materialize import float32_dir
 
 
 def _package_dir(entry: TeacherEntry) -> Path:
@@ -83,3 +84,12 @@ def registry_tokenizer(name: str) -> Any:
     else:
         tmp.replace(cached)
     return AutoTokenizer.from_pretrained(cached)
+
+
+def registry_model_dir(name: str) -> tuple[Path, str]:
+    """The float32 Hugging Face folder (weights, config, tokenizer, chat template) of registry
+    model ``name`` and its weights fingerprint (the GGUF's): converted from the GGUF once
+    (:func:`avokit.teachers.materialize.float32_dir`), the same copy for a registry teacher and
+    a registry student."""
+    entry = teacher_entry(name)
+    return float32_dir(entry.name, locate_teacher(entry.name), lambda: registry_tokenizer(entry.name))

@@ -15,34 +15,18 @@ import numpy as np
 from avokit.corpus import load_split
 from avokit.errors import AvokitError
 from avokit.recipe.recipe import Recipe
-from avokit.student import build_student, load_student_tokenizer, train_student_tokenizer
+from avokit.teachers.pretrained import resolve_pretrained
 from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
 from avokit.train.data import PackedCorpus, pack_documents, read_split, separator_prefix
 from avokit.train.kd_data import DenseSpec, TeacherSource
 from avokit.train.kd_terms import KDSetup
 from avokit.train.loop import train_loop
 from avokit.train.on_policy import OnPolicy
+from avokit.train.start import ensure_student_tokenizer as ensure_student_tokenizer  # re-exported
+from avokit.train.start import initial_student
 
 DONE = "training_done.json"
 FUSION_LOG = "fusion_weights.jsonl"
-
-
-def ensure_student_tokenizer(recipe: Recipe) -> Any:
-    """The run's student tokenizer (``run_dir/tokenizer``), trained or copied there once.
-
-    Shared by the student and the baseline so both see identical tokens.
-    """
-    tok_dir = recipe.run_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file():
-        return load_student_tokenizer(tok_dir)
-    cfg = recipe.student.tokenizer
-    if cfg.kind == "path":
-        assert cfg.path is not None  # guaranteed by the recipe validator
-        tok = load_student_tokenizer(recipe.resolve(cfg.path))
-        tok.save_pretrained(str(tok_dir))
-        return tok
-    texts = [d.text for d in load_split(recipe, "train")]
-    return train_student_tokenizer(texts, cfg.vocab_size, tok_dir)
 
 
 def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
@@ -246,7 +230,8 @@ def run_training(recipe: Recipe, baseline: bool = False,
     if recipe.student.max_position_embeddings < cfg.seq_len and recipe.student.pretrained is None:
         raise AvokitError(f"train.seq_len={cfg.seq_len} exceeds student.max_position_embeddings="
                           f"{recipe.student.max_position_embeddings}")
-    tokenizer = ensure_student_tokenizer(recipe)
+    start_weights = resolve_pretrained(recipe)
+    tokenizer = ensure_student_tokenizer(recipe, start_weights)
     sep = tokenizer.eos_token_id
     # evaluation scores every model from this token (BOS, else EOS): train the student on it too
     start = resolve_start_token_id(tokenizer)
@@ -271,11 +256,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
                      student_bytes=byteify(tokenizer, name="student") if cfg.loss.chunk_debias else None)
         write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
-    student_cfg = recipe.student
-    if student_cfg.pretrained is not None:
-        # the recipe checked this path against its own folder; load it from there, not the cwd
-        student_cfg = student_cfg.model_copy(update={"pretrained": recipe.resolve(student_cfg.pretrained)})
-    model = build_student(student_cfg, tokenizer)
+    model = initial_student(recipe, tokenizer, start_weights)
     onp = on_policy_setup(recipe, tokenizer, packed, kd) if kd is not None and cfg.on_policy else None
     try:
         model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,

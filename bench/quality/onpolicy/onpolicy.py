@@ -80,7 +80,9 @@ def run_recipe(runs: Path, variant: str, seed: int, args: argparse.Namespace) ->
     if variant != "seq":
         del data["generate"]
     start = args.proof / "a_ce" / f"s{seed}" / "baseline"
-    data["student"] = {**STUDENT, "pretrained": str(start.resolve())}
+    # the start's own tokenizer is the frozen data's (linked below); a `train` tokenizer
+    # beside a pretrained student is refused
+    data["student"] = {**{k: v for k, v in STUDENT.items() if k != "tokenizer"}, "pretrained": str(start.resolve())}
     rec = Recipe.model_validate({**data, "train": train, "base_dir": Path.cwd()})
     source = runs / "seqdata" if variant == "seq" else args.proof / "data"
     for part in ("corpus", "tokenizer"):

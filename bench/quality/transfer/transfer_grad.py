@@ -137,7 +137,7 @@ def main() -> None:
     recipe = arm_recipe(args.runs, "kd_gemma", 0, SETTINGS)
     tokenizer = ensure_student_tokenizer(recipe)
     assert recipe.student.pretrained is not None  # arm_recipe starts from SmolLM2's folder
-    student_cfg = recipe.student.model_copy(update={"pretrained": recipe.resolve(recipe.student.pretrained)})
+    student_cfg = recipe.student.model_copy(update={"pretrained": str(recipe.student.pretrained_dir(recipe.base_dir))})
     model = build_student(student_cfg, tokenizer)
     model.eval()  # no dropout: the gradients of one fixed function
     val = validation_grads(model, recipe, tokenizer, args.val_rows)
