@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, run_mock_upstream
+from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream
 
 from avokit.gateway.db.models import Instance, LedgerEntry, Reservation
 from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
@@ -110,11 +110,13 @@ def _exited_pid() -> int:
     return child.pid
 
 
-def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path: Path,
+                                                                       kind: str) -> None:
     """A sibling still starting up (or whose renewals a loaded machine delays) is alive: its
     running request is not settled at what it delivered so far; a gone pid, a pid that now
     names another process and a stale lease on another host are reclaimed."""
-    db = f"sqlite:///{tmp_path}/g.db"
+    db = fresh_db(kind, tmp_path)
     run_migrations(db)
     engine = make_db_engine(db)
     sessions = session_factory(engine)
@@ -146,9 +148,10 @@ def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path:
     engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_process_whose_row_was_removed_registers_again_at_its_next_heartbeat(
-        tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path}/g.db"
+        tmp_path: Path, kind: str) -> None:
+    db = fresh_db(kind, tmp_path)
     run_migrations(db)
     engine = make_db_engine(db)
     sessions = session_factory(engine)
