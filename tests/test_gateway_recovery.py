@@ -164,7 +164,8 @@ def test_a_process_whose_row_was_removed_registers_again_at_its_next_heartbeat(
     with sessions() as s:
         beat = as_utc(s.get_one(Instance, lease.id).heartbeat_at)
         assert beat is not None and beat > utcnow() - timedelta(seconds=60)
-    leases.unregister(engine, lease)  # as a sibling's mistaken reclaim would
+    with sessions.begin() as s:  # as a sibling's mistaken reclaim would
+        s.delete(s.get_one(Instance, lease.id))
     registered_again = leases.heartbeat(engine, lease)
     with sessions() as s:
         row = s.get(Instance, lease.id)
@@ -177,4 +178,8 @@ def test_a_process_whose_row_was_removed_registers_again_at_its_next_heartbeat(
     assert leases.reclaim(engine, lease_s=30, stale_s=3600, me=leases.register(engine)) == 0
     with sessions() as s:
         assert s.get_one(Reservation, hold.id).status == "open"
+    leases.unregister(engine, lease)  # a clean stop: a renewal after it registers nothing
+    assert leases.heartbeat(engine, lease) is False
+    with sessions() as s:
+        assert s.get(Instance, lease.id) is None
     engine.dispose()

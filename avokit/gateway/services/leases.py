@@ -26,7 +26,8 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
@@ -76,6 +77,10 @@ class Lease:
     id: str
     host: str
     pid: int
+    # a renewal still running when the process stops cleanly must not register it again
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False,
+                                      compare=False)
 
 
 def _insert(conn: Connection, lease: Lease) -> None:
@@ -95,7 +100,9 @@ def register(db: Engine) -> Lease:
 
 def heartbeat(db: Engine, lease: Lease) -> bool:
     """Renew the lease; True if its row was gone and had to be registered again."""
-    with write_transaction(db) as conn:
+    with lease._lock, write_transaction(db) as conn:
+        if lease._stopped.is_set():
+            return False
         renewed = conn.execute(update(_INST).where(_INST.c.id == lease.id)
                                .values(heartbeat_at=utcnow())).rowcount
         if renewed:
@@ -111,7 +118,8 @@ def heartbeat(db: Engine, lease: Lease) -> bool:
 
 def unregister(db: Engine, lease: Lease) -> None:
     """Remove the lease at a clean stop (after its requests were settled)."""
-    with write_transaction(db) as conn:
+    with lease._lock, write_transaction(db) as conn:
+        lease._stopped.set()
         conn.execute(delete(_INST).where(_INST.c.id == lease.id))
 
 
