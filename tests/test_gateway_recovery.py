@@ -3,6 +3,7 @@ start on the same host, or when its lease runs out), not after a fixed delay."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,12 +15,12 @@ import pytest
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_support import SECRET, Server, build_registry, run_mock_upstream
+from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream
 
 from avokit.gateway.db.models import Instance, LedgerEntry, Reservation
 from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
 from avokit.gateway.services import keys, leases, metering
-from avokit.gateway.services.audit import utcnow
+from avokit.gateway.services.audit import as_utc, utcnow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "avo-tiny"
@@ -100,4 +101,85 @@ def test_expired_and_orphaned_leases_are_reclaimed_live_ones_kept(tmp_path: Path
     assert status == {"inst_elsewhere_dead": "settled", "inst_elsewhere_live": "open",
                       "inst_gone": "settled"}
     assert alive == {"inst_elsewhere_live", me.id}
+    engine.dispose()
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path: Path,
+                                                                       kind: str) -> None:
+    """A sibling still starting up (or whose renewals a loaded machine delays) is alive: its
+    running request is not settled at what it delivered so far; a gone pid, a pid that now
+    names another process and a stale lease on another host are reclaimed."""
+    db = fresh_db(kind, tmp_path)
+    run_migrations(db)
+    engine = make_db_engine(db)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    sibling = leases.register(engine)  # this live process, as a worker not yet renewed
+    here, stale = sibling.host, utcnow() - timedelta(seconds=120)
+    assert leases._proc_start(sibling.pid) not in (None, "?")  # the start time is checked
+    with sessions.begin() as s:
+        s.get_one(Instance, sibling.id).heartbeat_at = stale
+        for inst_id, host, pid, start in [("inst_gone_here", here, _exited_pid(), "1"),
+                                          ("inst_pid_reused", here, sibling.pid, "1"),
+                                          ("inst_elsewhere", "another-host/boot", 1, "1")]:
+            s.add(Instance(id=inst_id, host=host, pid=pid, proc_start=start,
+                           started_at=stale, heartbeat_at=stale))
+    holds = {owner: metering.reserve(engine, account_id=info.account_id, key_id=info.id,
+                                     model=MODEL, prompt_tokens=5, max_tokens=5, price_in=1000,
+                                     price_out=3000, owner=owner)
+             for owner in (sibling.id, "inst_gone_here", "inst_pid_reused", "inst_elsewhere")}
+    me = leases.register(engine)
+    assert leases.reclaim(engine, lease_s=30, stale_s=3600, me=me) == 3
+    with sessions() as s:
+        status = {o: s.get_one(Reservation, h.id).status for o, h in holds.items()}
+        alive = {i.id for i in s.scalars(select(Instance))}
+    assert status == {sibling.id: "open", "inst_gone_here": "settled",
+                      "inst_pid_reused": "settled", "inst_elsewhere": "settled"}
+    assert alive == {sibling.id, me.id}
+    assert metering.settle_hold(engine, holds[sibling.id], 5) is not None  # its owner bills it
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_process_whose_row_was_removed_registers_again_at_its_next_heartbeat(
+        tmp_path: Path, kind: str) -> None:
+    db = fresh_db(kind, tmp_path)
+    run_migrations(db)
+    engine = make_db_engine(db)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    lease = leases.register(engine)
+    with sessions.begin() as s:
+        s.get_one(Instance, lease.id).heartbeat_at = utcnow() - timedelta(seconds=120)
+    renewed_again = leases.heartbeat(engine, lease)  # an ordinary renewal
+    with sessions() as s:
+        beat = as_utc(s.get_one(Instance, lease.id).heartbeat_at)
+        assert beat is not None and beat > utcnow() - timedelta(seconds=60)
+    with sessions.begin() as s:  # as a sibling's mistaken reclaim would
+        s.delete(s.get_one(Instance, lease.id))
+    registered_again = leases.heartbeat(engine, lease)
+    with sessions() as s:
+        row = s.get(Instance, lease.id)
+        assert row is not None and (row.host, row.pid) == (lease.host, lease.pid)
+    assert (renewed_again, registered_again) == (False, True)
+    # its later reservations are no orphans for the next reclaim
+    hold = metering.reserve(engine, account_id=info.account_id, key_id=info.id, model=MODEL,
+                            prompt_tokens=5, max_tokens=5, price_in=1000, price_out=3000,
+                            owner=lease.id)
+    assert leases.reclaim(engine, lease_s=30, stale_s=3600, me=leases.register(engine)) == 0
+    with sessions() as s:
+        assert s.get_one(Reservation, hold.id).status == "open"
+    leases.unregister(engine, lease)  # a clean stop: a renewal after it registers nothing
+    assert leases.heartbeat(engine, lease) is False
+    with sessions() as s:
+        assert s.get(Instance, lease.id) is None
     engine.dispose()

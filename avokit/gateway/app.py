@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from sqlalchemy import Engine as DbEngine
 
 from avokit.gateway.bodylimit import BodyLimit
 from avokit.gateway.console import install_console
@@ -80,6 +81,20 @@ async def _every(interval_s: float, what: str, job: Callable[[], object]) -> Non
             log.exception("background job failed: %s", what)
 
 
+def _background_jobs(settings: GatewaySettings, db: DbEngine, secret: str, owner: str,
+                     reclaim: Callable[[], int]) -> list[asyncio.Task[None]]:
+    """Start the jobs a serving process runs besides renewing its lease."""
+    tasks = [asyncio.create_task(_every(settings.reconcile_interval_s,
+                                        "reclaim reservations of stopped processes", reclaim))]
+    if settings.alert_delivery:
+        delivery = AlertDelivery(db, secret, owner, settings.delivery_policy())
+        tasks.append(asyncio.create_task(delivery.run(settings.alert_poll_s)))
+    if is_sqlite(db):
+        tasks.append(asyncio.create_task(_every(
+            settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
+    return tasks
+
+
 def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastAPI:
     """An app serving the registry's released models; state is built in the lifespan."""
     secret = settings.require_secret()
@@ -97,36 +112,30 @@ def create_app(settings: GatewaySettings, engine: Engine | None = None) -> FastA
         gen = engine or build_engine(settings, served)
         limiter = await build_limiter(settings)
         lease = await asyncio.to_thread(leases.register, db)
-        app.state.gateway = Gateway(secret, db, gen, served, limiter,
-                                    settings.max_tokens_default, owner=lease.id,
-                                    metrics=metrics)
-        app.state.readiness = Readiness(db, gen, list(served), getattr(limiter, "ping", None),
-                                        timeout_s=settings.ready_timeout_s,
-                                        engine_interval_s=settings.ready_engine_interval_s)
-        # tokenizers now, in a thread: loaded by the first request, they would block the event
-        # loop (and every other request) for seconds
-        await asyncio.to_thread(_load_tokenizers, gen, served)
-
-        def reclaim() -> int:
-            return leases.reclaim(db, settings.lease_s, settings.reservation_stale_s, lease)
-
-        # reservations of a process that died (on this host: known now, not after a delay)
-        settled = await asyncio.to_thread(reclaim)
-        if settled:
-            log.warning("settled %d reservations left open by a stopped process", settled)
-
+        # renewed from now on, not after start-up: loading tokenizers may take longer than
+        # lease_s, and another host would take this process for dead
         tasks = [asyncio.create_task(_every(settings.lease_s / 3, "renew the process lease",
-                                            lambda: leases.heartbeat(db, lease))),
-                 asyncio.create_task(_every(settings.reconcile_interval_s,
-                                            "reclaim reservations of stopped processes",
-                                            reclaim))]
-        if settings.alert_delivery:
-            delivery = AlertDelivery(db, secret, lease.id, settings.delivery_policy())
-            tasks.append(asyncio.create_task(delivery.run(settings.alert_poll_s)))
-        if is_sqlite(db):
-            tasks.append(asyncio.create_task(_every(
-                settings.checkpoint_interval_s, "checkpoint the WAL", lambda: checkpoint(db))))
+                                            lambda: leases.heartbeat(db, lease)))]
         try:
+            app.state.gateway = Gateway(secret, db, gen, served, limiter,
+                                        settings.max_tokens_default, owner=lease.id,
+                                        metrics=metrics)
+            app.state.readiness = Readiness(db, gen, list(served), getattr(limiter, "ping", None),
+                                            timeout_s=settings.ready_timeout_s,
+                                            engine_interval_s=settings.ready_engine_interval_s)
+            # tokenizers now, in a thread: loaded by the first request, they would block the event
+            # loop (and every other request) for seconds
+            await asyncio.to_thread(_load_tokenizers, gen, served)
+
+            def reclaim() -> int:
+                return leases.reclaim(db, settings.lease_s, settings.reservation_stale_s, lease)
+
+            # reservations of a process that died (on this host: known now, not after a delay)
+            settled = await asyncio.to_thread(reclaim)
+            if settled:
+                log.warning("settled %d reservations left open by a stopped process", settled)
+
+            tasks += _background_jobs(settings, db, secret, lease.id, reclaim)
             yield
         finally:
             for task in tasks:

@@ -31,8 +31,9 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(8, ge=1)
     batch_wait_ms: float = Field(5.0, ge=0)
     # Each process holds a lease on its reservations, renewed every lease_s / 3: those of a
-    # process that stopped (found dead on this host at start-up, or whose lease ran out) are
-    # settled. Reservations without an owner (older rows) fall back to reservation_stale_s.
+    # process that stopped (its pid gone on this host, or, on another host, its lease ran
+    # out; a live pid here is never expired) are settled. Reservations without an owner
+    # (older rows) fall back to reservation_stale_s.
     lease_s: float = Field(15.0, gt=0)
     reservation_stale_s: float = Field(60.0, ge=0)
     reconcile_interval_s: float = Field(30.0, gt=0)

@@ -7,10 +7,17 @@ as owner. A process is dead when
 * it ran on this host (same hostname and boot) and its pid is gone, or now belongs to a
   process that started at another time: known at once, so a restarted server settles its
   predecessor's reservations during its own start-up; or
-* its heartbeat is older than ``lease_s`` (another host, or a frozen process).
+* it ran on another host (or on this one without procfs, where the start time cannot be
+  checked) and its heartbeat is older than ``lease_s``.
+
+A process on this host whose pid is alive with the start time it registered is never dead,
+however old its heartbeat: a worker still starting up, or one whose renewals a loaded machine
+delays, keeps its reservations (settling them at what was delivered so far would charge its
+running requests for their prompt only).
 
 The reservations of dead processes are settled (billing what they delivered) and their rows
-removed; a process that stops cleanly removes its own row.
+removed; a process that stops cleanly removes its own row. A process that finds its row gone
+at its next renewal registers it again under the same id.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
-from sqlalchemy import Engine, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Table, delete, select, update
 
 from avokit.gateway.db.models import Instance, Reservation
 from avokit.gateway.db.session import read_connection, write_transaction
@@ -69,29 +77,49 @@ class Lease:
     id: str
     host: str
     pid: int
+    # a renewal still running when the process stops cleanly must not register it again
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False,
+                                      compare=False)
+
+
+def _insert(conn: Connection, lease: Lease) -> None:
+    now = utcnow()
+    conn.execute(_INST.insert().values(id=lease.id, host=lease.host, pid=lease.pid,
+                                       proc_start=_proc_start(lease.pid) or "?",
+                                       started_at=now, heartbeat_at=now))
 
 
 def register(db: Engine) -> Lease:
     """Register this process; its reservations name the returned lease's id."""
-    pid = os.getpid()
-    lease = Lease("inst_" + secrets.token_hex(12), _host(), pid)
-    now = utcnow()
+    lease = Lease("inst_" + secrets.token_hex(12), _host(), os.getpid())
     with write_transaction(db) as conn:
-        conn.execute(_INST.insert().values(id=lease.id, host=lease.host, pid=pid,
-                                           proc_start=_proc_start(pid) or "?",
-                                           started_at=now, heartbeat_at=now))
+        _insert(conn, lease)
     return lease
 
 
-def heartbeat(db: Engine, lease: Lease) -> None:
-    """Renew the lease."""
-    with write_transaction(db) as conn:
-        conn.execute(update(_INST).where(_INST.c.id == lease.id).values(heartbeat_at=utcnow()))
+def heartbeat(db: Engine, lease: Lease) -> bool:
+    """Renew the lease; True if its row was gone and had to be registered again."""
+    with lease._lock, write_transaction(db) as conn:
+        if lease._stopped.is_set():
+            return False
+        renewed = conn.execute(update(_INST).where(_INST.c.id == lease.id)
+                               .values(heartbeat_at=utcnow())).rowcount
+        if renewed:
+            return False
+        # another process took this one for dead: without its row every later reclaim would
+        # settle this live process's reservations as orphans
+        _insert(conn, lease)
+    log.warning("the lease of this serving process (%s) was reclaimed while it was alive; "
+                "registered again (reservations it held may have been settled elsewhere)",
+                lease.id)
+    return True
 
 
 def unregister(db: Engine, lease: Lease) -> None:
     """Remove the lease at a clean stop (after its requests were settled)."""
-    with write_transaction(db) as conn:
+    with lease._lock, write_transaction(db) as conn:
+        lease._stopped.set()
         conn.execute(delete(_INST).where(_INST.c.id == lease.id))
 
 
@@ -112,9 +140,15 @@ def dead_instances(db: Engine, lease_s: float, me: Lease | None = None) -> list[
     for inst_id, inst_host, pid, proc_start, beat in rows:
         if me is not None and inst_id == me.id:
             continue
-        gone_here = inst_host == host and _proc_start(pid) not in (proc_start, "?")
+        if inst_host == host:
+            started = _proc_start(pid)
+            if started not in (proc_start, "?"):  # gone, or the pid now names another process
+                dead.append(inst_id)
+                continue
+            if started != "?":  # alive, and the very process that registered: a heartbeat
+                continue        # late only because start-up or load delayed it proves nothing
         beat_at = as_utc(beat)
-        if gone_here or (beat_at is not None and beat_at < cutoff):
+        if beat_at is not None and beat_at < cutoff:
             dead.append(inst_id)
     return dead
 
