@@ -6,7 +6,7 @@ Other parts may append fixtures below; keep each one small and documented.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,24 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 def tiny_llama_dir(tiny_model_factory: Callable[..., Path], smollm2_tokenizer: Any) -> Path:
     """A tiny random Llama with the SmolLM2 tokenizer, saved as safetensors."""
     return tiny_model_factory(smollm2_tokenizer, "llama")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gateway tests' model registry: one tiny model, ``avo-tiny``. A module that needs
+    another registry defines its own ``registry`` (a module's fixture takes precedence)."""
+    from gateway_support import build_registry
+
+    return build_registry(tmp_path_factory.mktemp("reg") / "registry").parent
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway tests' mock upstream (a vLLM-like server): every answer is 8 tokens, at once.
+    A module that needs other timing defines its own ``upstream``."""
+    from gateway_support import run_mock_upstream
+
+    yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8", MOCK_DELAY_S="0")
 
 
 @pytest.hookimpl(hookwrapper=True)

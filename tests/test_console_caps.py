@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from console_support import csrf_of
-from gateway_support import SECRET, InProcess, auth, build_registry, run_mock_upstream
+from gateway_support import SECRET, InProcess, auth
 
 from avokit.gateway.db.models import Account
 from avokit.gateway.services import admins, keys, webhooks
@@ -24,17 +22,6 @@ from avokit.gateway.settings import load_settings
 PRICE = {"*": {"input": 1_000_000, "output": 1_000_000}}
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 PASSWORD = "correct horse battery staple"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_registry(tmp_path_factory.mktemp("reg") / "registry").parent
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8",
-                                 MOCK_DELAY_S="0")
 
 
 def test_admin_console_sets_spend_caps_and_alerts(registry: Path, upstream: str,

@@ -9,7 +9,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,8 @@ from gateway_support import (
     InProcess,
     Server,
     auth,
-    build_registry,
     free_port,
     fresh_db,
-    run_mock_upstream,
 )
 
 from avokit.gateway.db.models import AlertOutbox
@@ -41,17 +38,6 @@ from avokit.gateway.settings import load_settings
 PRICE = {"*": {"input": 1_000_000, "output": 1_000_000}}
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 FAST = {"alert_poll_s": 0.1, "alert_retry_base_s": 0.3, "alert_retry_max_s": 1.0}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_registry(tmp_path_factory.mktemp("reg") / "registry").parent
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8",
-                                 MOCK_DELAY_S="0")
 
 
 def outbox(sessions: Any) -> list[AlertOutbox]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,10 +19,8 @@ from gateway_support import (
     RedisServer,
     Server,
     auth,
-    build_registry,
     fresh_db,
     redis_server_binary,
-    run_mock_upstream,
 )
 
 from avokit.gateway.services import keys, spendcaps
@@ -33,17 +30,6 @@ PRICE = {"*": {"input": 1000, "output": 1000}}
 # the mock upstream answers exactly max_tokens (8) tokens: worst case == charge, so the number
 # of requests a cap admits is exact
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_registry(tmp_path_factory.mktemp("reg") / "registry").parent
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8",
-                                 MOCK_DELAY_S="0")
 
 
 def test_periods_are_utc_calendar() -> None:

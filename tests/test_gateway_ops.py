@@ -22,7 +22,6 @@ from gateway_support import (
     RedisServer,
     Server,
     auth,
-    build_registry,
     free_port,
     redis_server_binary,
     run_mock_upstream,
@@ -36,11 +35,6 @@ from avokit.gateway.settings import load_settings
 CHAT = {"model": "avo-tiny", "messages": [{"role": "user", "content": "secret prompt words"}],
         "max_tokens": 8}
 PRICE = {"*": {"input": 1000, "output": 3000}}
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_registry(tmp_path_factory.mktemp("reg") / "registry").parent
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import io
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from sqlalchemy import update
 
 sys.path.insert(0, str(Path(__file__).parent))
 from console_support import csrf_of
-from gateway_support import SECRET, InProcess, auth, build_registry, run_mock_upstream
+from gateway_support import SECRET, InProcess, auth, build_registry
 
 from avokit.gateway.db.models import LedgerEntry
 from avokit.gateway.services import admins
@@ -37,12 +36,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_registry(root, "avo-tiny")
     build_registry(root, "avo-two")
     return root
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from run_mock_upstream(tmp_path_factory.mktemp("up"), MOCK_TOKENS="8",
-                                 MOCK_DELAY_S="0")
 
 
 def csv_groups(text: str) -> dict[str, dict[str, dict[str, int]]]:
