@@ -12,7 +12,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gateway_support import SECRET, Server, build_registry, fresh_db, run_mock_upstream
@@ -21,10 +22,21 @@ from avokit.gateway.db.models import Instance, LedgerEntry, Reservation
 from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
 from avokit.gateway.services import keys, leases, metering
 from avokit.gateway.services.audit import as_utc, utcnow
+from avokit.gateway.services.keys import KeyInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "avo-tiny"
 PRICE = {"*": {"input": 1000, "output": 3000}}
+
+
+def _migrated_with_key(db: str) -> tuple[Engine, sessionmaker[Session], str, KeyInfo]:
+    """The database at ``db`` migrated, its engine and sessions, and one priced key ``k``."""
+    run_migrations(db)
+    engine = make_db_engine(db)
+    sessions = session_factory(engine)
+    with sessions.begin() as s:
+        key, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    return engine, sessions, key, info
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +51,7 @@ def test_restart_reclaims_a_killed_process_reservations_at_once(tmp_path: Path,
     root = tmp_path / "registry"
     build_registry(root, MODEL)
     db = f"sqlite:///{tmp_path}/g.db"
-    run_migrations(db)
-    engine = make_db_engine(db)
-    sessions = session_factory(engine)
-    with sessions.begin() as s:
-        key, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    engine, sessions, key, info = _migrated_with_key(db)
     env = {"AVOKIT_REGISTRY": str(root), "AVOKIT_DB_URL": db, "AVOKIT_SECRET": SECRET,
            "AVOKIT_ENGINE": "vllm", "AVOKIT_UPSTREAM": upstream,
            "AVOKIT_RESERVATION_STALE_S": "3600", "AVOKIT_LEASE_S": "3600",
@@ -78,12 +86,8 @@ def test_restart_reclaims_a_killed_process_reservations_at_once(tmp_path: Path,
 
 
 def test_expired_and_orphaned_leases_are_reclaimed_live_ones_kept(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path}/g.db"
-    run_migrations(db)
-    engine = make_db_engine(db)
-    sessions = session_factory(engine)
+    engine, sessions, _, info = _migrated_with_key(f"sqlite:///{tmp_path}/g.db")
     with sessions.begin() as s:
-        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
         now = utcnow()
         for inst_id, beat in [("inst_elsewhere_dead", now - timedelta(seconds=120)),
                               ("inst_elsewhere_live", now)]:
@@ -116,12 +120,7 @@ def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path:
     """A sibling still starting up (or whose renewals a loaded machine delays) is alive: its
     running request is not settled at what it delivered so far; a gone pid, a pid that now
     names another process and a stale lease on another host are reclaimed."""
-    db = fresh_db(kind, tmp_path)
-    run_migrations(db)
-    engine = make_db_engine(db)
-    sessions = session_factory(engine)
-    with sessions.begin() as s:
-        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    engine, sessions, _, info = _migrated_with_key(fresh_db(kind, tmp_path))
     sibling = leases.register(engine)  # this live process, as a worker not yet renewed
     here, stale = sibling.host, utcnow() - timedelta(seconds=120)
     assert leases._proc_start(sibling.pid) not in (None, "?")  # the start time is checked
@@ -151,12 +150,7 @@ def test_a_live_process_here_keeps_its_lease_however_old_its_heartbeat(tmp_path:
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_process_whose_row_was_removed_registers_again_at_its_next_heartbeat(
         tmp_path: Path, kind: str) -> None:
-    db = fresh_db(kind, tmp_path)
-    run_migrations(db)
-    engine = make_db_engine(db)
-    sessions = session_factory(engine)
-    with sessions.begin() as s:
-        _, info = keys.create_key(s, SECRET, name="k", prices=PRICE, credit_micros=10**7)
+    engine, sessions, _, info = _migrated_with_key(fresh_db(kind, tmp_path))
     lease = leases.register(engine)
     with sessions.begin() as s:
         s.get_one(Instance, lease.id).heartbeat_at = utcnow() - timedelta(seconds=120)
