@@ -114,6 +114,8 @@ DESIGNS: dict[str, tuple[dict[str, str], tuple[str, str, str]]] = {
     "cuts": ({GEMMA: "kd_gemma_gated_both_half"}, ("uld_gemma", "kd_gemma_gated_both_half", GEMMA)),
     # the third test (60 steps, checkpoints chosen on validation): Gemma only; ULD stays the first test's
     "long": ({GEMMA: "kd_gemma_gated_half"}, ("uld_gemma", "kd_gemma_gated_half", GEMMA)),
+    # the fourth test (replication of the third's arms on 5 fresh seeds, 40 steps): as "long"
+    "replication": ({GEMMA: "kd_gemma_gated_half"}, ("uld_gemma", "kd_gemma_gated_half", GEMMA)),
 }
 VERDICT_KD, VERDICT_ULD = DESIGNS["pilot"]
 SHARED = ("segment_steps", "batch_size", "seq_len", "lr", "warmup", "score_max_length", "mixed_precision")
