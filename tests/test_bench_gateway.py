@@ -1,16 +1,23 @@
 """The gateway benchmark's bookkeeping (bench/gateway/run.py) on hand-made runs: percentiles per
-round, the history of runs and the Markdown that reports every run beside the latest."""
+round, the history of runs and the Markdown that reports every run beside the latest; the
+metrics-cost benchmark's CPU reading (bench/gateway/metrics_cost.py) on real processes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
+from scipy import stats
 
-from bench.gateway import run
+from bench.gateway import metrics_cost, run
 
 
 def _out(ratio: float, client: str = "aiohttp x") -> dict[str, Any]:
@@ -118,3 +125,32 @@ def test_a_round_interleaves_the_throughput_phase_between_targets(monkeypatch: p
     assert arrivals[4:12] == ["a", "a", "b", "b"] * 2  # latency: blocks of 2
     assert arrivals[12:] == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4  # throughput: bursts of 4
     assert all(len(r["lat"]) == 4 and r["wall"] > 0 for r in out.values())
+
+
+def test_server_cpu_reading_counts_the_process_and_its_children() -> None:
+    """metrics_cost's CPU per request reads the gateway's own CPU time, workers included: a
+    process whose only work is done by a child must still show that work."""
+    busy = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.4: pass\ntime.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"])
+    server = SimpleNamespace(proc=parent)
+    try:
+        before = metrics_cost._cpu_seconds(server)  # type: ignore[arg-type]
+        deadline = time.time() + 120
+        while metrics_cost._cpu_seconds(server) - before < 0.35 and time.time() < deadline:  # type: ignore[arg-type]
+            time.sleep(0.1)
+        assert metrics_cost._cpu_seconds(server) - before >= 0.35  # type: ignore[arg-type]
+        assert psutil.Process(parent.pid).cpu_times().user < 0.35  # the child did the work
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+
+
+def test_cpu_ratio_interval_is_the_student_t_interval_of_the_rounds() -> None:
+    ratios = [1.01, 1.03, 0.99, 1.02, 1.00]
+    mean, (lo, hi) = metrics_cost._mean_ci95(ratios)
+    ref = stats.t.interval(0.95, len(ratios) - 1, loc=sum(ratios) / 5, scale=stats.sem(ratios))
+    assert mean == pytest.approx(1.01)
+    assert (lo, hi) == pytest.approx(ref)
