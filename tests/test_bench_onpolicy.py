@@ -10,8 +10,8 @@ import pytest
 from avokit.records import TeacherRecords
 from bench.quality.onpolicy.onpolicy_metrics import (
     continuation_bits,
-    distinct_n,
     pooled_bpb,
+    pooled_distinct,
     verdict,
 )
 
@@ -41,9 +41,23 @@ def test_pooled_bpb_weighs_by_bytes() -> None:
 
 def test_distinct_n_pools_every_generation() -> None:
     # bigrams: (1,2) (2,1) (1,2) | (3,3): 3 unique of 4; a 1-token sequence has none
-    assert distinct_n([[1, 2, 1, 2], [3, 3], [7]], 2) == pytest.approx(0.75)
-    assert distinct_n([[1, 1, 1, 1]], 2) == pytest.approx(1 / 3)  # repetition shows
-    assert distinct_n([[5]], 3) == 0.0
+    assert pooled_distinct([[1, 2, 1, 2], [3, 3], [7]], 2) == pytest.approx(0.75)
+    assert pooled_distinct([[1, 1, 1, 1]], 2) == pytest.approx(1 / 3)  # repetition shows
+    assert pooled_distinct([[5]], 3) == 0.0
+
+
+# A fixed input and what the bench's own distinct_n (onpolicy_metrics.py before it moved to
+# avokit.evaluate.distinct, commit f6a6711) returned for it, so recorded results stay comparable.
+_FIXED = [[], [5], [3, 3], [1, 1, 0, 0, 0, 1, 4],
+          [3, 5, 3, 3, 5, 4, 3, 3, 3, 5, 1, 4, 4, 0, 2, 5, 3, 0, 4],
+          [4, 5, 1, 0, 5, 0, 3, 0, 1, 2, 2, 2, 0, 0, 0, 0, 4, 3, 3, 1, 3, 4, 2, 2, 5, 4, 5, 2, 4, 5, 3, 5, 4, 4, 2, 5,
+           0, 3, 4, 5]]
+_BEFORE = {1: 0.08695652173913043, 2: 0.46875, 3: 0.9, 4: 1.0, 5: 1.0}
+
+
+def test_distinct_n_gives_the_bench_the_values_it_had_before_the_move() -> None:
+    assert {n: pooled_distinct(_FIXED, n) for n in _BEFORE} == _BEFORE  # exact: the same arithmetic
+    assert pooled_distinct([[1], []], 2) == 0.0
 
 
 def test_verdict_pairs_seeds_and_needs_every_condition() -> None:

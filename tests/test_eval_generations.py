@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from avokit.corpus import Document, build_corpus
+from avokit.evaluate.distinct import REPETITIVE_DISTINCT2, char_distinct, summarise_distinct
 from avokit.evaluate.generations import LN2, continuation_nll, cut_prompt, heldout_prompts
 from avokit.recipe.evaluation import GenerationConfig
 from avokit.recipe.load import recipe_from_dict
@@ -97,8 +98,17 @@ def test_report_has_the_start_row_and_teacher_judged_continuations(pretrained_ru
     judged = gen["bpb"]["judge"]
     assert len({judged[k]["all"] for k in ("start", "baseline", "student", "reference")}) == 4
     assert gen["mean"]["student"]["all"] == pytest.approx(judged["student"]["all"])
+    # repetition beside the BPB: the continuation's own character distinct-n, and its mean per model
+    assert first["distinct"]["start"] == char_distinct(first["continuations"]["start"])
+    assert gen["repetitive_below"] == REPETITIVE_DISTINCT2
+    texts_by = {k: [p["continuations"][k] for p in gen["prompts"]] for k in ("start", "baseline", "student")}
+    for k, written in texts_by.items():
+        assert gen["repetition"][k]["all"] == summarise_distinct([char_distinct(t) for t in written])
 
     md = (report / "report.md").read_text()
     assert "## Generation quality" in md and "| start |" in md and "`start` is the pretrained student" in md
     assert f"`{first['doc_id']}`" in md and "BPB by judge" in md
+    assert "| distinct-1 | distinct-2 | repetitive |" in md and "| continuation | distinct-1 | distinct-2 | BPB by judge |" in md
+    d = first["distinct"]["start"]
+    assert f" | {d['distinct1']:.3f} | {d['distinct2']:.3f}" in md and "Repetition, over Unicode characters" in md
 

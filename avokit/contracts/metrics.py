@@ -208,6 +208,23 @@ class Distillation(Contract):
     teacher_weights: dict[str, float]  # teacher -> mean fusion weight; empty if not logged
 
 
+class ContinuationDistinct(Contract):
+    """Repetition of one continuation (avokit.evaluate.distinct), over Unicode characters."""
+
+    distinct1: float | None  # unique characters / characters (None: nothing written)
+    distinct2: float | None  # unique character bigrams / bigrams (None: under 2 characters)
+    repetitive: bool  # distinct2 below Generations.repetitive_below
+
+
+class RepetitionSummary(Contract):
+    """Repetition of one model's continuations in one domain (or all)."""
+
+    distinct1: float | None  # mean over the continuations that have any (None: none has)
+    distinct2: float | None
+    repetitive: int  # how many continuations are repetitive
+    continuations: int
+
+
 class PromptGeneration(Contract):
     """One held-out prompt, each model's greedy continuation and each teacher's BPB of it."""
 
@@ -216,6 +233,8 @@ class PromptGeneration(Contract):
     prompt: str
     continuations: dict[str, str]  # model (start, baseline, student, reference) -> text
     bpb: dict[str, dict[str, float | None]]  # judging teacher -> model -> BPB (None: nothing written)
+    # model -> repetition of its continuation; empty in metrics written before it was recorded
+    distinct: dict[str, ContinuationDistinct] = {}
 
 
 class Generations(Contract):
@@ -228,6 +247,9 @@ class Generations(Contract):
     bpb: dict[str, dict[str, dict[str, float | None]]]  # judge -> model -> domain (and "all") -> BPB
     mean: dict[str, dict[str, float | None]]  # model -> domain (and "all") -> mean over the judges
     prompts: list[PromptGeneration]
+    # model -> domain (and "all") -> repetition; empty in metrics written before it was recorded
+    repetition: dict[str, dict[str, RepetitionSummary]] = {}
+    repetitive_below: float | None = None  # the character distinct-2 threshold of "repetitive"
 
 
 class EvalMetrics(Contract):

@@ -12,7 +12,9 @@ Where a teacher's token straddles the seam between prompt and continuation, the 
 token is counted with its bytes: the judged span starts at the teacher's last token boundary
 at or before the seam. Prompts end before whitespace, where most tokenizers start a token, so
 this is rare. Low BPB is not good writing on its own: a model that repeats the prompt is easy
-to predict. Read the continuations beside the figures.
+to predict, so each continuation also gets its character distinct-1/distinct-2 and is marked
+repetitive below :data:`avokit.evaluate.distinct.REPETITIVE_DISTINCT2`: teacher-judged BPB is
+comparable only among continuations that are not. Read the continuations beside the figures.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from avokit.corpus import Document
+from avokit.evaluate.distinct import REPETITIVE_DISTINCT2, char_distinct, summarise_distinct
 from avokit.recipe.evaluation import GenerationConfig
 from avokit.teachers.base import Sampling, Teacher
 
@@ -143,11 +146,17 @@ class GenerationJudge:
             for d in keys:
                 vals = [v for j in self.scores if (v := bpb[j][m][d or "all"]) is not None]
                 mean[m][d or "all"] = float(np.mean(vals)) if vals else None
+        distinct = {m: [char_distinct(t) for t in written[m]] for m in written}
+        repetition = {m: {d or "all": summarise_distinct([r for p, r in zip(self.prompts, distinct[m])
+                                                          if d in (None, p.domain)]) for d in keys}
+                      for m in written}
         prompts = [{"doc_id": p.doc_id, "domain": p.domain, "prompt": p.text,
                     "continuations": {m: written[m][i] for m in written},
                     "bpb": {j: {m: (s[i][0] / (LN2 * s[i][1]) if s[i][1] else None) for m, s in t.items()}
-                            for j, t in self.scores.items()}}
+                            for j, t in self.scores.items()},
+                    "distinct": {m: distinct[m][i] for m in written}}
                    for i, p in enumerate(self.prompts)]
         return {"max_new_tokens": self.config.max_new_tokens, "prompt_bytes": self.config.prompt_bytes,
                 "prompts_per_domain": self.config.prompts_per_domain, "judges": list(self.scores),
-                "bpb": bpb, "mean": mean, "prompts": prompts}
+                "bpb": bpb, "mean": mean, "prompts": prompts, "repetition": repetition,
+                "repetitive_below": REPETITIVE_DISTINCT2}

@@ -16,7 +16,7 @@ from avokit.teachers.base import Teacher
 from avokit.teachers.scoring import resolve_start_token_id
 from avokit.train.data import separator_prefix
 from avokit.train.on_policy import continue_prompts, live_records, student_text
-from bench.quality.onpolicy.onpolicy_metrics import continuation_bits, distinct_n, pooled_bpb
+from bench.quality.onpolicy.onpolicy_metrics import continuation_bits, pooled_bpb, pooled_distinct
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
         per_teacher[name] = {"pooled": pooled_bpb([x for v in parts.values() for x in v]),
                              **{dom: pooled_bpb(v) for dom, v in sorted(parts.items())}}
     return {"teacher_bpb": per_teacher, "teacher_nll": float(np.mean([v["pooled"] for v in per_teacher.values()])),
-            "distinct2": distinct_n([n.tolist() for n in new], 2), "distinct3": distinct_n([n.tolist() for n in new], 3),
+            "distinct2": pooled_distinct([n.tolist() for n in new], 2),
+            "distinct3": pooled_distinct([n.tolist() for n in new], 3),
             "mean_new_tokens": float(np.mean([len(n) for n in new])), "unscored_by_teacher": skipped,
             "samples": [{"doc_id": p.doc_id, "domain": p.domain, "text": t} for p, t in zip(prompts[:6], texts[:6])]}

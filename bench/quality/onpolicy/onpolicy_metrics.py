@@ -3,8 +3,9 @@
 * :func:`continuation_bits`: how surprised a teacher is by what the student wrote after a
   prompt: the teacher's bits over the tokens that start at or after the prompt's end, and the
   bytes they cover (a teacher token that straddles the prompt's end belongs to the prompt).
-* :func:`distinct_n`: unique n-grams / all n-grams over every generation pooled (Li et al.,
-  2016), so a lower teacher NLL that comes from repeating easy text shows.
+* :func:`pooled_distinct`: distinct-n of the student's new tokens over every generation pooled
+  (:func:`avokit.evaluate.distinct.distinct_n`, the report's definition too), so a lower teacher
+  NLL that comes from repeating easy text shows.
 * :func:`verdict`: paired differences over seeds with t intervals (the ``verdict`` object).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from avokit.evaluate.distinct import distinct_n
 from avokit.records import TeacherRecords
 from bench.quality.fusion_proof.proof_stats import paired_interval
 
@@ -39,10 +41,11 @@ def pooled_bpb(parts: Sequence[tuple[float, int]]) -> float:
     return sum(bits for bits, _ in parts) / n_bytes
 
 
-def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
-    """Unique n-grams / all n-grams of ``sequences`` pooled; 0.0 when none has n tokens."""
-    grams = [tuple(seq[i:i + n]) for seq in sequences for i in range(len(seq) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+def pooled_distinct(sequences: Sequence[Sequence[int]], n: int) -> float:
+    """Unique n-grams / all n-grams of the token-id ``sequences`` pooled; 0.0 when none has n
+    tokens, as this bench has always recorded it (the shared definition says None)."""
+    value = distinct_n(sequences, n)
+    return 0.0 if value is None else value
 
 
 def _diff(evals: Mapping[str, Mapping[int, Mapping[str, float]]], variant: str, reference: str,
