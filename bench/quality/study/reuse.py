@@ -112,5 +112,6 @@ def _check_cover(needed: dict[str, dict[str, str]], infos: list[Any]) -> None:
     if sorted(listed) != want:
         extra = sorted(set(listed) - set(want))[:3]
         lacking = sorted(set(want) - set(listed))[:3]
+        twice = sorted({x for x in listed if listed.count(x) > 1})[:3]
         raise SystemExit(f"the merged cache would not be this corpus's train and held-out documents: "
-                         f"{len(listed)} listed, {len(want)} needed; e.g. extra {extra}, lacking {lacking}")
+                         f"{len(listed)} listed, {len(want)} needed; extra {extra}, lacking {lacking}, twice {twice}")
