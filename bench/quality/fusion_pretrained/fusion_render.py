@@ -61,6 +61,12 @@ def render(result: dict[str, Any]) -> str:
     if choice:
         lines += ["", f"Pilot: fused arm chosen on validation (seeds {choice['seeds']}): `{choice['chosen']}`; mean "
                       "validation BPB " + ", ".join(f"{a} {v:.4f}" for a, v in choice["validation_bpb"].items()) + "."]
+        plan = choice.get("planning")
+        if plan:
+            lines += ["", f"For the pre-registration: sd of the pilot's paired differences (fused minus best single, "
+                          f"test) {plan['sd_of_paired_differences']}; seeds needed for a 0.02 BPB half-width "
+                          f"{plan['seeds_needed_for_0.02']}; the bootstrap's half-width over test documents "
+                          f"{plan['bootstrap_half_width']:.4f} (seeds do not reduce it)."]
     lines += ["", "Test BPB at the checkpoint chosen on validation, mean over seeds (start and teacher rows included):",
               "", "| model | " + " | ".join(cols) + " | seeds | what |", "| --- |" + " ---: |" * (len(cols) + 1) + " --- |"]
     lines += mean_rows(test, cols, result["arms"])

@@ -40,7 +40,7 @@ DocNll = Mapping[str, Mapping[int, Mapping[str, float]]]  # arm -> seed -> test 
 
 
 @dataclass(frozen=True)
-class TestDocs:
+class HeldoutDocs:
     """The test split's documents: each one's domain and UTF-8 bytes."""
 
     domain: Mapping[str, str]
@@ -71,7 +71,7 @@ def best_by_validation(validation: Scores, arms: Sequence[str], seeds: Sequence[
     return min(arms, key=lambda a: means[a]), means
 
 
-def bootstrap_interval(doc_nll: DocNll, arm: str, reference: str, seeds: Sequence[int], docs: TestDocs,
+def bootstrap_interval(doc_nll: DocNll, arm: str, reference: str, seeds: Sequence[int], docs: HeldoutDocs,
                        key: str = OVERALL, draws: int = 2000, rng_seed: int = 0,
                        level: float = 0.95) -> list[float]:
     """Percentile interval of ``arm`` minus ``reference`` (test BPB, mean over ``seeds``) under
@@ -96,7 +96,7 @@ def bootstrap_interval(doc_nll: DocNll, arm: str, reference: str, seeds: Sequenc
     return [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))]
 
 
-def compare(test: Scores, doc_nll: DocNll, docs: TestDocs, arm: str, reference: str, seeds: Sequence[int],
+def compare(test: Scores, doc_nll: DocNll, docs: HeldoutDocs, arm: str, reference: str, seeds: Sequence[int],
             key: str = OVERALL, draws: int = 2000) -> dict[str, Any]:
     """``arm`` minus ``reference`` in test BPB over ``seeds``: the mean, the seeds' t interval
     (None below 2 seeds), the test-document bootstrap interval, and ``ci95``: the wider of the
@@ -109,7 +109,19 @@ def compare(test: Scores, doc_nll: DocNll, docs: TestDocs, arm: str, reference: 
             "bootstrap_ci95": boot, "interval": "t" if use_t else "bootstrap"}
 
 
-def build_proof(test: Scores, validation: Scores, doc_nll: DocNll, docs: TestDocs,
+def seeds_needed(sd: float, effect: float = 0.02, level: float = 0.95, most: int = 100) -> int | None:
+    """The fewest seeds whose paired t interval's half-width is below ``effect`` for per-seed
+    differences of standard deviation ``sd`` (at least 3; None: more than ``most``). The
+    bootstrap over test documents does not shrink with seeds: its width is the test set's."""
+    from scipy import stats
+
+    for n in range(3, most + 1):
+        if float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) < effect:
+            return n
+    return None
+
+
+def build_proof(test: Scores, validation: Scores, doc_nll: DocNll, docs: HeldoutDocs,
                 teachers: Mapping[str, Mapping[str, float]], singles: Sequence[str], fused: str, fused_mode: str,
                 baseline: str = "a_ce", seeds: Sequence[int] | None = None, student: str = "smollm2-135m",
                 draws: int = 2000) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from avokit.recipe import Recipe
 from bench.provenance import Provenance
 from bench.quality.fusion_proof.proof_stats import chosen, chosen_test_bpb, paired_differences
 from bench.quality.study import runner
@@ -122,7 +123,7 @@ def study() -> Study:
                  scores=split_scores)
 
 
-def arm_recipe(runs: Path, arm: str, seed: int, settings: dict[str, Any]) -> Any:
+def arm_recipe(runs: Path, arm: str, seed: int, settings: dict[str, Any]) -> Recipe:
     """The recipe of one (arm, seed) run, its corpus and caches linked to ``runs/data``."""
     return study_run.arm_recipe(study(), runs, arm, seed, settings)
 
