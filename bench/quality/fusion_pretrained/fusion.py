@@ -140,6 +140,9 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "test",
            draws: int = 2000) -> dict[str, Any]:
     """Choose checkpoints on validation, the fused arm (``design`` pilot: on validation; test:
     ``fused``), build the ``proof`` and write JSON + Markdown."""
+    for need in (runs / "settings.json", runs / "data" / "data.json"):
+        if not need.is_file():
+            raise SystemExit(f"report: {need} missing (--runs {runs}: run `fusion.py prepare` and `train` first)")
     settings = json.loads((runs / "settings.json").read_text())
     data = json.loads((runs / "data" / "data.json").read_text())
     results, unfinished = collect(study(), runs, settings)
