@@ -70,8 +70,9 @@ from bench.quality.crossing.crossing_render import render
 from bench.quality.crossing.crossing_stats import ARMS, crossing_price
 from bench.quality.fusion_proof.proof import _drop_unscored_checkpoints, _link
 from bench.quality.fusion_proof.proof_stats import chosen, chosen_test_bpb
-from bench.quality.transfer.transfer import lock_settings, provenance, scored_training, split_scores
-from bench.quality.transfer.transfer_data import _write_json
+from bench.quality.study.data import _write_json
+from bench.quality.study.runner import scored_training, split_scores
+from bench.quality.study.study import lock_settings, provenance
 from bench.quality.transfer.transfer_stats import curves
 from bench.results_io import write_results
 

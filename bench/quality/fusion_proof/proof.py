@@ -204,18 +204,27 @@ def _split_texts(runs: Path, split: str) -> tuple[dict[str, str], dict[str, str]
     return {d.doc_id: d.text for d in docs}, {d.doc_id: d.domain for d in docs}
 
 
-def score(model: Any, tokenizer: Any, texts: dict[str, str], domains: dict[str, str],
-          max_length: int = 256) -> dict[str, float]:
-    """Test or validation BPB of a student in memory: per domain and domain-balanced overall
-    (documents longer than ``max_length`` tokens in windows of it, as the backend scores them)."""
+def student_bpb(model: Any, tokenizer: Any, texts: dict[str, str], max_length: int = 256) -> Any:
+    """A student in memory scored on ``texts`` (an avokit ``BpbResult``: per-document NLL;
+    documents longer than ``max_length`` tokens in windows of it, as the backend scores them)."""
     from avokit.teachers.hf import HFTeacher
     from avokit.teachers.scoring import resolve_start_token_id
 
     scorer = HFTeacher(model, tokenizer, name="student", fingerprint="in-training",
                        start_token_id=resolve_start_token_id(tokenizer), max_length=max_length)
-    per = domain_bpb(score_bpb(scorer, texts, batch_size=8, name="student"), texts, domains)
-    out = {dom: v["bpb"] for dom, v in per.items()}
+    return score_bpb(scorer, texts, batch_size=8, name="student")
+
+
+def domain_scores(result: Any, texts: dict[str, str], domains: dict[str, str]) -> dict[str, float]:
+    """BPB per domain of a ``BpbResult`` and their mean (``overall``: domain-balanced)."""
+    out = {dom: v["bpb"] for dom, v in domain_bpb(result, texts, domains).items()}
     return {OVERALL: float(np.mean(list(out.values()))), **out}
+
+
+def score(model: Any, tokenizer: Any, texts: dict[str, str], domains: dict[str, str],
+          max_length: int = 256) -> dict[str, float]:
+    """Test or validation BPB of a student in memory: per domain and domain-balanced overall."""
+    return domain_scores(student_bpb(model, tokenizer, texts, max_length), texts, domains)
 
 
 def _drop_unscored_checkpoints(ckpt_root: Path, last_scored: int) -> None:
