@@ -166,6 +166,34 @@ def test_report_chooses_on_validation_and_writes_the_verdict(tmp_path: Path) -> 
     assert "Pilot, not a result" in out.with_suffix(".md").read_text()
 
 
+def test_report_carries_an_earlier_uld_comparison_only_when_its_runs_have_none(tmp_path: Path) -> None:
+    """A test that trains no ULD arm names the earlier results file its ULD comparison comes from;
+    runs that trained one keep their own."""
+    runs = tmp_path / "runs"
+    _data(runs)
+    for s in range(3):
+        _write_run(runs, "ce", s, [_segment(10, 1.9, 1.8), _segment(20, 1.8, 1.7 + 0.01 * s), _segment(30, 1.85, 1.0)])
+        _write_run(runs, "kd_gemma", s, [_segment(10, 1.9, 1.9), _segment(20, 1.85, 1.9),
+                                         _segment(30, 1.7, 1.6 + 0.01 * s)])
+    earlier = tmp_path / "results" / "transfer_first.json"
+    earlier.parent.mkdir(parents=True)
+    uld = {"teacher": GEMMA, "arm": "uld_gemma", "reference": "kd_gemma_gated", "seeds": 3, "seed_ids": [1, 2, 3],
+           "mean": 0.0078, "ci95": [0.0044, 0.0111], "per_domain": {"code": {"mean": 0.001, "ci95": [-0.002, 0.005]}}}
+    earlier.write_text(json.dumps({"verdict": {"uld_minus_avokit": uld}}))
+    out = tmp_path / "results" / "transfer"
+    v = transfer.report(runs, out, None, crossing=tmp_path / "none.json", uld_from=earlier)["verdict"]
+    assert v["uld_minus_avokit"] == {**uld, "source": "transfer_first.json"}
+    assert "from [transfer_first.md](transfer_first.md)" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="--uld-from .*missing.json"):
+        transfer.report(runs, out, None, crossing=tmp_path / "none.json", uld_from=tmp_path / "missing.json")
+    for s in range(3):  # runs with their own ULD arm: nothing is carried
+        _write_run(runs, "uld_gemma", s, [_segment(10, 1.9, 1.9), _segment(20, 1.85, 1.9),
+                                          _segment(30, 1.7, 1.65 + 0.01 * s)])
+    own = transfer.report(runs, out, None, crossing=tmp_path / "none.json", uld_from=earlier)["verdict"]
+    assert own["uld_minus_avokit"]["seeds"] == 3 and "source" not in own["uld_minus_avokit"]
+    assert own["uld_minus_avokit"]["mean"] == pytest.approx(0.05)
+
+
 def _args(**kw: Any) -> argparse.Namespace:
     base = {"steps": 30, "segment_steps": 10, "batch_size": 4, "seq_len": 256, "lr": 1e-4, "warmup": 10,
             "score_max_length": 512}

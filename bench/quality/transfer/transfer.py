@@ -139,10 +139,11 @@ def collect(runs: Path, settings: dict[str, Any]) -> tuple[dict[str, dict[int, A
 
 
 def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot",
-           crossing: Path = CROSSING) -> dict[str, Any]:
+           crossing: Path = CROSSING, uld_from: Path | None = None) -> dict[str, Any]:
     """Choose checkpoints on validation, pair the arms by seed, write JSON + Markdown; the
     verdict compares the arms of ``design`` (``DESIGNS``) and carries the crossing study's
-    price from ``crossing`` (its results JSON) when that exists."""
+    price from ``crossing`` (its results JSON) when that exists, and, when these runs have no
+    ULD arm, the ULD comparison of the earlier results file ``uld_from`` (named in the verdict)."""
     settings = json.loads((runs / "settings.json").read_text())
     data = json.loads((runs / "data" / "data.json").read_text())
     results, unfinished = collect(runs, settings)
@@ -153,6 +154,11 @@ def report(runs: Path, out: Path, seeds: list[int] | None, design: str = "pilot"
     kd_arms, uld = DESIGNS[design]
     verdict = build_verdict(test, teachers, kd_arms, uld, GEMMA, seeds=seeds, student=STUDENT)
     verdict["design"] = design
+    if uld_from is not None and not verdict["uld_minus_avokit"]["seeds"]:
+        if not uld_from.is_file():
+            raise SystemExit(f"--uld-from {uld_from}: no such results file")
+        carried = json.loads(uld_from.read_text())["verdict"]["uld_minus_avokit"]
+        verdict["uld_minus_avokit"] = {**carried, "source": uld_from.name}
     verdict["equal_steps"] = equal_steps(results, kd_arms, settings["steps"], seeds=seeds)  # no checkpoint chosen
     if crossing.is_file():  # item 3a, its own study (crossing.py): carried into the verdict as it stands
         from bench.quality.crossing.crossing_stats import crossing_price
@@ -188,9 +194,13 @@ def main() -> None:
     ap = study_parser(study(), __doc__ or "", "runs/bench-transfer", "bench/results/transfer", DEFAULT_ARMS)
     ap.add_argument("--design", choices=list(DESIGNS), default="pilot",
                     help="report: which arms the verdict compares (test: the pre-registered ones)")
+    ap.add_argument("--uld-from", type=Path, default=None,
+                    help="report: an earlier results JSON whose ULD comparison the verdict carries when these runs "
+                         "train no ULD arm")
     args = ap.parse_args()
     if not run_command(study(), args):
-        print(json.dumps(report(args.runs, args.out, args.seeds, args.design)["verdict"], indent=1))
+        print(json.dumps(report(args.runs, args.out, args.seeds, args.design, uld_from=args.uld_from)["verdict"],
+                         indent=1))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def render(result: dict[str, Any]) -> str:
         lines += [f"| {t} | {p['arm']} | {p['seeds']} | {_cell(p['kd_minus_ce'])} | "
                   + " | ".join(_cell(p["per_domain"].get(d)) for d in domains) + " |" for t, p in eq["per_teacher"].items()]
     u = v["uld_minus_avokit"]
+    source = f"; from [{u['source'][:-5]}.md]({u['source'][:-5]}.md), whose runs trained it" if u.get("source") else ""
     lines += ["", f"ULD minus avokit's alignment ({u['arm']} minus {u['reference']}, teacher {u['teacher']}, "
-                  f"{u['seeds']} seeds): overall {_cell(u)}; "
+                  f"{u['seeds']} seeds{source}): overall {_cell(u)}; "
                   + ", ".join(f"{d} {_cell(x)}" for d, x in u["per_domain"].items()) + ".",
               "", f"Crossing price ([transfer_crossing.md](transfer_crossing.md), issue 31 item 3a): {v['crossing_price_note']}.", ""]
     lines += ["Test BPB at the checkpoint chosen on validation, mean over seeds:", "",
