@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from avokit.recipe import Recipe
-from bench.quality.study.data import DataSource
+from bench.quality.study.data import DataSource, write_jsonl
 from bench.quality.transfer.transfer_data import TEACHERS, write_python_heads
 
 SOURCE = Path(__file__).with_name("fusion.yaml")
@@ -61,11 +61,7 @@ def write_math_problems(recipe: Recipe, items: list[dict[str, Any]] | None = Non
             rows.append({"text": text, "gsm8k_test_id": item["id"], "license": "MIT"})
         if len(rows) == src.max_docs:
             break
-    src.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = src.path.with_name(src.path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(src.path)
-    return src.path
+    return write_jsonl(src.path, rows)
 
 
 def math_items(recipe: Recipe) -> dict[str, list[int]]:

@@ -42,6 +42,16 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """``rows`` as JSON lines at ``path``, written whole or not at all (a killed prepare leaves
+    no half file that a later run would take as done)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where a study's data comes from. ``yaml``: its corpus and capture sections (jsonl

@@ -10,7 +10,6 @@ and domain, each teacher's own test BPB from its cache and the dtype it computed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from bench.quality.study.data import (
     _write_json,
     set_inside_top_k,
     student_dir,
+    write_jsonl,
 )
 from bench.quality.study.data import capture as capture_teacher
 from bench.quality.study.data import prepare as prepare_data
@@ -53,11 +53,7 @@ def write_python_heads(recipe: Recipe) -> Path:
             rows.append({"text": pieces[0], "origin": raw.origin, "license": raw.license})
         if len(rows) == src.max_docs:
             break
-    src.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = src.path.with_name(src.path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(src.path)
-    return src.path
+    return write_jsonl(src.path, rows)
 
 
 TRANSFER_DATA = DataSource(yaml=SOURCE, module="bench.quality.transfer.transfer", teachers=tuple(TEACHERS),
