@@ -103,6 +103,22 @@ class OnPolicyConfig(Section):
     top_k: int = Field(default=20, ge=1)  # teacher top-k scored live
 
 
+class FreezeConfig(Section):
+    """Which of the student's parameters keep their starting values (for a pretrained student:
+    what it already knows). ``embeddings``: the token embeddings, and with them the output head
+    when the two are tied (one tensor); ``layers``: the lowest N transformer blocks. Frozen
+    parameters get no gradient, and nothing below the lowest trained one is back-propagated,
+    so freezing the lower blocks also makes each step cheaper."""
+
+    embeddings: bool = False
+    layers: int = Field(default=0, ge=0)
+
+    @property
+    def any(self) -> bool:
+        """Whether anything is frozen."""
+        return self.embeddings or self.layers > 0
+
+
 class TrainConfig(Section):
     """Optimiser, schedule, batching and checkpoints."""
 
@@ -130,11 +146,17 @@ class TrainConfig(Section):
     loss: LossConfig = LossConfig()
     fusion: FusionConfig = FusionConfig()
     on_policy: OnPolicyConfig | None = None
+    freeze: FreezeConfig = FreezeConfig()
 
     @model_validator(mode="after")
     def _fsdp_supports_the_run(self) -> TrainConfig:
         if self.parallel != "fsdp":
             return self
+        if self.freeze.any:
+            # avokit's sharding wraps every block whole; frozen and trained tensors mixed in one
+            # flat group is what it was not built (or tested) for
+            raise ValueError("train.freeze: parallel 'fsdp' trains every parameter; freeze nothing or use "
+                             "parallel 'ddp'")
         if self.on_policy is not None:
             # each rank samples its own prompts to its own length, while every forward of a
             # sharded student gathers parameters from all ranks at once

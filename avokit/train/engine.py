@@ -26,9 +26,11 @@ from avokit.train.sharding import (
 
 
 def build_optimizer(model: Any, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW without decay on biases and norms, and the warmup-cosine schedule."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    """AdamW without decay on biases and norms, and the warmup-cosine schedule; frozen
+    parameters (``requires_grad`` off, :mod:`avokit.train.freeze`) are left out."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
@@ -131,7 +133,9 @@ def param_shares(accelerator: Any, model: Any, sharded: bool) -> ParamShares:
     sharded the student, checked to be a real split (raises :class:`AvokitError` if not)."""
     local, full = local_param_count(model)
     by_rank = accelerator.gather(torch.tensor([local], dtype=torch.int64, device=accelerator.device))
-    shares = ParamShares(full=full, by_rank=[int(n) for n in by_rank.cpu().tolist()])
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    shares = ParamShares(full=full, by_rank=[int(n) for n in by_rank.cpu().tolist()],
+                         trained=None if sharded else trained)
     if sharded:
         shares.check_sharded()
     return shares

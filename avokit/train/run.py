@@ -213,6 +213,7 @@ def run_training(recipe: Recipe, baseline: bool = False,
     """
     from accelerate.utils import set_seed
 
+    from avokit.train.freeze import freeze_student
     from avokit.train.topology import checked_topology
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -257,6 +258,8 @@ def run_training(recipe: Recipe, baseline: bool = False,
         write_fusion_weights(out_dir / FUSION_LOG, recipe, packed, kd)
     set_seed(cfg.seed)  # identical initial weights for student and baseline, on every process
     model = initial_student(recipe, tokenizer, start_weights)
+    if cfg.freeze.any:
+        freeze_student(model, cfg.freeze)
     onp = on_policy_setup(recipe, tokenizer, packed, kd) if kd is not None and cfg.on_policy else None
     try:
         model = train_loop(model, packed, heldout, cfg, out_dir, kd=kd, eval_max_rows=cfg.eval_max_rows,

@@ -30,10 +30,13 @@ class ParamShares:
 
     full: int
     by_rank: list[int]
+    trained: int | None = None  # elements with gradients (train.freeze); None: every one
 
     def record(self) -> dict[str, Any]:
-        """The train_log.jsonl fields: ``params`` (full) and ``params_by_rank``."""
-        return {"params": self.full, "params_by_rank": self.by_rank}
+        """The train_log.jsonl fields: ``params`` (full), ``params_trained`` (what the
+        optimizer updates) and ``params_by_rank``."""
+        return {"params": self.full, "params_trained": self.full if self.trained is None else self.trained,
+                "params_by_rank": self.by_rank}
 
     def check_sharded(self) -> None:
         """Raise unless the ranks together hold each element once and none holds it all."""
