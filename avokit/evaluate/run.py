@@ -27,7 +27,7 @@ from avokit.evaluate.lineage import (
     data_lineage,
     fusion_by_domain,
 )
-from avokit.evaluate.models import MODEL_DIRS, score_all
+from avokit.evaluate.models import MODEL_DIRS, START, score_all
 from avokit.evaluate.plots import read_train_log
 from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
@@ -167,7 +167,6 @@ def _start_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> dict[str
     catalog licence, upstream and provenance; a directory with what its scoring knew (its
     licence is not recorded there). None for a student trained from scratch."""
     from avokit.catalog import TEACHERS
-    from avokit.evaluate.models import START
 
     student = recipe.student
     if student.pretrained is None:
