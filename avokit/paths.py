@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# A training's per-document teacher weights, next to the student it trained: train writes it,
+# evaluate reads it back per domain (the stages share the name, not each other's code).
+FUSION_LOG = "fusion_weights.jsonl"
+
 
 def cache_dir() -> Path:
     """avokit's cache directory: ``$AVOKIT_CACHE`` or ``~/.cache/avokit``; created on demand."""

@@ -1,5 +1,6 @@
-"""Test support for the web console: a real `avokit serve` with a tiny released model, its
-customers and an administrator (created through the CLI command), and HTTP sign-ins."""
+"""Test support for the web console: a real `avokit serve` with a tiny released model (or a
+real release, :class:`Console`'s ``release``), its customers and an administrator (created
+through the CLI command), and HTTP sign-ins."""
 
 from __future__ import annotations
 
@@ -27,36 +28,62 @@ def csrf_of(html: str) -> str:
 
 
 def _with_evaluation(model_dir: Path) -> None:
-    """Give the test release a per-domain evaluation and two teachers, as a real release has
-    (release.json lists no checksum of itself, so the release stays servable)."""
+    """Give the test release a per-domain evaluation, a pretrained start and two teachers, as a
+    real release has (release.json lists no checksum of itself, so the release stays servable)."""
     from avokit.contracts.metrics import TeacherLineage
     from avokit.contracts.release import read_release_manifest
 
     manifest = read_release_manifest(model_dir)
     teachers = [TeacherLineage(name="gemma-3-270m", kind="registry", license="Gemma",
                                upstream="google/gemma-3-270m", fingerprint="a" * 64),
-                TeacherLineage(name="smollm2-135m", kind="registry", license="Apache-2.0",
-                               upstream="HuggingFaceTB/SmolLM2-135M", fingerprint="b" * 64)]
+                TeacherLineage(name="qwen2.5-coder-0.5b", kind="registry", license="Apache-2.0",
+                               upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct", fingerprint="b" * 64)]
+    start = TeacherLineage(name="smollm2-135m", kind="registry", license="Apache-2.0",
+                           upstream="HuggingFaceTB/SmolLM2-135M-Instruct", fingerprint="c" * 64)
     evaluation = manifest.eval.model_copy(update={
         "bpb": {"student": 1.82, "baseline": 1.95},
         "domain_bpb": {"student": {"code": 1.41, "english": 1.90, "german": 2.12},
                        "baseline": {"code": 1.55, "english": 2.01, "german": 2.30}},
         "tasks": {"toy": 0.5}})
-    lineage = manifest.lineage.model_copy(update={"teachers": teachers})
+    lineage = manifest.lineage.model_copy(update={"teachers": teachers, "pretrained_start": start})
     manifest.model_copy(update={"eval": evaluation, "lineage": lineage}).write(model_dir)
 
 
-class Console:
-    """One served gateway with two customer accounts and one administrator."""
+def _served_release(registry: Path, release: Path) -> str:
+    """Link a real release (``REGISTRY/<name>`` from `avokit release`) into ``registry`` under
+    its manifest's name, unchanged (the gateway checks every file's sha256); returns the name."""
+    from avokit.contracts.release import read_release_manifest
 
-    def __init__(self, tmp: Path, **env: str) -> None:
+    name = read_release_manifest(release).name
+    registry.mkdir(parents=True, exist_ok=True)
+    (registry / name).symlink_to(release.resolve(), target_is_directory=True)
+    return name
+
+
+class Console:
+    """One served gateway with two customer accounts and one administrator.
+
+    It serves the tiny random fixture release ``avo-tiny`` (fake lineage and figures), or with
+    ``release`` a real release directory instead; ``model`` is the served release's name and
+    ``manifest`` its release.json, so tests assert what that release says, not fixed values.
+    """
+
+    def __init__(self, tmp: Path, release: Path | None = None, **env: str) -> None:
         from typer.testing import CliRunner
 
         from avokit.cli.main import build_app
+        from avokit.contracts.release import read_release_manifest
         from avokit.gateway.db.session import make_db_engine, run_migrations, session_factory
 
-        self.registry = build_registry(tmp / "registry").parent
-        _with_evaluation(self.registry / "avo-tiny")
+        self.real = release is not None
+        if release is not None:
+            self.registry = tmp / "registry"
+            self.model = _served_release(self.registry, release)
+        else:
+            self.registry = build_registry(tmp / "registry").parent
+            self.model = "avo-tiny"
+            _with_evaluation(self.registry / self.model)
+        self.manifest = read_release_manifest(self.registry / self.model)
         self.db_url = f"sqlite:///{tmp}/console.db"
         run_migrations(self.db_url)
         self.sessions = session_factory(make_db_engine(self.db_url))

@@ -168,9 +168,14 @@ def test_model_card_shows_lineage_gate_and_evaluation(console: Console) -> None:
     http, _ = console.signin(console.alice)
     page = http.get("/console/models/avo-tiny")
     assert page.status_code == 200
-    for text in ("Lineage", "smollm2-135m", "Apache-2.0", "must_beat_baseline", "passed",
+    for text in ("Lineage", "qwen2.5-coder-0.5b", "Apache-2.0", "must_beat_baseline", "passed",
                  "<th>german</th>", "<svg"):
         assert text in page.text, text
+    # the pretrained start, its licence the release inherits, and its weights
+    start = page.text.split('<p id="start">', 1)[1].split("</p>", 1)[0]
+    for text in ("<code>smollm2-135m</code>", "HuggingFaceTB/SmolLM2-135M-Instruct", "licence Apache-2.0",
+                 "inherits its terms", "c" * 16):
+        assert text in start, (text, start)
     assert http.get("/console/models/not-a-model").status_code == 404
     narrow, _ = console.key("narrow", models=["other-model"])
     other, _ = console.signin(narrow)

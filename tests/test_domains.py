@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from avokit.corpus import Document, build_corpus, dedup, load_split, split_documents
@@ -173,7 +174,16 @@ def test_domains_reach_metrics_report_plot_and_card(two_domain_run: Path) -> Non
     from avokit.recipe.load import load_recipe
 
     recipe = load_recipe(two_domain_run / "recipe.yaml")
-    assert {d.license for d in load_split(recipe, "train") if d.domain == "chinese"} == {"CC0-1.0"}
+    train = load_split(recipe, "train")
+    assert {d.license for d in train if d.domain == "chinese"} == {"CC0-1.0"}
+    # the training's per-document teacher weights (train writes them; these stand in): today's
+    # lines name their domain, a line from before the field is placed by the train split
+    weights = {d.doc_id: 0.25 + 0.5 * (i % 2) for i, d in enumerate(train)}
+    rows = [{"doc_id": d.doc_id, "weights": {"tiny-teacher": weights[d.doc_id]}, "bpb": {"tiny-teacher": 1.0},
+             **({"domain": d.domain} if i % 3 else {})} for i, d in enumerate(train)]
+    (recipe.run_dir / "student" / "fusion_weights.jsonl").write_text("\n".join(
+        json.dumps(r) for r in [{"mode": "bpb_softmax", "temperature": 0.1, "teachers": {"tiny-teacher": 1.0}},
+                                *rows, {"doc_id": "not-in-the-split", "weights": {"tiny-teacher": 9.0}}]) + "\n")
     report = run_eval(recipe)
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["heldout"]["domains"] == {"chinese": 2, "english": 2}  # the cap takes both domains
@@ -185,6 +195,10 @@ def test_domains_reach_metrics_report_plot_and_card(two_domain_run: Path) -> Non
         assert metrics["bpb"][model]["domain_mean"] == pytest.approx(
             (per["chinese"]["bpb"] + per["english"]["bpb"]) / 2)
     assert set(metrics["contamination"]["per_domain"]) == {"chinese", "english"}
+    fused = metrics["distillation"]
+    expected = {dom: float(np.mean([weights[d.doc_id] for d in train if d.domain == dom])) for dom in ("chinese", "english")}
+    assert fused["domain_teacher_weights"] == {"tiny-teacher": pytest.approx(expected)}
+    assert fused["domain_docs"] == {dom: sum(d.domain == dom for d in train) for dom in ("chinese", "english")}
     md = (report / "report.md").read_text()
     assert "| model | chinese | english | overall | domain mean |" in md
     best_zh = min(metrics["bpb"][m]["domains"]["chinese"]["bpb"] for m in metrics["bpb"])
@@ -193,3 +207,9 @@ def test_domains_reach_metrics_report_plot_and_card(two_domain_run: Path) -> Non
     out = release(two_domain_run / "runs" / "twodom", "twodom", two_domain_run / "registry")
     card = (out / "MODEL_CARD.md").read_text()
     assert "| model | chinese | english | overall | domain mean |" in card and "tiny-teacher" in card
+    # what the teacher contributed: its mean weight per domain beside its and the student's BPB
+    assert "## What each teacher contributed" in card and "## Pretrained start" not in card
+    bpb = metrics["bpb"]
+    for dom in ("chinese", "english"):
+        assert (f"| tiny-teacher | {dom} | {expected[dom]:.3f} | {bpb['tiny-teacher']['domains'][dom]['bpb']:.4f} | "
+                f"{bpb['student']['domains'][dom]['bpb']:.4f} |") in card

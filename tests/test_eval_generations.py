@@ -105,6 +105,12 @@ def test_report_has_the_start_row_and_teacher_judged_continuations(pretrained_ru
     for k, written in texts_by.items():
         assert gen["repetition"][k]["all"] == summarise_distinct([char_distinct(t) for t in written])
 
+    # the start's lineage: a directory, so no catalog licence; its weights are the scored ones
+    assert m["pretrained_start"] == {"name": recipe.student.pretrained, "kind": "hf", "license": "unknown",
+                                     "upstream": None, "provenance": None,
+                                     "fingerprint": m["models"]["start"]["fingerprint"], "capture_dtype": None,
+                                     "bf16_check": None}
+    assert m["models"]["start"]["fingerprint"]
     md = (report / "report.md").read_text()
     assert "## Generation quality" in md and "| start |" in md and "`start` is the pretrained student" in md
     assert f"`{first['doc_id']}`" in md and "BPB by judge" in md

@@ -202,4 +202,8 @@ def test_distillation_section_names_the_fusion_mode(mode: str, expected: str) ->
          "targets": "dense", "chunk_debias": True, "ce_weight": 1.0, "kd_weight": 1.0, "chunk_weight": 0.5}
     lines = _distillation_section({"distillation": d})
     assert any(line.startswith(expected) for line in lines), lines
+    assert not any("per domain" in line for line in lines)  # not recorded: no line
+    d["domain_teacher_weights"] = {"a": {"code": 0.25, "english": 0.5}, "b": {"code": 0.75, "english": 0.5}}
+    lines = _distillation_section({"distillation": d})
+    assert "- mean teacher weight per domain: code: a 0.250, b 0.750; english: a 0.500, b 0.500" in lines
     assert any("x chunk (debiased)" in line and "`dense`" in line for line in lines)

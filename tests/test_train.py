@@ -216,6 +216,8 @@ def test_kd_end_to_end_two_tokenizers(tmp_path: Path) -> None:
     head, *rows = [json.loads(x) for x in (out / "fusion_weights.jsonl").read_text().splitlines()]
     assert head["mode"] == recipe.train.fusion.mode and head["teachers"] == {"smol": 1.0, "gemma": 0.5}
     assert len(rows) == len(train) and all(abs(sum(r["weights"].values()) - 1.0) < 1e-5 for r in rows)
+    # each line names its document's domain: evaluation reads the weights back per domain
+    assert [(r["doc_id"], r["domain"]) for r in rows] == [(d.doc_id, d.domain) for d in train]
     missing = {r["doc_id"] for r in rows if r["bpb"]["gemma"] is None}
     assert missing == {d.doc_id for d in train[-2:]}
     assert all(rows_by["weights"]["gemma"] == 0.0 for rows_by in rows if rows_by["doc_id"] in missing)

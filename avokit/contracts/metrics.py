@@ -172,7 +172,8 @@ class ModelInfo(Contract):
 
 
 class TeacherLineage(Contract):
-    """A teacher the student learnt from: its licence and where it comes from."""
+    """A model the student came from (a teacher it learnt from, or its pretrained start): its
+    licence and where it comes from."""
 
     name: str
     kind: str  # recipe teacher kind: registry, hf, gguf, openai
@@ -206,6 +207,10 @@ class Distillation(Contract):
     kd_weight: float
     chunk_weight: float
     teacher_weights: dict[str, float]  # teacher -> mean fusion weight; empty if not logged
+    # teacher -> domain -> mean document fusion weight over that domain's training documents
+    # (the student's fusion_weights.jsonl); empty in metrics written before it was recorded
+    domain_teacher_weights: dict[str, dict[str, float]] = {}
+    domain_docs: dict[str, int] = {}  # domain -> training documents behind those means
 
 
 class ContinuationDistinct(Contract):
@@ -278,6 +283,9 @@ class EvalMetrics(Contract):
     models: dict[str, ModelInfo]
     student_config: dict[str, Any]  # the recipe's student section (the recipe owns its shape)
     teachers: list[TeacherLineage]
+    # the pretrained student's start (kind: registry, or hf for a directory); None for a
+    # student trained from scratch and in metrics written before it was recorded
+    pretrained_start: TeacherLineage | None = None
     data: DataLineage
     distillation: Distillation | None = None  # None in metrics written before it was recorded
     generations: Generations | None = None  # None when eval.generation.prompts_per_domain is 0

@@ -44,6 +44,9 @@ class Lineage(Contract):
     eval_run: int  # the evaluation whose gate verdict released it
     teachers: list[TeacherLineage]
     data: DataLineage
+    # the weights training started from (its licence carries over); None for a student trained
+    # from scratch and in releases made before it was recorded
+    pretrained_start: TeacherLineage | None = None
 
 
 class EvalSummary(Contract):

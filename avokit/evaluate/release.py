@@ -1,4 +1,5 @@
-"""Release: copy a student that passed its gate into the model registry with a model card.
+"""Release: copy a student that passed its gate into the model registry with a model card
+(:mod:`avokit.evaluate.card`).
 
 REGISTRY/<name>/ = the student's HF model dir + MODEL_CARD.md + release.json, a
 :class:`~avokit.contracts.ReleaseManifest` that the gateway reads through the same model
@@ -26,11 +27,12 @@ from avokit.contracts.release import (
     digest_files,
 )
 from avokit.errors import AvokitError
-from avokit.evaluate.report import domain_table
+from avokit.evaluate.card import model_card, pretrained_start
+from avokit.paths import FUSION_LOG
 
 NAME_RE = re.compile(NAME_PATTERN)
 # Kept in the run, not shipped: training logs (checkpoints/ is a folder and is never copied).
-NOT_SHIPPED = ("train_log.jsonl", "fusion_weights.jsonl")
+NOT_SHIPPED = ("train_log.jsonl", FUSION_LOG)
 # Hugging Face tokenizer files: listed in the manifest's tokenizer section.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
@@ -57,60 +59,6 @@ def _load_metrics(run_dir: Path) -> EvalMetrics:
         return read_metrics(path)
     except ContractError as err:
         raise ReleaseError(str(err)) from None
-
-
-def _license_note(lic: str) -> str:
-    if "gemma" in lic.lower():
-        return (f"{lic}: Gemma's Terms of Use apply to models derived from Gemma outputs; this "
-                "student is such a derivative, so its use must follow them (including the prohibited-use policy).")
-    return lic
-
-
-def model_card(name: str, config: dict[str, Any], metrics: EvalMetrics, context_length: int) -> str:
-    """MODEL_CARD.md: architecture, tokenizer, data, teachers and licences, metrics,
-    contamination and the gate verdict."""
-    gate, con = metrics.gate, metrics.contamination
-    tr = metrics.training.get("student")
-    student = metrics.models.get("student")
-    tok_cfg = metrics.student_config.get("tokenizer", {})
-    tok_origin = {"train": "a byte-level BPE trained on the recipe's training corpus",
-                  "pretrained": f"the pretrained start's own ({metrics.student_config.get('pretrained')})"
-                  }.get(tok_cfg.get("kind", ""), f"loaded from {tok_cfg.get('path', '?')}")
-    lines = [
-        f"# {name}", "",
-        f"Distilled by avokit from recipe `{metrics.recipe}` (evaluation run {metrics.eval_run}, {metrics.created}).", "",
-        "## Architecture", "",
-        f"- {config.get('model_type', '?')}: {config.get('num_hidden_layers', '?')} layers, hidden size "
-        f"{config.get('hidden_size', '?')}, {config.get('num_attention_heads', '?')} heads, "
-        f"{student.params if student else '?'} parameters",
-        f"- context length {context_length} tokens", "",
-        "## Tokenizer", "",
-        f"- own tokenizer, vocabulary {config.get('vocab_size', '?')} "
-        f"({student.tokenizer if student else '?'}): {tok_origin}", "",
-        "## Data", "",
-        f"- training: {tr.tokens if tr else '?'} tokens over {tr.steps if tr else '?'} steps from the recipe's "
-        f"corpus train split; held-out evaluation on {metrics.heldout.docs} documents ({metrics.heldout.bytes} bytes)", "",
-        "## Teachers and licences", "",
-    ]
-    for t in metrics.teachers:
-        origin = f" — {t.upstream}; {t.provenance}" if t.upstream else ""
-        lines.append(f"- {t.name}: {_license_note(t.license)}{origin}")
-    lines += ["", "## Licence", "",
-              f"- this student: {metrics.release_license or 'unspecified'} (recipe `release.license`), "
-              "subject to the teachers' terms above where they follow derivatives"]
-    lines += ["", "## Metrics", "", "Held-out bits per byte, per domain and overall (best per column in bold):", ""]
-    lines += domain_table({m: v.model_dump() for m, v in metrics.bpb.items()})
-    lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
-    for task, s in metrics.tasks.get("student", {}).items():
-        acc, clean = s.metric("acc"), (s.clean.model_extra or {}).get("acc")
-        if acc is not None and clean is not None:
-            lines.append(f"| {task} | {acc.value:.3f} (n={acc.n}) | {clean.value:.3f} (n={clean.n}) |")
-    lines += ["", "## Contamination", "",
-              f"{con.n}-gram and token-overlap check of every eval item against the training text: "
-              f"{len(con.items)} contaminated items, overall rate {con.overall_rate:.4f}.", "",
-              f"## Release gate: {'PASSED' if gate.passed else 'FAILED'}", ""]
-    lines += [f"- {c.name}: {'pass' if c.passed else 'FAIL'} ({c.message})" for c in gate.checks]
-    return "\n".join(lines) + "\n"
 
 
 def _checked_inputs(run_dir: Path, name: str, registry: Path) -> tuple[EvalMetrics, dict[str, Any]]:
@@ -153,7 +101,7 @@ def _manifest(name: str, shipped: Path, config: dict[str, Any], metrics: EvalMet
                                 vocab_size=config.get("vocab_size"),
                                 files=[n for n in names if n in TOKENIZER_FILES]),
         lineage=Lineage(recipe=metrics.recipe, eval_run=metrics.eval_run, teachers=metrics.teachers,
-                        data=metrics.data),
+                        data=metrics.data, pretrained_start=pretrained_start(metrics)),
         gate=metrics.gate,
         eval=EvalSummary(bpb={m: v.bpb for m, v in metrics.bpb.items()},
                          domain_bpb={m: {d: x.bpb for d, x in v.domains.items()} for m, v in metrics.bpb.items()},

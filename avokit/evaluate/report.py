@@ -149,8 +149,13 @@ def _distillation_section(metrics: dict[str, Any]) -> list[str]:
         fusion = f"`{d['fusion_mode']}` (temperature {d['fusion_temperature']}"
         fusion += f", window {d['fusion_window']} spans)" if d["fusion_mode"] == "span_softmax" else ")"
     weights = ", ".join(f"{t} {w:.3f}" for t, w in d["teacher_weights"].items()) or "not logged"
+    per_domain = d.get("domain_teacher_weights") or {}
+    domains = sorted({dom for per in per_domain.values() for dom in per})
+    by_domain = "; ".join(f"{dom}: " + ", ".join(f"{t} {per[dom]:.3f}" for t, per in per_domain.items() if dom in per)
+                          for dom in domains)
     return ["", "## Distillation", "",
             f"- fusion of the teachers: {fusion}; mean teacher weight over the training documents: {weights}",
+            *([f"- mean teacher weight per domain: {by_domain}"] if by_domain else []),
             f"- targets: `{d['targets']}`; loss = {d['ce_weight']} x CE + {d['kd_weight']} x KD"
             f"{' (ULD)' if d.get('token_loss') == 'uld' else ''} + "
             f"{d['chunk_weight']} x chunk{' (debiased)' if d.get('chunk_debias') else ''} "

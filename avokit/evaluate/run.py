@@ -21,14 +21,20 @@ from avokit.evaluate.bpb import BpbResult, domain_bpb
 from avokit.evaluate.contamination import check_contamination
 from avokit.evaluate.gate import check_gate
 from avokit.evaluate.generations import GenerationJudge, heldout_prompts
-from avokit.evaluate.lineage import cached_teacher_dtype, cached_teacher_fingerprint, data_lineage
-from avokit.evaluate.models import MODEL_DIRS, score_all
+from avokit.evaluate.lineage import (
+    cached_teacher_dtype,
+    cached_teacher_fingerprint,
+    data_lineage,
+    fusion_by_domain,
+)
+from avokit.evaluate.models import MODEL_DIRS, START, score_all
 from avokit.evaluate.plots import read_train_log
 from avokit.evaluate.release import weights_sha256
 from avokit.evaluate.report import export_eval_items, render_markdown, write_plots
 from avokit.evaluate.runlog import append_entry, read_log
 from avokit.evaluate.suites import load_builtin_task
 from avokit.evaluate.tasks import Task, load_task
+from avokit.paths import FUSION_LOG
 from avokit.recipe import Recipe
 
 
@@ -120,14 +126,19 @@ def domain_contamination(recipe: Recipe, tasks: list[Task]) -> dict[str, dict[st
 
 
 def _distillation(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's loss and fusion settings and the student's logged mean teacher weights."""
-    log = read_train_log(recipe.run_dir / "student" / "train_log.jsonl")
+    """The recipe's loss and fusion settings, the student's logged mean teacher weights and
+    their means per domain (its fusion_weights.jsonl)."""
+    student = recipe.run_dir / "student"
+    log = read_train_log(student / "train_log.jsonl")
     weights: dict[str, Any] = next((e["teacher_weights"] for e in reversed(log) if e.get("teacher_weights")), {})
+    by_domain, domain_docs = fusion_by_domain(student / FUSION_LOG,
+                                              {d.doc_id: d.domain for d in load_split(recipe, "train")})
     loss, fusion = recipe.train.loss, recipe.train.fusion
     return {"targets": loss.targets, "chunk_debias": loss.chunk_debias, "token_loss": loss.token_loss,
             "fusion_mode": fusion.mode, "fusion_temperature": fusion.temperature,
             "fusion_window": fusion.window, "ce_weight": loss.ce_weight, "kd_weight": loss.kd_weight,
-            "chunk_weight": loss.chunk_weight, "teacher_weights": {k: float(v) for k, v in weights.items()}}
+            "chunk_weight": loss.chunk_weight, "teacher_weights": {k: float(v) for k, v in weights.items()},
+            "domain_teacher_weights": by_domain, "domain_docs": domain_docs}
 
 
 def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -149,6 +160,24 @@ def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[d
             row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
         out.append(row)
     return out
+
+
+def _start_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The pretrained student's start, as a teacher's lineage reads: a registry model with its
+    catalog licence, upstream and provenance; a directory with what its scoring knew (its
+    licence is not recorded there). None for a student trained from scratch."""
+    from avokit.catalog import TEACHERS
+
+    student = recipe.student
+    if student.pretrained is None:
+        return None
+    info = infos.get(START, {})
+    row: dict[str, Any] = {"name": student.pretrained, "kind": "registry" if student.registry_name else "hf",
+                           "license": info.get("license", "unknown"), "fingerprint": info.get("fingerprint")}
+    entry = TEACHERS.get(student.registry_name) if student.registry_name else None
+    if entry is not None:
+        row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
+    return row
 
 
 def _bpb_metrics(bpb: dict[str, BpbResult], texts: dict[str, str], domains: dict[str, str]) -> dict[str, Any]:
@@ -229,6 +258,7 @@ def run_eval(recipe: Recipe) -> Path:
                            "tokenizer": {**recipe.student.tokenizer.model_dump(mode="json"),
                                          "kind": recipe.student.tokenizer_kind}},
         "teachers": _teacher_lineage(recipe, infos),
+        "pretrained_start": _start_lineage(recipe, infos),
         "data": data_lineage(run_dir, [t.name for t in recipe.teachers]),
         "distillation": _distillation(recipe),
         "generations": judge.as_metrics() if judge is not None else None,

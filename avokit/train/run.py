@@ -14,6 +14,7 @@ import numpy as np
 
 from avokit.corpus import load_split
 from avokit.errors import AvokitError
+from avokit.paths import FUSION_LOG
 from avokit.recipe.recipe import Recipe
 from avokit.teachers.pretrained import resolve_pretrained
 from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
@@ -26,7 +27,6 @@ from avokit.train.start import ensure_student_tokenizer as ensure_student_tokeni
 from avokit.train.start import initial_student
 
 DONE = "training_done.json"
-FUSION_LOG = "fusion_weights.jsonl"
 
 
 def teacher_sources(recipe: Recipe, tokenizer: Any) -> list[TeacherSource]:
@@ -167,6 +167,8 @@ def write_fusion_weights(path: Path, recipe: Recipe, packed: PackedCorpus, kd: K
                          "teachers": {s.name: s.weight for s in kd.sources}})]
     for d, doc_id in enumerate(packed.doc_ids):
         row: dict[str, Any] = {"doc_id": doc_id, "weights": {}, "bpb": {}}
+        if packed.domains:  # what each teacher gave each domain is read back per domain at eval
+            row["domain"] = packed.domains[d]
         for t, source in enumerate(kd.sources):
             hit = source.memo.get(doc_id)  # filled by fusion_weights
             row["weights"][source.name] = round(float(kd.doc_weights[d, t]), 6)
