@@ -198,15 +198,18 @@ def test_max_docs_per_text_takes_each_texts_first_documents(tmp_path: Path) -> N
         recipe_for(tmp_path / "c", [{"kind": "jsonl", "path": "x.jsonl", "max_docs_per_text": 0}])
 
 
-def test_the_main_job_holds_out_every_domain(tmp_path: Path) -> None:
-    """avocado-mini's report reads every figure per domain: each domain needs held-out text,
-    which the split by source text only gives where a domain has several texts."""
+@pytest.mark.parametrize("name", ["avocado-smol", "avocado-mini"])
+def test_the_built_in_recipes_hold_out_every_domain(tmp_path: Path, name: str) -> None:
+    """The built-in recipes' reports read every figure per domain: each domain needs held-out
+    text (and, where the recipe has a validation split, validation text), which the split by
+    source text only gives where a domain has several texts."""
     from avokit.recipe import load_recipe
 
-    recipe = load_recipe("avocado-mini").model_copy(update={"runs_dir": tmp_path})
+    recipe = load_recipe(name).model_copy(update={"runs_dir": tmp_path})
     manifest = build_corpus(recipe)
     assert set(manifest.domains) == {"english", "code", "chinese"}
-    assert all(per["heldout"] >= 1 and per["train"] >= 1 for per in manifest.domains.values()), manifest.domains
+    need = ["train", "heldout"] + (["validation"] if recipe.corpus.validation_fraction else [])
+    assert all(per.get(s, 0) >= 1 for per in manifest.domains.values() for s in need), manifest.domains
 
 
 def _grouped(domain: str, sizes: list[int]) -> list[Document]:

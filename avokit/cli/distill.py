@@ -12,7 +12,7 @@ from rich.table import Table
 
 from avokit.pipeline import STAGES, Plan, distill, make_plan
 from avokit.recipe import load_recipe
-from avokit.recipe.load import BUILTIN_RECIPES
+from avokit.recipe.load import BUILTIN_RECIPES, DEFAULT_RECIPE
 
 
 def _fmt_num(x: float) -> str:
@@ -48,7 +48,7 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 
 def distill_command(
-    recipe: Annotated[str, typer.Argument(help=f"recipe YAML or built-in name ({', '.join(BUILTIN_RECIPES)})")] = "avocado-mini",
+    recipe: Annotated[str, typer.Argument(help=f"recipe YAML or built-in name ({', '.join(BUILTIN_RECIPES)})")] = DEFAULT_RECIPE,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and exit")] = False,
     stages: Annotated[str | None, typer.Option(help=f"comma-separated subset of {','.join(STAGES)}")] = None,
     registry: Annotated[Path | None, typer.Option(help="model registry directory for release")] = None,

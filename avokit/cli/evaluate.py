@@ -31,7 +31,7 @@ def eval_command(recipe: str = typer.Argument(..., help="recipe YAML file or bui
 
 
 def release_command(
-    run_dir: Path = typer.Argument(..., help="the run directory, e.g. runs/avocado-mini"),
+    run_dir: Path = typer.Argument(..., help="the run directory, e.g. runs/avocado-smol"),
     name: str | None = typer.Option(
         None, "--name", help="model name in the registry [default: the recipe's release.name, else its name]"),
     registry: Path | None = typer.Option(

@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from avokit.errors import RecipeError
 from avokit.recipe.recipe import Recipe
 
-BUILTIN_RECIPES = ("avocado-mini",)
+# the first is what `avokit distill` runs without a recipe (README "The default recipe")
+BUILTIN_RECIPES = ("avocado-smol", "avocado-mini")
+DEFAULT_RECIPE = BUILTIN_RECIPES[0]
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -104,7 +106,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def load_recipe(spec: str | Path, check_paths: bool = True) -> Recipe:
-    """Load a recipe from a YAML file, or a built-in recipe by name (e.g. ``avocado-mini``)."""
+    """Load a recipe from a YAML file, or a built-in recipe by name (e.g. ``avocado-smol``)."""
     spec_str = str(spec)
     if spec_str in BUILTIN_RECIPES:
         ref = resources.files("avokit.recipes").joinpath(f"{spec_str}.yaml")
