@@ -156,3 +156,10 @@ def test_release_ships_the_start_in_its_lineage_and_card(tmp_path: Path) -> None
     assert manifest.lineage.pretrained_start.model_dump() == {**SMOL, "capture_dtype": None, "bf16_check": None}
     assert "## Pretrained start" in (out / "MODEL_CARD.md").read_text()
     assert not (out / "fusion_weights.jsonl").exists()
+
+
+def test_card_has_a_task_table_only_where_tasks_were_scored() -> None:
+    with_tasks = model_card("t", CONFIG, _metrics(), 2048)
+    assert "| task | student acc (all) | student acc (clean items) |" in with_tasks
+    without = model_card("t", CONFIG, _metrics(tasks={}), 2048)  # a recipe with eval.tasks: []
+    assert "| task |" not in without and "## Contamination" in without

@@ -162,11 +162,13 @@ def _metrics_and_gate(metrics: EvalMetrics) -> list[str]:
     gate, con = metrics.gate, metrics.contamination
     lines = ["## Metrics", "", "Held-out bits per byte, per domain and overall (best per column in bold):", ""]
     lines += domain_table({m: v.model_dump() for m, v in metrics.bpb.items()})
-    lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |"]
+    rows = []
     for task, s in metrics.tasks.get("student", {}).items():
         acc, clean = s.metric("acc"), (s.clean.model_extra or {}).get("acc")
         if acc is not None and clean is not None:
-            lines.append(f"| {task} | {acc.value:.3f} (n={acc.n}) | {clean.value:.3f} (n={clean.n}) |")
+            rows.append(f"| {task} | {acc.value:.3f} (n={acc.n}) | {clean.value:.3f} (n={clean.n}) |")
+    if rows:  # a recipe without task suites (eval.tasks: []) gets no empty table
+        lines += ["", "| task | student acc (all) | student acc (clean items) |", "| --- | --- | --- |", *rows]
     lines += ["", "## Contamination", "",
               f"{con.n}-gram and token-overlap check of every eval item against the training text: "
               f"{len(con.items)} contaminated items, overall rate {con.overall_rate:.4f}.", "",
