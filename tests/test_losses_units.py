@@ -147,6 +147,22 @@ def test_word_start_logmass_works_over_any_leading_shape() -> None:
         word_start_logmass(logprobs, starts[:3])
 
 
+def test_word_start_logmass_equals_the_masked_reference_in_value_and_gradient() -> None:
+    """The gathered form equals the definition (every other column masked to -inf, then
+    logsumexp), gradients included; with no word-starting id the mass is -inf."""
+    x = torch.randn(5, 64, generator=_gen(7), dtype=torch.float64, requires_grad=True)
+    starts = torch.rand(64, generator=_gen(8)) < 0.4
+    got = word_start_logmass(torch.log_softmax(x, dim=-1), starts)
+    (grad,) = torch.autograd.grad(got.sum(), x)
+    y = x.detach().clone().requires_grad_(True)
+    want = torch.logsumexp(torch.log_softmax(y, dim=-1).masked_fill(~starts, float("-inf")), dim=-1)
+    (want_grad,) = torch.autograd.grad(want.sum(), y)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    none = word_start_logmass(torch.log_softmax(x.detach(), dim=-1), torch.zeros(64, dtype=torch.bool))
+    assert torch.isneginf(none).all()
+
+
 # ---------------------------------------------------------------- TeacherBatch
 
 

@@ -63,7 +63,10 @@ def word_start_logmass(logprobs: Tensor, starts_word: Tensor) -> Tensor:
     ``-inf`` only when no id starts a word (then the chunk term cannot be debiased)."""
     if starts_word.shape != logprobs.shape[-1:]:
         raise ValueError(f"starts_word {tuple(starts_word.shape)} must be [V={logprobs.shape[-1]}]")
-    return torch.logsumexp(logprobs.masked_fill(~starts_word, float("-inf")), dim=-1)
+    # gather the word-starting columns rather than mask the others: no [N, V] copy forward, and
+    # the backward scatters into them only (800 x 49,152 rows with the log-softmax before it and
+    # the backward, 2-core Xeon, 2026-12-07: 1.05 s -> 0.37-0.44 s)
+    return torch.logsumexp(logprobs.index_select(-1, starts_word.nonzero().squeeze(-1)), dim=-1)
 
 
 def binarize(logprob: Tensor, tau: float) -> Tensor:
