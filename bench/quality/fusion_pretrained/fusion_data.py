@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from avokit.recipe import Recipe
-from bench.quality.study.data import DataSource, write_jsonl
+from bench.quality.study.data import DataSource, jsonl_source, write_source_once
 from bench.quality.transfer.transfer_data import TEACHERS, write_python_heads
 
 SOURCE = Path(__file__).with_name("fusion.yaml")
@@ -49,19 +50,13 @@ def problem_text(item: dict[str, Any]) -> str:
 def write_math_problems(recipe: Recipe, items: list[dict[str, Any]] | None = None) -> Path:
     """math-problems.jsonl in the data folder (written once): the first ``max_docs`` items
     whose text fits ``min_chars..max_chars``, with the GSM8K id and licence in each row."""
-    src = next(s for s in recipe.corpus.sources if s.kind == "jsonl" and s.path and s.path.name == MATH_FILE)
-    assert src.path is not None and src.max_docs is not None
-    if src.path.is_file():
-        return src.path
-    max_chars = src.max_chars or recipe.corpus.max_chars
-    rows = []
-    for item in gsm8k_items() if items is None else items:
-        text = problem_text(item)
-        if recipe.corpus.min_chars <= len(text) <= max_chars:
-            rows.append({"text": text, "gsm8k_test_id": item["id"], "license": "MIT"})
-        if len(rows) == src.max_docs:
-            break
-    return write_jsonl(src.path, rows)
+    def problems(max_chars: int) -> Iterator[dict[str, Any]]:
+        for item in gsm8k_items() if items is None else items:
+            text = problem_text(item)
+            if recipe.corpus.min_chars <= len(text) <= max_chars:
+                yield {"text": text, "gsm8k_test_id": item["id"], "license": "MIT"}
+
+    return write_source_once(recipe, MATH_FILE, problems)
 
 
 def math_items(recipe: Recipe) -> dict[str, list[int]]:
@@ -69,8 +64,7 @@ def math_items(recipe: Recipe) -> dict[str, list[int]]:
     origin ``math-problems.jsonl:<line>`` names its row)."""
     from avokit.corpus import load_split
 
-    src = next(s for s in recipe.corpus.sources if s.path and s.path.name == MATH_FILE)
-    assert src.path is not None
+    src = jsonl_source(recipe, MATH_FILE)
     ids = [json.loads(line)["gsm8k_test_id"] for line in src.path.read_text(encoding="utf-8").splitlines()]
     out = {}
     for split in ("train", "validation", "heldout"):

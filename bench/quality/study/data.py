@@ -13,12 +13,13 @@ teacher's own test BPB from its cache and the dtype it computed in).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def jsonl_source(recipe: Recipe, file_name: str) -> Any:
+    """The recipe's corpus source read from the JSON-lines file ``file_name`` (a study writes
+    that file into its data folder before the corpus is built)."""
+    found = next((s for s in recipe.corpus.sources if s.kind == "jsonl" and s.path and s.path.name == file_name), None)
+    if found is None or found.path is None:
+        raise ValueError(f"recipe {recipe.name!r}: no jsonl corpus source reads {file_name}")
+    return found
+
+
+def write_source_once(recipe: Recipe, file_name: str, rows: Callable[[int], Iterable[dict[str, Any]]]) -> Path:
+    """Write the recipe's source file ``file_name`` once (a no-op when it exists): the first
+    ``max_docs`` rows that ``rows(max_chars)`` yields, ``max_chars`` being the source's limit
+    (else the corpus's). Whole or not at all (:func:`write_jsonl`)."""
+    src = jsonl_source(recipe, file_name)
+    assert src.max_docs is not None  # the studies' YAML gives every written source a size
+    if src.path.is_file():
+        return Path(src.path)
+    return write_jsonl(src.path, list(itertools.islice(rows(src.max_chars or recipe.corpus.max_chars), src.max_docs)))
 
 
 @dataclass(frozen=True)

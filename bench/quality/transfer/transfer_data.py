@@ -10,6 +10,7 @@ and domain, each teacher's own test BPB from its cache and the dtype it computed
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from bench.quality.study.data import (
     _write_json,
     set_inside_top_k,
     student_dir,
-    write_jsonl,
+    write_source_once,
 )
 from bench.quality.study.data import capture as capture_teacher
 from bench.quality.study.data import prepare as prepare_data
@@ -41,19 +42,13 @@ def write_python_heads(recipe: Recipe) -> Path:
     from avokit.corpus.sources import read_source
     from avokit.recipe.corpus import CorpusSource
 
-    src = next(s for s in recipe.corpus.sources if s.kind == "jsonl" and s.path and s.path.name == PYTHON_FILES)
-    assert src.path is not None and src.max_docs is not None
-    if src.path.is_file():
-        return src.path
-    max_chars = src.max_chars or recipe.corpus.max_chars
-    rows = []
-    for raw in read_source(CorpusSource(kind="builtin", name="python-source"), recipe.base_dir):
-        pieces = segment_lines(raw.text, min(recipe.corpus.min_chars, max_chars), max_chars)
-        if pieces:
-            rows.append({"text": pieces[0], "origin": raw.origin, "license": raw.license})
-        if len(rows) == src.max_docs:
-            break
-    return write_jsonl(src.path, rows)
+    def heads(max_chars: int) -> Iterator[dict[str, Any]]:
+        for raw in read_source(CorpusSource(kind="builtin", name="python-source"), recipe.base_dir):
+            pieces = segment_lines(raw.text, min(recipe.corpus.min_chars, max_chars), max_chars)
+            if pieces:
+                yield {"text": pieces[0], "origin": raw.origin, "license": raw.license}
+
+    return write_source_once(recipe, PYTHON_FILES, heads)
 
 
 TRANSFER_DATA = DataSource(yaml=SOURCE, module="bench.quality.transfer.transfer", teachers=tuple(TEACHERS),
