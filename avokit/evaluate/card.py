@@ -8,6 +8,7 @@ from typing import Any
 
 from avokit.contracts import EvalMetrics
 from avokit.contracts.metrics import TeacherLineage
+from avokit.evaluate.lineage import catalog_lineage
 from avokit.evaluate.report import domain_table
 
 # The domain column of the contribution table for the whole training corpus.
@@ -30,13 +31,10 @@ def pretrained_start(metrics: EvalMetrics) -> TeacherLineage | None:
     name = metrics.student_config.get("pretrained")
     if not name:
         return None
-    from avokit.catalog import TEACHERS
-
-    entry = TEACHERS.get(str(name))
-    if entry is None:
+    known = catalog_lineage(str(name))
+    if not known:
         return TeacherLineage(name=str(name), kind="hf", license="unknown")
-    return TeacherLineage(name=entry.name, kind="registry", license=entry.license, upstream=entry.upstream,
-                          provenance=entry.provenance)
+    return TeacherLineage(name=str(name), kind="registry", **known)
 
 
 def _start_section(metrics: EvalMetrics, start: TeacherLineage) -> list[str]:

@@ -40,6 +40,17 @@ def cached_teacher_dtype(run_dir: Path, teacher: str) -> str | None:
     return str(manifest.get("compute_dtype", "float32")) if manifest else None
 
 
+def catalog_lineage(registry_name: str | None) -> dict[str, str]:
+    """What avokit's catalog records of a registry model, as lineage fields (``license``,
+    ``upstream``, ``provenance``); ``{}`` for a model that is not in the registry."""
+    from avokit.catalog import TEACHERS
+
+    entry = TEACHERS.get(registry_name) if registry_name else None
+    if entry is None:
+        return {}
+    return {"license": entry.license, "upstream": entry.upstream, "provenance": entry.provenance}
+
+
 def fusion_by_domain(fusion_log: Path, domains: dict[str, str]
                      ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """What each teacher contributed per domain: ``(teacher -> domain -> mean weight, domain ->

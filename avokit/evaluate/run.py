@@ -24,6 +24,7 @@ from avokit.evaluate.generations import GenerationJudge, heldout_prompts
 from avokit.evaluate.lineage import (
     cached_teacher_dtype,
     cached_teacher_fingerprint,
+    catalog_lineage,
     data_lineage,
     fusion_by_domain,
 )
@@ -143,7 +144,6 @@ def _distillation(recipe: Recipe) -> dict[str, Any]:
 
 def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each teacher with its licence; registry teachers add their upstream name and provenance."""
-    from avokit.catalog import TEACHERS
     from avokit.teachers.fidelity import check_path, read_check
 
     out = []
@@ -155,9 +155,7 @@ def _teacher_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> list[d
                                or infos.get(t.name, {}).get("fingerprint"),
                                "capture_dtype": cached_teacher_dtype(recipe.run_dir, t.name),
                                "bf16_check": read_check(check_path(recipe, t.name))}
-        entry = TEACHERS.get(t.registry_name) if t.kind == "registry" else None
-        if entry is not None:
-            row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
+        row.update(catalog_lineage(t.registry_name if t.kind == "registry" else None))
         out.append(row)
     return out
 
@@ -166,18 +164,13 @@ def _start_lineage(recipe: Recipe, infos: dict[str, dict[str, Any]]) -> dict[str
     """The pretrained student's start, as a teacher's lineage reads: a registry model with its
     catalog licence, upstream and provenance; a directory with what its scoring knew (its
     licence is not recorded there). None for a student trained from scratch."""
-    from avokit.catalog import TEACHERS
-
     student = recipe.student
     if student.pretrained is None:
         return None
     info = infos.get(START, {})
-    row: dict[str, Any] = {"name": student.pretrained, "kind": "registry" if student.registry_name else "hf",
-                           "license": info.get("license", "unknown"), "fingerprint": info.get("fingerprint")}
-    entry = TEACHERS.get(student.registry_name) if student.registry_name else None
-    if entry is not None:
-        row.update(license=entry.license, upstream=entry.upstream, provenance=entry.provenance)
-    return row
+    return {"name": student.pretrained, "kind": "registry" if student.registry_name else "hf",
+            "license": info.get("license", "unknown"), "fingerprint": info.get("fingerprint"),
+            **catalog_lineage(student.registry_name)}
 
 
 def _bpb_metrics(bpb: dict[str, BpbResult], texts: dict[str, str], domains: dict[str, str]) -> dict[str, Any]:
