@@ -129,7 +129,7 @@ def _header(name: str, config: dict[str, Any], metrics: EvalMetrics, context_len
             f"- context length {context_length} tokens", ""]
 
 
-def _data_and_teachers(config: dict[str, Any], metrics: EvalMetrics, start: TeacherLineage | None) -> list[str]:
+def _data_and_teachers(config: dict[str, Any], metrics: EvalMetrics) -> list[str]:
     tr = metrics.training.get("student")
     student = metrics.models.get("student")
     tok_cfg = metrics.student_config.get("tokenizer", {})
@@ -182,7 +182,7 @@ def model_card(name: str, config: dict[str, Any], metrics: EvalMetrics, context_
     lines = _header(name, config, metrics, context_length)
     if start is not None:
         lines += _start_section(metrics, start)
-    lines += _data_and_teachers(config, metrics, start)
+    lines += _data_and_teachers(config, metrics)
     if metrics.teachers:
         lines += _contribution_section(metrics)
     lines += _licence_section(metrics, start) + _metrics_and_gate(metrics)
