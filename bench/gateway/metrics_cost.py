@@ -416,12 +416,12 @@ def _cpu_seconds(server: Server) -> float:
 
 
 def _mean_ci95(values: list[float]) -> tuple[float, tuple[float, float]]:
-    """Mean and Student t 95% interval of per-round values (rounds are independent pairs)."""
-    from scipy import stats
+    """Mean and Student t 95% interval of per-round values (rounds are independent pairs):
+    the quality studies' paired interval, the same arithmetic."""
+    from bench.quality.fusion_proof.proof_stats import paired_interval
 
-    mean = statistics.fmean(values)
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, (mean - half, mean + half)
+    found = paired_interval(values)
+    return found["mean"], (found["ci95"][0], found["ci95"][1])
 
 
 def _base_registry(base_src: Path, root: Path, base_env: dict[str, str]) -> None:
