@@ -214,6 +214,15 @@ def test_settings_lock_lets_steps_grow_only(tmp_path: Path) -> None:
         transfer.lock_settings(tmp_path / "new", _args(steps=None))
 
 
+def test_settings_lock_keeps_the_recorded_segment_steps(tmp_path: Path) -> None:
+    assert transfer.lock_settings(tmp_path, _args(steps=40, segment_steps=20))["segment_steps"] == 20
+    # a later train that names neither --steps nor --segment-steps continues with the recorded ones
+    assert transfer.lock_settings(tmp_path, _args(steps=None, segment_steps=None))["segment_steps"] == 20
+    with pytest.raises(SystemExit, match="other settings"):
+        transfer.lock_settings(tmp_path, _args(steps=None, segment_steps=10))
+    assert transfer.lock_settings(tmp_path / "new", _args(segment_steps=None))["segment_steps"] == 10
+
+
 class Killed(Exception):
     pass
 

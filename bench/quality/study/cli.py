@@ -31,7 +31,8 @@ def study_parser(study: Study, doc: str, runs: str, out: str, arms: list[str],
                     help="train: these seeds (default 0 1 2); report: count only these (default: all finished)")
     ap.add_argument("--arms", nargs="+", default=arms, choices=list(study.arms))
     ap.add_argument("--steps", type=int, default=None, help="train: total steps per run (default: as recorded)")
-    ap.add_argument("--segment-steps", type=int, default=10)
+    ap.add_argument("--segment-steps", type=int, default=None,
+                    help="train: steps between scored checkpoints (default: as recorded; 10 for the first train)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-4)

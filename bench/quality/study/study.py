@@ -77,11 +77,13 @@ def lock_settings(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps if args.steps is not None else (saved or {}).get("steps")
     if steps is None:
         raise SystemExit("train: give --steps (the first train of these runs records it)")
-    mine = {"steps": steps, "segment_steps": args.segment_steps, "batch_size": args.batch_size,
+    # as --steps: a later train need not repeat it (the first one's default is 10)
+    segment = args.segment_steps if args.segment_steps is not None else (saved or {}).get("segment_steps", 10)
+    mine = {"steps": steps, "segment_steps": segment, "batch_size": args.batch_size,
             "seq_len": args.seq_len, "lr": args.lr, "warmup": args.warmup,
             "score_max_length": args.score_max_length, "mixed_precision": "no"}
-    if steps % args.segment_steps:
-        raise SystemExit(f"--steps {steps} is not a multiple of --segment-steps {args.segment_steps}")
+    if steps % segment:
+        raise SystemExit(f"--steps {steps} is not a multiple of --segment-steps {segment}")
     if saved is not None:
         diff = {k: (saved.get(k), mine[k]) for k in SHARED if saved.get(k) != mine[k]}
         if diff:
