@@ -34,8 +34,8 @@ def print_plan(plan: Plan, console: Console) -> None:
     console.print(f"corpus: {_fmt_num(plan.corpus_bytes)}B of text ({plan.corpus_bytes_source})")
     size = plan.student
     params = f"{_fmt_num(size.params)} parameters, " if size.params is not None else "size unknown, "
-    console.print(f"student: {params}{_fmt_num(size.forward_flops_per_token)} FLOPs per token forward "
-                  f"(from {size.source})")
+    console.print(f"student: {params}{_fmt_num(size.forward_flops_per_token)} FLOPs per token forward, "
+                  f"{_fmt_num(size.train_flops_per_token)} per training token (from {size.source})")
     for name, n in plan.teacher_params.items():
         console.print(f"teacher {name}: {_fmt_num(n) + ' parameters' if n else 'size unknown (set params:)'}")
     console.print(f"teacher cache: ~{_fmt_num(plan.cache_bytes)}B")

@@ -4,7 +4,8 @@ Token counts come from the built corpus when it exists, else from an upper bound
 sources (file sizes, capped by ``max_docs x max_chars``). FLOPs use the usual estimates:
 2·N per token for a teacher's forward pass (capture, evaluation); the student's forward FLOPs
 per token come from its config (:mod:`avokit.pipeline.student_size`: a pretrained student's
-real size, attention included), three of them per training token.
+real size, attention included), three of them per training token, less what ``train.freeze``
+spares.
 GPU-hours assume an H100 at 989 dense bf16 TFLOP/s and a stated model-FLOPs utilisation.
 """
 
@@ -165,7 +166,7 @@ def make_plan(recipe: Recipe) -> Plan:
     for variant in ("student", "baseline"):
         kind = "CE + KD from all teachers" if variant == "student" else "CE only (baseline)"
         stages.append(StagePlan(f"train:{variant}", f"{tr.steps} steps, {kind}", train_tokens,
-                                3.0 * fwd * train_tokens,
+                                size.train_flops_per_token * train_tokens,
                                 (run / variant / "model.safetensors").is_file()))
     # student, baseline and, for a pretrained student, its untouched start
     n_scored = 3 if recipe.student.pretrained is not None else 2
