@@ -71,6 +71,8 @@ ARMS: dict[str, tuple[list[str], dict[str, Any] | None, str]] = {
     "a_ce": ([], {}, "CE only: continued training on the same text"),
     "b_gemma": ([GEMMA], {"loss": BEST}, "CE + KD from Gemma alone (the transfer study's best configuration)"),
     "b_qwen": ([QWEN], {"loss": BEST}, "CE + KD from Qwen alone (the transfer study's best configuration)"),
+    # f_span_gated's single-teacher twin: it separates what its chunk gate does from what fusion does
+    "b_gemma_gated": ([GEMMA], {"loss": BOTH_GATES}, "CE + KD from Gemma alone, chunk term gated too"),
     "f_fixed": (BOTH, {"loss": BEST, "fusion": {"mode": "fixed"}}, "both teachers, equal weights everywhere"),
     "f_bpb": (BOTH, {"loss": BEST, "fusion": {"mode": "bpb_softmax"}},
               "both teachers, per document: softmax of -BPB/0.1 over the teachers"),
