@@ -196,6 +196,12 @@ def test_on_policy_training_loads_teachers_once_and_resumes_exactly(tmp_path: Pa
     assert sorted(loads) == ["other", "smol"]  # once each for 4 on-policy steps
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(r["ce"] == 0.0 and r["kd"] > 0 for r in log)  # every step on the student's own text
+    # each line's on-policy clock covers the micro-batches since the previous line (log_every 2)
+    assert [r["step"] for r in log] == [2, 4] and all(r["on_policy"]["micro_batches"] == 2 for r in log)
+    for r in log:
+        onp = r["on_policy"]
+        assert onp["sample_s"] > 0 and sorted(onp["score_s"]) == ["other", "smol"] and min(onp["score_s"].values()) > 0
+        assert 0 < onp["written_tokens"] < onp["tokens"]
 
     killed = recipe(tmp_path / "b")  # the same corpus and caches, copied
     shutil.copytree(straight.run_dir, killed.run_dir, ignore=shutil.ignore_patterns("student"))
@@ -205,3 +211,17 @@ def test_on_policy_training_loads_teachers_once_and_resumes_exactly(tmp_path: Pa
     a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_gates_none_drops_the_runs_gates_on_the_samples_only() -> None:
+    from avokit.recipe.train import TrainConfig
+    from avokit.train.run import on_policy_loss_config
+
+    loss = {"kd_gate": "teacher_better", "chunk_gate": "teacher_better", "kd_weight": 0.5}
+    kept = on_policy_loss_config(TrainConfig(loss=loss, on_policy={"divergence": "jsd"}))
+    assert (kept.kd_gate, kept.chunk_gate, kept.divergence, kept.kd_weight) == (
+        "teacher_better", "teacher_better", "jsd", 0.5)
+    cfg = TrainConfig(loss=loss, on_policy={"gates": "none"})
+    off = on_policy_loss_config(cfg)
+    assert (off.kd_gate, off.chunk_gate, off.divergence, off.kd_weight) == ("none", "none", "reverse_kl", 0.5)
+    assert cfg.loss.kd_gate == "teacher_better"  # the corpus micro-batches keep them
