@@ -90,6 +90,35 @@ def test_on_policy_loss_draws_its_prompts_once(tiny_model_factory: Any, smollm2_
     assert seen == [[onp.prompt_domains[i] for i in calls[0]]]
 
 
+def test_samples_are_scored_with_the_caches_prefix_cuts(tiny_model_factory: Any, smollm2_tokenizer: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher whose cache stores prefix cuts scores the student's samples with them too, so
+    the samples' dense targets are built as the corpus's are; a teacher without: none."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from avokit.train import on_policy
+
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama")
+    onp = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(max_new_tokens=6, top_k=8), DOCS)
+    seen: list[tuple[int, list[bool]]] = []
+    real = on_policy.live_records
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        seen.append((kwargs["inside_top_k"], [r.cuts is not None for r in out.values()]))
+        return out
+
+    monkeypatch.setattr(on_policy, "live_records", spy)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir).train()
+    for cuts in ([4], []):
+        loss, _, _ = on_policy.on_policy_loss(student, student, replace(onp, inside_top_k=cuts), step=1, micro=0,
+                                              batch_size=2, device="cpu")
+        assert torch.isfinite(loss)
+    assert seen == [(4, [True, True]), (0, [False, False])]
+
+
 def test_on_policy_loss_by_hand_for_a_uniform_student(tiny_model_factory: Any, smollm2_tokenizer: Any) -> None:
     """A student whose head is zero predicts 1/V for every token; with one teacher over the same
     vocabulary the on-policy terms are then, by hand from the teacher's own records of the

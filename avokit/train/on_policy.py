@@ -77,6 +77,9 @@ class OnPolicy:
     loss_cfg: Any  # the run's train.loss with the on-policy divergence
     prompt_domains: list[str] = field(default_factory=list)  # each prompt's document's domain
     clock: OnPolicyClock = field(default_factory=OnPolicyClock)  # read by the train log
+    # per teacher: the prefix cuts its cache stores, scored live too, so that the samples'
+    # dense targets are built as the corpus's are (empty: none)
+    inside_top_k: list[int] = field(default_factory=list)
 
     def takes(self, step: int, micro: int) -> bool:
         """Whether micro-batch ``micro`` of ``step`` is on-policy: a fixed share ``mix`` of
@@ -95,16 +98,18 @@ def student_text(ids: np.ndarray, tb: TokenBytes) -> str:
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
 
 
-def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: int) -> dict[str, TeacherRecords]:
-    """The teacher's records of the samples; a sample its tokenizer cannot spell back exactly
-    is left out for this teacher (it then guides that sample with weight 0)."""
+def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: int,
+                 inside_top_k: int = 0) -> dict[str, TeacherRecords]:
+    """The teacher's records of the samples (with prefix cuts of ``inside_top_k``, as a cache
+    captured with them has); a sample its tokenizer cannot spell back exactly is left out for
+    this teacher (it then guides that sample with weight 0)."""
     try:
-        return {r.doc_id: r for r in teacher.score(texts, doc_ids, top_k)}
+        return {r.doc_id: r for r in teacher.score(texts, doc_ids, top_k, inside_top_k=inside_top_k)}
     except RoundTripError:
         out = {}
         for text, doc_id in zip(texts, doc_ids):
             try:
-                out.update({r.doc_id: r for r in teacher.score([text], [doc_id], top_k)})
+                out.update({r.doc_id: r for r in teacher.score([text], [doc_id], top_k, inside_top_k=inside_top_k)})
             except RoundTripError:
                 continue
         return out
@@ -189,9 +194,10 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     # every sample in one row: the sequences differ in length, and no token is dropped
     packed = replace(packed, seq_len=int(packed.stream.shape[0]) - 1)
     sources = []
-    for teacher, template in zip(onp.teachers, onp.sources):
+    for i, (teacher, template) in enumerate(zip(onp.teachers, onp.sources)):
         t0 = time.perf_counter()
-        records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k)
+        cuts = onp.inside_top_k[i] if onp.inside_top_k else 0
+        records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k, inside_top_k=cuts)
         onp.clock.score_s[template.name] = onp.clock.score_s.get(template.name, 0.0) + time.perf_counter() - t0
         sources.append(replace(template, records=records, memo={}, row_memo={}))
     doc_w, token_w = onp.fuse(packed, sources)

@@ -182,6 +182,7 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
     """Load every teacher once for live scoring and take each training document's first
     ``train.on_policy.prompt_tokens`` tokens (after its separator) as a prompt."""
     from avokit.align import byteify
+    from avokit.cache import CacheReader
     from avokit.teachers.fidelity import checked_config
     from avokit.teachers.load import load_teacher
 
@@ -196,7 +197,9 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
 
     return OnPolicy(cfg.on_policy, teachers, kd.sources, tokenizer, byteify(tokenizer, name="student"), prompts,
                     sep, start, cfg.seed, functools.partial(fusion, recipe), on_policy_loss_config(cfg),
-                    prompt_domains=list(packed.domains))
+                    prompt_domains=list(packed.domains),
+                    inside_top_k=[s.records.spec.inside_top_k if isinstance(s.records, CacheReader) else 0
+                                  for s in kd.sources])
 
 
 def on_policy_loss_config(cfg: TrainConfig) -> LossConfig:

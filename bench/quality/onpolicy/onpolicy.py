@@ -142,7 +142,8 @@ def extend_caches(frozen_root: Path, out_root: Path, teachers: Sequence[str], ge
             (folder / "tokenizer").symlink_to((frozen.path / "tokenizer").resolve(), target_is_directory=True)
         teacher = load(t)
         try:
-            records = live_records(teacher, [d.text for d in generated], [d.doc_id for d in generated], spec.top_k)
+            records = live_records(teacher, [d.text for d in generated], [d.doc_id for d in generated], spec.top_k,
+                                   inside_top_k=spec.inside_top_k)
         finally:
             teacher.close()
         writer = ShardWriter(folder / "train-generated.arrow", spec, "train")
