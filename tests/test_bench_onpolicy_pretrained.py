@@ -139,6 +139,10 @@ def test_a_warm_start_trains_first_and_every_arm_of_the_seed_starts_from_it(
     assert evaluation.model_folder(runs, opts, "start", 4, 0) == Path(warm)
     with pytest.raises(SystemExit, match="cannot train"):
         training.train(runs, opts, settings, ["warm"], [4])
+    # live top-k other than the caches': refused before anything trains
+    (runs / "data" / "data.json").write_text(json.dumps({"teacher_caches": {GEMMA: {"top_k": 16}}}))
+    with pytest.raises(SystemExit, match=r"top-k \{'gemma3-270m': 16\}"):
+        training.train(runs, opts, settings, ["on"], [5])
 
 
 # --- a real short run of every arm with tiny models ---------------------------------------------

@@ -134,10 +134,11 @@ def _evaluate_all(runs: Path, opts: Options, design: str, todo: dict[Path, tuple
 
 
 def prune(runs: Path, opts: Options, settings: dict[str, Any], seed: int) -> list[Path]:
-    """Delete offline's kept weights that no point of ``seed`` needs, once every on-policy arm
-    of the seed that started has finished (before, its equal-time checkpoint is unknown)."""
+    """Delete offline's kept weights that no point of ``seed`` needs, once ``on`` and every
+    other on-policy arm of the seed that started have finished (before, an equal-time
+    checkpoint is unknown; an arm trained later needs ``--keep-models``)."""
     started = [a for a in ON_ARMS if (runs / a / f"s{seed}" / "segments.json").is_file()]
-    if any(finished(runs, opts, settings, a, seed) is None for a in started):
+    if any(finished(runs, opts, settings, a, seed) is None for a in {"on", *started}):
         return []
     if finished(runs, opts, settings, "offline", seed) is None:
         return []

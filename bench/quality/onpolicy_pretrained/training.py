@@ -52,6 +52,10 @@ def train(runs: Path, opts: Options, settings: dict[str, Any], arms: list[str], 
         raise SystemExit(f"{runs}/data/data.json missing: run `prepare` first (it links the fusion study's data)")
     if "seq" in arms and not (runs / SEQDATA / "generate.json").is_file():
         raise SystemExit(f"{runs}/{SEQDATA}/generate.json missing: run `prepare` before training seq")
+    caches = json.loads((runs / "data" / "data.json").read_text()).get("teacher_caches") or {}
+    other = {t: c["top_k"] for t, c in caches.items() if c.get("top_k") not in (None, opts.top_k)}
+    if other:  # live targets of another width than the cached ones would differ in kind, not only in text
+        raise SystemExit(f"--top-k {opts.top_k}: the teachers' caches have top-k {other}; score live as they were")
     unknown = [a for a in arms if a != "start" and a not in TRAINED]
     if unknown or WARM in arms:
         raise SystemExit(f"train: cannot train {unknown or [WARM]} directly (arms: start, {', '.join(TRAINED[1:])})")
