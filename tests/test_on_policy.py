@@ -90,6 +90,35 @@ def test_on_policy_loss_draws_its_prompts_once(tiny_model_factory: Any, smollm2_
     assert seen == [[onp.prompt_domains[i] for i in calls[0]]]
 
 
+def test_samples_are_scored_with_the_caches_prefix_cuts(tiny_model_factory: Any, smollm2_tokenizer: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teacher whose cache stores prefix cuts scores the student's samples with them too, so
+    the samples' dense targets are built as the corpus's are; a teacher without: none."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM
+
+    from avokit.train import on_policy
+
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama")
+    onp = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(max_new_tokens=6, top_k=8), DOCS)
+    seen: list[tuple[int, list[bool]]] = []
+    real = on_policy.live_records
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        seen.append((kwargs["inside_top_k"], [r.cuts is not None for r in out.values()]))
+        return out
+
+    monkeypatch.setattr(on_policy, "live_records", spy)
+    student = AutoModelForCausalLM.from_pretrained(teacher_dir).train()
+    for cuts in ([4], []):
+        loss, _, _ = on_policy.on_policy_loss(student, student, replace(onp, inside_top_k=cuts), step=1, micro=0,
+                                              batch_size=2, device="cpu")
+        assert torch.isfinite(loss)
+    assert seen == [(4, [True, True]), (0, [False, False])]
+
+
 def test_on_policy_loss_by_hand_for_a_uniform_student(tiny_model_factory: Any, smollm2_tokenizer: Any) -> None:
     """A student whose head is zero predicts 1/V for every token; with one teacher over the same
     vocabulary the on-policy terms are then, by hand from the teacher's own records of the
@@ -196,6 +225,12 @@ def test_on_policy_training_loads_teachers_once_and_resumes_exactly(tmp_path: Pa
     assert sorted(loads) == ["other", "smol"]  # once each for 4 on-policy steps
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(r["ce"] == 0.0 and r["kd"] > 0 for r in log)  # every step on the student's own text
+    # each line's on-policy clock covers the micro-batches since the previous line (log_every 2)
+    assert [r["step"] for r in log] == [2, 4] and all(r["on_policy"]["micro_batches"] == 2 for r in log)
+    for r in log:
+        onp = r["on_policy"]
+        assert onp["sample_s"] > 0 and sorted(onp["score_s"]) == ["other", "smol"] and min(onp["score_s"].values()) > 0
+        assert 0 < onp["written_tokens"] < onp["tokens"]
 
     killed = recipe(tmp_path / "b")  # the same corpus and caches, copied
     shutil.copytree(straight.run_dir, killed.run_dir, ignore=shutil.ignore_patterns("student"))
@@ -205,3 +240,17 @@ def test_on_policy_training_loads_teachers_once_and_resumes_exactly(tmp_path: Pa
     a, b = load_file(str(out / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+def test_gates_none_drops_the_runs_gates_on_the_samples_only() -> None:
+    from avokit.recipe.train import TrainConfig
+    from avokit.train.run import on_policy_loss_config
+
+    loss = {"kd_gate": "teacher_better", "chunk_gate": "teacher_better", "kd_weight": 0.5}
+    kept = on_policy_loss_config(TrainConfig(loss=loss, on_policy={"divergence": "jsd"}))
+    assert (kept.kd_gate, kept.chunk_gate, kept.divergence, kept.kd_weight) == (
+        "teacher_better", "teacher_better", "jsd", 0.5)
+    cfg = TrainConfig(loss=loss, on_policy={"gates": "none"})
+    off = on_policy_loss_config(cfg)
+    assert (off.kd_gate, off.chunk_gate, off.divergence, off.kd_weight) == ("none", "none", "reverse_kl", 0.5)
+    assert cfg.loss.kd_gate == "teacher_better"  # the corpus micro-batches keep them

@@ -101,6 +101,12 @@ class OnPolicyConfig(Section):
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "tvd"] = "reverse_kl"
     jsd_beta: float = Field(default=0.5, gt=0.0, lt=1.0)
     top_k: int = Field(default=20, ge=1)  # teacher top-k scored live
+    # "run": the run's loss.kd_gate / chunk_gate apply on the student's samples as on the corpus;
+    # "none": not there. A teacher_better gate keeps only the positions where the teacher likes
+    # the sampled token more than the student does, so on the student's own text it drops the
+    # teacher's "not this", which is what on-policy targets mostly say; its reason (CE trains
+    # every position on gold text) does not hold where there is no gold text and no CE term
+    gates: Literal["run", "none"] = "run"
 
 
 class FreezeConfig(Section):

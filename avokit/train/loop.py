@@ -4,7 +4,10 @@ Distribution (DDP, FSDP, DeepSpeed) comes from the launcher (``avokit train --np
 torchrun, ``accelerate launch`` configs), or, with ``train.parallel: fsdp`` where Accelerate
 formed no FSDP (CPUs), from avokit sharding the student itself (:mod:`avokit.train.sharding`);
 this loop slices each global batch by rank, and every log line records the process group, the
-parameter elements each rank holds and the rows each rank trained on.
+parameter elements each rank holds and the rows each rank trained on. With ``train.on_policy``
+each line also has ``on_policy``: the main process's on-policy micro-batches since the previous
+line, seconds sampling and each teacher's seconds of live scoring
+(:class:`avokit.train.on_policy.OnPolicyClock`), so the share of a step they take is measured.
 
 Loss = ce_weight * CE + sum over teachers of (kd_weight * kd + chunk_weight * chunk, a teacher's own term weights where its recipe entry
 sets them), each teacher's terms scaled by its fusion weights,
@@ -283,7 +286,8 @@ def train_loop(
                                      tok_last / max(now - t_last, 1e-9), log.elapsed_before + now - t_begin)
                 t_last, tok_last = now, 0
                 record.update(topology.record(cfg.batch_size), **shares.record(),
-                              rows_by_rank=_rows_by_rank(accelerator, rows))
+                              rows_by_rank=_rows_by_rank(accelerator, rows),
+                              **({"on_policy": on_policy.clock.take()} if on_policy is not None else {}))
                 if is_eval and heldout is not None:  # is_eval implies it; said again for the checker
                     record["heldout_bpb"] = heldout_bpb(accelerator.unwrap_model(model), heldout,
                                                         accelerator, eval_max_rows, cfg.batch_size)

@@ -10,6 +10,7 @@ Teachers are loaded once for the run and kept (:class:`OnPolicy` holds them).
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,27 @@ Fuse = Callable[[PackedCorpus, list[TeacherSource]], tuple[np.ndarray, list[np.n
 
 
 @dataclass
+class OnPolicyClock:
+    """Where the on-policy micro-batches' time went since the last :meth:`take` (this
+    process's): how many there were, seconds sampling, seconds each teacher spent scoring the
+    samples live, the tokens of their rows and how many of those the student wrote."""
+
+    micro_batches: int = 0
+    sample_s: float = 0.0
+    score_s: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    written_tokens: int = 0
+
+    def take(self) -> dict[str, Any]:
+        """The sums as a train_log.jsonl entry, then zero them (one entry per logged step)."""
+        out = {"micro_batches": self.micro_batches, "sample_s": round(self.sample_s, 3),
+               "score_s": {k: round(v, 3) for k, v in self.score_s.items()}, "tokens": self.tokens,
+               "written_tokens": self.written_tokens}
+        self.micro_batches, self.sample_s, self.score_s, self.tokens, self.written_tokens = 0, 0.0, {}, 0, 0
+        return out
+
+
+@dataclass
 class OnPolicy:
     """What on-policy micro-batches need, built once per run.
 
@@ -54,6 +76,10 @@ class OnPolicy:
     fuse: Fuse
     loss_cfg: Any  # the run's train.loss with the on-policy divergence
     prompt_domains: list[str] = field(default_factory=list)  # each prompt's document's domain
+    clock: OnPolicyClock = field(default_factory=OnPolicyClock)  # read by the train log
+    # per teacher: the prefix cuts its cache stores, scored live too, so that the samples'
+    # dense targets are built as the corpus's are (empty: none)
+    inside_top_k: list[int] = field(default_factory=list)
 
     def takes(self, step: int, micro: int) -> bool:
         """Whether micro-batch ``micro`` of ``step`` is on-policy: a fixed share ``mix`` of
@@ -72,16 +98,18 @@ def student_text(ids: np.ndarray, tb: TokenBytes) -> str:
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
 
 
-def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: int) -> dict[str, TeacherRecords]:
-    """The teacher's records of the samples; a sample its tokenizer cannot spell back exactly
-    is left out for this teacher (it then guides that sample with weight 0)."""
+def live_records(teacher: Teacher, texts: list[str], doc_ids: list[str], top_k: int,
+                 inside_top_k: int = 0) -> dict[str, TeacherRecords]:
+    """The teacher's records of the samples (with prefix cuts of ``inside_top_k``, as a cache
+    captured with them has); a sample its tokenizer cannot spell back exactly is left out for
+    this teacher (it then guides that sample with weight 0)."""
     try:
-        return {r.doc_id: r for r in teacher.score(texts, doc_ids, top_k)}
+        return {r.doc_id: r for r in teacher.score(texts, doc_ids, top_k, inside_top_k=inside_top_k)}
     except RoundTripError:
         out = {}
         for text, doc_id in zip(texts, doc_ids):
             try:
-                out.update({r.doc_id: r for r in teacher.score([text], [doc_id], top_k)})
+                out.update({r.doc_id: r for r in teacher.score([text], [doc_id], top_k, inside_top_k=inside_top_k)})
             except RoundTripError:
                 continue
         return out
@@ -154,7 +182,9 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     teacher's share. ``generator``: the unwrapped model that samples; ``model`` computes the
     logits that get gradients (the same weights)."""
     picks = prompt_picks(onp, step, micro, batch_size, rank)  # once: the samples and their domains
+    t0 = time.perf_counter()
     samples = sample(generator, onp, step, micro, batch_size, device, rank, picks)
+    onp.clock.sample_s += time.perf_counter() - t0
     # a sample belongs to its prompt's domain (per-domain fusion weighs it like its document)
     domains = [onp.prompt_domains[i] for i in picks] if onp.prompt_domains else ["on-policy"] * len(samples)
     docs = [Document(f"on-policy:{step}:{micro}:{i}", text, "on-policy", domain=dom)
@@ -164,11 +194,17 @@ def on_policy_loss(model: Any, generator: Any, onp: OnPolicy, step: int, micro: 
     # every sample in one row: the sequences differ in length, and no token is dropped
     packed = replace(packed, seq_len=int(packed.stream.shape[0]) - 1)
     sources = []
-    for teacher, template in zip(onp.teachers, onp.sources):
-        records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k)
+    for i, (teacher, template) in enumerate(zip(onp.teachers, onp.sources)):
+        t0 = time.perf_counter()
+        cuts = onp.inside_top_k[i] if onp.inside_top_k else 0
+        records = live_records(teacher, texts, [d.doc_id for d in docs], onp.cfg.top_k, inside_top_k=cuts)
+        onp.clock.score_s[template.name] = onp.clock.score_s.get(template.name, 0.0) + time.perf_counter() - t0
         sources.append(replace(template, records=records, memo={}, row_memo={}))
     doc_w, token_w = onp.fuse(packed, sources)
     context = prompt_token_counts(packed, [len(t[:n].encode("utf-8")) for t, n in samples])
+    onp.clock.micro_batches += 1
+    onp.clock.tokens += int(packed.stream.shape[0])
+    onp.clock.written_tokens += int(packed.doc_len.sum() - context.sum())
     kd = KDSetup(sources=sources, doc_weights=doc_w, loss_cfg=onp.loss_cfg, token_weights=token_w,
                  student_bytes=onp.student_bytes if onp.loss_cfg.chunk_debias else None, context_tokens=context)
     rows = np.zeros(1, dtype=np.int64)

@@ -16,6 +16,7 @@ from avokit.corpus import load_split
 from avokit.errors import AvokitError
 from avokit.paths import FUSION_LOG
 from avokit.recipe.recipe import Recipe
+from avokit.recipe.train import LossConfig, TrainConfig
 from avokit.teachers.pretrained import resolve_pretrained
 from avokit.teachers.scoring import resolve_start_token_id, text_word_starts
 from avokit.train.data import PackedCorpus, pack_documents, read_split, separator_prefix
@@ -181,6 +182,7 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
     """Load every teacher once for live scoring and take each training document's first
     ``train.on_policy.prompt_tokens`` tokens (after its separator) as a prompt."""
     from avokit.align import byteify
+    from avokit.cache import CacheReader
     from avokit.teachers.fidelity import checked_config
     from avokit.teachers.load import load_teacher
 
@@ -193,9 +195,20 @@ def on_policy_setup(recipe: Recipe, tokenizer: Any, packed: PackedCorpus, kd: KD
     prompts = [packed.stream[max(int(s) - n_prefix, 0): int(s) + min(int(n), cfg.on_policy.prompt_tokens)]
                for s, n in zip(packed.doc_start, packed.doc_len)]
 
-    loss_cfg = cfg.loss.model_copy(update={"divergence": cfg.on_policy.divergence, "jsd_beta": cfg.on_policy.jsd_beta})
     return OnPolicy(cfg.on_policy, teachers, kd.sources, tokenizer, byteify(tokenizer, name="student"), prompts,
-                    sep, start, cfg.seed, functools.partial(fusion, recipe), loss_cfg, prompt_domains=list(packed.domains))
+                    sep, start, cfg.seed, functools.partial(fusion, recipe), on_policy_loss_config(cfg),
+                    prompt_domains=list(packed.domains),
+                    inside_top_k=[s.records.spec.inside_top_k if isinstance(s.records, CacheReader) else 0
+                                  for s in kd.sources])
+
+
+def on_policy_loss_config(cfg: TrainConfig) -> LossConfig:
+    """The loss of on-policy micro-batches: the run's, with the on-policy divergence, and
+    without the gates where ``on_policy.gates`` is ``none``."""
+    assert cfg.on_policy is not None
+    ungated = {"kd_gate": "none", "chunk_gate": "none"} if cfg.on_policy.gates == "none" else {}
+    return cfg.loss.model_copy(update={"divergence": cfg.on_policy.divergence, "jsd_beta": cfg.on_policy.jsd_beta,
+                                       **ungated})
 
 
 def run_training(recipe: Recipe, baseline: bool = False,

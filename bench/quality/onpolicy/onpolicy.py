@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def run_recipe(runs: Path, variant: str, seed: int, args: argparse.Namespace) ->
     return rec
 
 
-def _stratified(docs: list[Any], per_domain: int, salt: int) -> list[Any]:
+def stratified(docs: list[Any], per_domain: int, salt: int) -> list[Any]:
     """``per_domain`` documents of each domain, chosen by a seeded hash of their ids."""
     out = []
     for dom in sorted({d.domain for d in docs}):
@@ -103,28 +104,35 @@ def _stratified(docs: list[Any], per_domain: int, salt: int) -> list[Any]:
     return out
 
 
-def prepare(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Teacher-written text from prefixes of training documents, captured by every teacher."""
-    from avokit.cache import CacheReader, ShardWriter, write_manifest
-    from avokit.generate import run_generate
+def write_prompts(path: Path, train: list[Any], per_domain: int, prefix_chars: int) -> None:
+    """The teacher-written text's prompts (written once): the first ``prefix_chars`` characters
+    of ``per_domain`` training documents of each domain (:func:`stratified`, salt 11)."""
     from avokit.generate.prompts import corpus_prefix
-    from avokit.teachers.load import load_teacher
+
+    if path.is_file():
+        return
+    rows = [{"id": d.doc_id, "prompt": corpus_prefix(d.text, prefix_chars), "domain": d.domain}
+            for d in stratified(train, per_domain, 11)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def extend_caches(frozen_root: Path, out_root: Path, teachers: Sequence[str], generated: list[Any],
+                  load: Callable[[str], Any]) -> dict[str, float]:
+    """Each teacher's cache in ``out_root/<teacher>``: the shards of ``frozen_root/<teacher>``
+    (linked) plus its live records of the ``generated`` documents (``load(name)`` loads it);
+    a finished one is skipped. Returns each capture's wall seconds (0 when skipped)."""
+    from avokit.cache import CacheReader, ShardWriter, write_manifest
     from avokit.train.on_policy import live_records
 
-    rec = seq_recipe(runs, args)
-    prompts = rec.run_dir / "prompts.jsonl"
-    if not prompts.is_file():
-        train = read_documents(args.proof / "data" / "corpus" / "train.parquet")
-        rows = [{"id": d.doc_id, "prompt": corpus_prefix(d.text, 200), "domain": d.domain}
-                for d in _stratified(train, args.gen_prompts, 11)]
-        prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    out = run_generate(rec, build=False)
-    generated = read_documents(out / "documents.parquet")
-    for t in TEACHERS:
-        folder = rec.run_dir / "cache" / t
+    walls = {}
+    for t in teachers:
+        folder = out_root / t
         if (folder / "manifest.json").is_file():
+            walls[t] = 0.0
             continue
-        frozen = CacheReader(args.proof / "data" / "cache" / t)
+        t0 = time.perf_counter()
+        frozen = CacheReader(frozen_root / t)
         spec = frozen.spec
         folder.mkdir(parents=True, exist_ok=True)
         for shard in frozen.manifest.shards:
@@ -132,9 +140,10 @@ def prepare(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
                 (folder / shard.file).symlink_to((frozen.path / shard.file).resolve())
         if not (folder / "tokenizer").exists():
             (folder / "tokenizer").symlink_to((frozen.path / "tokenizer").resolve(), target_is_directory=True)
-        teacher = load_teacher(rec.teacher(t), rec.base_dir, rec.capture)
+        teacher = load(t)
         try:
-            records = live_records(teacher, [d.text for d in generated], [d.doc_id for d in generated], spec.top_k)
+            records = live_records(teacher, [d.text for d in generated], [d.doc_id for d in generated], spec.top_k,
+                                   inside_top_k=spec.inside_top_k)
         finally:
             teacher.close()
         writer = ShardWriter(folder / "train-generated.arrow", spec, "train")
@@ -143,7 +152,23 @@ def prepare(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
                 writer.add(records[d.doc_id])
         info = writer.close()
         write_manifest(folder, spec, frozen.manifest.plan_hash, [*frozen.manifest.shards, info])
+        walls[t] = round(time.perf_counter() - t0, 1)
         print(f"[onpolicy] {t}: {info.n_docs} of {len(generated)} generated documents captured", flush=True)
+    return walls
+
+
+def prepare(runs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Teacher-written text from prefixes of training documents, captured by every teacher."""
+    from avokit.generate import run_generate
+    from avokit.teachers.load import load_teacher
+
+    rec = seq_recipe(runs, args)
+    write_prompts(rec.run_dir / "prompts.jsonl", read_documents(args.proof / "data" / "corpus" / "train.parquet"),
+                  args.gen_prompts, 200)
+    out = run_generate(rec, build=False)
+    generated = read_documents(out / "documents.parquet")
+    extend_caches(args.proof / "data" / "cache", rec.run_dir / "cache", TEACHERS, generated,
+                  lambda t: load_teacher(rec.teacher(t), rec.base_dir, rec.capture))
     manifest = json.loads((out / "manifest.json").read_text())
     return {"generated_documents": len(generated), "manifest": manifest}
 
@@ -193,7 +218,7 @@ def evaluate(runs: Path, args: argparse.Namespace) -> int:
     rec = seq_recipe(runs, args)
     tok = load_student_tokenizer(args.proof / "data" / "tokenizer")
     test_docs = read_documents(args.proof / "data" / "corpus" / "heldout.parquet")
-    prompts = eval_prompts(_stratified(test_docs, args.eval_prompts, 23), tok, 32)
+    prompts = eval_prompts(stratified(test_docs, args.eval_prompts, 23), tok, 32)
     texts = {split: ({d.doc_id: d.text for d in docs}, {d.doc_id: d.domain for d in docs})
              for split, docs in (("test", test_docs),
                                  ("validation", read_documents(args.proof / "data" / "corpus" / "validation.parquet")))}

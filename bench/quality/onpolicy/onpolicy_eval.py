@@ -45,10 +45,29 @@ def continue_eval_prompts(model: Any, tok: Any, prompts: list[EvalPrompt], new_t
     return out
 
 
+def kept_samples(prompts: list[EvalPrompt], prompt_texts: list[str], texts: list[str],
+                 per_domain: int | None) -> list[dict[str, Any]]:
+    """The samples a report shows (``prompt_chars``: where the student's own text starts): the
+    first 6 (``per_domain`` None, as this bench always kept them), else the first
+    ``per_domain`` of each domain."""
+    rows: list[dict[str, Any]] = [{"doc_id": p.doc_id, "domain": p.domain, "text": t, "prompt_chars": len(pt)}
+                                  for p, pt, t in zip(prompts, prompt_texts, texts)]
+    if per_domain is None:
+        return rows[:6]
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        seen[row["domain"]] = seen.get(row["domain"], 0) + 1
+        if seen[row["domain"]] <= per_domain:
+            out.append(row)
+    return out
+
+
 def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Mapping[str, Teacher],
-                   new_tokens: int, sample_seed: int) -> dict[str, Any]:
+                   new_tokens: int, sample_seed: int, samples_per_domain: int | None = None) -> dict[str, Any]:
     """Teacher-judged bits per byte of the student's continuations (each teacher, per domain
-    and over every prompt pooled; ``teacher_nll`` = the mean over teachers) and distinct-2/3."""
+    and over every prompt pooled; ``teacher_nll`` = the mean over teachers) and distinct-2/3;
+    ``samples``: what it wrote for some prompts (:func:`kept_samples`)."""
     tb = byteify(tok, name="student")
     new = continue_eval_prompts(model, tok, prompts, new_tokens, sample_seed)
     prompt_texts = [student_text(p.ids, tb) for p in prompts]
@@ -69,4 +88,4 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
             "distinct2": pooled_distinct([n.tolist() for n in new], 2),
             "distinct3": pooled_distinct([n.tolist() for n in new], 3),
             "mean_new_tokens": float(np.mean([len(n) for n in new])), "unscored_by_teacher": skipped,
-            "samples": [{"doc_id": p.doc_id, "domain": p.domain, "text": t} for p, t in zip(prompts[:6], texts[:6])]}
+            "samples": kept_samples(prompts, prompt_texts, texts, samples_per_domain)}

@@ -6,7 +6,8 @@
 * :func:`pooled_distinct`: distinct-n of the student's new tokens over every generation pooled
   (:func:`avokit.evaluate.distinct.distinct_n`, the report's definition too), so a lower teacher
   NLL that comes from repeating easy text shows.
-* :func:`verdict`: paired differences over seeds with t intervals (the ``verdict`` object).
+* :func:`paired_diff`, :func:`verdict`: paired differences over seeds with t intervals (the
+  ``verdict`` object); the pretrained-student study pairs its arms with the same function.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def pooled_distinct(sequences: Sequence[Sequence[int]], n: int) -> float:
     return 0.0 if value is None else value
 
 
-def _diff(evals: Mapping[str, Mapping[int, Mapping[str, float]]], variant: str, reference: str,
-          metric: str) -> dict[str, Any] | None:
+def paired_diff(evals: Mapping[str, Mapping[int, Mapping[str, float]]], variant: str, reference: str,
+                metric: str) -> dict[str, Any] | None:
+    """``variant`` minus ``reference`` on ``metric``, paired by the seeds both have: mean, t
+    interval (``ci95``) and the seeds; None with fewer than 2 such seeds."""
     seeds = sorted(set(evals.get(variant, {})) & set(evals.get(reference, {})))
     if len(seeds) < 2:
         return None
@@ -71,7 +74,7 @@ def verdict(evals: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict[str,
                                   ("seq_minus_offline_teacher_nll", "seq", "teacher_nll"),
                                   ("seq_minus_offline_bpb", "seq", "bpb"),
                                   ("seq_minus_offline_distinct2", "seq", "distinct2")):
-        out[name] = _diff(evals, variant, "offline", metric)
+        out[name] = paired_diff(evals, variant, "offline", metric)
     nll, bpb, dist = (out[f"onpolicy_minus_offline_{m}"] for m in ("teacher_nll", "bpb", "distinct2"))
     out["holds"] = (len(seeds) >= 3 and nll is not None and nll["ci95"][1] < 0
                     and bpb["ci95"][0] <= 0 and dist["ci95"][1] >= 0)

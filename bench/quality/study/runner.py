@@ -71,11 +71,24 @@ def score_start(study: Study, runs: Path, seeds: list[int], settings: dict[str, 
     return scores
 
 
+def save_weights(model: Any, folder: Path) -> None:
+    """``model``'s config and weights (safetensors) in ``folder``, whole or not at all."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+
+
 def scored_training(rec: Recipe, baseline: bool, segments: list[dict[str, Any]], wanted: int,
-                    scores: Callable[[Any], dict[str, Any]], label: str) -> None:
+                    scores: Callable[[Any], dict[str, Any]], label: str,
+                    save: Callable[[int, Any], None] | None = None) -> None:
     """Train ``rec`` (resuming), scoring the model at every checkpoint into ``segments`` (written
     to ``rec.run_dir/segments.json`` each time; a step scored before a restart is not redone);
-    refuses a run that ends with fewer than ``wanted`` segments. Shared by the crossing study."""
+    refuses a run that ends with fewer than ``wanted`` segments. ``save(step, model)`` runs
+    after each scoring, outside the segment's train wall time too. Shared by the crossing study."""
     from avokit.train import run_training
 
     log_path = rec.run_dir / "segments.json"
@@ -84,11 +97,13 @@ def scored_training(rec: Recipe, baseline: bool, segments: list[dict[str, Any]],
     def on_checkpoint(step: int, model: Any) -> None:
         wall = time.perf_counter() - clock[0]  # the first segment's includes the run's setup
         if all(s["step"] != step for s in segments):
-            segments.append({"step": step, "train_wall_s": round(wall, 1), **scores(model)})
+            scored = {"step": step, "train_wall_s": round(wall, 1), **scores(model)}
+            if save is not None:  # before the segment is recorded: a recorded step has its weights
+                save(step, model)
+            segments.append(scored)
             segments.sort(key=lambda s: s["step"])
             _write_json(log_path, segments)
-            print(f"{label} step {step}: validation {segments[-1]['validation'][OVERALL]:.4f} ({wall:.0f} s)",
-                  flush=True)
+            print(f"{label} step {step}: validation {scored['validation'][OVERALL]:.4f} ({wall:.0f} s)", flush=True)
         clock[0] = time.perf_counter()
 
     run_training(rec, baseline=baseline, progress=False, on_checkpoint=on_checkpoint)
@@ -114,8 +129,14 @@ def train_arm(study: Study, runs: Path, arm: str, seed: int, settings: dict[str,
         record_run(study, runs, rec.run_dir, arm, seed, settings, rec)
         _drop_unscored_checkpoints(ckpt, segments[-1]["step"] if segments else 0)
         tokenizer = load_student_tokenizer(study.student_dir())
+        keep = study.save_model
+
+        def save(step: int, model: Any) -> None:
+            if keep is not None and keep(arm, step):
+                save_weights(model, rec.run_dir / "models" / f"step{step}")
+
         scored_training(rec, baseline, segments, wanted, lambda model: study.scores(
-            model, tokenizer, runs, settings["score_max_length"]), f"[{study.name}] {arm} seed {seed}")
+            model, tokenizer, runs, settings["score_max_length"]), f"[{study.name}] {arm} seed {seed}", save)
     if not keep_checkpoints:  # the scores are in segments.json; a checkpoint is ~1.6 GB
         shutil.rmtree(ckpt, ignore_errors=True)
 

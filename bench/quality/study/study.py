@@ -36,7 +36,13 @@ class Study:
     only by the study's own report), ``data`` (corpus, captures), the student's folder and how
     a model is scored (``scores(model, tokenizer, runs, max_length)`` -> validation and test
     BPB). ``adjust(runs, arm, train)`` may change an arm's train section with what only the
-    runs know (e.g. a routing chosen on validation); it returns the train section to use."""
+    runs know (e.g. a routing chosen on validation); it returns the train section to use.
+    ``arm_data(runs, arm)``: the folder whose ``corpus`` and ``cache/<teacher>`` an arm links
+    (default ``runs/data``) and a ``generate`` section, or None: with one, the arm also links
+    that folder's ``generated/`` (teacher-written training documents, avokit's generate stage)
+    and trains on them. ``run_info``: added to every run.json (e.g. what the runs start from).
+    ``save_model(arm, step)``: whether the weights scored at ``step`` are kept in
+    ``<run>/models/step<step>`` (runs whose checkpoints are evaluated after training)."""
 
     name: str
     arms: Mapping[str, Arm]
@@ -45,6 +51,9 @@ class Study:
     student_dir: Callable[[], Path]
     scores: Callable[[Any, Any, Path, int], dict[str, Any]]
     adjust: Callable[[Path, str, dict[str, Any]], dict[str, Any]] | None = field(default=None)
+    arm_data: Callable[[Path, str], tuple[Path, dict[str, Any] | None]] | None = field(default=None)
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+    save_model: Callable[[str, int], bool] | None = field(default=None)
 
     def data_recipe(self, runs: Path) -> Recipe:
         """The data recipe (corpus and captures) with its run folder at ``runs/data``."""
@@ -108,15 +117,19 @@ def arm_recipe(study: Study, runs: Path, arm: str, seed: int, settings: dict[str
         train = study.adjust(runs, arm, train)
     data = study.data_recipe(runs)
     folder = str(study.student_dir())
+    source, generate = study.arm_data(runs, arm) if study.arm_data is not None else (runs / "data", None)
     rec = Recipe.model_validate({
         "name": f"s{seed}", "runs_dir": str((runs / arm).resolve()), "base_dir": ROOT,
         "corpus": data.corpus.model_dump(mode="json"),
         # the CE baseline trains without teachers; a recipe still names one
         "teachers": [data.teacher(t).model_dump(mode="json") for t in (teachers or study.data.teachers[:1])],
-        "student": {"pretrained": folder, "tokenizer": {"kind": "path", "path": folder}}, "train": train})
-    _link(runs / "data" / "corpus", rec.run_dir / "corpus")
+        "student": {"pretrained": folder, "tokenizer": {"kind": "path", "path": folder}}, "train": train,
+        **({"generate": generate} if generate is not None else {})})
+    _link(source / "corpus", rec.run_dir / "corpus")
     for t in teachers:
-        _link(runs / "data" / "cache" / t, rec.run_dir / "cache" / t)
+        _link(source / "cache" / t, rec.run_dir / "cache" / t)
+    if generate is not None:
+        _link(source / "generated", rec.run_dir / "generated")
     return rec
 
 
@@ -131,7 +144,7 @@ def record_run(study: Study, runs: Path, run_dir: Path, arm: str, seed: int, set
                        "student": data["student_dir"], "train": rec.train.model_dump(mode="json") if rec else None,
                        "teachers_test_bpb": data["teachers_test_bpb"],
                        "start_test_bpb": json.loads(start.read_text())["test"] if start.is_file() else None,
-                       "processes": [*old["processes"], provenance(runs, settings)]})
+                       **study.run_info, "processes": [*old["processes"], provenance(runs, settings)]})
 
 
 def collect(study: Study, runs: Path, settings: dict[str, Any]) -> tuple[dict[str, dict[int, Any]], list[str]]:
