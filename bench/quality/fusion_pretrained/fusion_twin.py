@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.quality.fusion_proof.proof_stats import chosen, paired_differences
+
 RUNS = Path("runs/bench-fusion-pretrained")
 OUT = Path("bench/results/fusion_pretrained_twin")
 SEEDS = [101, 102, 103]
@@ -21,25 +23,19 @@ PAIRS = [("f_span_gated", "b_gemma_gated"), ("b_gemma_gated", "b_gemma"), ("f_sp
 
 
 def chosen_test(arm: str, seed: int) -> dict[str, float]:
-    """Test BPB of the run's checkpoint with the lowest validation BPB."""
-    segments = json.loads((RUNS / arm / f"s{seed}" / "segments.json").read_text())
-    return min(segments, key=lambda s: s["validation"]["overall"])["test"]
-
-
-def interval(diffs: list[float]) -> dict[str, Any]:
-    """Mean and Student t 95% interval of paired differences."""
-    from scipy import stats
-
-    mean = statistics.mean(diffs)
-    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return {"mean": mean, "ci95": [mean - half, mean + half], "per_seed": diffs}
+    """Test BPB of the run's checkpoint chosen on validation (the studies' rule)."""
+    return dict(chosen(json.loads((RUNS / arm / f"s{seed}" / "segments.json").read_text()))["test"])
 
 
 def main() -> None:
     """Read the runs, write JSON and Markdown."""
     test = {a: {s: chosen_test(a, s) for s in SEEDS} for a in ARMS}
-    comp = {f"{x} minus {y}": {d: interval([test[x][s][d] - test[y][s][d] for s in SEEDS]) for d in DOMAINS}
-            for x, y in PAIRS}
+    comp: dict[str, Any] = {}
+    for x, y in PAIRS:
+        paired = paired_differences(test, x, y)
+        assert paired is not None  # every arm has every seed (chosen_test read them all)
+        comp[f"{x} minus {y}"] = {d: {**paired[d], "per_seed": [test[x][s][d] - test[y][s][d] for s in SEEDS]}
+                                  for d in DOMAINS}
     runs = {s: json.loads((RUNS / "b_gemma_gated" / f"s{s}" / "run.json").read_text())["processes"][-1] for s in SEEDS}
     keep = ("commit", "dtype", "cpu", "corpus_manifest_sha256", "torch_threads", "load")
     OUT.with_suffix(".json").write_text(json.dumps(
