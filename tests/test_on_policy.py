@@ -254,3 +254,36 @@ def test_gates_none_drops_the_runs_gates_on_the_samples_only() -> None:
     off = on_policy_loss_config(cfg)
     assert (off.kd_gate, off.chunk_gate, off.divergence, off.kd_weight) == ("none", "none", "reverse_kl", 0.5)
     assert cfg.loss.kd_gate == "teacher_better"  # the corpus micro-batches keep them
+
+
+def test_combine_add_is_the_corpus_loss_plus_the_weighted_samples_loss(tiny_model_factory: Any,
+                                                                        smollm2_tokenizer: Any) -> None:
+    """``combine: add`` keeps the corpus micro-batch and adds the samples' loss with ``weight``:
+    exactly the sum of the two losses computed apart (the samples are seeded by step and
+    micro-batch), where ``replace`` is the samples' loss alone."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from avokit.corpus import Document
+    from avokit.train.data import pack_documents
+    from avokit.train.loop import _micro_loss, _step_loss
+    from avokit.train.on_policy import on_policy_loss
+
+    teacher_dir = tiny_model_factory(smollm2_tokenizer, "llama")
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_factory(smollm2_tokenizer, "llama", seed=1)).train()
+    docs = [Document(f"d{i}", text * 3, "t") for i, text in enumerate(DOCS)]
+    packed = pack_documents(docs, smollm2_tokenizer, 16, smollm2_tokenizer.eos_token_id)
+    rows, acc = np.arange(2), Accelerator(cpu=True)
+    added = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(mix=1.0, max_new_tokens=6, top_k=8, combine="add",
+                                                                  weight=0.3), DOCS)
+    corpus, corpus_parts, _ = _micro_loss(student, packed, rows, None, LossConfig(), "cpu")
+    samples, sample_parts, _ = on_policy_loss(student, student, added, 5, 0, 2, "cpu")
+    loss, parts, _ = _step_loss(acc, student, packed, rows, None, LossConfig(), added, 5, 0)
+    assert float(loss) == pytest.approx(float(corpus) + 0.3 * float(samples), rel=1e-5)
+    assert float(parts["ce"]) == pytest.approx(float(corpus_parts["ce"])) and float(parts["ce"]) > 0
+    assert float(parts["kd"]) == pytest.approx(0.3 * float(sample_parts["kd"]), rel=1e-5)
+    replaced = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(mix=1.0, max_new_tokens=6, top_k=8), DOCS)
+    only, only_parts, _ = _step_loss(acc, student, packed, rows, None, LossConfig(), replaced, 5, 0)
+    assert float(only) == pytest.approx(float(samples), rel=1e-5) and float(only_parts["ce"]) == 0.0
+    with pytest.raises(ValueError, match="on_policy.weight"):
+        OnPolicyConfig(weight=0.5)  # a weight means nothing where the samples replace the corpus rows

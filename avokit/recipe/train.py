@@ -107,6 +107,19 @@ class OnPolicyConfig(Section):
     # teacher's "not this", which is what on-policy targets mostly say; its reason (CE trains
     # every position on gold text) does not hold where there is no gold text and no CE term
     gates: Literal["run", "none"] = "run"
+    # "replace": an on-policy micro-batch takes the place of a corpus one (GKD's mixture: at equal
+    # steps the run sees a share ``mix`` less of the corpus); "add": it keeps its corpus rows and
+    # the samples' loss is added to theirs with ``weight`` (every step sees the whole corpus batch,
+    # and costs the sampling and live scoring on top)
+    combine: Literal["replace", "add"] = "replace"
+    weight: float = Field(default=1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _weight_only_when_added(self) -> OnPolicyConfig:
+        if self.combine == "replace" and self.weight != 1.0:
+            raise ValueError("on_policy.weight weighs the samples' loss beside the corpus rows' and applies only "
+                             f"with on_policy.combine: add (got weight {self.weight} with combine: replace)")
+        return self
 
 
 class FreezeConfig(Section):

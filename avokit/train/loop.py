@@ -114,12 +114,18 @@ def _micro_loss(model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup 
 def _step_loss(accelerator: Any, model: Any, packed: PackedCorpus, rows: np.ndarray, kd: KDSetup | None,
                loss_cfg: Any, on_policy: OnPolicy | None, step: int,
                micro: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
-    """The micro-batch's loss: on the student's own samples where on-policy takes it, else on
-    the packed corpus rows."""
-    if on_policy is not None and on_policy.takes(step, micro):
-        return on_policy_loss(model, accelerator.unwrap_model(model), on_policy, step, micro, len(rows),
-                              accelerator.device, accelerator.process_index)
-    return _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
+    """The micro-batch's loss: on the packed corpus rows; where on-policy takes the micro-batch,
+    on the student's own samples instead (``combine: replace``) or as well, weighted (``add``)."""
+    if on_policy is None or not on_policy.takes(step, micro):
+        return _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
+    loss, parts, shares = on_policy_loss(model, accelerator.unwrap_model(model), on_policy, step, micro, len(rows),
+                                         accelerator.device, accelerator.process_index)
+    if on_policy.cfg.combine == "replace":
+        return loss, parts, shares
+    w = on_policy.cfg.weight
+    corpus, corpus_parts, corpus_shares = _micro_loss(model, packed, rows, kd, loss_cfg, accelerator.device)
+    return (corpus + w * loss, {k: v + w * parts[k] if k in parts else v for k, v in corpus_parts.items()},
+            {n: corpus_shares.get(n, 0.0) + w * shares.get(n, 0.0) for n in {*corpus_shares, *shares}})
 
 
 class _RunLog:
