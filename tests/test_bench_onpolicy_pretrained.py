@@ -67,6 +67,38 @@ def test_verdict_has_the_issues_shape_and_holds_only_when_every_condition_does()
     assert one["on_minus_offline"] is None and one["holds"] is False and one["seq_minus_offline"] is None
 
 
+def _evaluation(bits: dict[str, list[float]], n_bytes: list[int], domains: list[str]) -> dict[str, Any]:
+    """An evaluation as onpolicy_eval writes it: per-prompt bits and bytes per teacher, and the
+    per-teacher, per-domain pooled bits per byte they make."""
+    rows = [{"doc_id": f"d{i}", "domain": dom, "bits": {t: b[i] for t, b in bits.items()},
+             "bytes": dict.fromkeys(bits, n_bytes[i])} for i, dom in enumerate(domains)]
+    pooled = {t: {dom: sum(b[i] for i in range(len(domains)) if domains[i] == dom)
+                  / sum(n_bytes[i] for i in range(len(domains)) if domains[i] == dom) for dom in set(domains)}
+              for t, b in bits.items()}
+    return {"teacher_bpb": {t: {"pooled": 0.0, **v} for t, v in pooled.items()}, "teacher_nll": 0.0,
+            "distinct2": 0.5, "distinct3": 0.5, "per_prompt": rows}
+
+
+def test_sampling_noise_is_zero_for_identical_points_and_matches_the_primary_metric() -> None:
+    domains = ["english"] * 5 + ["math"] * 5
+    n_bytes = [40, 55, 61, 38, 70, 44, 52, 47, 66, 59]
+    base = {GEMMA: [float(30 + 7 * i % 11) for i in range(10)], QWEN: [float(35 + 5 * i % 13) for i in range(10)]}
+    a = _evaluation(base, n_bytes, domains)
+    same = stats.sampling_noise(a, a)
+    assert same is not None and same["mean"] == 0.0 and same["sd"] == 0.0
+    shifted = {t: [x - 0.2 * n for x, n in zip(v, n_bytes)] for t, v in base.items()}  # 0.2 bits/byte less everywhere
+    b = _evaluation(shifted, n_bytes, domains)
+    noise = stats.sampling_noise(b, a, draws=300)
+    exact = stats.eval_metrics(b)[stats.PRIMARY] - stats.eval_metrics(a)[stats.PRIMARY]
+    assert noise is not None and noise["mean"] == pytest.approx(exact) == pytest.approx(-0.2)
+    assert noise["sd"] < 1e-9 and noise["ci95"][1] == pytest.approx(-0.2)  # a uniform shift does not depend on the draw
+    noisy = {t: [x + (3.0 if i % 2 else -3.0) * (1 + i) for i, x in enumerate(v)] for t, v in base.items()}
+    wide = stats.sampling_noise(_evaluation(noisy, n_bytes, domains), a, draws=300)
+    assert wide is not None and wide["sd"] > 0.01 and wide["ci95"][0] < wide["mean"] < wide["ci95"][1]
+    assert stats.sampling_noise({**b, "per_prompt": b["per_prompt"][::-1]}, a) is None  # other prompts: not paired
+    assert stats.sampling_noise({k: v for k, v in b.items() if k != "per_prompt"}, a) is None
+
+
 def test_cost_counts_the_samples_tokens_and_the_live_share() -> None:
     segs = [{"step": 1, "train_wall_s": 30.0}, {"step": 2, "train_wall_s": 10.0}, {"step": 3, "train_wall_s": 99.0}]
     log = [{"step": 1, "on_policy": {"micro_batches": 1, "sample_s": 4.0, "score_s": {"a": 10.0, "b": 6.0},
@@ -257,6 +289,9 @@ def test_every_arm_trains_evaluates_and_reports(tmp_path: Path, monkeypatch: pyt
     assert res["cost"]["on"]["per_seed"]["0"]["on_policy_micro_batches"] == 2
     assert res["cost"]["on"]["mean"]["sampling_share"] > 0 and res["cost"]["offline"]["per_seed"]["0"]["steps"] == 3
     assert set(res["samples"]["domains"]) == {"english", "math"} and res["provenance"]["corpus_sha256"]
+    noise = res["sampling_noise"]["on"]["0"]  # from the evaluations' per-prompt bits
+    assert noise["mean"] == pytest.approx(res["points"]["on"]["0"][stats.PRIMARY]
+                                          - res["points"]["offline"]["0"][stats.PRIMARY])
     md = out.with_suffix(".md").read_text()
     assert "## Verdict" in md and "| on − offline, teacher_judged_bpb, equal steps |" in md and "Side by side" in md
     pilot = tmp_path / "results" / "pilot"

@@ -67,7 +67,8 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
                    new_tokens: int, sample_seed: int, samples_per_domain: int | None = None) -> dict[str, Any]:
     """Teacher-judged bits per byte of the student's continuations (each teacher, per domain
     and over every prompt pooled; ``teacher_nll`` = the mean over teachers) and distinct-2/3;
-    ``samples``: what it wrote for some prompts (:func:`kept_samples`)."""
+    ``samples``: what it wrote for some prompts (:func:`kept_samples`); ``per_prompt``: each
+    prompt's (bits, bytes) per teacher, for a bootstrap over prompts."""
     tb = byteify(tok, name="student")
     new = continue_eval_prompts(model, tok, prompts, new_tokens, sample_seed)
     prompt_texts = [student_text(p.ids, tb) for p in prompts]
@@ -75,12 +76,16 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
     doc_ids = [f"eval:{p.doc_id}" for p in prompts]
     per_teacher: dict[str, dict[str, float]] = {}
     skipped: dict[str, int] = {}
+    per_prompt: list[dict[str, Any]] = [{"doc_id": p.doc_id, "domain": p.domain, "bits": {}, "bytes": {}}
+                                        for p in prompts]
     for name, teacher in teachers.items():
         records = live_records(teacher, texts, doc_ids, 1)
         parts: dict[str, list[tuple[float, int]]] = {}
-        for p, pt, did in zip(prompts, prompt_texts, doc_ids):
+        for p, pt, did, row in zip(prompts, prompt_texts, doc_ids, per_prompt):
             if did in records:
-                parts.setdefault(p.domain, []).append(continuation_bits(records[did], len(pt.encode("utf-8"))))
+                bits, n_bytes = continuation_bits(records[did], len(pt.encode("utf-8")))
+                parts.setdefault(p.domain, []).append((bits, n_bytes))
+                row["bits"][name], row["bytes"][name] = bits, n_bytes
         skipped[name] = len(prompts) - len(records)
         per_teacher[name] = {"pooled": pooled_bpb([x for v in parts.values() for x in v]),
                              **{dom: pooled_bpb(v) for dom, v in sorted(parts.items())}}
@@ -88,4 +93,4 @@ def evaluate_model(model: Any, tok: Any, prompts: list[EvalPrompt], teachers: Ma
             "distinct2": pooled_distinct([n.tolist() for n in new], 2),
             "distinct3": pooled_distinct([n.tolist() for n in new], 3),
             "mean_new_tokens": float(np.mean([len(n) for n in new])), "unscored_by_teacher": skipped,
-            "samples": kept_samples(prompts, prompt_texts, texts, samples_per_domain)}
+            "samples": kept_samples(prompts, prompt_texts, texts, samples_per_domain), "per_prompt": per_prompt}

@@ -40,11 +40,15 @@ OPTIONS = "options.json"
 # one factor of `on` changed each: the pilot's candidates (names fixed, values relative to `on`)
 PILOT_VARIANTS: dict[str, dict[str, Any]] = {
     "on_jsd": {"divergence": "jsd"}, "on_fkl": {"divergence": "forward_kl"}, "on_mix25": {"mix": 0.25},
-    "on_t07": {"temperature": 0.7}, "on_gated": {"gates": "run"}}
+    "on_t07": {"temperature": 0.7}, "on_gated": {"gates": "run"},
+    # the samples' loss added to the corpus micro-batch's instead of replacing it (every step
+    # sees the whole corpus batch, as offline's do)
+    "on_add": {"combine": "add"}}
 ON_ARMS = ("on", *PILOT_VARIANTS)
 TRAINED = (WARM, *ON_ARMS, "seq", "offline")  # the order a seed's runs train in: `on` before `offline`
 CHOICES = {"fusion": ["fixed", "bpb_softmax", "min_ce", "span_softmax"],
-           "divergence": ["forward_kl", "reverse_kl", "jsd", "tvd"], "gates": ["run", "none"]}
+           "divergence": ["forward_kl", "reverse_kl", "jsd", "tvd"], "gates": ["run", "none"],
+           "combine": ["replace", "add"]}
 DESIGNS = {"pilot": "validation prompts: choose mix, divergence, temperature, gates and start on pilot seeds",
            "test": "held-out test prompts: the pre-registered arms on fresh seeds"}
 
@@ -60,6 +64,7 @@ class Options:
     divergence: str = "reverse_kl"
     temperature: float = 1.0
     gates: str = "none"
+    combine: str = "replace"  # replace | add (train.on_policy.combine)
     prompt_tokens: int = 32
     max_new_tokens: int = 64
     top_k: int = 32  # the teachers' live top-k (the caches' is 32)
@@ -80,7 +85,7 @@ class Options:
         """The ``train.on_policy`` section of ``on`` (with ``change`` for a pilot variant)."""
         return {"mix": self.mix, "prompt_tokens": self.prompt_tokens, "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature, "divergence": self.divergence, "gates": self.gates,
-                "top_k": self.top_k, **change}
+                "combine": self.combine, "top_k": self.top_k, **change}
 
 
 def parse_start(text: str) -> str:
@@ -133,7 +138,7 @@ def arm_table(opts: Options) -> dict[str, Arm]:
         "offline": (BOTH, offline, f"offline KD from both teachers (cached targets), fusion {opts.fusion}"),
         "on": (BOTH, {**offline, "on_policy": opts.on_policy()},
                f"on-policy KD mixed with offline: mix {opts.mix}, {opts.divergence}, temperature {opts.temperature}, "
-               f"gates {opts.gates}"),
+               f"gates {opts.gates}, combine {opts.combine}"),
         "seq": (BOTH, offline, "offline KD on the corpus plus the teachers' continuations of training prefixes")}
     for name, change in PILOT_VARIANTS.items():
         arms[name] = (BOTH, {**offline, "on_policy": opts.on_policy(**change)},

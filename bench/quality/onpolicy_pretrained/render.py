@@ -6,7 +6,8 @@ from typing import Any
 
 from bench.quality.onpolicy_pretrained.stats import PRIMARY
 
-ORDER = ["start", "offline", "offline@on_time", "on", "seq", "on_jsd", "on_fkl", "on_mix25", "on_t07", "on_gated"]
+ORDER = ["start", "offline", "offline@on_time", "on", "seq", "on_jsd", "on_fkl", "on_mix25", "on_t07", "on_gated",
+         "on_add"]
 
 
 def _ci(d: dict[str, Any] | None, digits: int = 4) -> str:
@@ -63,6 +64,22 @@ def _means(res: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _noise(res: dict[str, Any]) -> list[str]:
+    noise = res.get("sampling_noise") or {}
+    if not noise:
+        return []
+    lines = ["## Within each seed: what the prompts alone could make", "",
+             f"Each arm minus offline (equal steps) on {PRIMARY}, with a paired bootstrap over the evaluation prompts "
+             "(resampled within each domain, the same draw for both points): its sd is a floor under the seed-to-seed "
+             "spread of a paired difference, so a difference inside this interval cannot be told from the choice of "
+             "prompts.", "", "| arm | seed | minus offline | bootstrap sd | bootstrap 95% |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for arm, by_seed in noise.items():
+        lines += [f"| {arm} | {s} | {n['mean']:+.4f} | {n['sd']:.4f} | [{n['ci95'][0]:+.4f}, {n['ci95'][1]:+.4f}] |"
+                  for s, n in by_seed.items()]
+    return [*lines, ""]
+
+
 def _cost(res: dict[str, Any]) -> list[str]:
     lines = ["## Cost (mean over seeds)", "",
              "Train wall time per step includes the run's setup (model, caches, teachers for live scoring) in its first "
@@ -106,7 +123,7 @@ def render(res: dict[str, Any]) -> str:
              f"data ({res['data']}). Start: {o['start']}. {st['steps']} steps × {st['batch_size']} × {st['seq_len']} "
              f"tokens (offline {o['offline_steps']}), lr {st['lr']}, warmup {st['warmup']}, constant; fusion "
              f"{o['fusion']}. On-policy: mix {o['mix']}, {o['divergence']}, temperature {o['temperature']}, gates "
-             f"{o['gates']}, {o['prompt_tokens']} prompt + {o['max_new_tokens']} new tokens. Evaluation: "
+             f"{o['gates']}, combine {o.get('combine', 'replace')}, {o['prompt_tokens']} prompt + {o['max_new_tokens']} new tokens. Evaluation: "
              f"{o['eval_prompts']} {res['split']} prompts per domain ({o['eval_prompt_tokens']} tokens), "
              f"{o['eval_new_tokens']} new tokens at temperature 1, sampling seed {o['sample_seed']}.", ""]
     lines += _verdict(res) + _means(res)
@@ -116,7 +133,7 @@ def render(res: dict[str, Any]) -> str:
         lines += [f"| {a} | {r['seeds']} | {r['judged_minus_offline']:+.4f} | {r['validation_bpb_minus_offline']:+.4f} "
                   f"| {_num(r['sd_of_paired_differences'], '.4f')} |" for a, r in res["pilot"]["candidates"].items()]
         lines.append("")
-    lines += _cost(res) + _samples(res)
+    lines += _noise(res) + _cost(res) + _samples(res)
     if res["missing"]:
         lines += ["Not yet evaluated: " + "; ".join(res["missing"]), ""]
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from bench.quality.onpolicy_pretrained.stats import (
     eval_metrics,
     per_domain,
     pilot_choice,
+    sampling_noise,
     segment_metrics,
     train_seconds,
     verdict,
@@ -86,7 +87,9 @@ def costs(runs: Path, opts: Options, settings: dict[str, Any], seeds: list[int])
             log = runs / arm / f"s{seed}" / "student" / "train_log.jsonl"
             if segs and log.is_file():
                 lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-                per_seed[seed] = cost(segs, lines, settings["batch_size"], settings["seq_len"], mine["steps"])
+                section = (arm_table(opts)[arm][1] or {}).get("on_policy") or {}
+                per_seed[seed] = cost(segs, lines, settings["batch_size"], settings["seq_len"], mine["steps"],
+                                      added=section.get("combine") == "add")
         if per_seed:
             keys = ("s_per_step", "tokens_per_s", "sampling_share", "scoring_share")
             out[arm] = {"per_seed": per_seed, "mean": {k: statistics.fmean(c[k] for c in per_seed.values())
@@ -114,6 +117,18 @@ def samples(evals: dict[str, dict[int, Any]]) -> dict[str, Any]:
     return {"seed": seed, "domains": rows}
 
 
+def within_seed(evals: dict[str, dict[int, Any]]) -> dict[str, dict[int, Any]]:
+    """Per trained arm and seed, its difference from ``offline`` (equal steps) on the primary
+    metric with the part the prompts alone could make (:func:`stats.sampling_noise`)."""
+    out: dict[str, dict[int, Any]] = {}
+    for arm in (*ON_ARMS, "seq"):
+        for seed in sorted(set(evals.get(arm, {})) & set(evals.get("offline", {}))):
+            noise = sampling_noise(evals[arm][seed], evals["offline"][seed])
+            if noise is not None:
+                out.setdefault(arm, {})[seed] = noise
+    return out
+
+
 def report(runs: Path, out: Path, opts: Options, seeds: list[int] | None, design: str = "test") -> dict[str, Any]:
     """Collect, pair and write ``out``.json / .md; the verdict (design ``test``) or the
     pilot's choice and a pilot-labelled verdict on validation (design ``pilot``)."""
@@ -139,7 +154,7 @@ def report(runs: Path, out: Path, opts: Options, seeds: list[int] | None, design
         "pilot": pilot_choice(metrics, ON_ARMS) if design == "pilot" else None,
         "means": {p: {k: statistics.fmean(m[k] for m in by.values()) for k in (PRIMARY, bpb, "distinct2", "distinct3")}
                   for p, by in metrics.items()},
-        "points": metrics, "equal_time": timing, "cost": costs(runs, opts, settings, counted),
+        "sampling_noise": within_seed(evals), "points": metrics, "equal_time": timing, "cost": costs(runs, opts, settings, counted),
         "samples": samples(evals), "missing": missing, "records": records,
         "teachers_test_bpb": data["teachers_test_bpb"], "data": str((runs / "data").resolve()),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

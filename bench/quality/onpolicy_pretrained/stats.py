@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from bench.quality.fusion_pretrained.fusion_stats import seeds_needed
 from bench.quality.onpolicy.onpolicy_metrics import paired_diff
 
@@ -36,6 +38,39 @@ def eval_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
     out.update({f"judged_by:{name}": statistics.fmean(v for d, v in t.items() if d != "pooled")
                 for name, t in by_teacher.items()})
     return out
+
+
+def _judged(rows: Sequence[Mapping[str, Any]], pick: np.ndarray, teachers: Sequence[str]) -> float:
+    """The primary metric over the prompts ``rows[pick]`` (a prompt drawn twice counts twice)."""
+    by_domain: dict[str, list[float]] = {}
+    for dom in sorted({rows[i]["domain"] for i in pick}):
+        mine = [rows[i] for i in pick if rows[i]["domain"] == dom]
+        n_bytes = {t: sum(r["bytes"].get(t, 0) for r in mine) for t in teachers}
+        by_domain[dom] = [sum(r["bits"].get(t, 0.0) for r in mine) / n_bytes[t] for t in teachers if n_bytes[t]]
+    return statistics.fmean(statistics.fmean(v) for v in by_domain.values() if v)
+
+
+def sampling_noise(variant: Mapping[str, Any], reference: Mapping[str, Any], draws: int = 2000,
+                   seed: int = 0) -> dict[str, Any] | None:
+    """Within one seed: ``variant`` minus ``reference`` on the primary metric, and how much of
+    it the choice of prompts alone could make: a paired bootstrap over the evaluation prompts
+    (resampled within each domain, the same draw for both points; sd and 95% percentile
+    interval). Its sd is a floor under the seed-to-seed spread of a paired difference. None
+    when either evaluation has no ``per_prompt`` or their prompts differ."""
+    a, b = variant.get("per_prompt"), reference.get("per_prompt")
+    if not a or not b or [r["doc_id"] for r in a] != [r["doc_id"] for r in b]:
+        return None
+    teachers = sorted(variant["teacher_bpb"])
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero([r["domain"] == d for r in a]) for d in sorted({r["domain"] for r in a})]
+    full = np.arange(len(a))
+    diffs = []
+    for _ in range(draws):
+        pick = np.concatenate([rng.choice(idx, size=len(idx)) for idx in strata])
+        diffs.append(_judged(a, pick, teachers) - _judged(b, pick, teachers))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"mean": _judged(a, full, teachers) - _judged(b, full, teachers), "sd": float(np.std(diffs, ddof=1)),
+            "ci95": [float(lo), float(hi)], "draws": draws}
 
 
 def segment_metrics(segment: Mapping[str, Any], split: str = "test") -> dict[str, float]:
@@ -119,11 +154,12 @@ def pilot_choice(points: Points, candidates: Sequence[str], effect: float = 0.02
 
 
 def cost(segments: Sequence[Mapping[str, Any]], log: Sequence[Mapping[str, Any]], batch: int, seq_len: int,
-         steps: int) -> dict[str, Any]:
+         steps: int, added: bool = False) -> dict[str, Any]:
     """One run's cost over its first ``steps`` steps: train wall seconds (setup included,
     scoring excluded) per step, tokens trained per second (an on-policy micro-batch counts the
-    tokens of its samples, not ``batch * seq_len``), and the on-policy micro-batches' seconds
-    sampling and in each teacher's live scoring, with their share of the train wall time."""
+    tokens of its samples instead of ``batch * seq_len``, or beside them when the samples'
+    loss is ``added`` to the corpus rows'), and the on-policy micro-batches' seconds sampling
+    and in each teacher's live scoring, with their share of the train wall time."""
     wall = train_seconds(segments, steps)
     lines = [r.get("on_policy") or {} for r in log if r["step"] <= steps]
     micro = sum(x.get("micro_batches", 0) for x in lines)
@@ -132,7 +168,7 @@ def cost(segments: Sequence[Mapping[str, Any]], log: Sequence[Mapping[str, Any]]
     for x in lines:
         for name, s in x.get("score_s", {}).items():
             score[name] = score.get(name, 0.0) + s
-    tokens = (steps - micro) * batch * seq_len + sum(x.get("tokens", 0) for x in lines)
+    tokens = (steps - (0 if added else micro)) * batch * seq_len + sum(x.get("tokens", 0) for x in lines)
     return {"steps": steps, "train_wall_s": round(wall, 1), "s_per_step": wall / steps if steps else None,
             "tokens": tokens, "tokens_per_s": tokens / wall if wall else None, "on_policy_micro_batches": micro,
             "written_tokens": sum(x.get("written_tokens", 0) for x in lines), "sample_s": round(sample_s, 1),
