@@ -96,6 +96,12 @@ def test_sampling_noise_is_zero_for_identical_points_and_matches_the_primary_met
     wide = stats.sampling_noise(_evaluation(noisy, n_bytes, domains), a, draws=300)
     assert wide is not None and wide["sd"] > 0.01 and wide["ci95"][0] < wide["mean"] < wide["ci95"][1]
     assert stats.sampling_noise({**b, "per_prompt": b["per_prompt"][::-1]}, a) is None  # other prompts: not paired
+    # two draws per document ('#k'): resampled together, the full-sample difference unchanged
+    twice = [_evaluation({t: v + v for t, v in x.items()}, n_bytes + n_bytes, domains + domains) for x in (shifted, base)]
+    for ev in twice:
+        ev["per_prompt"] = [{**r, "doc_id": f"d{i % 10}#{i // 10}"} for i, r in enumerate(ev["per_prompt"])]
+    drawn = stats.sampling_noise(twice[0], twice[1], draws=50)
+    assert drawn is not None and drawn["mean"] == pytest.approx(-0.2) and drawn["sd"] < 1e-9
     assert stats.sampling_noise({k: v for k, v in b.items() if k != "per_prompt"}, a) is None
 
 
@@ -219,7 +225,8 @@ def _world(root: Path, tiny_model_factory: Any, smollm2_tokenizer: Any) -> tuple
 
 
 OPTS = ["--mix", "1.0", "--top-k", "8", "--prompt-tokens", "6", "--max-new-tokens", "8", "--gen-prompts", "2",
-        "--gen-tokens", "24", "--eval-prompts", "2", "--eval-prompt-tokens", "6", "--eval-new-tokens", "8"]
+        "--gen-tokens", "24", "--eval-prompts", "2", "--eval-prompt-tokens", "6", "--eval-new-tokens", "8",
+        "--eval-samples", "2"]
 SETTINGS = ["--steps", "2", "--segment-steps", "1", "--offline-steps", "3", "--batch-size", "2", "--seq-len", "32",
             "--warmup", "1", "--score-max-length", "64", "--seeds", "0"]
 
@@ -275,10 +282,13 @@ def test_every_arm_trains_evaluates_and_reports(tmp_path: Path, monkeypatch: pyt
 
     n_prompts = len(stratified(read_documents(data / "corpus" / "heldout.parquet"), 2, 23))
     for arm, step in points.values():
-        path = evaluation.eval_file(runs, Options(start="pretrained"), arm, 0, step, "test")
+        path = evaluation.eval_file(runs, Options(start="pretrained", eval_samples=2), arm, 0, step, "test")
         ev = json.loads(path.read_text())
         assert ev["split"] == "test" and set(ev["teacher_bpb"]) == {GEMMA, QWEN} and ev["prompts"] == n_prompts == 4
-    assert (runs / "on" / "s0" / "eval-validation" / "step2.json").is_file()
+        # two draws per prompt, each its own row, named after its document
+        assert sorted(r["doc_id"] for r in ev["per_prompt"]) == sorted(
+            f"{r['doc_id'].split('#')[0]}#{k}" for r in ev["per_prompt"][:4] for k in (0, 1))
+    assert (runs / "on" / "s0" / "eval-validation-k2" / "step2.json").is_file()
     kept = {int(p.name[4:]) for p in (runs / "offline" / "s0" / "models").iterdir()}
     assert kept <= {step for arm, step in points.values() if arm == "offline"} and 2 in kept  # the rest pruned
 

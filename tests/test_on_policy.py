@@ -279,11 +279,14 @@ def test_combine_add_is_the_corpus_loss_plus_the_weighted_samples_loss(tiny_mode
     corpus, corpus_parts, _ = _micro_loss(student, packed, rows, None, LossConfig(), "cpu")
     samples, sample_parts, _ = on_policy_loss(student, student, added, 5, 0, 2, "cpu")
     loss, parts, _ = _step_loss(acc, student, packed, rows, None, LossConfig(), added, 5, 0)
+    assert loss.requires_grad
+    corpus, samples, loss = corpus.detach(), samples.detach(), loss.detach()
     assert float(loss) == pytest.approx(float(corpus) + 0.3 * float(samples), rel=1e-5)
     assert float(parts["ce"]) == pytest.approx(float(corpus_parts["ce"])) and float(parts["ce"]) > 0
     assert float(parts["kd"]) == pytest.approx(0.3 * float(sample_parts["kd"]), rel=1e-5)
     replaced = _setup(teacher_dir, smollm2_tokenizer, OnPolicyConfig(mix=1.0, max_new_tokens=6, top_k=8), DOCS)
     only, only_parts, _ = _step_loss(acc, student, packed, rows, None, LossConfig(), replaced, 5, 0)
+    only = only.detach()
     assert float(only) == pytest.approx(float(samples), rel=1e-5) and float(only_parts["ce"]) == 0.0
     with pytest.raises(ValueError, match="on_policy.weight"):
         OnPolicyConfig(weight=0.5)  # a weight means nothing where the samples replace the corpus rows

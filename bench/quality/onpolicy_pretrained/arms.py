@@ -74,6 +74,7 @@ class Options:
     eval_prompts: int = 12  # held-out prompts per domain
     eval_prompt_tokens: int = 32
     eval_new_tokens: int = 64
+    eval_samples: int = 1  # continuations per held-out prompt, each its own draw (the metric pools them)
     sample_seed: int = 1234
 
     @property

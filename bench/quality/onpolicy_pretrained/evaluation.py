@@ -7,7 +7,7 @@ start's weights, ``models/step<N>`` kept by offline's training, or a run's final
 continues the same held-out prompts with the same sampling seed and both teachers judge what it
 wrote (:func:`bench.quality.onpolicy.onpolicy_eval.evaluate_model`); the result is
 ``<arm>/s<seed>/eval-<split>/step<N>.json`` (the pretrained start, the same for every seed:
-``start/eval-<split>.json``). Design ``test`` uses ``--eval-prompts`` test (held-out) documents
+``start/eval-<split>.json``; with ``--eval-samples K`` > 1 the split is named ``<split>-kK``). Design ``test`` uses ``--eval-prompts`` test (held-out) documents
 per domain; design ``pilot`` validation documents, so that choices made on the pilot never see
 the test split. Resumable: an evaluated point is skipped. Offline weights no point needs are
 deleted afterwards (``--keep-models`` keeps them); a point's weights are kept.
@@ -15,6 +15,7 @@ deleted afterwards (``--keep-models`` keeps them); a point's weights are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -34,7 +35,8 @@ SAMPLES_PER_DOMAIN = 2
 
 def eval_file(runs: Path, opts: Options, arm: str, seed: int, step: int, design: str) -> Path:
     """Where the evaluation of ``arm`` of ``seed`` at ``step`` is written."""
-    split = SPLIT[design]
+    # the evaluations of other --eval-samples lie apart: a resumed evaluate never mixes them
+    split = SPLIT[design] + (f"-k{opts.eval_samples}" if opts.eval_samples > 1 else "")
     if arm == "start" and opts.start == "pretrained":
         return runs / "start" / f"eval-{split}.json"
     return runs / arm / f"s{seed}" / f"eval-{split}" / f"step{step}.json"
@@ -78,7 +80,12 @@ def _prompts(runs: Path, opts: Options, tok: Any, design: str) -> list[Any]:
     from bench.quality.onpolicy.onpolicy_eval import eval_prompts
 
     docs = read_documents(runs / "data" / "corpus" / f"{CORPUS_SPLIT[SPLIT[design]]}.parquet")
-    return eval_prompts(stratified(docs, opts.eval_prompts, 23), tok, opts.eval_prompt_tokens)
+    prompts = eval_prompts(stratified(docs, opts.eval_prompts, 23), tok, opts.eval_prompt_tokens)
+    if opts.eval_samples == 1:
+        return prompts
+    # each prompt K times, one draw each (the sampling generator runs on through them); the
+    # doc_id names the draw, and the part before '#' the document a bootstrap resamples
+    return [dataclasses.replace(p, doc_id=f"{p.doc_id}#{k}") for k in range(opts.eval_samples) for p in prompts]
 
 
 def _todo(runs: Path, opts: Options, settings: dict[str, Any], seeds: list[int],
@@ -124,7 +131,8 @@ def _evaluate_all(runs: Path, opts: Options, design: str, todo: dict[Path, tuple
             result = evaluate_model(model, tok, prompts, teachers, opts.eval_new_tokens, opts.sample_seed,
                                     samples_per_domain=SAMPLES_PER_DOMAIN)
             _write_json(path, {"arm": arm, "seed": seed, "step": step, "design": design, "split": SPLIT[design],
-                               "model": str(folder), "prompts": len(prompts),
+                               "model": str(folder), "prompts": len(prompts) // opts.eval_samples,
+                               "samples_per_prompt": opts.eval_samples,
                                "eval_wall_s": round(time.perf_counter() - t0, 1), **result})
             print(f"[onpolicy_pretrained] evaluated {arm} seed {seed} step {step}: teacher-judged "
                   f"{result['teacher_nll']:.4f} bits/byte, distinct-2 {result['distinct2']:.3f}", flush=True)

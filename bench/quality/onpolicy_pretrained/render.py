@@ -125,7 +125,8 @@ def render(res: dict[str, Any]) -> str:
              f"{o['fusion']}. On-policy: mix {o['mix']}, {o['divergence']}, temperature {o['temperature']}, gates "
              f"{o['gates']}, combine {o.get('combine', 'replace')}, {o['prompt_tokens']} prompt + {o['max_new_tokens']} new tokens. Evaluation: "
              f"{o['eval_prompts']} {res['split']} prompts per domain ({o['eval_prompt_tokens']} tokens), "
-             f"{o['eval_new_tokens']} new tokens at temperature 1, sampling seed {o['sample_seed']}.", ""]
+             f"{o['eval_new_tokens']} new tokens at temperature 1, {o.get('eval_samples', 1)} sample(s) per prompt, sampling seed "
+             f"{o['sample_seed']}.", ""]
     lines += _verdict(res) + _means(res)
     if res["pilot"]:
         lines += ["## Pilot choice", "", f"Rule: {res['pilot']['rule']}. Chosen: **{res['pilot']['chosen']}**.", "",

@@ -54,19 +54,24 @@ def sampling_noise(variant: Mapping[str, Any], reference: Mapping[str, Any], dra
                    seed: int = 0) -> dict[str, Any] | None:
     """Within one seed: ``variant`` minus ``reference`` on the primary metric, and how much of
     it the choice of prompts alone could make: a paired bootstrap over the evaluation prompts
-    (resampled within each domain, the same draw for both points; sd and 95% percentile
-    interval). Its sd is a floor under the seed-to-seed spread of a paired difference. None
+    (documents resampled within each domain, each with all its samples, the same draw for both
+    points; sd and 95% percentile interval). Its sd is a floor under the seed-to-seed spread of a paired difference. None
     when either evaluation has no ``per_prompt`` or their prompts differ."""
     a, b = variant.get("per_prompt"), reference.get("per_prompt")
     if not a or not b or [r["doc_id"] for r in a] != [r["doc_id"] for r in b]:
         return None
     teachers = sorted(variant["teacher_bpb"])
     rng = np.random.default_rng(seed)
-    strata = [np.flatnonzero([r["domain"] == d for r in a]) for d in sorted({r["domain"] for r in a})]
+    # documents are resampled, each with all its draws ('<doc_id>#<k>': several per prompt)
+    rows_of: dict[str, list[int]] = {}
+    for i, r in enumerate(a):
+        rows_of.setdefault(r["doc_id"].split("#", 1)[0], []).append(i)
+    strata = [[d for d in rows_of if a[rows_of[d][0]]["domain"] == dom] for dom in sorted({r["domain"] for r in a})]
     full = np.arange(len(a))
     diffs = []
     for _ in range(draws):
-        pick = np.concatenate([rng.choice(idx, size=len(idx)) for idx in strata])
+        pick = np.array([i for docs in strata for j in rng.integers(0, len(docs), len(docs))
+                         for i in rows_of[docs[j]]])
         diffs.append(_judged(a, pick, teachers) - _judged(b, pick, teachers))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"mean": _judged(a, full, teachers) - _judged(b, full, teachers), "sd": float(np.std(diffs, ddof=1)),
