@@ -70,7 +70,7 @@ def _noise(res: dict[str, Any]) -> list[str]:
         return []
     lines = ["## Within each seed: what the prompts alone could make", "",
              f"Each arm minus offline (equal steps) on {PRIMARY}, with a paired bootstrap over the evaluation prompts "
-             "(resampled within each domain, the same draw for both points): its sd is a floor under the seed-to-seed "
+             "(documents resampled within each domain, each with all its draws, the same resample for both points): its sd is a floor under the seed-to-seed "
              "spread of a paired difference, so a difference inside this interval cannot be told from the choice of "
              "prompts.", "", "| arm | seed | minus offline | bootstrap sd | bootstrap 95% |",
              "| --- | ---: | ---: | ---: | --- |"]
