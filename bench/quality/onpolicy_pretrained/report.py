@@ -79,17 +79,17 @@ def costs(runs: Path, opts: Options, settings: dict[str, Any], seeds: list[int])
     """Per trained arm: each seed's :func:`stats.cost` and their means; plus the one-off cost of
     the teacher-written text (seqdata/seq.json)."""
     out: dict[str, Any] = {}
+    table = arm_table(opts)
     for arm in TRAINED:
         mine = arm_steps(opts, settings, arm)
+        added = ((table[arm][1] or {}).get("on_policy") or {}).get("combine") == "add"
         per_seed = {}
         for seed in seeds:
             segs = finished(runs, opts, settings, arm, seed) if arm != WARM or opts.start_steps else None
             log = runs / arm / f"s{seed}" / "student" / "train_log.jsonl"
             if segs and log.is_file():
                 lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-                section = (arm_table(opts)[arm][1] or {}).get("on_policy") or {}
-                per_seed[seed] = cost(segs, lines, settings["batch_size"], settings["seq_len"], mine["steps"],
-                                      added=section.get("combine") == "add")
+                per_seed[seed] = cost(segs, lines, settings["batch_size"], settings["seq_len"], mine["steps"], added)
         if per_seed:
             keys = ("s_per_step", "tokens_per_s", "sampling_share", "scoring_share")
             out[arm] = {"per_seed": per_seed, "mean": {k: statistics.fmean(c[k] for c in per_seed.values())

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bench.quality.fusion_pretrained.fusion_stats import seeds_needed
-from bench.quality.onpolicy.onpolicy_metrics import paired_diff
+from bench.quality.onpolicy.onpolicy_metrics import paired_diff, pooled_bpb
 
 PRIMARY = "teacher_judged_bpb"
 BPB = "test_bpb"
@@ -45,8 +45,8 @@ def _judged(rows: Sequence[Mapping[str, Any]], pick: np.ndarray, teachers: Seque
     by_domain: dict[str, list[float]] = {}
     for dom in sorted({rows[i]["domain"] for i in pick}):
         mine = [rows[i] for i in pick if rows[i]["domain"] == dom]
-        n_bytes = {t: sum(r["bytes"].get(t, 0) for r in mine) for t in teachers}
-        by_domain[dom] = [sum(r["bits"].get(t, 0.0) for r in mine) / n_bytes[t] for t in teachers if n_bytes[t]]
+        parts = {t: [(r["bits"][t], r["bytes"][t]) for r in mine if t in r["bits"]] for t in teachers}
+        by_domain[dom] = [pooled_bpb(v) for v in parts.values() if sum(n for _, n in v)]
     return statistics.fmean(statistics.fmean(v) for v in by_domain.values() if v)
 
 
