@@ -137,6 +137,10 @@ def test_options_are_locked_and_offline_steps_only_grow(tmp_path: Path) -> None:
         arms.lock_options(tmp_path, argparse.Namespace(**base, mix=None, offline_steps=30), steps=20)
     with pytest.raises(SystemExit, match="below --steps"):
         arms.lock_options(tmp_path / "new", argparse.Namespace(**base, mix=None, offline_steps=10), steps=20)
+    no_draws = {**base, "eval_samples": 0}
+    with pytest.raises(SystemExit, match="--eval-samples must be at least 1"):
+        arms.lock_options(tmp_path / "none", argparse.Namespace(**no_draws, mix=None, offline_steps=None), steps=20)
+    assert not (tmp_path / "none" / arms.OPTIONS).exists()  # refused before anything is recorded
     assert arms.parse_start("offline:20") == "offline:20" and Options(start="offline:20").start_steps == 20
     for bad in ("offline", "offline:0", "warm:3"):
         with pytest.raises(argparse.ArgumentTypeError):

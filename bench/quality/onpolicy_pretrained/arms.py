@@ -124,6 +124,8 @@ def lock_options(runs: Path, args: argparse.Namespace, steps: int | None) -> Opt
                          "use another --runs folder")
     if saved.get("offline_steps", 0) > opts.offline_steps:
         raise SystemExit(f"{path}: --offline-steps {opts.offline_steps} below the {saved['offline_steps']} recorded")
+    if opts.eval_samples < 1:
+        raise SystemExit(f"--eval-samples must be at least 1 (draws per held-out prompt), got {opts.eval_samples}")
     if steps is not None and opts.offline_steps < steps:
         raise SystemExit(f"--offline-steps {opts.offline_steps} is below --steps {steps}: offline trains at least as long")
     _write_json(path, asdict(opts))
